@@ -1,0 +1,14 @@
+"""User-facing errors.
+
+Every problem a user can fix (a missing file, a misspelled option, a corrupt download) raises
+:class:`DMLBenchError` with a one-line message that names the problem and the fix. The CLI prints
+it without a traceback and exits non-zero; anything else is a bug and keeps its traceback.
+"""
+
+
+class DMLBenchError(Exception):
+    """A problem with the user's input, reported as one line."""
+
+
+class NonFiniteLossError(DMLBenchError):
+    """A loss term became NaN or inf during training."""

@@ -1,0 +1,96 @@
+"""CIFAR-10 from the official binary version, or the python version read without arbitrary unpickling."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from dmlbench.data.base import Data, register_dataset, to_tensors
+from dmlbench.errors import DMLBenchError
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+TEST = ["test_batch"]
+RECORD = 1 + 3 * 32 * 32
+
+
+def _read_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % RECORD:
+        raise DMLBenchError(
+            f"{path}: {raw.size} bytes is not a whole number of {RECORD}-byte CIFAR-10 records; "
+            "the file is truncated or corrupt, download it again"
+        )
+    rec = raw.reshape(-1, RECORD)
+    labels = rec[:, 0].astype(np.int64)
+    if labels.max() > 9:
+        raise DMLBenchError(f"{path}: label {labels.max()} is outside 0..9; this is not a CIFAR-10 binary file")
+    return rec[:, 1:].reshape(-1, 3, 32, 32), labels
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Only the numpy constructors that an ndarray pickle needs; anything else is refused."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
+
+
+def _read_py(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        d = _SafeUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+    except Exception as e:
+        raise DMLBenchError(f"{path}: not a CIFAR-10 python batch ({e}); download the file again") from None
+    if not isinstance(d, dict):
+        raise DMLBenchError(f"{path}: not a CIFAR-10 python batch (no dict inside); download the file again")
+    d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+    if "data" not in d or "labels" not in d:
+        raise DMLBenchError(f"{path}: CIFAR-10 batch lacks 'data' or 'labels'; download the file again")
+    data = np.asarray(d["data"], dtype=np.uint8)
+    labels = np.asarray(d["labels"], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
+        raise DMLBenchError(f"{path}: data of shape {data.shape} with {len(labels)} labels is not CIFAR-10; download again")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _load_parts(folder: Path, names: list[str], reader, suffix: str) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for n in names:
+        p = folder / (n + suffix)
+        if not p.is_file():
+            raise DMLBenchError(f"cifar10: {p} is missing; the folder must hold {', '.join(x + suffix for x in TRAIN + TEST)}")
+        x, y = reader(p)
+        xs.append(x)
+        ys.append(y)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+@register_dataset("cifar10", description="CIFAR-10 (Krizhevsky 2009)", size="50,000 / 10,000", classes="10",
+                  input_shape="3x32x32", where="<data-dir>/cifar-10-batches-bin/ or cifar-10-batches-py/")
+def load_cifar10(data_dir: Path, seed: int = 0) -> Data:
+    for sub, reader, suffix in (("cifar-10-batches-bin", _read_bin, ".bin"), ("cifar-10-batches-py", _read_py, "")):
+        folder = data_dir / sub
+        if folder.is_dir():
+            x_tr, y_tr = _load_parts(folder, TRAIN, reader, suffix)
+            x_te, y_te = _load_parts(folder, TEST, reader, suffix)
+            x_train, y_train = to_tensors(x_tr, y_tr, 255.0)
+            x_test, y_test = to_tensors(x_te, y_te, 255.0)
+            return Data("cifar10", x_train, y_train, x_test, y_test, CLASSES, source=str(folder))
+    raise DMLBenchError(
+        f"cifar10: neither {data_dir / 'cifar-10-batches-bin'} nor {data_dir / 'cifar-10-batches-py'} exists; "
+        "unpack cifar-10-binary.tar.gz (or cifar-10-python.tar.gz) from https://www.cs.toronto.edu/~kriz/cifar.html "
+        "into the data folder (--data-dir or $DMLBENCH_DATA_DIR)"
+    )

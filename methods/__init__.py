@@ -1,0 +1,30 @@
+"""Methods (``dmlbench.methods``): a registry of metric-learning losses sharing one trainer.
+
+Importing this package registers the built-in methods (explicit imports, no scanning); methods of
+third-party packages arrive through the ``dmlbench.methods`` entry-point group, and
+``pml:<LossName>`` wraps any pytorch-metric-learning loss.
+"""
+
+from __future__ import annotations
+
+from dmlbench.methods.base import METHODS, Batch, BatchSpec, Method, Params, register_method
+# Import order is the listing order of `bench list methods`.
+from dmlbench.methods import siamese, triplet_softmax, triplet_hinge, npair, vae, tvae, raw  # noqa: F401,I001
+from dmlbench.methods.pml import PREFIX as PML_PREFIX
+from dmlbench.methods.pml import pml_method
+
+BUILTIN = ("siamese", "triplet-softmax", "triplet-hinge", "npair", "vae", "tvae")
+
+
+def get_method(name: str) -> type[Method]:
+    if name.startswith(PML_PREFIX):
+        return pml_method(name)
+    return METHODS.get(name)
+
+
+def method_names() -> list[str]:
+    return METHODS.names()
+
+
+__all__ = ["BUILTIN", "METHODS", "Batch", "BatchSpec", "Method", "Params", "get_method", "method_names",
+           "register_method"]

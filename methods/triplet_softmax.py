@@ -1,0 +1,40 @@
+"""``triplet-softmax``: Hoffer & Ailon's triplet network (distance-ratio loss).
+
+Paper: Hoffer & Ailon, "Deep metric learning using triplet network", ICLR workshop 2015
+(also Liang & Li eq. 4-6).
+
+With unsquared d+ = ||f(x) - f(x+)||_2 and d- = ||f(x) - f(x-)||_2, a softmax over the pair
+    s+ = e^{d+} / (e^{d+} + e^{d-}),   s- = e^{d-} / (e^{d+} + e^{d-})
+Loss (default, ``form=mse``, the authors' code): MSE of (s+, s-) against (0, 1) = mean(s+^2).
+``form=nll``: the 2-class negative log-likelihood -log s-.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from dmlbench.methods.base import Batch, BatchSpec, Method, Params, register_method
+from dmlbench.methods.losses import l2_distance, softmax_ratio_loss
+
+
+@dataclass
+class TripletSoftmaxParams(Params):
+    form: Literal["mse", "nll"] = "mse"
+    weights: dict[str, float] = field(default_factory=lambda: {"ratio": 1.0})
+
+
+@register_method("triplet-softmax")
+class TripletSoftmax(Method):
+    paper = "Hoffer & Ailon 2015 (triplet network); Liang & Li eq. 4-6"
+    formula = "‖softmax(d+, d−) − (0, 1)‖² (MSE, = s+²); or −log s− with form=nll"
+    Params = TripletSoftmaxParams
+
+    def batch_spec(self) -> BatchSpec:
+        return BatchSpec("triplets")
+
+    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+        a, p, n = self.encoder(batch.x).chunk(3)
+        return {"ratio": softmax_ratio_loss(l2_distance(a, p), l2_distance(a, n), self.params.form)}

@@ -1,0 +1,77 @@
+"""``vae``: the variational autoencoder; its embedding is the posterior mean μ.
+
+Paper: Kingma & Welling, "Auto-encoding variational Bayes", ICLR 2014.
+
+With q(z|x) = N(μ(x), diag σ²(x)), z = μ + σ ⊙ ε and p(z) = N(0, I), the negative ELBO is
+    L = L_rec(x, decoder(z)) + KL(q(z|x) || p(z)),   KL = -1/2 Σ_j (1 + log σ_j² - μ_j² - σ_j²)
+``recon=l2``: L_rec = ||x - x̂||² (the TVAE paper's pixel-wise L2); ``recon=bce``: Bernoulli NLL.
+``reduction=sum``: both terms summed over pixels / latent dims (the true ELBO scale);
+``reduction=mean``: both divided by the number of pixels (a per-pixel ELBO). The choice sets how
+strongly any extra term (TVAE's triplet loss) weighs against the ELBO.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from dmlbench.methods.base import Batch, Method, Params, register_method
+from dmlbench.methods.losses import gaussian_kl, reconstruction
+
+
+@dataclass
+class VAEParams(Params):
+    recon: Literal["l2", "bce"] = "l2"
+    reduction: Literal["sum", "mean"] = "sum"
+    weights: dict[str, float] = field(default_factory=lambda: {"recon": 1.0, "kl": 1.0})
+
+
+@register_method("vae")
+class VAE(Method):
+    paper = "Kingma & Welling 2014 (auto-encoding variational Bayes)"
+    formula = "L_rec(x, x̂) + KL(q(z|x) ‖ N(0, I)); embedding = μ"
+    Params = VAEParams
+    generative = True
+
+    def __init__(self, params: VAEParams, **kw):
+        super().__init__(params, **kw)
+        self.decoder = self.build_decoder()
+        self.n_pixels = math.prod(self.input_shape)
+
+    def encoder_out_dim(self) -> int:
+        return 2 * self.embedding_dim  # μ and log σ²
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        return mu, logvar
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode(x)[0]
+
+    def elbo_terms(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        x_hat = self.decoder(z)
+        scale = 1.0 / self.n_pixels if self.params.reduction == "mean" else 1.0
+        terms = {"recon": reconstruction(x, x_hat, self.params.recon).mean() * scale,
+                 "kl": gaussian_kl(mu, logvar).mean() * scale}
+        return terms, mu
+
+    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return self.elbo_terms(batch.x)[0]
+
+    @torch.no_grad()
+    def generative_metrics(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-image sums on a batch: L2 reconstruction error from z = μ, and a 1-sample ELBO (nats)."""
+        mu, logvar = self.encode(x)
+        recon_err = reconstruction(x, self.decoder(mu), "l2")
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        elbo = -(reconstruction(x, self.decoder(z), self.params.recon) + gaussian_kl(mu, logvar))
+        return {"recon_error": recon_err, "elbo": elbo}
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encode(x)[0])
