@@ -17,7 +17,8 @@ from dmlbench.config import RunConfig
 from dmlbench.errors import DMLBenchError
 
 app = typer.Typer(help="dmlbench: compare deep metric-learning methods with one trainer and one evaluation suite.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None)  # None: help text is literal, so "[default: X]" is not eaten as Rich markup
 
 DEFAULTS = RunConfig()
 LIST_WHAT = ("methods", "datasets", "metrics", "encoders", "presets", "all")
@@ -154,8 +155,11 @@ def run(
             err(f"{head}: {r.status} (triplet_acc {m.get('triplet_acc', float('nan')):.4f}, "
                 f"recall@1 {m.get('recall@1', float('nan')):.4f}) {r.run_dir}")
 
-    err(f"running {', '.join(method_list)} on {base.dataset} with seeds {','.join(map(str, seed_list))} -> {out_dir}")
-    results = run_suite(base, method_list, seed_list, sets, out_dir, on_result=report)
+    def start(cfg, data) -> None:
+        err(f"running {', '.join(method_list)} on {cfg.dataset} ({len(data.x_train)} train / {len(data.x_test)} test, "
+            f"{cfg.encoder} encoder, {cfg.epochs} epochs) with seeds {','.join(map(str, seed_list))} -> {out_dir}")
+
+    results = run_suite(base, method_list, seed_list, sets, out_dir, on_result=report, on_start=start)
     from dmlbench.runner import dataset_slug
 
     table_dir = out_dir / dataset_slug(base.dataset)
@@ -188,6 +192,49 @@ def table(
         if bad:
             raise DMLBenchError(f"unknown metric(s) {', '.join(bad)}; known: {', '.join(METRICS)}")
     typer.echo(format_table(aggregate(collect(results_dir), names), format, names))
+
+
+@app.command()
+@user_errors
+def plot(
+    results_dir: Annotated[Path, typer.Argument(help="A results folder (all datasets) or one dataset's folder.")] = Path("results"),
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the PNGs. [default: each dataset's results folder/plots]")] = None,
+    projection: Annotated[str, typer.Option(help="tsne or pca, for embeddings.png.")] = "tsne",
+    threads: Annotated[Optional[int], typer.Option(help="Threads for t-SNE/BLAS. [default: all cores, at most 8]")] = None,
+):
+    """Draw the figures (embeddings, reconstructions, confusion matrices, loss curves, metrics, trade-off) as PNGs."""
+    from dmlbench.plots import plot_results
+    from dmlbench.trainer import set_threads
+
+    set_threads(threads or 0)
+    for path in plot_results(results_dir, out, projection):
+        typer.echo(str(path))
+
+
+@app.command()
+@user_errors
+def perf(
+    dataset: Annotated[str, typer.Option(help="Dataset name.")] = "digits",
+    data_dir: Annotated[Optional[str], typer.Option(help="Folder with the dataset files. [default: $DMLBENCH_DATA_DIR, else ~/.cache/dmlbench]")] = None,
+    methods: Annotated[Optional[str], typer.Option(help="Comma-separated trained methods to time. [default: all six]")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per step, the same for every way.")] = DEFAULTS.batch_size,
+    epoch_size: Annotated[int, typer.Option(help="Images per timed epoch; 0: the whole training set.")] = 0,
+    threads: Annotated[int, typer.Option(help="Threads for torch, faiss and BLAS.")] = 2,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    repeats: Annotated[int, typer.Option(help="Timed repeats per way (after a warm-up); the median is reported.")] = 3,
+    eval_methods: Annotated[Optional[str], typer.Option(help="Methods whose full evaluation is timed; 'none' to skip. [default: raw and the first method]")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Also write the results as CSV: a .csv file, or a folder for perf.csv (the evaluation goes beside it as *-eval.csv).")] = None,
+):
+    """Time one training epoch three ways (harness, bare PyTorch loop, per-sample DataLoader) and the evaluation."""
+    from dmlbench.perf import format_results, run_perf, write_results
+
+    names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    evals = None if eval_methods is None else [m.strip() for m in eval_methods.split(",") if m.strip() not in ("", "none")]
+    train, ev = run_perf(dataset, data_dir or "", names, batch_size, epoch_size, threads, device, repeats, evals, log=err)
+    typer.echo(format_results(train, ev))
+    if out is not None:
+        for path in write_results(train, ev, out):
+            err(f"written {path}")
 
 
 @app.command("list")

@@ -2,7 +2,7 @@
 methods, their reconstruction metrics).
 
 Retrieval uses faiss exact L2 search (IndexFlatL2) in query batches; each query is removed from its
-own neighbour list by index. The linear SVM is scikit-learn's LinearSVC on standardised embeddings.
+own neighbour list by index. The linear SVM is a hinge-loss linear classifier (SGD-fitted) on standardised embeddings.
 """
 
 from __future__ import annotations
@@ -77,17 +77,17 @@ def retrieval_metrics(emb: np.ndarray, labels: np.ndarray, batch: int = 2048) ->
         _, ids = index.search(np.ascontiguousarray(emb[q]), k + 1)
         ids = _drop_self(ids, q, k)
         rel = labels[ids] == labels[q][:, None]
-        for kk in RECALL_KS:
-            hits[kk] += rel[:, :kk].any(1).sum()
         r = r_all[q]
-        valid = r > 0
+        valid = r > 0  # a query with no other item of its class has nothing to retrieve (as in PML)
+        for kk in RECALL_KS:
+            hits[kk] += rel[valid, :kk].any(1).sum()
         ranks = np.arange(1, k + 1)
         rel_r = rel & (ranks[None, :] <= r[:, None])
         prec = np.cumsum(rel_r, axis=1) / ranks[None, :]
         ap = (prec * rel_r).sum(1)[valid] / r[valid]
         ap_sum += ap.sum()
         ap_n += valid.sum()
-    out = {f"recall@{kk}": hits[kk] / n for kk in RECALL_KS}
+    out = {f"recall@{kk}": hits[kk] / max(ap_n, 1) for kk in RECALL_KS}
     out["precision@1"] = out["recall@1"]
     out["map@r"] = ap_sum / max(ap_n, 1)
     return {k_: float(v) for k_, v in out.items()}
@@ -117,14 +117,21 @@ def knn_accuracy(train_emb: np.ndarray, train_y: np.ndarray, test_emb: np.ndarra
 
 
 def svm_accuracy(train_emb: np.ndarray, train_y: np.ndarray, test_emb: np.ndarray,
-                 test_y: np.ndarray) -> tuple[float, np.ndarray]:
+                 test_y: np.ndarray, seed: int = 0) -> tuple[float, np.ndarray]:
+    """A linear SVM (hinge loss + L2 penalty, one-vs-rest) on standardised embeddings.
+
+    It is fitted by averaged SGD (scikit-learn's SGDClassifier) rather than liblinear's LinearSVC:
+    the same model, but seconds instead of minutes on 60k x 784 raw pixels.
+    """
     from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import SGDClassifier
     from sklearn.metrics import confusion_matrix
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import LinearSVC
 
-    clf = make_pipeline(StandardScaler(), LinearSVC(C=1.0, dual="auto", max_iter=2000))
+    clf = make_pipeline(StandardScaler(), SGDClassifier(loss="hinge", alpha=1e-4, average=True, max_iter=20,
+                                                        tol=1e-4, random_state=seed,
+                                                        n_jobs=torch.get_num_threads()))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit(train_emb, train_y)

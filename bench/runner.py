@@ -184,7 +184,7 @@ def run_one(cfg: RunConfig, data: Data, triplets: np.ndarray, out: Path, variant
 
 
 def run_suite(base: RunConfig, methods: list[str], seeds: list[int], method_sets: dict[str, dict],
-              out: Path, on_result=None) -> list[RunResult]:
+              out: Path, on_result=None, on_start=None) -> list[RunResult]:
     """Train and evaluate every (method, seed) on ``base.dataset``; returns one result per run."""
     for owner in method_sets:
         if owner not in methods:
@@ -205,6 +205,8 @@ def run_suite(base: RunConfig, methods: list[str], seeds: list[int], method_sets
     check_shapes(base.encoder, data.input_shape, base.embedding_dim)
     results_dir = out / dataset_slug(base.dataset)
     triplets = test_triplets(data, base, results_dir)
+    if on_start is not None:
+        on_start(base, data)
     results = []
     for cfg, variant in configs:
         log.info("run %s seed %d -> %s", cfg.method, cfg.seed, run_dir_for(cfg, out))

@@ -45,7 +45,7 @@ def aggregate(runs: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFr
     done = done.assign(label=np.where(n_groups > 1, done["label"] + " #" + done["group_id"].str[:6], done["label"]))
     g = done.groupby(["dataset", "label", "method"], sort=False)
     out = g[metrics].mean()
-    std = g[metrics].std(ddof=1).fillna(0.0)
+    std = g[metrics].std(ddof=1).fillna(0.0).where(out.notna())  # one seed: std 0; no value: none
     out = out.join(std.add_suffix("_std"))
     out["n"] = g.size()
     out = out.reset_index()

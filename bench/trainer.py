@@ -105,7 +105,7 @@ class Trainer:
         self.method.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        torch.set_rng_state(ckpt["rng"])
+        torch.set_rng_state(ckpt["rng"].cpu())  # map_location=cuda moves it; the CPU RNG needs a CPU tensor
         log.info("resuming %s from epoch %d", self.run_dir, ckpt["epoch"])
         return ckpt["epoch"], ckpt["history"]
 

@@ -41,6 +41,9 @@ class _SafeUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
+        # Pickle protocol 5 (Python 3's default) stores a contiguous ndarray as _frombuffer(buffer, ...).
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
     }
 
     def find_class(self, module: str, name: str):

@@ -60,7 +60,11 @@ def load_folder(data_dir: Path | None = None, seed: int = 0, path: str = "", res
     x, y = np.stack(images), np.asarray(labels)
     if np.bincount(y).min() < 2:
         raise DMLBenchError(f"folder: every class needs at least 2 images to split into train and test ({root})")
-    x_tr, x_te, y_tr, y_te = _split(x, y, test_fraction, seed)
+    try:
+        x_tr, x_te, y_tr, y_te = _split(x, y, test_fraction, seed)
+    except ValueError as e:  # e.g. fewer test images than classes, or test_fraction outside (0, 1)
+        raise DMLBenchError(f"folder: cannot split {root} with test_fraction={test_fraction} ({e}); "
+                            "add images or change --set data.test_fraction") from None
     x_train, y_train = to_tensors(x_tr, y_tr, 255.0)
     x_test, y_test = to_tensors(x_te, y_te, 255.0)
     return Data("folder", x_train, y_train, x_test, y_test, list(files), source=str(root))

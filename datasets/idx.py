@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ def read_idx(path: Path, expected_md5: str | None = None) -> np.ndarray:
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise DMLBenchError(f"{path}: corrupt gzip data ({e}); download the file again") from None
     if expected_md5 is not None:
         got = hashlib.md5(raw).hexdigest()

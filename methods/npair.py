@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from pytorch_metric_learning.distances import DotProductSimilarity
 from pytorch_metric_learning.losses import NPairsLoss
 from pytorch_metric_learning.regularizers import LpRegularizer
 
@@ -36,7 +37,8 @@ class NPair(Method):
 
     def __init__(self, params: NPairParams, **kw):
         super().__init__(params, **kw)
-        self.loss_fn = NPairsLoss()
+        # Sohn's f_i.f_j are plain inner products: PML's default similarity L2-normalises first.
+        self.loss_fn = NPairsLoss(distance=DotProductSimilarity(normalize_embeddings=False))
         self.l2 = LpRegularizer(p=2, power=2)
 
     def batch_spec(self) -> BatchSpec:

@@ -1,0 +1,572 @@
+"""The ``bench`` command line end to end on digits, the results store and the table.
+
+Everything runs in-process through typer's CliRunner (stdout and stderr are kept apart), on the
+bundled digits data with 1-4 epochs, so the whole file stays small.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dmlbench.cli import app
+from dmlbench.evaluate import METRICS
+from dmlbench.methods import BUILTIN
+
+N_TEST, N_TRAIN = 540, 1257  # digits: 1797 images, stratified 70/30 split
+N_TRIPLETS = 300
+RUN_FILES = ("config.json", "history.csv", "metrics.json", "embeddings.npz", "checkpoint.pt")
+
+
+def bench(*args, **kw):
+    return CliRunner().invoke(app, [str(a) for a in args], **kw)
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def run_dirs(out: Path, method: str, dataset: str = "digits") -> list[Path]:
+    return sorted((out / dataset / method).glob("s*-*"))
+
+
+def md_rows(text: str) -> tuple[list[str], dict[str, list[str]]]:
+    """Parse a markdown table: (header, {method: cells}) (cells with ** kept)."""
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    split = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
+    header, body = split[0], [r for r in split[1:] if not set("".join(r)) <= set("-: ")]
+    return header, {r[header.index("method")]: r for r in body}
+
+
+def cell_numbers(cell: str) -> tuple[float, float]:
+    mean, std = cell.strip("*").split("±")
+    return float(mean), float(std)
+
+
+# --------------------------------------------------------------------------------------------
+# One suite, shared: triplet-hinge and vae (raw added), seeds 0 and 1, 2 epochs.
+# --------------------------------------------------------------------------------------------
+
+SUITE_ARGS = ["--methods", "triplet-hinge,vae", "--seeds", "0,1", "--epochs", "2", "--test-triplets", N_TRIPLETS,
+              "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    out = tmp_path_factory.mktemp("suite") / "results"
+    result = bench("run", *SUITE_ARGS, "--out", out)
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    return out, result
+
+
+def test_run_prints_table_with_every_method_and_raw(suite):
+    out, result = suite
+    header, rows = md_rows(result.stdout)
+    assert header[:3] == ["dataset", "method", "seeds"]
+    assert set(rows) == {"triplet-hinge", "vae", "raw"}
+    assert all(r[0] == "digits" and r[2] == "2" for r in rows.values())
+    assert list(rows)[-1] == "raw"  # the floor goes last
+    # Tables to stdout, progress to stderr.
+    assert "[1/6]" not in result.stdout and "running" not in result.stdout
+    for i in range(1, 7):
+        assert f"[{i}/6]" in result.stderr
+    assert "| method" not in result.stderr
+
+
+def test_run_folders_hold_every_file(suite):
+    out, _ = suite
+    for method, dim in (("triplet-hinge", 20), ("vae", 20), ("raw", 64)):
+        dirs = run_dirs(out, method)
+        assert [d.name.split("-")[0] for d in dirs] == ["s0", "s1"]
+        for d in dirs:
+            for f in RUN_FILES:
+                assert (d / f).is_file(), d / f
+            assert not list(d.glob("*.tmp")) and not list(d.glob(".*.tmp"))
+            cfg = json.loads((d / "config.json").read_text())
+            assert cfg["method"] == method and f"s{cfg['seed']}" == d.name.split("-")[0]
+            assert cfg["epochs"] == 2 and cfg["dataset"] == "digits"
+            assert d.name.endswith(cfg["run_id"])
+            v = cfg["versions"]
+            assert v["torch"] == torch.__version__ and v["numpy"] == np.__version__
+            for key in ("faiss", "scikit-learn", "pytorch_metric_learning", "python", "dmlbench"):
+                assert v[key], key
+
+            z = np.load(d / "embeddings.npz")
+            assert set(z.files) == {"test_emb", "test_y", "train_emb", "train_y", "test_triplets"}
+            assert z["test_emb"].shape == (N_TEST, dim) and z["train_emb"].shape == (N_TRAIN, dim)
+            assert z["test_y"].shape == (N_TEST,) and z["train_y"].shape == (N_TRAIN,)
+            t = z["test_triplets"]
+            assert t.shape == (N_TRIPLETS, 3) and np.issubdtype(t.dtype, np.integer)
+            y = z["test_y"]
+            assert np.all(y[t[:, 0]] == y[t[:, 1]]) and np.all(y[t[:, 0]] != y[t[:, 2]])
+            assert len(set(map(tuple, t[:, :2]))) > 1 and np.all(t[:, 0] != t[:, 1])
+
+            ckpt = torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=False)
+            assert ckpt["epoch"] == (0 if method == "raw" else 2)
+
+
+def test_history_has_one_row_per_epoch_with_every_loss_term(suite):
+    out, _ = suite
+    for method, terms in (("triplet-hinge", ["triplet"]), ("vae", ["recon", "kl"])):
+        for d in run_dirs(out, method):
+            h = pd.read_csv(d / "history.csv")
+            assert list(h["epoch"]) == [1, 2]
+            for col in terms + ["loss", "lr", "seconds"]:
+                assert col in h.columns and h[col].notna().all(), col
+            # Default weights are all 1, and the epoch means are linear: loss = sum of the terms.
+            np.testing.assert_allclose(h["loss"], h[terms].sum(axis=1), rtol=1e-5)
+            assert np.allclose(h["lr"], 1e-3)
+            ckpt = torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=False)
+            assert [r["epoch"] for r in ckpt["history"]] == [1, 2]
+
+
+def test_metrics_json_agrees_with_saved_embeddings(suite):
+    """Recompute two metrics from embeddings.npz with plain numpy (independent of faiss)."""
+    out, _ = suite
+    expected_keys = {"triplet_acc", "triplet_acc_margin", "recall@1", "recall@2", "recall@4", "recall@8",
+                     "precision@1", "map@r", "knn_acc", "svm_acc", "embedding_dim"}
+    for method in ("triplet-hinge", "vae", "raw"):
+        for d in run_dirs(out, method):
+            m = json.loads((d / "metrics.json").read_text())
+            assert expected_keys <= set(m)
+            assert ({"recon_error", "elbo"} <= set(m)) == (method == "vae")
+            z = np.load(d / "embeddings.npz")
+            e, y, t = z["test_emb"].astype(np.float64), z["test_y"], z["test_triplets"]
+            d_ap = np.linalg.norm(e[t[:, 0]] - e[t[:, 1]], axis=1)
+            d_an = np.linalg.norm(e[t[:, 0]] - e[t[:, 2]], axis=1)
+            assert m["triplet_acc"] == pytest.approx(np.mean(d_ap < d_an), abs=1.5 / N_TRIPLETS)
+            assert m["triplet_acc_margin"] == pytest.approx(np.mean(d_ap + 1.0 <= d_an), abs=1.5 / N_TRIPLETS)
+            dist = ((e[:, None, :] - e[None, :, :]) ** 2).sum(-1)
+            np.fill_diagonal(dist, np.inf)
+            nn1 = dist.argmin(1)
+            assert m["recall@1"] == pytest.approx(np.mean(y[nn1] == y), abs=2.5 / N_TEST)
+            assert m["embedding_dim"] == e.shape[1]
+            for k in ("recall@1", "recall@8", "map@r", "knn_acc", "svm_acc"):
+                assert 0.0 < m[k] <= 1.0
+            assert m["recall@1"] <= m["recall@2"] <= m["recall@4"] <= m["recall@8"]
+
+
+def test_tables_written_next_to_results(suite):
+    out, result = suite
+    md = (out / "digits" / "table.md").read_text()
+    assert result.stdout.strip() == md.strip()
+    csv = pd.read_csv(out / "digits" / "table.csv")
+    assert set(csv["method"]) == {"triplet-hinge", "vae", "raw"}
+    assert list(csv["n"]) == [2, 2, 2]
+
+
+def _seed_values(out: Path, method: str, metric: str) -> np.ndarray:
+    return np.array([json.loads((d / "metrics.json").read_text())[metric] for d in run_dirs(out, method)])
+
+
+def test_table_aggregates_mean_and_std_over_seeds(suite):
+    out, _ = suite
+    result = bench("table", out / "digits", "--format", "csv")
+    assert result.exit_code == 0, result.stderr
+    from io import StringIO
+
+    agg = pd.read_csv(StringIO(result.stdout)).set_index("method")
+    for method in ("triplet-hinge", "vae", "raw"):
+        assert agg.loc[method, "n"] == 2
+        for metric in ("triplet_acc", "recall@1", "map@r", "knn_acc", "svm_acc"):
+            vals = _seed_values(out, method, metric)
+            assert agg.loc[method, metric] == pytest.approx(np.mean(vals), abs=1e-12)
+            assert agg.loc[method, metric + "_std"] == pytest.approx(np.std(vals, ddof=1), abs=1e-12)
+    vals = _seed_values(out, "vae", "recon_error")
+    assert agg.loc["vae", "recon_error"] == pytest.approx(np.mean(vals))
+    assert math.isnan(agg.loc["triplet-hinge", "recon_error"])
+
+
+def test_table_markdown_bolds_the_best(suite):
+    out, _ = suite
+    result = bench("table", out / "digits")
+    assert result.exit_code == 0, result.stderr
+    header, rows = md_rows(result.stdout)
+    for metric in ("triplet_acc", "recall@1", "map@r", "knn_acc", "svm_acc"):
+        col = header.index(metric)
+        means = {m: np.mean(_seed_values(out, m, metric)) for m in rows}
+        best = max(means.values())
+        for m, cells in rows.items():
+            mean, std = cell_numbers(cells[col])
+            assert mean == pytest.approx(means[m], abs=5e-5)
+            assert std == pytest.approx(np.std(_seed_values(out, m, metric), ddof=1), abs=5e-5)
+            assert cells[col].startswith("**") == bool(np.isclose(means[m], best)), (metric, m, cells[col])
+    # recon_error: only vae has it, so nothing to compare against and no bold.
+    col = header.index("recon_error")
+    assert rows["raw"][col] == "—" and not rows["vae"][col].startswith("**")
+
+
+def test_table_latex_and_metric_selection(suite):
+    out, _ = suite
+    result = bench("table", out / "digits", "--format", "latex", "--metrics", "recall@1,knn_acc")
+    assert result.exit_code == 0, result.stderr
+    tex = result.stdout
+    assert r"\begin{tabular}" in tex and r"\textbf{" in tex
+    assert "recall@1" in tex and r"knn\_acc" in tex and "map@r" not in tex
+    v = _seed_values(out, "triplet-hinge", "knn_acc")
+    assert f"{np.mean(v):.4f} ± {np.std(v, ddof=1):.4f}" in tex
+
+    result = bench("table", out / "digits", "--metrics", "map@r")
+    header, rows = md_rows(result.stdout)
+    assert header == ["dataset", "method", "seeds", "map@r"]
+    result = bench("table", out / "digits", "--metrics", "all")
+    header, _ = md_rows(result.stdout)
+    assert {"recall@2", "recall@8", "precision@1", "elbo"} <= set(header)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--metrics", "recall@3"], "unknown metric(s) recall@3"),
+    (["--format", "html"], "unknown table format 'html'"),
+])
+def test_table_bad_options_are_one_line_errors(suite, args, message):
+    out, _ = suite
+    result = bench("table", out / "digits", *args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+
+
+def test_rerun_skips_complete_runs(suite):
+    out, _ = suite
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "digits").rglob("*")
+              if p.is_file() and p.parent.name.startswith("s")}
+    assert len(before) >= 6 * len(RUN_FILES)
+    result = bench("run", *SUITE_ARGS, "--out", out)
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.count(": skipped") == 6
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in before}
+    assert after == before
+    _, rows = md_rows(result.stdout)
+    assert set(rows) == {"triplet-hinge", "vae", "raw"}
+
+
+# --------------------------------------------------------------------------------------------
+# Resume after a crash, stray temp files, failed runs
+# --------------------------------------------------------------------------------------------
+
+RESUME_ARGS = ["--methods", "vae", "--seeds", "0", "--epochs", "4", "--test-triplets", "100", "--threads", "1"]
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
+    from dmlbench.trainer import Trainer
+
+    out = tmp_path / "results"
+    real_save = Trainer._save
+
+    def crash_after_epoch_2(self, epoch, history, opt, sched):
+        real_save(self, epoch, history, opt, sched)
+        if epoch == 2:
+            raise RuntimeError("simulated crash")
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "_save", crash_after_epoch_2)
+        result = bench("run", *RESUME_ARGS, "--out", out)
+    assert result.exit_code != 0 and isinstance(result.exception, RuntimeError)
+    (run,) = run_dirs(out, "vae")
+    assert not (run / "metrics.json").exists() and not (run / "embeddings.npz").exists()
+    crashed = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert crashed["epoch"] == 2 and len(crashed["history"]) == 2
+    # A half-written metrics file left by a crash mid-write must not count as a result.
+    (run / ".metrics.json.abc123.tmp").write_text(json.dumps({"triplet_acc": 1.0}))
+    result = bench("table", out)
+    assert result.exit_code == 2 and "no complete runs" in result.stderr
+
+    saved = []
+
+    def spy(self, epoch, history, opt, sched):
+        saved.append(epoch)
+        real_save(self, epoch, history, opt, sched)
+
+    monkeypatch.setattr(Trainer, "_save", spy)
+    result = bench("run", *RESUME_ARGS, "--out", out)
+    assert result.exit_code == 0, (result.stderr, result.exception)
+    assert run_dirs(out, "vae") == [run]
+    assert "skipped" not in result.stderr.split("vae seed 0")[1].splitlines()[0]
+    assert saved == [3, 4]  # only the remaining epochs were trained
+    final = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert final["epoch"] == 4
+    h = pd.read_csv(run / "history.csv")
+    assert list(h["epoch"]) == [1, 2, 3, 4]
+    # Epochs 1-2 are the ones from before the crash (their wall-clock seconds too: not re-trained).
+    for col in ("recon", "kl", "loss", "seconds"):
+        np.testing.assert_allclose(h[col][:2], [r[col] for r in crashed["history"]], rtol=1e-12)
+    assert (run / "metrics.json").is_file() and (run / "embeddings.npz").is_file()
+
+    # The resumed run trains exactly like an uninterrupted one (model, optimiser and RNG restored).
+    monkeypatch.undo()
+    ref_out = tmp_path / "reference"
+    assert bench("run", *RESUME_ARGS, "--out", ref_out).exit_code == 0
+    (ref,) = run_dirs(ref_out, "vae")
+    assert ref.name == run.name
+    h_ref = pd.read_csv(ref / "history.csv")
+    np.testing.assert_allclose(h[["recon", "kl", "loss"]], h_ref[["recon", "kl", "loss"]], rtol=1e-5)
+    m_ref = json.loads((ref / "metrics.json").read_text())
+    m_run = json.loads((run / "metrics.json").read_text())
+    for k in ("triplet_acc", "recall@1", "map@r"):
+        assert m_run[k] == pytest.approx(m_ref[k], abs=1e-6)
+
+
+def test_stray_files_are_not_results(tmp_path):
+    from dmlbench.table import collect
+
+    out = tmp_path / "results"
+    assert bench("run", "--methods", "raw", "--seeds", "0", "--test-triplets", "50", "--out", out).exit_code == 0
+    # Leftovers of interrupted atomic writes, in a run folder of their own.
+    junk = out / "digits" / "raw" / "s1-deadbeef00"
+    junk.mkdir()
+    (junk / ".config.json.x1.tmp").write_text(json.dumps({"method": "raw", "seed": 1}))
+    (junk / ".metrics.json.x2.tmp").write_text(json.dumps({"recall@1": 1.0}))
+    runs = collect(out)
+    assert len(runs) == 1 and list(runs["status"]) == ["done"]
+    result = bench("table", out, "--format", "csv")
+    assert result.exit_code == 0
+    assert pd.read_csv(__import__("io").StringIO(result.stdout))["n"].tolist() == [1]
+
+
+def test_failed_run_is_recorded_and_the_suite_goes_on(tmp_path):
+    # A weight of 1e39 overflows float32: the weighted total loss is inf at the first step.
+    out = tmp_path / "results"
+    result = bench("run", "--methods", "triplet-hinge,vae", "--seeds", "0", "--epochs", "1", "--test-triplets", "100",
+                   "--threads", "1", "--set", "vae.weights.recon=1e39", "--out", out)
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.stderr
+    (vae_dir,) = run_dirs(out, "vae")
+    failed = json.loads((vae_dir / "failed.json").read_text())
+    assert "non-finite" in failed["reason"] and "total" in failed["reason"]
+    assert failed["type"] == "NonFiniteLossError"
+    assert not (vae_dir / "metrics.json").exists()
+    for method in ("triplet-hinge", "raw"):
+        (d,) = run_dirs(out, method)
+        assert (d / "metrics.json").is_file() and not (d / "failed.json").exists()
+    assert "vae seed 0: FAILED" in result.stderr and "1 of 3 runs failed" in result.stderr
+    _, rows = md_rows(result.stdout)
+    assert set(rows) == {"triplet-hinge", "raw"}
+    md = (out / "digits" / "table.md").read_text()
+    assert "Failed runs:" in md and "vae seed 0" in md
+
+
+# --------------------------------------------------------------------------------------------
+# Suite files, option errors, listing, help
+# --------------------------------------------------------------------------------------------
+
+def test_config_file_with_flag_override(tmp_path):
+    out = tmp_path / "results"
+    suite = tmp_path / "suite.toml"
+    suite.write_text(f'methods = ["raw"]\nseeds = [0, 1]\nepochs = 3\ntest-triplets = 40\nout = "{out.as_posix()}"\n')
+    result = bench("run", "--config", suite, "--epochs", "1")
+    assert result.exit_code == 0, result.stderr
+    dirs = run_dirs(out, "raw")
+    assert len(dirs) == 2  # seeds from the file
+    for d in dirs:
+        cfg = json.loads((d / "config.json").read_text())
+        assert cfg["epochs"] == 1  # the flag wins over the file's 3
+        assert cfg["test_triplets"] == 40  # from the file
+        assert np.load(d / "embeddings.npz")["test_triplets"].shape == (40, 3)
+
+
+def test_config_file_unknown_key_is_an_error(tmp_path):
+    suite = tmp_path / "suite.toml"
+    suite.write_text('methods = "raw"\nepochz = 3\n')
+    result = bench("run", "--config", suite, "--out", tmp_path / "results")
+    assert result.exit_code == 2
+    assert "unknown key(s) epochz" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("vae.weigths.recon=2", "unknown option vae.weigths.recon"),
+    ("vae.recon=l1", "vae.recon='l1' is not allowed"),
+    ("vea.margin=1", "--set names 'vea'"),
+    ("vae-margin", "must look like METHOD.KEY=VALUE"),
+])
+def test_bad_set_is_a_one_line_error(tmp_path, setting, message):
+    result = bench("run", "--methods", "vae", "--set", setting, "--out", tmp_path / "results")
+    assert result.exit_code == 2
+    assert isinstance(result.exception, SystemExit)
+    errors = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert errors[-1].startswith("error: ") and message in errors[-1]
+    assert sum(ln.startswith("error") for ln in errors) == 1
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "results" / "digits" / "vae").exists()
+
+
+def test_misspelled_set_key_lists_the_valid_ones(tmp_path):
+    result = bench("run", "--methods", "vae", "--set", "vae.weigths.recon=2", "--out", tmp_path / "r")
+    assert "weights.recon" in result.stderr and "weights.kl" in result.stderr
+
+
+def test_unknown_method_lists_the_known_ones(tmp_path):
+    result = bench("run", "--methods", "triplet-hinge,nosuch", "--out", tmp_path / "results")
+    assert result.exit_code == 2
+    line = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")][0]
+    assert "nosuch" in line
+    for name in (*BUILTIN, "raw"):
+        assert name in line
+    assert not (tmp_path / "results").exists()
+
+
+def test_list_methods_datasets_metrics():
+    result = bench("list", "methods")
+    assert result.exit_code == 0
+    listed = [ln.strip() for ln in result.stdout.splitlines() if ln.startswith("  ") and not ln.startswith("    ")]
+    assert set(BUILTIN) | {"raw"} <= set(listed)
+    assert "Datasets" not in result.stdout
+
+    result = bench("list", "datasets")
+    assert result.exit_code == 0
+    names = {ln.split()[0] for ln in result.stdout.splitlines() if ln.startswith("  ") and not ln.startswith("    ")}
+    assert {"digits", "mnist", "fashion-mnist", "cifar10"} <= names
+
+    result = bench("list", "metrics")
+    assert result.exit_code == 0
+    rows = {ln.split()[0]: ln for ln in result.stdout.splitlines() if ln.startswith("  ")}
+    assert set(rows) == set(METRICS)
+    assert "lower is better" in rows["recon_error"] and "lower is better" not in rows["recall@1"]
+
+    result = bench("list", "everything")
+    assert result.exit_code == 2 and "cannot list 'everything'" in result.stderr
+
+
+@pytest.mark.parametrize("command, expected", [
+    ("run", ["--methods", "--dataset", "--seeds", "--epochs", "--batch-size", "--lr", "--set", "--config", "--out",
+             "[default: 128]", "[default: 0.001]", "[default: digits]", "[default: 0]", "[default: results]",
+             "[default: 10000]", "raw is always added"]),
+    ("table", ["--format", "--metrics", "[default: markdown]", "[default: results]", "markdown, csv or latex",
+               "[default: triplet_acc, triplet_acc_margin, recall@1"]),
+    ("list", ["methods, datasets, metrics", "[default: all]"]),
+])
+def test_help_shows_options_and_defaults(command, expected):
+    result = bench(command, "--help")
+    assert result.exit_code == 0
+    text = one_line(result.stdout)
+    for item in expected:
+        assert item in text, item
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic writes
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("where, exc", [("fsync", OSError("disk full")), ("replace", OSError("cross-device")),
+                                        ("fsync", KeyboardInterrupt())])
+def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch, where, exc):
+    from dmlbench import io
+
+    target = tmp_path / "metrics.json"
+    io.write_json(target, {"recall@1": 0.5})
+    old = target.read_bytes()
+
+    def boom(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(os, where, boom)
+    with pytest.raises(type(exc)):
+        io.write_json(target, {"recall@1": 0.9})
+    monkeypatch.undo()
+    assert target.read_bytes() == old
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_failed_binary_writes_leave_no_temp(tmp_path, monkeypatch):
+    from dmlbench import io
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError):
+        io.write_npz(tmp_path / "embeddings.npz", test_emb=np.zeros((2, 3)))
+    with pytest.raises(OSError):
+        io.torch_save(tmp_path / "checkpoint.pt", {"epoch": 1})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_writes_round_trip(tmp_path):
+    from dmlbench import io
+
+    io.write_text(tmp_path / "a" / "h.csv", "epoch,loss\n1,0.5\n")  # creates the folder
+    io.write_json(tmp_path / "m.json", {"x": 1.5})
+    io.write_npz(tmp_path / "e.npz", a=np.arange(6).reshape(2, 3))
+    io.torch_save(tmp_path / "c.pt", {"epoch": 3})
+    assert (tmp_path / "a" / "h.csv").read_text() == "epoch,loss\n1,0.5\n"
+    assert json.loads((tmp_path / "m.json").read_text()) == {"x": 1.5}
+    np.testing.assert_array_equal(np.load(tmp_path / "e.npz")["a"], [[0, 1, 2], [3, 4, 5]])
+    assert torch.load(tmp_path / "c.pt", weights_only=False) == {"epoch": 3}
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["c.pt", "e.npz", "h.csv", "m.json"]
+
+
+# --------------------------------------------------------------------------------------------
+# The table on hand-made run folders (known numbers)
+# --------------------------------------------------------------------------------------------
+
+def _fake_run(root: Path, method: str, seed: int, metrics: dict | None, failed: str = "") -> None:
+    d = root / "toy" / method / f"s{seed}-{method[:3]}{seed}"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"dataset": "toy", "method": method, "variant": "",
+                                               "group_id": f"g-{method}", "seed": seed}))
+    if metrics is not None:
+        (d / "metrics.json").write_text(json.dumps(metrics))
+    if failed:
+        (d / "failed.json").write_text(json.dumps({"reason": failed, "type": "NonFiniteLossError"}))
+
+
+@pytest.fixture
+def toy_results(tmp_path):
+    # alpha: recall@1 0.5, 0.7, 0.9 -> 0.7 ± 0.2;  recon_error 10, 12, 14 -> 12 ± 2
+    # beta:  recall@1 0.6, 0.7      -> 0.65 ± 0.0707 (√(2·0.05²)=0.070711); recon 20, 30 -> 25 ± 7.0711
+    # A failed and an unfinished beta run must not change beta's numbers or its n.
+    root = tmp_path / "results"
+    for seed, (r, e) in enumerate([(0.5, 10), (0.7, 12), (0.9, 14)]):
+        _fake_run(root, "alpha", seed, {"recall@1": r, "recon_error": e})
+    for seed, (r, e) in enumerate([(0.6, 20), (0.7, 30)]):
+        _fake_run(root, "beta", seed, {"recall@1": r, "recon_error": e})
+    _fake_run(root, "beta", 7, None, failed="loss term(s) total became non-finite")
+    _fake_run(root, "beta", 8, None)
+    return root
+
+
+def test_table_on_known_numbers(toy_results):
+    result = bench("table", toy_results, "--format", "csv", "--metrics", "recall@1,recon_error")
+    assert result.exit_code == 0, result.stderr
+    from io import StringIO
+
+    agg = pd.read_csv(StringIO(result.stdout)).set_index("method")
+    assert agg.loc["alpha", "n"] == 3 and agg.loc["beta", "n"] == 2
+    assert agg.loc["alpha", "recall@1"] == pytest.approx(0.7)
+    assert agg.loc["alpha", "recall@1_std"] == pytest.approx(0.2)
+    assert agg.loc["beta", "recall@1"] == pytest.approx(0.65)
+    assert agg.loc["beta", "recall@1_std"] == pytest.approx(0.05 * math.sqrt(2))
+    assert agg.loc["alpha", "recon_error"] == pytest.approx(12.0)
+    assert agg.loc["alpha", "recon_error_std"] == pytest.approx(2.0)
+    assert agg.loc["beta", "recon_error_std"] == pytest.approx(math.sqrt(50))
+
+    result = bench("table", toy_results, "--metrics", "recall@1,recon_error")
+    header, rows = md_rows(result.stdout)
+    assert header == ["dataset", "method", "seeds", "recall@1", "recon_error"]
+    # Higher recall is better: alpha (0.70) beats beta (0.65). Lower recon_error is better: alpha.
+    assert rows["alpha"][3:] == ["**0.7000 ± 0.2000**", "**12.0 ± 2.0**"]
+    assert rows["beta"][3:] == ["0.6500 ± 0.0707", "25.0 ± 7.1"]
+    assert rows["beta"][2] == "2"
+
+    result = bench("table", toy_results, "--format", "latex", "--metrics", "recall@1,recon_error")
+    assert r"\textbf{0.7000 ± 0.2000}" in result.stdout and r"recon\_error" in result.stdout
+    assert "0.6500 ± 0.0707" in result.stdout
+
+
+def test_table_single_seed_has_zero_std_and_missing_folder_errors(tmp_path):
+    root = tmp_path / "results"
+    _fake_run(root, "alpha", 0, {"recall@1": 0.25})
+    result = bench("table", root, "--format", "csv", "--metrics", "recall@1")
+    row = pd.read_csv(__import__("io").StringIO(result.stdout)).iloc[0]
+    assert row["n"] == 1 and row["recall@1"] == 0.25 and row["recall@1_std"] == 0.0
+    result = bench("table", tmp_path / "nowhere")
+    assert result.exit_code == 2 and "does not exist" in result.stderr
