@@ -42,6 +42,28 @@ def err(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
+def load_plugin(spec: str) -> None:
+    """Import a user's method module (a .py file or an importable module name)."""
+    import importlib
+    import importlib.util
+
+    try:
+        if spec.endswith(".py"):
+            path = Path(spec)
+            if not path.is_file():
+                raise DMLBenchError(f"plugin file {spec} does not exist")
+            mod_spec = importlib.util.spec_from_file_location(f"dmlbench_plugin_{path.stem}", path)
+            module = importlib.util.module_from_spec(mod_spec)
+            sys.modules[mod_spec.name] = module
+            mod_spec.loader.exec_module(module)
+        else:
+            importlib.import_module(spec)
+    except DMLBenchError:
+        raise
+    except Exception as e:
+        raise DMLBenchError(f"cannot import plugin {spec}: {type(e).__name__}: {e}") from None
+
+
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every epoch's loss terms to stderr.")] = False):
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
@@ -68,7 +90,7 @@ def _read_toml(path: Path | None, preset: str | None) -> dict:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
-SUITE_KEYS = {"methods", "seeds", "out", "set"}
+SUITE_KEYS = {"methods", "seeds", "out", "set", "suite"}
 RUN_KEYS = {f.name for f in dataclasses.fields(RunConfig)} - {"method", "seed", "method_params", "data_options"}
 
 
@@ -80,7 +102,7 @@ def _as_list(value, key: str) -> list[str]:
     raise DMLBenchError(f"{key} must be a comma-separated string or a list, got {value!r}")
 
 
-def resolve_suite(file_values: dict, flags: dict) -> tuple[RunConfig, list[str], list[int], dict, Path]:
+def resolve_suite(file_values: dict, flags: dict) -> tuple[RunConfig, list[str], list[int], dict, Path, str]:
     """Defaults <- TOML file/preset <- command-line flags; unknown keys are errors."""
     from dmlbench.methods import BUILTIN
     from dmlbench.params import apply_overrides, parse_set
@@ -99,11 +121,20 @@ def resolve_suite(file_values: dict, flags: dict) -> tuple[RunConfig, list[str],
     except ValueError:
         raise DMLBenchError(f"--seeds must be integers separated by commas, got {values.get('seeds')!r}") from None
     by_owner = parse_set(sets)
+    # A preset or file may configure methods that the command line then leaves out: those
+    # settings have nothing to apply to. A name that is no method at all is still an error.
+    from dmlbench.methods import get_method
+
+    flag_owners = set(parse_set(list(flags.get("set") or [])))
+    for owner in list(by_owner):
+        if owner != "data" and owner not in methods and owner not in flag_owners:
+            get_method(owner)
+            del by_owner[owner]
     data_options = by_owner.pop("data", {})
     run_values = {k: v for k, v in values.items() if k in RUN_KEYS}
     base = apply_overrides(RunConfig(), run_values, "run")
     base = dataclasses.replace(base, data_options=data_options)
-    return base, methods, seeds, by_owner, Path(values.get("out", "results"))
+    return base, methods, seeds, by_owner, Path(values.get("out", "results")), str(values.get("suite", ""))
 
 
 @app.command()
@@ -127,11 +158,15 @@ def run(
     threads: Annotated[Optional[int], typer.Option(help="Threads for torch, faiss and BLAS. [default: all cores, at most 8]")] = None,
     data_dir: Annotated[Optional[str], typer.Option(help="Folder with the dataset files. [default: $DMLBENCH_DATA_DIR, else ~/.cache/dmlbench]")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Results folder. [default: results]")] = None,
+    suite: Annotated[Optional[str], typer.Option(help="A name for this suite: its runs and table go to OUT/<dataset>/<suite>/. [default: none, OUT/<dataset>/]")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Method option METHOD.KEY=VALUE (e.g. tvae.weights.triplet=10), or data.KEY=VALUE; repeatable.")] = None,
     config: Annotated[Optional[Path], typer.Option(help="A TOML suite file with the same keys as these flags; flags override it.")] = None,
     preset: Annotated[Optional[str], typer.Option(help="A suite shipped with dmlbench (see `bench list presets`).")] = None,
+    plugin: Annotated[Optional[list[str]], typer.Option(help="A Python file or module to import first, e.g. my_loss.py, so that its @register_method classes can run; repeatable.")] = None,
 ):
     """Train and evaluate each (method, seed) on one dataset, then print the results table."""
+    for p in plugin or []:
+        load_plugin(p)
     from dmlbench.runner import run_suite
     from dmlbench.table import write_tables
     from dmlbench.trainer import set_threads
@@ -139,9 +174,11 @@ def run(
     flags = dict(methods=methods, dataset=dataset, seeds=seeds, epochs=epochs, batch_size=batch_size,
                  epoch_size=epoch_size, lr=lr, optimizer=optimizer, lr_schedule=lr_schedule, embedding_dim=embedding_dim,
                  encoder=encoder, split=split, test_triplets=test_triplets, eval_margin=eval_margin, device=device,
-                 threads=threads, data_dir=data_dir, out=str(out) if out else None, set=set_)
-    base, method_list, seed_list, sets, out_dir = resolve_suite(_read_toml(config, preset), flags)
+                 threads=threads, data_dir=data_dir, out=str(out) if out else None, set=set_, suite=suite)
+    base, method_list, seed_list, sets, out_dir, suite_name = resolve_suite(_read_toml(config, preset), flags)
     set_threads(base.threads)
+    from dmlbench.runner import suite_dir
+
     total = len(method_list) * len(seed_list)
     done = []
 
@@ -157,12 +194,10 @@ def run(
 
     def start(cfg, data) -> None:
         err(f"running {', '.join(method_list)} on {cfg.dataset} ({len(data.x_train)} train / {len(data.x_test)} test, "
-            f"{cfg.encoder} encoder, {cfg.epochs} epochs) with seeds {','.join(map(str, seed_list))} -> {out_dir}")
+            f"{cfg.encoder} encoder, {cfg.epochs} epochs) with seeds {','.join(map(str, seed_list))} -> {suite_dir(out_dir, cfg.dataset, suite_name)}")
 
-    results = run_suite(base, method_list, seed_list, sets, out_dir, on_result=report, on_start=start)
-    from dmlbench.runner import dataset_slug
-
-    table_dir = out_dir / dataset_slug(base.dataset)
+    results = run_suite(base, method_list, seed_list, sets, out_dir, on_result=report, on_start=start, suite=suite_name)
+    table_dir = suite_dir(out_dir, base.dataset, suite_name)
     typer.echo(write_tables(table_dir))
     err(f"table written to {table_dir / 'table.md'} and table.csv")
     failed = [r for r in results if r.status == "failed"]

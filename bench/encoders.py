@@ -1,8 +1,9 @@
 """Encoders shared by every method, and the mirrored decoders that generative methods add.
 
 - ``mlp``: the TVAE paper's two fully connected layers (input -> hidden -> output).
-- ``convnet``: Liang & Li's builder net: conv 5x5-32, conv 5x5-64 (each with 2x2 pooling),
-  fc 1024, fc 256, then the embedding layer.
+- ``convnet``: Liang & Li's builder net, ``add_conv(5, 5, 2, 2, 32)``, ``add_conv(5, 5, 2, 2, 64)``,
+  ``add_fc(1024)``, ``add_fc(256)``: 5x5 convolutions with stride 2 and 32/64 maps, fc 1024,
+  fc 256, then the embedding layer.
 - ``cifar``: Hoffer & Ailon's embedding net: convolutions {5,3,3,2} with maps {64,128,256,D},
   2x2 max-pooling after the first three, ReLU between layers, no fully connected layer.
 """
@@ -54,8 +55,8 @@ def _convnet_encoder(shape: Shape, out_dim: int) -> nn.Module:
     _check_div4(shape, "convnet")
     c, h, w = shape
     return nn.Sequential(
-        nn.Conv2d(c, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c, 32, 5, stride=2, padding=2), nn.ReLU(),
+        nn.Conv2d(32, 64, 5, stride=2, padding=2), nn.ReLU(),
         nn.Flatten(), nn.Linear(64 * (h // 4) * (w // 4), 1024), nn.ReLU(),
         nn.Linear(1024, 256), nn.ReLU(), nn.Linear(256, out_dim),
     )
@@ -96,7 +97,7 @@ def _cifar_decoder(shape: Shape, latent_dim: int) -> nn.Module:
 
 ENCODERS.add("mlp", EncoderSpec("mlp", _mlp_encoder, _mlp_decoder, f"two fully connected layers (hidden {MLP_HIDDEN}), TVAE paper"))
 ENCODERS.add("convnet", EncoderSpec("convnet", _convnet_encoder, _convnet_decoder,
-                                    "conv5x5-32, conv5x5-64, fc1024, fc256 (Liang & Li)"))
+                                    "conv5x5/2-32, conv5x5/2-64, fc1024, fc256 (Liang & Li)"))
 ENCODERS.add("cifar", EncoderSpec("cifar", _cifar_encoder, _cifar_decoder, "four convolutions {5,3,3,2} (Hoffer & Ailon)"))
 
 

@@ -1,6 +1,6 @@
 """Run a suite of (method, seed) runs on one dataset and keep every result on disk.
 
-Each run gets a folder named from its resolved config, ``<out>/<dataset>/<method>/s<seed>-<id>``:
+Each run gets a folder named from its resolved config, ``<out>/<dataset>[/<suite>]/<method>/s<seed>-<id>``:
 ``config.json``, ``history.csv``, ``metrics.json``, ``embeddings.npz``, ``checkpoint.pt`` (and
 ``confusion.csv``, ``reconstructions.npz`` where they apply). Every file is written atomically;
 ``metrics.json`` is written last, so its presence marks a complete run. A re-run skips complete
@@ -137,12 +137,18 @@ class RunResult:
     reason: str = ""
 
 
-def run_dir_for(cfg: RunConfig, out: Path) -> Path:
-    return out / dataset_slug(cfg.dataset) / slug(cfg.method) / f"s{cfg.seed}-{cfg.run_id()}"
+def suite_dir(out: Path, dataset: str, suite: str = "") -> Path:
+    """Where a suite's runs and tables live: ``<out>/<dataset>[/<suite>]``."""
+    d = Path(out) / dataset_slug(dataset)
+    return d / slug(suite) if suite else d
 
 
-def run_one(cfg: RunConfig, data: Data, triplets: np.ndarray, out: Path, variant: str = "") -> RunResult:
-    run_dir = run_dir_for(cfg, out)
+def run_dir_for(cfg: RunConfig, results_dir: Path) -> Path:
+    return results_dir / slug(cfg.method) / f"s{cfg.seed}-{cfg.run_id()}"
+
+
+def run_one(cfg: RunConfig, data: Data, triplets: np.ndarray, results_dir: Path, variant: str = "") -> RunResult:
+    run_dir = run_dir_for(cfg, results_dir)
     if (run_dir / "metrics.json").exists():
         return RunResult(cfg, run_dir, "skipped", json.loads((run_dir / "metrics.json").read_text()))
     (run_dir / "failed.json").unlink(missing_ok=True)
@@ -183,8 +189,14 @@ def run_one(cfg: RunConfig, data: Data, triplets: np.ndarray, out: Path, variant
     return RunResult(cfg, run_dir, "done", ev.metrics)
 
 
+def _get_key(obj, dotted: str):
+    head, _, rest = dotted.partition(".")
+    value = getattr(obj, head)
+    return value[rest] if rest else value
+
+
 def run_suite(base: RunConfig, methods: list[str], seeds: list[int], method_sets: dict[str, dict],
-              out: Path, on_result=None, on_start=None) -> list[RunResult]:
+              out: Path, on_result=None, on_start=None, suite: str = "") -> list[RunResult]:
     """Train and evaluate every (method, seed) on ``base.dataset``; returns one result per run."""
     for owner in method_sets:
         if owner not in methods:
@@ -197,20 +209,23 @@ def run_suite(base: RunConfig, methods: list[str], seeds: list[int], method_sets
         cls = get_method(name)  # unknown names fail here, before any training
         overrides = method_sets.get(name, {})
         params = apply_overrides(cls.Params(), overrides, name)
-        variant = ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+        # The row label names only what differs from the method's defaults.
+        defaults = cls.Params()
+        variant = ",".join(f"{k}={v}" for k, v in sorted(overrides.items())
+                           if _get_key(params, k) != _get_key(defaults, k))
         for seed in seeds:
             configs.append((dataclasses.replace(base, method=name, seed=seed, method_params=dataclasses.asdict(params)),
                             variant))
     data = load_data(base)
     check_shapes(base.encoder, data.input_shape, base.embedding_dim)
-    results_dir = out / dataset_slug(base.dataset)
+    results_dir = suite_dir(out, base.dataset, suite)
     triplets = test_triplets(data, base, results_dir)
     if on_start is not None:
         on_start(base, data)
     results = []
     for cfg, variant in configs:
-        log.info("run %s seed %d -> %s", cfg.method, cfg.seed, run_dir_for(cfg, out))
-        r = run_one(cfg, data, triplets, out, variant)
+        log.info("run %s seed %d -> %s", cfg.method, cfg.seed, run_dir_for(cfg, results_dir))
+        r = run_one(cfg, data, triplets, results_dir, variant)
         results.append(r)
         if on_result is not None:
             on_result(r)

@@ -63,6 +63,7 @@ class Data:
             "train_classes": int(self.y_train.unique().numel()),
             "test_classes": int(self.y_test.unique().numel()),
             "input_shape": list(self.input_shape),
+            "class_names": list(self.classes),
             "split": self.split,
             "source": self.source,
         }

@@ -1,0 +1,446 @@
+"""Figures from a results folder: one PNG per kind, per dataset.
+
+``plot_results(results_dir)`` reads the run folders that :mod:`dmlbench.runner` wrote and draws
+
+- ``embeddings.png``: 2-D t-SNE (or PCA) of the test embeddings, a panel per method (TVAE Fig. 2);
+- ``reconstructions.png``: test images and their reconstructions by each generative method (TVAE Fig. 3);
+- ``confusion_<method>.png``: the linear SVM's row-normalised confusion matrix (Hoffer & Ailon Fig. 3);
+- ``loss_curves.png``: every loss term per epoch, mean ± sd over seeds, a panel per method;
+- ``metrics.png``: the main metrics, mean ± sd over seeds, a bar group per method;
+- ``tradeoff.png``: TVAE triplet accuracy against reconstruction error as the triplet weight grows,
+  with the VAE as reference (only where several TVAE triplet weights were run).
+
+A "method" here is a method configuration, labelled as in the results table (``tvae[weights.triplet=10]``).
+Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no global backend).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dmlbench.errors import DMLBenchError
+from dmlbench.io import _atomic_write_bytes
+
+PROJECTIONS = ("tsne", "pca")
+BAR_METRICS = ["triplet_acc", "triplet_acc_margin", "recall@1", "map@r", "knn_acc", "svm_acc"]
+TSNE_MAX_POINTS = 2000
+NOT_LOSS_COLUMNS = {"epoch", "lr", "seconds", "images_per_s"}
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    _atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _style():
+    import seaborn as sns
+
+    return sns.axes_style("whitegrid")
+
+
+def _slug(text: str) -> str:
+    from dmlbench.runner import slug
+
+    return slug(text)
+
+
+def _palette(n: int):
+    import seaborn as sns
+
+    if n <= 10:
+        return sns.color_palette("tab10", n)
+    if n <= 20:
+        return sns.color_palette("tab20", n)
+    return sns.color_palette("husl", n)
+
+
+def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
+    cols = min(n, max_cols)
+    return math.ceil(n / cols), cols
+
+
+def _runs(results_dir: Path) -> pd.DataFrame:
+    """Complete runs with their config, a table label per configuration and their dataset folder."""
+    from dmlbench.table import collect
+
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise DMLBenchError(f"results folder {results_dir} does not exist; run `bench run` first or give its path")
+    runs = collect(results_dir)
+    done = runs[runs["status"] == "done"] if len(runs) else runs
+    if not len(done):
+        raise DMLBenchError(f"no complete runs found in {results_dir}; run `bench run` first, "
+                            "or point at the right results folder")
+    done = done.copy()
+    # As in table.aggregate: a label that covers several configs gets the config id appended.
+    n_groups = done.groupby(["dataset", "label"])["group_id"].transform("nunique")
+    done["label"] = np.where(n_groups > 1, done["label"] + " #" + done["group_id"].str[:6], done["label"])
+    done["dataset_dir"] = [str(Path(r).parents[1]) for r in done["run_dir"]]
+    done["config"] = [json.loads((Path(r) / "config.json").read_text()) for r in done["run_dir"]]
+    # Methods in the table's order (first seen first, the raw floor last); a method's configurations
+    # with its default options first, then by their options, numbers compared as numbers.
+    first = {m: i for i, m in enumerate(dict.fromkeys(done["method"]))}
+    keys = {lab: (10_000 if m == "raw" else first[m], _natural(lab[len(m):]))
+            for lab, m in zip(done["label"], done["method"])}
+    done["_order"] = done["label"].map({lab: i for i, lab in enumerate(sorted(keys, key=keys.get))})
+    return done.sort_values(["_order", "seed"], kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+def _natural(text: str) -> tuple:
+    parts = re.split(r"(\d+(?:\.\d+)?)", text)
+    return tuple((0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts) if p)
+
+
+def _labels(runs: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(runs["label"]))
+
+
+def _first_seed(runs: pd.DataFrame) -> pd.DataFrame:
+    """One run per method configuration: seed 0, or the lowest seed."""
+    return runs.sort_values("seed", kind="stable").groupby("label", sort=False).head(1) \
+        .set_index("label").loc[_labels(runs)].reset_index()
+
+
+def _class_names(runs: pd.DataFrame, labels: np.ndarray) -> list[str]:
+    """Names for class ids, from config.json's data info where it has them, else the ids."""
+    for cfg in runs["config"]:
+        info = cfg.get("data") or {}
+        names = info.get("class_names")
+        if names is None and isinstance(info.get("classes"), list):
+            names = info["classes"]
+        if names:
+            return [str(names[int(c)]) if 0 <= int(c) < len(names) else str(c) for c in labels]
+    return [str(int(c)) for c in labels]
+
+
+# --------------------------------------------------------------------------------------------- figures
+
+def _project(emb: np.ndarray, projection: str, seed: int = 0) -> np.ndarray:
+    if emb.shape[1] <= 2:
+        return np.pad(emb, ((0, 0), (0, 2 - emb.shape[1])))
+    if projection == "pca":
+        from sklearn.decomposition import PCA
+
+        return PCA(n_components=2, random_state=seed).fit_transform(emb)
+    from sklearn.manifold import TSNE
+
+    perplexity = float(min(30.0, max(2.0, (len(emb) - 1) / 3)))
+    return TSNE(n_components=2, init="pca", learning_rate="auto", perplexity=perplexity,
+                random_state=seed).fit_transform(emb)
+
+
+def plot_embeddings(runs: pd.DataFrame, path: Path, projection: str = "tsne",
+                    max_points: int | None = None) -> Path | None:
+    """A seeded subsample of at most ``max_points`` (default TSNE_MAX_POINTS) test points, the same for every panel."""
+    max_points = max_points or TSNE_MAX_POINTS
+    first = _first_seed(runs)
+    panels = []
+    for r in first.itertuples():
+        f = Path(r.run_dir) / "embeddings.npz"
+        if f.exists():
+            with np.load(f) as z:
+                panels.append((r.label, r.seed, z["test_emb"], z["test_y"]))
+    if not panels:
+        return None
+    n = len(panels[0][3])
+    rng = np.random.default_rng(0)
+    sub = np.sort(rng.choice(n, max_points, replace=False)) if n > max_points else np.arange(n)
+    classes = np.unique(panels[0][3])
+    names = _class_names(runs, classes)
+    colours = dict(zip(classes, _palette(len(classes))))
+    rows, cols = _grid(len(panels))
+    fig = _figure(3.6 * cols + 1.4, 3.4 * rows + 0.4)
+    with _style():
+        axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+        for ax, (label, seed, emb, y) in zip(axes, panels):
+            xy = _project(np.asarray(emb, dtype=np.float32)[sub], projection)
+            ys = y[sub]
+            for c in classes:
+                m = ys == c
+                ax.scatter(xy[m, 0], xy[m, 1], s=5, color=colours[c], alpha=0.8, linewidths=0, rasterized=True)
+            ax.set_title(f"{label} (seed {seed})", fontsize=10)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        for ax in axes[len(panels):]:
+            ax.set_visible(False)
+    if len(classes) <= 30:
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], marker="o", linestyle="", color=colours[c], markersize=6) for c in classes]
+        fig.legend(handles, names, loc="outside right center", title="class", frameon=False,
+                   ncols=math.ceil(len(classes) / 15))
+    what = "t-SNE" if projection == "tsne" else "PCA"
+    fig.suptitle(f"{what} of the test embeddings ({len(sub)} of {n} test images, coloured by class)")
+    return _save(fig, path)
+
+
+def _as_image(a: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, dict]:
+    """(C,H,W) -> something imshow draws: grey for one channel, RGB for three."""
+    if a.shape[0] == 1:
+        return a[0], {"cmap": "gray", "vmin": lo, "vmax": hi}
+    rgb = np.transpose(a[:3], (1, 2, 0))
+    return np.clip((rgb - lo) / max(hi - lo, 1e-8), 0, 1), {}
+
+
+def plot_reconstructions(runs: pd.DataFrame, path: Path, max_cols: int = 12) -> Path | None:
+    first = _first_seed(runs)
+    first = first.iloc[np.argsort(first["method"].to_numpy() != "vae", kind="stable")]  # VAE, then TVAE, ...
+    rows = []
+    for r in first.itertuples():
+        f = Path(r.run_dir) / "reconstructions.npz"
+        if f.exists():
+            with np.load(f) as z:
+                rows.append((r.label, z["x"], z["x_hat"], z["y"]))
+    if not rows:
+        return None
+    x, y = rows[0][1], rows[0][3]
+    k = min(len(x), max_cols)
+    lo, hi = float(min(x.min(), 0.0)), float(max(x.max(), 1.0))
+    names = _class_names(runs, y[:k])
+    grid = [("input", x)] + [(label, x_hat) for label, _, x_hat, _ in rows]
+    width = max(1.0 * k + 2.2, 6.0)
+    fig = _figure(width, 1.05 * len(grid) + 0.6)
+    axes = fig.subplots(len(grid), k, squeeze=False)
+    for i, (label, imgs) in enumerate(grid):
+        for j in range(k):
+            ax = axes[i, j]
+            img, kw = _as_image(np.asarray(imgs[j], dtype=np.float32), lo, hi)
+            ax.imshow(img, interpolation="nearest", **kw)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for s in ax.spines.values():
+                s.set_visible(False)
+            if i == 0:
+                ax.set_title(names[j], fontsize=9)
+        axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    fig.suptitle("Test images (first of each class) and their reconstructions from z = μ (seed "
+                 f"{int(first['seed'].min())})", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_confusions(runs: pd.DataFrame, folder: Path) -> list[Path]:
+    import seaborn as sns
+
+    out = []
+    for label in _labels(runs):
+        mine = runs[runs["label"] == label]
+        mats, ids = [], None
+        for r in mine.itertuples():
+            f = Path(r.run_dir) / "confusion.csv"
+            if not f.exists():
+                continue
+            mats.append(pd.read_csv(f).to_numpy(dtype=float))
+            emb = Path(r.run_dir) / "embeddings.npz"
+            if ids is None and emb.exists():
+                with np.load(emb) as z:  # svm_accuracy's labels: the classes of train and test together
+                    ids = np.unique(np.concatenate([z["train_y"], z["test_y"]]))
+        if not mats or len({m.shape for m in mats}) != 1:
+            continue
+        total = np.sum(mats, axis=0)  # pooled over seeds
+        k = len(total)
+        if ids is None or len(ids) != k:
+            ids = np.arange(k)
+        names = _class_names(runs, ids)
+        norm = total / np.maximum(total.sum(1, keepdims=True), 1)
+        side = max(5.0, 0.45 * k + 2.5)
+        fig = _figure(side + 1.0, side)
+        ax = fig.subplots()
+        annot = k <= 15
+        sns.heatmap(norm, ax=ax, vmin=0, vmax=1, cmap="Blues", square=True, annot=annot, fmt=".2f",
+                    annot_kws={"fontsize": 7 if k > 10 else 8}, xticklabels=names, yticklabels=names,
+                    cbar_kws={"label": "fraction of the true class", "shrink": 0.8})
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        ax.tick_params(axis="x", labelrotation=90 if max(map(len, names)) > 3 else 0)
+        ax.tick_params(axis="y", labelrotation=0)
+        acc = np.trace(total) / max(total.sum(), 1)
+        ax.set_title(f"{label}: linear SVM on the embeddings\n(row-normalised, {len(mats)} seed(s) pooled, "
+                     f"accuracy {acc:.3f})", fontsize=10)
+        out.append(_save(fig, folder / f"confusion_{_slug(label)}.png"))
+    return out
+
+
+def _history(run_dir: str) -> pd.DataFrame | None:
+    f = Path(run_dir) / "history.csv"
+    if not f.exists() or f.stat().st_size == 0:
+        return None
+    try:
+        h = pd.read_csv(f)
+    except pd.errors.EmptyDataError:
+        return None
+    return h if len(h) and "epoch" in h else None
+
+
+def plot_loss_curves(runs: pd.DataFrame, path: Path) -> Path | None:
+    import seaborn as sns
+
+    panels = []
+    for label in _labels(runs):
+        frames = []
+        for r in runs[runs["label"] == label].itertuples():
+            h = _history(r.run_dir)
+            if h is None:
+                continue
+            terms = [c for c in h.columns if c not in NOT_LOSS_COLUMNS]
+            if len(terms) == 2 and "loss" in terms:
+                terms.remove("loss")  # one term: the total is the same curve, up to its weight
+            long = h.melt(id_vars="epoch", value_vars=terms, var_name="term", value_name="value")
+            frames.append(long.assign(seed=r.seed))
+        if frames:
+            panels.append((label, pd.concat(frames, ignore_index=True)))
+    if not panels:
+        return None
+    rows, cols = _grid(len(panels), 3)
+    fig = _figure(4.3 * cols, 3.3 * rows + 0.3)
+    with _style():
+        axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+        for ax, (label, df) in zip(axes, panels):
+            terms = list(dict.fromkeys(df["term"]))
+            # The weighted total is drawn dashed in black, the terms in colour.
+            colours = dict(zip([t for t in terms if t != "loss"], _palette(len(terms))))
+            colours["loss"] = (0.15, 0.15, 0.15)
+            n_seeds = df["seed"].nunique()
+            sns.lineplot(data=df, x="epoch", y="value", hue="term", style="term", ax=ax, palette=colours,
+                         dashes={t: ((4, 2) if t == "loss" else "") for t in terms}, errorbar="sd",
+                         markers=len(df["epoch"].unique()) <= 12, markersize=4)
+            v = df["value"]
+            if (v > 0).all() and v.max() / v.min() > 30:  # terms on different scales
+                ax.set_yscale("log")
+            ax.set_title(f"{label} ({n_seeds} seed{'s' if n_seeds > 1 else ''})", fontsize=10)
+            ax.set_ylabel("loss (mean ± sd over seeds)" if ax in axes[::cols] else "")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.legend(fontsize=8, title=None, loc="best", framealpha=0.8)
+        for ax in axes[len(panels):]:
+            ax.set_visible(False)
+    fig.suptitle("Training loss terms per epoch ('loss' is the weighted total)")
+    return _save(fig, path)
+
+
+def plot_metrics(runs: pd.DataFrame, path: Path, metrics: list[str] | None = None) -> Path | None:
+    import seaborn as sns
+
+    metrics = [m for m in (metrics or BAR_METRICS) if m in runs.columns and runs[m].notna().any()]
+    if not metrics:
+        return None
+    long = runs.melt(id_vars=["label", "seed"], value_vars=metrics, var_name="metric", value_name="value").dropna()
+    labels = _labels(runs)
+    fig = _figure(max(7.0, 1.25 * len(labels) * max(len(metrics), 3) / 3 + 2.5), 4.6)
+    with _style():
+        ax = fig.subplots()
+        sns.barplot(data=long, x="label", y="value", hue="metric", order=labels, hue_order=metrics,
+                    errorbar="sd", capsize=0.08, err_kws={"linewidth": 1}, ax=ax, palette=_palette(len(metrics)))
+        ax.set_ylim(0, 1.0)
+        ax.set_xlabel("")
+        ax.set_ylabel("mean ± sd over seeds")
+        if max(map(len, labels)) * len(labels) > 60:
+            ax.tick_params(axis="x", labelrotation=20)
+            for t in ax.get_xticklabels():
+                t.set_horizontalalignment("right")
+        ax.legend(title=None, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    n = runs.groupby("label")["seed"].nunique()
+    fig.suptitle(f"Test metrics ({int(n.min())}–{int(n.max())} seeds per method)" if n.min() != n.max()
+                 else f"Test metrics ({int(n.min())} seed{'s' if n.min() > 1 else ''} per method)")
+    return _save(fig, path)
+
+
+def _triplet_weight(cfg: dict) -> float | None:
+    w = (cfg.get("method_params") or {}).get("weights") or {}
+    return float(w["triplet"]) if "triplet" in w else None
+
+
+def plot_tradeoff(runs: pd.DataFrame, path: Path) -> Path | None:
+    """TVAE configs: triplet accuracy against test reconstruction error, one point per config."""
+    if "recon_error" not in runs.columns:
+        return None
+    tv = runs[runs["method"] == "tvae"].copy()
+    tv["w"] = [_triplet_weight(c) for c in tv["config"]]
+    tv = tv[tv["w"].notna()]
+    if tv["w"].nunique() < 2:
+        return None
+    ys = [m for m in ("triplet_acc", "triplet_acc_margin") if m in runs.columns]
+    cols = ys + ["recon_error"]
+    tvg = tv.groupby("label", sort=False).agg(w=("w", "first"), n=("seed", "nunique"),
+                                             **{f"{c}_mean": (c, "mean") for c in cols},
+                                             **{f"{c}_std": (c, "std") for c in cols})
+    tvg = tvg.fillna(0.0).sort_values("w", kind="stable")
+    vae = runs[runs["method"] == "vae"]
+    vaeg = vae.groupby("label", sort=False)[cols].agg(["mean", "std"]).fillna(0.0) if len(vae) else None
+    ambiguous = tvg["w"].duplicated(keep=False)
+    fig = _figure(5.2 * len(ys) + 0.4, 4.8)
+    with _style():
+        axes = np.atleast_1d(fig.subplots(1, len(ys), squeeze=False)).ravel()
+        for ax, y in zip(axes, ys):
+            ax.plot(tvg["recon_error_mean"], tvg[f"{y}_mean"], color="0.7", linewidth=1, zorder=1)
+            ax.errorbar(tvg["recon_error_mean"], tvg[f"{y}_mean"], xerr=tvg["recon_error_std"],
+                        yerr=tvg[f"{y}_std"], fmt="o", color="tab:blue", ecolor="tab:blue", capsize=3,
+                        markersize=6, label="TVAE", zorder=3)
+            for (label, r), amb in zip(tvg.iterrows(), ambiguous):
+                text = f"w={r['w']:g}" + (f" {label.split('#')[-1]}" if amb and "#" in label else "")
+                ax.annotate(text, (r["recon_error_mean"], r[f"{y}_mean"]), textcoords="offset points",
+                            xytext=(6, 6), fontsize=9, color="tab:blue")
+            if vaeg is not None:
+                for label, r in vaeg.iterrows():
+                    ax.errorbar([r[("recon_error", "mean")]], [r[(y, "mean")]], xerr=[r[("recon_error", "std")]],
+                                yerr=[r[(y, "std")]], fmt="s", color="tab:red", capsize=3, markersize=6,
+                                label=label if label != "vae" else "VAE (w=0)", zorder=3)
+            ax.set_xlabel("test reconstruction error (squared L2 per image; lower is better)")
+            ax.set_ylabel(y.replace("_", " ") + " (higher is better)")
+            ax.margins(x=0.15, y=0.15)
+        handles, names = axes[0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="outside lower center", ncols=len(names), frameon=False)
+    n = int(tvg["n"].max())
+    fig.suptitle(f"TVAE: triplet accuracy against test reconstruction error for each triplet weight w "
+                 f"(mean ± sd over {n} seed{'s' if n > 1 else ''})", fontsize=10)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------- entry
+
+def plot_results(results_dir: Path, out: Path | None = None, projection: str = "tsne") -> list[Path]:
+    """Draw every figure for each dataset under results_dir; returns the written PNG paths.
+
+    PNGs go to ``<dataset folder>/plots/``; with ``out``, to ``out`` (one dataset) or
+    ``out/<dataset folder name>/`` (several datasets).
+    """
+    if projection not in PROJECTIONS:
+        raise DMLBenchError(f"unknown projection {projection!r}; use one of: {', '.join(PROJECTIONS)}")
+    runs = _runs(Path(results_dir))
+    datasets = list(dict.fromkeys(runs["dataset_dir"]))
+    written: list[Path] = []
+    for ds in datasets:
+        mine = runs[runs["dataset_dir"] == ds].reset_index(drop=True)
+        if out is None:
+            folder = Path(ds) / "plots"
+        else:
+            folder = Path(out) / Path(ds).name if len(datasets) > 1 else Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        for p in (plot_embeddings(mine, folder / "embeddings.png", projection),
+                  plot_reconstructions(mine, folder / "reconstructions.png"),
+                  *plot_confusions(mine, folder),
+                  plot_loss_curves(mine, folder / "loss_curves.png"),
+                  plot_metrics(mine, folder / "metrics.png"),
+                  plot_tradeoff(mine, folder / "tradeoff.png")):
+            if p is not None:
+                written.append(p)
+    return written
