@@ -66,8 +66,13 @@ def load_plugin(spec: str) -> None:
 
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every epoch's loss terms to stderr.")] = False):
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(message)s")
+    # Only dmlbench's own logger: libraries (faiss, matplotlib) keep their chatter to themselves.
+    logger = logging.getLogger("dmlbench")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _preset_names() -> list[str]:
@@ -111,15 +116,23 @@ def resolve_suite(file_values: dict, flags: dict) -> tuple[RunConfig, list[str],
     if unknown:
         raise DMLBenchError(f"unknown key(s) {', '.join(sorted(unknown))} in the config file; "
                             f"known: {', '.join(sorted(SUITE_KEYS | RUN_KEYS))}")
+    for key, kind in (("out", str), ("suite", str), ("dataset", str)):
+        if key in file_values and not isinstance(file_values[key], kind):
+            raise DMLBenchError(f"{key} in the config file must be a string, got {file_values[key]!r}")
+    file_sets = file_values.get("set", [])
+    if not isinstance(file_sets, list) or not all(isinstance(x, str) for x in file_sets):
+        raise DMLBenchError(f'set in the config file must be a list of strings, e.g. set = ["tvae.margin=2"], got {file_sets!r}')
     values = {**file_values, **{k: v for k, v in flags.items() if v is not None}}
-    sets = list(file_values.get("set", [])) + list(flags.get("set") or [])
+    sets = list(file_sets) + list(flags.get("set") or [])
     methods = _as_list(values.get("methods", list(BUILTIN)), "methods")
     if "raw" not in methods:
         methods.append("raw")  # every table gets the raw-pixel floor row
     try:
         seeds = [int(s) for s in _as_list(values.get("seeds", [0]), "seeds")]
+        if not seeds or min(seeds) < 0:
+            raise ValueError
     except ValueError:
-        raise DMLBenchError(f"--seeds must be integers separated by commas, got {values.get('seeds')!r}") from None
+        raise DMLBenchError(f"--seeds must be integers >= 0 separated by commas, got {values.get('seeds')!r}") from None
     by_owner = parse_set(sets)
     # A preset or file may configure methods that the command line then leaves out: those
     # settings have nothing to apply to. A name that is no method at all is still an error.
@@ -148,10 +161,15 @@ def run(
     epoch_size: Annotated[Optional[int], typer.Option(help="Images per epoch. [default: the training set size]")] = None,
     lr: Annotated[Optional[float], typer.Option(help=f"Learning rate. [default: {DEFAULTS.lr}]")] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="adam or sgd. [default: adam]")] = None,
+    momentum: Annotated[Optional[float], typer.Option(help=f"SGD momentum. [default: {DEFAULTS.momentum}]")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help=f"Weight decay. [default: {DEFAULTS.weight_decay}]")] = None,
     lr_schedule: Annotated[Optional[str], typer.Option(help="constant or cosine. [default: constant]")] = None,
     embedding_dim: Annotated[Optional[int], typer.Option(help="Embedding (latent) size. [default: 20; cifar10 128]")] = None,
     encoder: Annotated[Optional[str], typer.Option(help="mlp, convnet or cifar. [default: per dataset: digits mlp, mnist convnet, cifar10 cifar]")] = None,
     split: Annotated[Optional[str], typer.Option(help="standard, or classes (train on the first half of the classes, test on the rest). [default: standard]")] = None,
+    normalize: Annotated[Optional[str], typer.Option(help="unit (pixels in [0, 1]) or standard (train mean/std). [default: unit]")] = None,
+    data_seed: Annotated[Optional[int], typer.Option(help=f"Seed of the train/test split where the dataset has none. [default: {DEFAULTS.data_seed}]")] = None,
+    knn_k: Annotated[Optional[int], typer.Option(help=f"k of the k-NN classification probe. [default: {DEFAULTS.knn_k}]")] = None,
     test_triplets: Annotated[Optional[int], typer.Option(help=f"Fixed test triplets for triplet accuracy. [default: {DEFAULTS.test_triplets}]")] = None,
     eval_margin: Annotated[Optional[float], typer.Option(help=f"Margin m of triplet_acc_margin. [default: {DEFAULTS.eval_margin}]")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda. [default: cpu]")] = None,
@@ -172,10 +190,12 @@ def run(
     from dmlbench.trainer import set_threads
 
     flags = dict(methods=methods, dataset=dataset, seeds=seeds, epochs=epochs, batch_size=batch_size,
-                 epoch_size=epoch_size, lr=lr, optimizer=optimizer, lr_schedule=lr_schedule, embedding_dim=embedding_dim,
+                 epoch_size=epoch_size, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
+                 normalize=normalize, data_seed=data_seed, knn_k=knn_k, lr_schedule=lr_schedule, embedding_dim=embedding_dim,
                  encoder=encoder, split=split, test_triplets=test_triplets, eval_margin=eval_margin, device=device,
                  threads=threads, data_dir=data_dir, out=str(out) if out else None, set=set_, suite=suite)
     base, method_list, seed_list, sets, out_dir, suite_name = resolve_suite(_read_toml(config, preset), flags)
+    base.resolved().check()  # bad values fail here, before any thread pool or data is touched
     set_threads(base.threads)
     from dmlbench.runner import suite_dir
 
@@ -256,6 +276,7 @@ def perf(
     epoch_size: Annotated[int, typer.Option(help="Images per timed epoch; 0: the whole training set.")] = 0,
     threads: Annotated[int, typer.Option(help="Threads for torch, faiss and BLAS.")] = 2,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    encoder: Annotated[Optional[str], typer.Option(help="mlp, convnet or cifar. [default: the dataset's]")] = None,
     repeats: Annotated[int, typer.Option(help="Timed repeats per way (after a warm-up); the median is reported.")] = 3,
     eval_methods: Annotated[Optional[str], typer.Option(help="Methods whose full evaluation is timed; 'none' to skip. [default: raw and the first method]")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Also write the results as CSV: a .csv file, or a folder for perf.csv (the evaluation goes beside it as *-eval.csv).")] = None,
@@ -265,7 +286,8 @@ def perf(
 
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     evals = None if eval_methods is None else [m.strip() for m in eval_methods.split(",") if m.strip() not in ("", "none")]
-    train, ev = run_perf(dataset, data_dir or "", names, batch_size, epoch_size, threads, device, repeats, evals, log=err)
+    train, ev = run_perf(dataset, data_dir or "", names, batch_size, epoch_size, threads, device, repeats, evals, log=err,
+                         encoder=encoder or "")
     typer.echo(format_results(train, ev))
     if out is not None:
         for path in write_results(train, ev, out):

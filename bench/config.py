@@ -74,6 +74,9 @@ class RunConfig:
                 raise DMLBenchError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.epoch_size < 0 or self.lr <= 0:
             raise DMLBenchError("--epoch-size must be >= 0 and --lr > 0")
+        for name in ("momentum", "weight_decay", "threads", "data_seed", "triplet_seed", "seed"):
+            if getattr(self, name) < 0:
+                raise DMLBenchError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise DMLBenchError(f"--device {self.device!r} is not supported; use cpu or cuda")
 

@@ -104,6 +104,7 @@ def triplet_accuracy(emb: np.ndarray, triplets: np.ndarray, margin: float) -> di
 def knn_accuracy(train_emb: np.ndarray, train_y: np.ndarray, test_emb: np.ndarray, test_y: np.ndarray,
                  k: int, batch: int = 4096) -> float:
     classes, train_c = np.unique(train_y, return_inverse=True)
+    k = min(k, len(train_emb))  # faiss pads missing neighbours with id -1
     index = _index(train_emb)
     # Majority vote; ties go to the class with the nearer neighbours (a tiny rank bonus).
     bonus = 1.0 + 1e-3 * (k - np.arange(k)) / k

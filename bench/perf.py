@@ -37,7 +37,7 @@ from dmlbench.methods import BUILTIN, get_method
 from dmlbench.methods.base import Batch, Method
 from dmlbench.runner import build_method, load_data
 from dmlbench.sampling import ClassIndex, epoch_indices, random_triplets
-from dmlbench.trainer import Trainer, batch_layout, resolve_device, set_threads
+from dmlbench.trainer import Trainer, batch_layout, epoch_generator, make_optimizer, resolve_device, set_threads
 
 WARMUP_STEPS = 3
 
@@ -133,13 +133,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _optimizer(method: Method, cfg: RunConfig) -> torch.optim.Optimizer:
-    params = [p for p in method.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
 def time_harness(method: Method, data: Data, cfg: RunConfig) -> tuple[float, float]:
     """(seconds of the epoch's step loop from the history row, wall seconds of the whole fit() call)."""
     t0 = time.perf_counter()
@@ -149,8 +142,8 @@ def time_harness(method: Method, data: Data, cfg: RunConfig) -> tuple[float, flo
 
 def epoch_index(method: Method, data: Data, cfg: RunConfig, per_step: int, steps: int, group: int) -> torch.Tensor:
     spec = method.batch_spec()
-    index = ClassIndex(data.y_train) if spec.kind in ("pairs", "triplets") else None
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003)
+    index = ClassIndex(data.y_train) if spec.kind != "plain" else None
+    gen = epoch_generator(cfg.seed, 0)
     return epoch_indices(spec.kind, data.y_train, per_step, steps, gen, index, spec.m, group)
 
 
@@ -158,7 +151,7 @@ def time_bare(method: Method, x: torch.Tensor, y: torch.Tensor, idx_all: torch.T
               group: int, device: torch.device) -> float:
     """The minimal loop: seconds for every step of ``idx_all``."""
     spec, w = method.batch_spec(), method.weights
-    opt = _optimizer(method, cfg)
+    opt = make_optimizer(method, cfg)
     method.train()
     _sync(device)
     t0 = time.perf_counter()
@@ -174,7 +167,7 @@ def time_bare(method: Method, x: torch.Tensor, y: torch.Tensor, idx_all: torch.T
 def time_dataloader(method: Method, loader, cfg: RunConfig, group: int, device: torch.device,
                     max_steps: int | None = None) -> float:
     spec, w = method.batch_spec(), method.weights
-    opt = _optimizer(method, cfg)
+    opt = make_optimizer(method, cfg)
     method.train()
     _sync(device)
     t0 = time.perf_counter()
@@ -272,7 +265,8 @@ def time_evaluation(name: str, data: Data, base: RunConfig, triplets: np.ndarray
 
 def run_perf(dataset: str = "digits", data_dir: str = "", methods: list[str] | None = None, batch_size: int = 128,
              epoch_size: int = 0, threads: int = 2, device: str = "cpu", repeats: int = 3,
-             eval_methods: list[str] | None = None, log: Callable[[str], None] = print) -> tuple[pd.DataFrame, pd.DataFrame]:
+             eval_methods: list[str] | None = None, log: Callable[[str], None] = print,
+             encoder: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Time one epoch per method three ways, then the evaluation; returns (training table, evaluation table).
 
     ``eval_methods``: methods whose evaluation is timed; default ``raw`` and the first trained method
@@ -283,7 +277,7 @@ def run_perf(dataset: str = "digits", data_dir: str = "", methods: list[str] | N
     methods = list(methods or [m for m in BUILTIN])
     n = set_threads(threads)
     base = RunConfig(dataset=dataset, data_dir=data_dir or "", batch_size=batch_size, epoch_size=epoch_size,
-                     device=device, threads=n, epochs=1).resolved()
+                     device=device, threads=n, epochs=1, encoder=encoder).resolved()
     base.check()
     resolve_device(device)
     for name in methods:  # unknown or untrained names fail before any timing

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ import pandas as pd
 
 from dmlbench.errors import DMLBenchError
 from dmlbench.io import _atomic_write_bytes
+from dmlbench.table import label_order, label_runs
 
 PROJECTIONS = ("tsne", "pca")
 BAR_METRICS = ["triplet_acc", "triplet_acc_margin", "recall@1", "map@r", "knn_acc", "svm_acc"]
@@ -88,28 +88,12 @@ def _runs(results_dir: Path) -> pd.DataFrame:
     if not results_dir.is_dir():
         raise DMLBenchError(f"results folder {results_dir} does not exist; run `bench run` first or give its path")
     runs = collect(results_dir)
-    done = runs[runs["status"] == "done"] if len(runs) else runs
-    if not len(done):
-        raise DMLBenchError(f"no complete runs found in {results_dir}; run `bench run` first, "
-                            "or point at the right results folder")
-    done = done.copy()
-    # As in table.aggregate: a label that covers several configs gets the config id appended.
-    n_groups = done.groupby(["dataset", "label"])["group_id"].transform("nunique")
-    done["label"] = np.where(n_groups > 1, done["label"] + " #" + done["group_id"].str[:6], done["label"])
+    done = label_runs(runs).copy()  # the same labels as the results table
     done["dataset_dir"] = [str(Path(r).parents[1]) for r in done["run_dir"]]
     done["config"] = [json.loads((Path(r) / "config.json").read_text()) for r in done["run_dir"]]
-    # Methods in the table's order (first seen first, the raw floor last); a method's configurations
-    # with its default options first, then by their options, numbers compared as numbers.
-    first = {m: i for i, m in enumerate(dict.fromkeys(done["method"]))}
-    keys = {lab: (10_000 if m == "raw" else first[m], _natural(lab[len(m):]))
-            for lab, m in zip(done["label"], done["method"])}
-    done["_order"] = done["label"].map({lab: i for i, lab in enumerate(sorted(keys, key=keys.get))})
+    # Methods in the table's order.
+    done["_order"] = done["label"].map(label_order(done["label"], done["method"]))
     return done.sort_values(["_order", "seed"], kind="stable").drop(columns="_order").reset_index(drop=True)
-
-
-def _natural(text: str) -> tuple:
-    parts = re.split(r"(\d+(?:\.\d+)?)", text)
-    return tuple((0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts) if p)
 
 
 def _labels(runs: pd.DataFrame) -> list[str]:

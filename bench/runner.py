@@ -11,6 +11,7 @@ runs and resumes unfinished ones from their last checkpoint; a failed run record
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import platform
@@ -100,6 +101,10 @@ def load_data(cfg: RunConfig) -> Data:
 def test_triplets(data: Data, cfg: RunConfig, results_dir: Path) -> np.ndarray:
     """The fixed test triplets for this dataset and split, saved so later runs reuse the same ones."""
     key = f"{cfg.split}-d{cfg.data_seed}-n{cfg.test_triplets}-s{cfg.triplet_seed}-t{len(data.y_test)}"
+    if ":" in cfg.dataset or cfg.data_options:
+        # User data: two files can share a name and a test size, so the key names the source.
+        src = json.dumps([cfg.dataset, cfg.data_options], sort_keys=True)
+        key += "-" + hashlib.sha1(src.encode()).hexdigest()[:8]
     path = results_dir / f"test_triplets-{key}.npy"
     y = data.y_test
     if path.exists():
@@ -154,19 +159,21 @@ def run_one(cfg: RunConfig, data: Data, triplets: np.ndarray, results_dir: Path,
     (run_dir / "failed.json").unlink(missing_ok=True)
     write_json(run_dir / "config.json", {**cfg.to_dict(), "run_id": cfg.run_id(), "group_id": cfg.group_id(),
                                          "variant": variant, "data": data.info(), "versions": _versions()})
-    method = build_method(cfg, data)
     device = resolve_device(cfg.device)
 
     def save_history(history: list[dict]) -> None:
         write_text(run_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
 
-    t0 = time.perf_counter()
     try:
+        method = build_method(cfg, data)
         history = Trainer(method, data, cfg, run_dir).fit(on_epoch=save_history)
-    except DMLBenchError as e:
-        write_json(run_dir / "failed.json", {"reason": str(e), "type": type(e).__name__})
-        return RunResult(cfg, run_dir, "failed", reason=str(e))
-    train_seconds = time.perf_counter() - t0
+    except Exception as e:  # noqa: BLE001 - one broken run must not take the suite down with it
+        reason = str(e) if isinstance(e, DMLBenchError) else f"{type(e).__name__}: {e}"
+        if not isinstance(e, DMLBenchError):
+            log.exception("run %s seed %d crashed", cfg.method, cfg.seed)
+        write_json(run_dir / "failed.json", {"reason": reason, "type": type(e).__name__})
+        return RunResult(cfg, run_dir, "failed", reason=reason)
+    train_seconds = sum(row["seconds"] for row in history)  # resumed runs count every epoch
     if not method.trainable:
         save_history([])
         torch_save(run_dir / "checkpoint.pt", {"epoch": 0, "model": method.state_dict(), "config": cfg.to_dict()})
@@ -189,6 +196,19 @@ def run_one(cfg: RunConfig, data: Data, triplets: np.ndarray, results_dir: Path,
     return RunResult(cfg, run_dir, "done", ev.metrics)
 
 
+# Settings an untrained method never reads: held at their defaults in its config, so that `raw`
+# gets one run id (one folder, one table row) whatever the training settings of the suite.
+TRAINING_FIELDS = ("epochs", "batch_size", "epoch_size", "lr", "optimizer", "momentum", "weight_decay",
+                   "lr_schedule", "encoder", "embedding_dim")
+
+
+def untrained_config(cfg: RunConfig) -> RunConfig:
+    held = {f: getattr(RunConfig(), f) for f in TRAINING_FIELDS}
+    # Placeholders that pass validation; an untrained method reads none of them.
+    held.update(encoder="mlp", epochs=1, embedding_dim=1)
+    return dataclasses.replace(cfg, **held)
+
+
 def _get_key(obj, dotted: str):
     head, _, rest = dotted.partition(".")
     value = getattr(obj, head)
@@ -205,18 +225,26 @@ def run_suite(base: RunConfig, methods: list[str], seeds: list[int], method_sets
     base.check()
     resolve_device(base.device)
     configs = []
+    generative = []
     for name in methods:
         cls = get_method(name)  # unknown names fail here, before any training
         overrides = method_sets.get(name, {})
         params = apply_overrides(cls.Params(), overrides, name)
+        if cls.generative:
+            generative.append(name)
         # The row label names only what differs from the method's defaults.
         defaults = cls.Params()
         variant = ",".join(f"{k}={v}" for k, v in sorted(overrides.items())
                            if _get_key(params, k) != _get_key(defaults, k))
+        run_base = base if cls.trainable else untrained_config(base)
         for seed in seeds:
-            configs.append((dataclasses.replace(base, method=name, seed=seed, method_params=dataclasses.asdict(params)),
-                            variant))
+            configs.append((dataclasses.replace(run_base, method=name, seed=seed,
+                                                method_params=dataclasses.asdict(params)), variant))
     data = load_data(base)
+    if generative and (data.x_train.min() < 0 or data.x_train.max() > 1):
+        raise DMLBenchError(f"{', '.join(generative)} decode pixels in [0, 1] (a sigmoid output), but this data spans "
+                            f"[{data.x_train.min():.3g}, {data.x_train.max():.3g}]; use normalize = \"unit\" "
+                            "or leave the generative methods out")
     check_shapes(base.encoder, data.input_shape, base.embedding_dim)
     results_dir = suite_dir(out, base.dataset, suite)
     triplets = test_triplets(data, base, results_dir)

@@ -6,7 +6,6 @@ trainer gathers images by index. There is no per-sample Python and no Dataset/Da
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from dmlbench.errors import DMLBenchError
@@ -81,13 +80,40 @@ def epoch_indices(kind: str, labels: torch.Tensor, batch_size: int, steps: int, 
         a = _anchors(n, steps * t, gen).view(steps, t)
         return torch.cat([a, index.same(a, gen), index.other(a, gen)], dim=1)
     if kind == "balanced":
-        from pytorch_metric_learning.samplers import MPerClassSampler
-        from pytorch_metric_learning.utils import common_functions as c_f
-
-        per_step = (batch_size // group) * group
-        # PML's sampler draws from numpy's global RNG: seed it from our generator for reproducibility.
-        c_f.NUMPY_RANDOM = np.random.RandomState(int(torch.randint(2**31 - 1, (1,), generator=gen)))
-        sampler = MPerClassSampler(labels.cpu().numpy(), m, batch_size=group, length_before_new_iter=steps * per_step)
-        idx = torch.as_tensor(np.fromiter(iter(sampler), dtype=np.int64, count=len(sampler)))
-        return idx.view(steps, per_step)
+        index = index or ClassIndex(labels)
+        return balanced_indices(index, steps, (batch_size // group) * group, group, m, gen)
     raise ValueError(f"unknown batch kind {kind!r}")
+
+
+def balanced_indices(index: ClassIndex, steps: int, per_step: int, group: int, m: int,
+                     gen: torch.Generator) -> torch.Tensor:
+    """Class-balanced batches: groups of ``group // m`` distinct classes with ``m`` images each.
+
+    The scheme of pytorch-metric-learning's MPerClassSampler (classes drawn without replacement
+    within a group, images without replacement within a class where the class has enough),
+    vectorised: PML's sampler loops in Python over every class of every batch, which costs seconds
+    per MNIST epoch. Layout: each group's classes in turn, each class's m images consecutive.
+    """
+    n_cls = group // m
+    groups = steps * (per_step // group)
+    slots = torch.rand(groups, len(index.classes), generator=gen).argsort(dim=1)[:, :n_cls]  # distinct classes
+    count = index.counts[slots]  # (groups, n_cls)
+    picks: list[torch.Tensor] = []
+    for j in range(m):
+        # Draw among the members not yet picked (Floyd-style insertion keeps them distinct).
+        room = (count - j).clamp_min(1)
+        r = (torch.rand(count.shape, generator=gen) * room).long()
+        for prev in sorted_picks(picks):
+            r = r + (r >= prev).long()
+        r = torch.where(count > j, r, (torch.rand(count.shape, generator=gen) * count).long())  # too small: reuse
+        picks.append(r)
+    rank = torch.stack(picks, dim=-1)  # (groups, n_cls, m)
+    idx = index.order[index.starts[slots].unsqueeze(-1) + rank]
+    return idx.reshape(steps, per_step)
+
+
+def sorted_picks(picks: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The earlier picks of each (group, class) cell in ascending order, one tensor per position."""
+    if not picks:
+        return []
+    return list(torch.stack(picks, dim=-1).sort(dim=-1).values.unbind(-1))

@@ -78,6 +78,19 @@ def batch_layout(method: Method, cfg: RunConfig, n_classes: int) -> tuple[int, i
     return b, 0
 
 
+def make_optimizer(method: Method, cfg: RunConfig) -> torch.optim.Optimizer:
+    params = [p for p in method.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The sampling RNG of one epoch: a function of (seed, epoch) alone, so a resumed run draws
+    the same batches as an uninterrupted one."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
 class Trainer:
     def __init__(self, method: Method, data: Data, cfg: RunConfig, run_dir: Path | None = None):
         self.method = method
@@ -89,13 +102,6 @@ class Trainer:
     @property
     def checkpoint_path(self) -> Path | None:
         return self.run_dir / "checkpoint.pt" if self.run_dir else None
-
-    def _optimizer(self) -> torch.optim.Optimizer:
-        c = self.cfg
-        params = [p for p in self.method.parameters() if p.requires_grad]
-        if c.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
-        return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
 
     def _resume(self, opt, sched) -> tuple[int, list[dict]]:
         path = self.checkpoint_path
@@ -118,6 +124,15 @@ class Trainer:
             "config": self.cfg.to_dict(),
         })
 
+    def _check_finite(self, sums: torch.Tensor, names: list[str], epoch: int, step: int) -> None:
+        if bool(torch.isfinite(sums).all()):
+            return
+        bad = [k for k, v in zip(names + ["total"], sums.tolist()) if not np.isfinite(v)]
+        raise NonFiniteLossError(
+            f"{self.method.name} seed {self.cfg.seed}: loss term(s) {', '.join(bad)} became non-finite at "
+            f"epoch {epoch + 1} step {step + 1}; lower --lr or the term's weight"
+        )
+
     def fit(self, on_epoch=None) -> list[dict]:
         method, cfg = self.method.to(self.device), self.cfg
         if not method.trainable:
@@ -130,8 +145,11 @@ class Trainer:
         if per_step <= 0:
             raise DMLBenchError(f"{method.name}: --batch-size {cfg.batch_size} is too small for {spec.kind} batches")
         steps = max(1, (cfg.epoch_size or len(x)) // per_step)
-        index = ClassIndex(self.data.y_train) if spec.kind in ("pairs", "triplets") else None
-        opt = self._optimizer()
+        index = ClassIndex(self.data.y_train) if spec.kind != "plain" else None
+        opt = make_optimizer(method, cfg)
+        # A NaN check is a host sync: every step on CPU (free), every few steps on a GPU. The
+        # running sums carry a NaN forward, so none is missed, and no NaN epoch is checkpointed.
+        check_every = 1 if self.device.type == "cpu" else 25
         if cfg.lr_schedule == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
         else:
@@ -143,7 +161,7 @@ class Trainer:
         try:
             for epoch in range(start, cfg.epochs):
                 method.train()
-                gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+                gen = epoch_generator(cfg.seed, epoch)
                 idx_all = epoch_indices(spec.kind, self.data.y_train, per_step, steps, gen, index, spec.m, group)
                 idx_all = idx_all.to(self.device, non_blocking=True)
                 sums = None
@@ -158,23 +176,20 @@ class Trainer:
                             raise ValueError(f"method {method.name} returned loss terms {missing} without weights")
                     total = sum(method.weights[k] * v for k, v in terms.items())
                     vals = torch.stack([v.detach() for v in terms.values()] + [total.detach()])
-                    if not torch.isfinite(vals).all():
-                        bad = [k for k, v in zip(names + ["total"], vals.tolist()) if not np.isfinite(v)]
-                        raise NonFiniteLossError(
-                            f"{method.name} seed {cfg.seed}: loss term(s) {', '.join(bad)} became non-finite at "
-                            f"epoch {epoch + 1} step {step + 1}; lower --lr or the term's weight"
-                        )
+                    sums = vals if sums is None else sums + vals
+                    if (step + 1) % check_every == 0 or step + 1 == steps:
+                        self._check_finite(sums, names, epoch, step)
                     opt.zero_grad(set_to_none=True)
                     total.backward()
                     opt.step()
-                    sums = vals if sums is None else sums + vals
                     bar.update()
+                lr = opt.param_groups[0]["lr"]  # the rate this epoch trained at, before the schedule moves it
                 sched.step()
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 seconds = time.perf_counter() - t0
                 means = (sums / steps).tolist()
-                row = {"epoch": epoch + 1, **dict(zip(names + ["loss"], means)), "lr": opt.param_groups[0]["lr"],
+                row = {"epoch": epoch + 1, **dict(zip(names + ["loss"], means)), "lr": lr,
                        "seconds": seconds, "images_per_s": steps * per_step / seconds}
                 history.append(row)
                 self._save(epoch + 1, history, opt, sched)

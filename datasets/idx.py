@@ -65,9 +65,11 @@ def read_idx(path: Path, expected_md5: str | None = None) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _find(folder_names: list[str], data_dir: Path) -> dict[str, Path]:
-    """Locate the four files in <data_dir>/<name>/, torchvision's <data_dir>/<Name>/raw/, or <data_dir>."""
-    candidates = [data_dir / n for n in folder_names] + [data_dir]
+def _find(folder_names: list[str], data_dir: Path, bare: bool) -> dict[str, Path]:
+    """Locate the four files in <data_dir>/<name>/, torchvision's <data_dir>/<Name>/raw/, or (bare)
+    <data_dir> itself. Only an MD5-checked dataset may take files from a bare folder: MNIST and
+    Fashion-MNIST share file names, so an unchecked one could silently read the other."""
+    candidates = [data_dir / n for n in folder_names] + ([data_dir] if bare else [])
     for folder in candidates:
         found = {}
         for key, stem in FILES.items():
@@ -82,7 +84,7 @@ def _find(folder_names: list[str], data_dir: Path) -> dict[str, Path]:
 
 def _load_idx_dataset(name: str, folder_names: list[str], data_dir: Path, md5: dict | None,
                       classes: list[str]) -> Data:
-    files = _find(folder_names, data_dir)
+    files = _find(folder_names, data_dir, bare=md5 is not None)
     if not files:
         where = data_dir / folder_names[0]
         names = ", ".join(f"{s}.gz" for s in FILES.values())

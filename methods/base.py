@@ -59,6 +59,9 @@ class Params:
         for k, v in self.weights.items():
             if v < 0:
                 raise DMLBenchError(f"weight {k}={v} must be >= 0")
+        for name in ("m", "m_per_class"):  # images per class in a class-balanced batch
+            if getattr(self, name, 1) < 1:
+                raise DMLBenchError(f"option {name}={getattr(self, name)} must be at least 1")
 
 
 class Method(nn.Module):

@@ -1,8 +1,8 @@
 """``pml:<LossName>``: any pytorch-metric-learning loss as a method.
 
 ``--methods pml:MultiSimilarityLoss`` or ``pml:ArcFaceLoss`` trains the shared encoder with that
-loss on class-balanced batches (``m`` images per class, PML's MPerClassSampler), optionally with a
-PML miner (``miner=MultiSimilarityMiner``). The loss's own constructor arguments are options:
+loss on class-balanced batches (``m_per_class`` images per class), optionally with a PML miner
+(``miner=MultiSimilarityMiner``). The loss's own constructor arguments are options:
 ``--set pml:ArcFaceLoss.margin=28.6``. Losses with their own weights (ArcFace, ProxyAnchor, ...)
 get ``num_classes`` and ``embedding_size`` filled in, and their weights are trained with the encoder.
 """
@@ -25,22 +25,49 @@ from dmlbench.methods.base import Batch, BatchSpec, Method, Params
 
 PREFIX = "pml:"
 _FILLED = {"num_classes", "embedding_size"}
+_HARNESS = {"m_per_class", "miner", "weights"}  # the harness's own options, never a loss's
+# Wrappers, abstract bases, and losses for other settings (VICReg is self-supervised: no labels).
 _NOT_METHODS = {"BaseMetricLossFunction", "CrossBatchMemory", "MultipleLosses", "SelfSupervisedLoss",
-                "BaseLossWrapper"}
+                "BaseLossWrapper", "GenericPairLoss", "VICRegLoss"}
+
+
+def _init_params(loss_cls) -> dict[str, inspect.Parameter]:
+    """Constructor arguments, following a parent's only where ``*args`` forwards them
+    (CosFaceLoss(*args, margin, scale, **kwargs) takes ArcFaceLoss's num_classes, embedding_size)."""
+    params: dict[str, inspect.Parameter] = {}
+    for cls in loss_cls.__mro__:
+        if cls is object or "__init__" not in vars(cls):
+            continue
+        forwards = False
+        for name, p in inspect.signature(cls.__init__).parameters.items():
+            if p.kind == p.VAR_POSITIONAL:
+                forwards = True
+            elif name != "self" and p.kind != p.VAR_KEYWORD:
+                params.setdefault(name, p)
+        if not forwards:
+            break
+    return params
+
+
+def _runnable(loss_cls) -> bool:
+    """Every required argument is one the harness fills in."""
+    return all(p.default is not inspect.Parameter.empty or name in _FILLED
+               for name, p in _init_params(loss_cls).items())
 
 
 def pml_loss_names() -> list[str]:
     return sorted(
         n for n, obj in vars(pml_losses).items()
         if inspect.isclass(obj) and issubclass(obj, BaseMetricLossFunction) and n not in _NOT_METHODS
+        and _runnable(obj)
     )
 
 
 def _loss_options(loss_cls) -> list[tuple[str, type, object]]:
     """The loss's constructor arguments with plain-typed defaults, as dataclass fields."""
     out = []
-    for name, p in inspect.signature(loss_cls.__init__).parameters.items():
-        if name in ("self", "kwargs", "args") or name in _FILLED or p.default is inspect.Parameter.empty:
+    for name, p in _init_params(loss_cls).items():
+        if name in _FILLED or name in _HARNESS or p.default is inspect.Parameter.empty:
             continue
         d = p.default
         if isinstance(d, bool):
@@ -58,7 +85,7 @@ class PMLMethod(Method):
     def __init__(self, params: Params, **kw):
         super().__init__(params, **kw)
         loss_cls = getattr(pml_losses, self.loss_name)
-        sig = inspect.signature(loss_cls.__init__).parameters
+        sig = _init_params(loss_cls)
         kwargs = {name: getattr(params, name) for name, _, _ in _loss_options(loss_cls)}
         if "num_classes" in sig:
             kwargs["num_classes"] = self.num_classes
@@ -76,7 +103,7 @@ class PMLMethod(Method):
             self.miner = getattr(pml_miners, params.miner)()
 
     def batch_spec(self) -> BatchSpec:
-        return BatchSpec("balanced", m=self.params.m)
+        return BatchSpec("balanced", m=self.params.m_per_class)
 
     def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
         emb = self.encoder(batch.x)
@@ -97,7 +124,7 @@ def pml_method(name: str) -> type[Method]:
         raise DMLBenchError(f"unknown pytorch-metric-learning loss {loss_name!r}; known: {', '.join(known)}")
     loss_cls = getattr(pml_losses, loss_name)
     fields = [(n, t, field(default=d)) for n, t, d in _loss_options(loss_cls)]
-    fields += [("m", int, field(default=4)), ("miner", str, field(default="")),
+    fields += [("m_per_class", int, field(default=4)), ("miner", str, field(default="")),
                ("weights", dict[str, float], field(default_factory=lambda: {"loss": 1.0}))]
     params_cls = dataclasses.make_dataclass(f"{loss_name}Params", fields, bases=(Params,))
     doc = (loss_cls.__doc__ or "").strip().splitlines()
