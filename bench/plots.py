@@ -393,9 +393,10 @@ def plot_tradeoff(runs: pd.DataFrame, path: Path) -> Path | None:
             ax.margins(x=0.15, y=0.15)
         handles, names = axes[0].get_legend_handles_labels()
         fig.legend(handles, names, loc="outside lower center", ncols=len(names), frameon=False)
-    n = int(tvg["n"].max())
+    lo, hi = int(tvg["n"].min()), int(tvg["n"].max())
+    seeds = f"{hi} seed{'s' if hi > 1 else ''}" if lo == hi else f"{lo}–{hi} seeds per point"
     fig.suptitle(f"TVAE: triplet accuracy against test reconstruction error for each triplet weight w "
-                 f"(mean ± sd over {n} seed{'s' if n > 1 else ''})", fontsize=10)
+                 f"(mean ± sd over {seeds})", fontsize=10)
     return _save(fig, path)
 
 

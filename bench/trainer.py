@@ -111,7 +111,9 @@ class Trainer:
         self.method.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        torch.set_rng_state(ckpt["rng"].cpu())  # map_location=cuda moves it; the CPU RNG needs a CPU tensor
+        torch.set_rng_state(ckpt["rng"].cpu())  # map_location moved it; the CPU generator wants it back
+        if self.device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"].cpu(), self.device)
         log.info("resuming %s from epoch %d", self.run_dir, ckpt["epoch"])
         return ckpt["epoch"], ckpt["history"]
 
@@ -121,6 +123,7 @@ class Trainer:
         torch_save(self.checkpoint_path, {
             "epoch": epoch, "model": self.method.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "rng": torch.get_rng_state(), "history": history,
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
             "config": self.cfg.to_dict(),
         })
 
