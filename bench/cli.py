@@ -310,6 +310,9 @@ def list_(what: Annotated[str, typer.Argument(help="methods, datasets, metrics, 
             d = get_method(name).describe()
             typer.echo(f"  {name}\n    paper:    {d['paper']}\n    loss:     {d['formula']}\n"
                        f"    defaults: {json.dumps(d['defaults'])}")
+        from dmlbench.methods.pml import pml_loss_names
+
+        typer.echo("  pml:<LossName>, LossName one of: " + ", ".join(pml_loss_names()))
     if what in ("datasets", "all"):
         from dmlbench.data import DATASETS, resolve_data_dir
 
