@@ -45,9 +45,6 @@ class Batch:
     spec: BatchSpec
     group_size: int = 0  # balanced batches: images per independent class-balanced group
 
-    def parts(self, n: int) -> tuple[torch.Tensor, ...]:
-        return self.x.chunk(n)
-
 
 @dataclass
 class Params:
