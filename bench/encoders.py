@@ -6,6 +6,10 @@
   fc 256, then the embedding layer.
 - ``cifar``: Hoffer & Ailon's embedding net: convolutions {5,3,3,2} with maps {64,128,256,D},
   2x2 max-pooling after the first three, ReLU between layers, no fully connected layer.
+- ``timm:NAME``: any timm model's pooled features, then an embedder (:mod:`dmlbench.trunks`).
+
+The registry and each encoder's shape check import no torch: an input size an encoder cannot
+take is refused before any image is decoded.
 """
 
 from __future__ import annotations
@@ -14,45 +18,58 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-from torch import nn
-
 from dmlbench.errors import DMLBenchError
 from dmlbench.registry import Registry
 
 Shape = tuple[int, int, int]
+TIMM_PREFIX = "timm:"
+MLP_HIDDEN = 400  # as in the reference PyTorch VAE for MNIST (784-400-20)
 
 
 @dataclass(frozen=True)
 class EncoderSpec:
     name: str
-    encoder: Callable[[Shape, int], nn.Module]
-    decoder: Callable[[Shape, int], nn.Module]
+    encoder: Callable  # (shape, out_dim) -> nn.Module
+    decoder: Callable | None  # (shape, latent_dim) -> nn.Module
     description: str
+    accepts: Callable[[Shape], str | None]  # why the shape does not fit, or None
 
 
 ENCODERS: Registry[EncoderSpec] = Registry("encoder")
 
-MLP_HIDDEN = 400  # as in the reference PyTorch VAE for MNIST (784-400-20)
+
+def _any(shape: Shape) -> str | None:
+    return None
 
 
-def _mlp_encoder(shape: Shape, out_dim: int) -> nn.Module:
+def _div4(shape: Shape) -> str | None:
+    if shape[1] % 4 or shape[2] % 4 or min(shape[1:]) < 4:
+        return f"needs image sides divisible by 4, got {shape[1]}x{shape[2]}; set data.resize (e.g. 64) or use encoder mlp"
+    return None
+
+
+def _is32(shape: Shape) -> str | None:
+    if tuple(shape[1:]) != (32, 32):
+        return f"needs 32x32 images, got {shape[1]}x{shape[2]}; use encoder convnet or mlp"
+    return None
+
+
+def _mlp_encoder(shape: Shape, out_dim: int):
+    from torch import nn
+
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(shape), MLP_HIDDEN), nn.ReLU(), nn.Linear(MLP_HIDDEN, out_dim))
 
 
-def _mlp_decoder(shape: Shape, latent_dim: int) -> nn.Module:
+def _mlp_decoder(shape: Shape, latent_dim: int):
+    from torch import nn
+
     return nn.Sequential(nn.Linear(latent_dim, MLP_HIDDEN), nn.ReLU(), nn.Linear(MLP_HIDDEN, math.prod(shape)),
                          nn.Sigmoid(), nn.Unflatten(1, shape))
 
 
-def _check_div4(shape: Shape, name: str) -> None:
-    if shape[1] % 4 or shape[2] % 4:
-        raise DMLBenchError(f"encoder {name!r} needs image sides divisible by 4, got {shape[1]}x{shape[2]}; "
-                            "use --encoder mlp or resize the images")
+def _convnet_encoder(shape: Shape, out_dim: int):
+    from torch import nn
 
-
-def _convnet_encoder(shape: Shape, out_dim: int) -> nn.Module:
-    _check_div4(shape, "convnet")
     c, h, w = shape
     return nn.Sequential(
         nn.Conv2d(c, 32, 5, stride=2, padding=2), nn.ReLU(),
@@ -62,8 +79,9 @@ def _convnet_encoder(shape: Shape, out_dim: int) -> nn.Module:
     )
 
 
-def _convnet_decoder(shape: Shape, latent_dim: int) -> nn.Module:
-    _check_div4(shape, "convnet")
+def _convnet_decoder(shape: Shape, latent_dim: int):
+    from torch import nn
+
     c, h, w = shape
     return nn.Sequential(
         nn.Linear(latent_dim, 256), nn.ReLU(), nn.Linear(256, 1024), nn.ReLU(),
@@ -73,9 +91,9 @@ def _convnet_decoder(shape: Shape, latent_dim: int) -> nn.Module:
     )
 
 
-def _cifar_encoder(shape: Shape, out_dim: int) -> nn.Module:
-    if shape[1:] != (32, 32):
-        raise DMLBenchError(f"encoder 'cifar' needs 32x32 images, got {shape[1]}x{shape[2]}; use --encoder convnet or mlp")
+def _cifar_encoder(shape: Shape, out_dim: int):
+    from torch import nn
+
     return nn.Sequential(
         nn.Conv2d(shape[0], 64, 5), nn.MaxPool2d(2), nn.ReLU(),
         nn.Conv2d(64, 128, 3), nn.MaxPool2d(2), nn.ReLU(),
@@ -84,9 +102,9 @@ def _cifar_encoder(shape: Shape, out_dim: int) -> nn.Module:
     )
 
 
-def _cifar_decoder(shape: Shape, latent_dim: int) -> nn.Module:
-    if shape[1:] != (32, 32):
-        raise DMLBenchError(f"decoder 'cifar' needs 32x32 images, got {shape[1]}x{shape[2]}")
+def _cifar_decoder(shape: Shape, latent_dim: int):
+    from torch import nn
+
     return nn.Sequential(
         nn.Unflatten(1, (latent_dim, 1, 1)), nn.ConvTranspose2d(latent_dim, 256, 2), nn.ReLU(),
         nn.Upsample(scale_factor=2), nn.ConvTranspose2d(256, 128, 3), nn.ReLU(),
@@ -95,23 +113,52 @@ def _cifar_decoder(shape: Shape, latent_dim: int) -> nn.Module:
     )
 
 
-ENCODERS.add("mlp", EncoderSpec("mlp", _mlp_encoder, _mlp_decoder, f"two fully connected layers (hidden {MLP_HIDDEN}), TVAE paper"))
+ENCODERS.add("mlp", EncoderSpec("mlp", _mlp_encoder, _mlp_decoder,
+                                f"two fully connected layers (hidden {MLP_HIDDEN}), TVAE paper; any input size", _any))
 ENCODERS.add("convnet", EncoderSpec("convnet", _convnet_encoder, _convnet_decoder,
-                                    "conv5x5/2-32, conv5x5/2-64, fc1024, fc256 (Liang & Li)"))
-ENCODERS.add("cifar", EncoderSpec("cifar", _cifar_encoder, _cifar_decoder, "four convolutions {5,3,3,2} (Hoffer & Ailon)"))
+                                    "conv5x5/2-32, conv5x5/2-64, fc1024, fc256 (Liang & Li); sides divisible by 4", _div4))
+ENCODERS.add("cifar", EncoderSpec("cifar", _cifar_encoder, _cifar_decoder,
+                                  "four convolutions {5,3,3,2} (Hoffer & Ailon); 32x32 input", _is32))
+
+TIMM_DESCRIPTION = ("timm:NAME: any timm model (e.g. timm:resnet50, timm:resnet18, timm:vit_small_patch16_224), its "
+                    "pooled features then an embedder (--embedder linear|mlp) to --embedding-dim; ImageNet weights "
+                    "with --pretrained (Hugging Face cache) or --weights FILE; --freeze-bn, --trunk-lr; inputs get the "
+                    "trunk's own mean/std; needs the vision extra (pip install 'dmlbench[vision]')")
 
 
-def build_encoder(name: str, shape: Shape, out_dim: int) -> nn.Module:
-    return ENCODERS.get(name).encoder(tuple(shape), out_dim)
+def is_timm(name: str) -> bool:
+    return name.startswith(TIMM_PREFIX)
 
 
-def build_decoder(name: str, shape: Shape, latent_dim: int) -> nn.Module:
-    return ENCODERS.get(name).decoder(tuple(shape), latent_dim)
+def encoder_names() -> list[str]:
+    return ENCODERS.names()
 
 
-def check_shapes(name: str, shape: Shape, dim: int) -> None:
-    """Fail early (before training) if the encoder cannot take this input."""
-    with torch.no_grad():
-        out = build_encoder(name, shape, dim)(torch.zeros(2, *shape))
-    if out.shape != (2, dim):
-        raise DMLBenchError(f"encoder {name!r} gives {tuple(out.shape[1:])} for input {shape}, expected ({dim},)")
+def check_input(name: str, shape: Shape) -> None:
+    """Refuse, with the fix, an input shape the encoder cannot take (no torch, nothing decoded)."""
+    if is_timm(name) or name == "none":
+        if is_timm(name) and min(shape[1:]) < 16:
+            raise DMLBenchError(f"encoder {name} needs images of at least 16x16, got {shape[1]}x{shape[2]}")
+        return
+    why = ENCODERS.get(name).accepts(tuple(shape))
+    if why:
+        raise DMLBenchError(f"encoder {name!r} {why}")
+
+
+def build_encoder(choice, shape: Shape, out_dim: int):
+    if is_timm(choice.name):
+        from dmlbench.trunks import TimmEncoder
+
+        return TimmEncoder(choice, shape, out_dim)
+    check_input(choice.name, shape)
+    return ENCODERS.get(choice.name).encoder(tuple(shape), out_dim)
+
+
+def build_decoder(choice, shape: Shape, latent_dim: int):
+    if is_timm(choice.name):
+        raise DMLBenchError(
+            f"vae and tvae are not defined on a timm trunk ({choice.name}): their decoder would have to rebuild the "
+            "image from an ImageNet classifier's pooled features, and the KL term pulls the pretrained features to "
+            "N(0, I); run them with encoder convnet or mlp")
+    spec = ENCODERS.get(choice.name)
+    return spec.decoder(tuple(shape), latent_dim)

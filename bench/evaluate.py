@@ -1,175 +1,171 @@
-"""One evaluation suite for every method. It only calls ``method.embed`` (plus, for generative
-methods, their reconstruction metrics).
+"""One evaluation suite for every method: it loops over the metric registry (:mod:`dmlbench.metrics`).
 
-Retrieval uses faiss exact L2 search (IndexFlatL2) in query batches; each query is removed from its
-own neighbour list by index. The linear SVM is a hinge-loss linear classifier (SGD-fitted) on standardised embeddings.
+It only calls ``method.embed`` (and, for a :class:`~dmlbench.methods.GenerativeMethod`, its
+reconstruction metrics). Embedding passes run blockwise on the run's device from the uint8 images;
+neighbour search is exact L2 (:mod:`dmlbench.neighbors`: faiss on the CPU, blocked torch on a GPU);
+the SVM is :mod:`dmlbench.probe`. Work shared by several metrics is done once per evaluation.
 """
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
 
-import faiss
 import numpy as np
 import torch
 
 from dmlbench.config import RunConfig
-from dmlbench.data import Data
-from dmlbench.methods.base import Method
+from dmlbench.data import Data, Part
+from dmlbench.inputs import DeviceImages, InputPipeline
+from dmlbench.methods.base import GenerativeMethod, Method
+from dmlbench.metrics import METRICS, RECALL_KS
 
-RECALL_KS = (1, 2, 4, 8)
+log = logging.getLogger("dmlbench")
 
-
-@dataclass(frozen=True)
-class MetricInfo:
-    name: str
-    description: str
-    higher_is_better: bool = True
-
-
-METRICS: dict[str, MetricInfo] = {m.name: m for m in [
-    MetricInfo("triplet_acc", "fixed test triplets with d(a,p) < d(a,n)"),
-    MetricInfo("triplet_acc_margin", "fixed test triplets with zero hinge loss: d(a,p) + m <= d(a,n) (TVAE paper)"),
-    *[MetricInfo(f"recall@{k}", f"Recall@{k}: a same-class item among the {k} nearest test neighbours (faiss L2)")
-      for k in RECALL_KS],
-    MetricInfo("precision@1", "precision of the nearest test neighbour (faiss L2)"),
-    MetricInfo("map@r", "MAP@R (Musgrave et al. 2020) within the test set"),
-    MetricInfo("knn_acc", "k-NN classification of test queries against train embeddings (majority of k)"),
-    MetricInfo("svm_acc", "linear SVM trained on train embeddings, accuracy on test"),
-    MetricInfo("recon_error", "generative only: squared L2 reconstruction error per test image, from z = mu", False),
-    MetricInfo("elbo", "generative only: 1-sample ELBO per test image (nats; L2 as Gaussian up to constants)"),
-]}
+EMBED_BLOCK = 1024
 
 
 @torch.inference_mode()
-def embed(method: Method, x: torch.Tensor, device: torch.device | str = "cpu", batch_size: int = 4096) -> np.ndarray:
+def embed_part(method: Method, part: Part, pipeline: InputPipeline, device, block: int = EMBED_BLOCK) -> np.ndarray:
+    """Embeddings (N, D) float32 of every image of ``part``, in order."""
     method.eval()
-    out = [method.embed(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(out).numpy().astype(np.float32, copy=False)
+    images = DeviceImages(part, device)
+    out = [method.embed(pipeline.eval(xb)).float().cpu() for _, xb in images.blocks(block)]
+    return torch.cat(out).numpy() if out else np.zeros((0, method.embedding_dim), np.float32)
 
 
-def _index(reference: np.ndarray) -> faiss.IndexFlatL2:
-    index = faiss.IndexFlatL2(reference.shape[1])
-    index.add(np.ascontiguousarray(reference, dtype=np.float32))
-    return index
-
-
-def _drop_self(ids: np.ndarray, query_ids: np.ndarray, k: int) -> np.ndarray:
-    """Remove each query's own index from its neighbour row (wherever it sits), keep k columns."""
-    keep = ids != query_ids[:, None]
-    order = np.argsort(~keep, axis=1, kind="stable")  # kept neighbours first, in rank order
-    return np.take_along_axis(ids, order, axis=1)[:, :k]
-
-
-def retrieval_metrics(emb: np.ndarray, labels: np.ndarray, batch: int = 2048) -> dict[str, float]:
-    """Recall@K, precision@1 and MAP@R within one set, each item a query against all the others."""
-    labels = np.asarray(labels)
-    n = len(emb)
-    _, inv, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    r_all = counts[inv] - 1  # relevant items per query, itself excluded
-    k = int(min(max(r_all.max(), max(RECALL_KS)), n - 1))
-    index = _index(emb)
-    hits = {kk: 0.0 for kk in RECALL_KS}
-    ap_sum, ap_n = 0.0, 0
-    for s in range(0, n, batch):
-        q = np.arange(s, min(s + batch, n))
-        _, ids = index.search(np.ascontiguousarray(emb[q]), k + 1)
-        ids = _drop_self(ids, q, k)
-        rel = labels[ids] == labels[q][:, None]
-        r = r_all[q]
-        valid = r > 0  # a query with no other item of its class has nothing to retrieve (as in PML)
-        for kk in RECALL_KS:
-            hits[kk] += rel[valid, :kk].any(1).sum()
-        ranks = np.arange(1, k + 1)
-        rel_r = rel & (ranks[None, :] <= r[:, None])
-        prec = np.cumsum(rel_r, axis=1) / ranks[None, :]
-        ap = (prec * rel_r).sum(1)[valid] / r[valid]
-        ap_sum += ap.sum()
-        ap_n += valid.sum()
-    out = {f"recall@{kk}": hits[kk] / max(ap_n, 1) for kk in RECALL_KS}
-    out["precision@1"] = out["recall@1"]
-    out["map@r"] = ap_sum / max(ap_n, 1)
-    return {k_: float(v) for k_, v in out.items()}
-
-
-def triplet_accuracy(emb: np.ndarray, triplets: np.ndarray, margin: float) -> dict[str, float]:
+def triplet_accuracy(emb: np.ndarray, triplets: np.ndarray, margin: float) -> tuple[dict[str, float], np.ndarray]:
     a, p, n = (emb[triplets[:, i]] for i in range(3))
     d_ap = np.linalg.norm(a - p, axis=1)
     d_an = np.linalg.norm(a - n, axis=1)
-    return {"triplet_acc": float(np.mean(d_ap < d_an)),
-            "triplet_acc_margin": float(np.mean(d_ap - d_an + margin <= 0))}
+    correct = d_ap < d_an
+    return {"triplet_acc": float(np.mean(correct)),
+            "triplet_acc_margin": float(np.mean(d_ap - d_an + margin <= 0))}, correct
 
 
-def knn_accuracy(train_emb: np.ndarray, train_y: np.ndarray, test_emb: np.ndarray, test_y: np.ndarray,
-                 k: int, batch: int = 4096) -> float:
-    classes, train_c = np.unique(train_y, return_inverse=True)
-    k = min(k, len(train_emb))  # faiss pads missing neighbours with id -1
-    index = _index(train_emb)
-    # Majority vote; ties go to the class with the nearer neighbours (a tiny rank bonus).
-    bonus = 1.0 + 1e-3 * (k - np.arange(k)) / k
-    correct = 0
-    for s in range(0, len(test_emb), batch):
-        _, ids = index.search(np.ascontiguousarray(test_emb[s:s + batch]), k)
-        votes = np.zeros((len(ids), len(classes)))
-        np.add.at(votes, (np.arange(len(ids))[:, None], train_c[ids]), bonus[None, :])
-        correct += (classes[votes.argmax(1)] == test_y[s:s + batch]).sum()
-    return float(correct / len(test_emb))
+def _once(fn):
+    """Cache a no-argument method's result on the instance (freed with it, unlike functools.cache)."""
 
+    @functools.wraps(fn)
+    def wrapper(self):
+        cache = self.__dict__.setdefault("_cache", {})
+        if fn.__name__ not in cache:
+            cache[fn.__name__] = fn(self)
+        return cache[fn.__name__]
 
-def svm_accuracy(train_emb: np.ndarray, train_y: np.ndarray, test_emb: np.ndarray,
-                 test_y: np.ndarray, seed: int = 0) -> tuple[float, np.ndarray]:
-    """A linear SVM (hinge loss + L2 penalty, one-vs-rest) on standardised embeddings.
-
-    It is fitted by averaged SGD (scikit-learn's SGDClassifier) rather than liblinear's LinearSVC:
-    the same model, but seconds instead of minutes on 60k x 784 raw pixels.
-    """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import SGDClassifier
-    from sklearn.metrics import confusion_matrix
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    clf = make_pipeline(StandardScaler(), SGDClassifier(loss="hinge", alpha=1e-4, average=True, max_iter=20,
-                                                        tol=1e-4, random_state=seed,
-                                                        n_jobs=torch.get_num_threads()))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        clf.fit(train_emb, train_y)
-    pred = clf.predict(test_emb)
-    labels = np.unique(np.concatenate([train_y, test_y]))
-    return float(np.mean(pred == test_y)), confusion_matrix(test_y, pred, labels=labels)
-
-
-@torch.inference_mode()
-def generative_metrics(method: Method, x: torch.Tensor, device, batch_size: int = 2048) -> dict[str, float]:
-    method.eval()
-    sums: dict[str, float] = {}
-    for i in range(0, len(x), batch_size):
-        for k, v in method.generative_metrics(x[i:i + batch_size].to(device)).items():
-            sums[k] = sums.get(k, 0.0) + float(v.sum())
-    return {k: v / len(x) for k, v in sums.items()}
+    return wrapper
 
 
 @dataclass
-class Evaluation:
-    metrics: dict[str, float]
-    train_emb: np.ndarray
-    test_emb: np.ndarray
-    confusion: np.ndarray | None
+class EvalContext:
+    """What the metrics of one run share; each part is computed on first use."""
+
+    method: Method
+    data: Data
+    cfg: RunConfig
+    triplet_rows: np.ndarray
+    device: torch.device
+    pipeline: InputPipeline
+    per_query: dict[str, np.ndarray] = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)
+    results: dict[str, float] = field(default_factory=dict)
+
+    @_once
+    def test_emb(self) -> np.ndarray:
+        return embed_part(self.method, self.data.test, self.pipeline, self.device)
+
+    @_once
+    def train_emb(self) -> np.ndarray:
+        return embed_part(self.method, self.data.train, self.pipeline, self.device)
+
+    @property
+    def classifies(self) -> bool:
+        """Classification probes need every test class among the training classes."""
+        return self.data.split != "classes" and bool(np.all(self.data.test.y < self.data.num_train_classes))
+
+    @_once
+    def triplets(self) -> dict[str, float]:
+        out, correct = triplet_accuracy(self.test_emb(), self.triplet_rows, self.cfg.eval_margin)
+        self.per_query["triplet_correct"] = correct
+        return out
+
+    @_once
+    def retrieval(self) -> dict[str, float]:
+        from dmlbench.neighbors import retrieval_metrics
+
+        emb, y = self.test_emb(), self.data.test.y
+        if self.data.has_query_gallery:
+            q, g = self.data.query, self.data.gallery
+            summary, per = retrieval_metrics(emb[q], y[q], emb[g], y[g], ks=RECALL_KS, device=str(self.device))
+        else:
+            summary, per = retrieval_metrics(emb, y, ks=RECALL_KS, device=str(self.device))
+        for k, v in per.items():
+            self.per_query[f"retrieval_{k}"] = v
+        self.extras["queries_without_positive"] = summary.get("queries_without_positive", 0)
+        return summary
+
+    @_once
+    def knn(self):
+        if not self.classifies:
+            return None
+        from dmlbench.neighbors import knn_classify
+
+        acc, correct = knn_classify(self.train_emb(), self.data.train.y, self.test_emb(), self.data.test.y,
+                                    self.cfg.knn_k, device=str(self.device))
+        self.per_query["knn_correct"] = correct
+        return acc
+
+    @_once
+    def probe(self):
+        if not self.classifies:
+            return None
+        from dmlbench.probe import linear_probe
+
+        r = linear_probe(self.train_emb(), self.data.train.y, self.test_emb(), self.data.test.y,
+                         seed=self.cfg.seed, threads=torch.get_num_threads())
+        self.per_query["svm_correct"] = r.correct
+        self.extras.update(confusion=r.confusion, svm_lambda=r.lam)
+        return r.accuracy
+
+    @_once
+    def generative(self) -> dict[str, float]:
+        if not isinstance(self.method, GenerativeMethod):
+            return {}
+        return generative_metrics(self.method, self.data.test, self.pipeline, self.device)
 
 
-def evaluate(method: Method, data: Data, cfg: RunConfig, triplets: np.ndarray, device="cpu") -> Evaluation:
-    test_emb = embed(method, data.x_test, device)
-    train_emb = embed(method, data.x_train, device)
-    test_y, train_y = data.y_test.numpy(), data.y_train.numpy()
-    metrics = {**triplet_accuracy(test_emb, triplets, cfg.eval_margin), **retrieval_metrics(test_emb, test_y)}
-    confusion = None
-    # Classification probes need the test classes in train; the class-disjoint split has none.
-    if data.split != "classes":
-        metrics["knn_acc"] = knn_accuracy(train_emb, train_y, test_emb, test_y, cfg.knn_k)
-        metrics["svm_acc"], confusion = svm_accuracy(train_emb, train_y, test_emb, test_y)
-    if getattr(method, "generative", False):
-        metrics.update(generative_metrics(method, data.x_test, device))
-    metrics["embedding_dim"] = int(test_emb.shape[1])
-    return Evaluation(metrics, train_emb, test_emb, confusion)
+@torch.inference_mode()
+def generative_metrics(method: GenerativeMethod, part: Part, pipeline: InputPipeline, device,
+                       block: int = EMBED_BLOCK) -> dict[str, float]:
+    method.eval()
+    sums: dict[str, float] = {}
+    for _, xb in DeviceImages(part, device).blocks(block):
+        for k, v in method.generative_metrics(pipeline.eval(xb)).items():
+            sums[k] = sums.get(k, 0.0) + float(v.sum())
+    return {k: v / len(part) for k, v in sums.items()}
+
+
+def evaluate(method: Method, data: Data, cfg: RunConfig, triplets: np.ndarray, device="cpu",
+             metrics: list[str] | None = None) -> EvalContext:
+    """Every registered metric (or ``metrics``) of ``method`` on ``data.test``; returns the context,
+    whose ``results`` hold the values and ``per_query`` the per-item arrays."""
+    device = torch.device(device)
+    pipeline = InputPipeline(data, cfg.augment or "none", method.input_shape[1:])
+    ctx = EvalContext(method, data, cfg, triplets, device, pipeline)
+    results: dict[str, float] = {}
+    timings: dict[str, float] = {}
+    for name in metrics or METRICS.names():
+        t0 = time.perf_counter()
+        value = METRICS.get(name).fn(ctx)
+        timings[name] = time.perf_counter() - t0
+        if value is None:
+            continue
+        if isinstance(value, tuple):
+            value, per = value
+            ctx.per_query[name] = per
+        results[name] = float(value)
+    ctx.extras["timings"] = timings
+    ctx.results = results
+    return ctx

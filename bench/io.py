@@ -1,4 +1,14 @@
-"""Atomic file writes: a crash mid-write never leaves a half-written result behind."""
+"""Crash-safe, link-safe file writes, and reads that name the corrupt file.
+
+Writes go to a temp file created exclusively (``mkstemp``: O_CREAT|O_EXCL, never following a
+link) in the target folder, are fsynced, then renamed over the target. A rename replaces a link
+planted at the target's name instead of writing through it, so a result never lands outside its
+folder. A crash leaves at most an orphan ``.<name>.*.tmp``, which :func:`clean_temp_files`
+removes on the next run.
+
+Reads of result files raise :class:`CorruptFileError` (a one-line :class:`DMLBenchError`)
+naming the file, never a traceback from json, numpy or torch.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +16,31 @@ import io
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dmlbench.errors import DMLBenchError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+TEMP_SUFFIX = ".tmp"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+class CorruptFileError(DMLBenchError):
+    """A result or cache file that exists but cannot be read back."""
+
+    def __init__(self, path: Path, why: str):
+        self.path = Path(path)
+        super().__init__(f"{path} is corrupt or not a dmlbench file ({why})")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; results are meant to be shared
         with os.fdopen(fd, "wb") as f:
@@ -32,7 +54,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode())
+    atomic_write_bytes(path, text.encode())
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -42,7 +64,13 @@ def write_json(path: Path, obj: Any) -> None:
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_npy(path: Path, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def torch_save(path: Path, obj: Any) -> None:
@@ -50,4 +78,63 @@ def torch_save(path: Path, obj: Any) -> None:
 
     buf = io.BytesIO()
     torch.save(obj, buf)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_json(path: Path, expect: type = dict) -> Any:
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptFileError(path, type(e).__name__) from None
+    if not isinstance(value, expect):
+        raise CorruptFileError(path, f"holds a {type(value).__name__}, not a {expect.__name__}")
+    return value
+
+
+def read_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise CorruptFileError(path, f"{type(e).__name__}: {e}") from None
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz, read without unpickling."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # zipfile.BadZipFile, ValueError (object arrays), OSError, EOFError
+        raise CorruptFileError(path, f"{type(e).__name__}: {e}") from None
+
+
+def torch_load(path: Path, map_location=None) -> Any:
+    """A checkpoint loaded with ``weights_only=True``: tensors and plain types only, never code."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CorruptFileError(path, f"{type(e).__name__}: {first[:160]}") from None
+
+
+def clean_temp_files(folder: Path, older_than_s: float = 3600.0) -> int:
+    """Remove orphan ``.<name>.*.tmp`` files a killed writer left under ``folder``.
+
+    Only files older than ``older_than_s`` are removed, so a writer in another live process
+    (sharing the folder) never loses the temp file it is about to rename.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    now, n = time.time(), 0
+    for p in folder.rglob(f".*{TEMP_SUFFIX}"):
+        try:
+            if p.is_file() and not p.is_symlink() and now - p.stat().st_mtime > older_than_s:
+                p.unlink()
+                n += 1
+        except OSError:
+            pass
+    return n

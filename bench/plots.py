@@ -3,12 +3,13 @@
 ``plot_results(results_dir)`` reads the run folders that :mod:`dmlbench.runner` wrote and draws
 
 - ``embeddings.png``: 2-D t-SNE (or PCA) of the test embeddings, a panel per method (TVAE Fig. 2);
-- ``reconstructions.png``: test images and their reconstructions by each generative method (TVAE Fig. 3);
+- ``reconstructions.png``: test images and their reconstructions by each generative method (TVAE Fig. 3;
+  :mod:`dmlbench.plots_tvae`);
 - ``confusion_<method>.png``: the linear SVM's row-normalised confusion matrix (Hoffer & Ailon Fig. 3);
 - ``loss_curves.png``: every loss term per epoch, mean ± sd over seeds, a panel per method;
 - ``metrics.png``: the main metrics, mean ± sd over seeds, a bar group per method;
 - ``tradeoff.png``: TVAE triplet accuracy against reconstruction error as the triplet weight grows,
-  with the VAE as reference (only where several TVAE triplet weights were run).
+  with the VAE as reference (only where several TVAE triplet weights were run; :mod:`dmlbench.plots_tvae`).
 
 A "method" here is a method configuration, labelled as in the results table (``tvae[weights.triplet=10]``).
 Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no global backend).
@@ -16,7 +17,6 @@ Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -24,11 +24,9 @@ import numpy as np
 import pandas as pd
 
 from dmlbench.errors import DMLBenchError
-from dmlbench.io import _atomic_write_bytes
-from dmlbench.table import label_order, label_runs
+from dmlbench.io import atomic_write_bytes
 
 PROJECTIONS = ("tsne", "pca")
-BAR_METRICS = ["triplet_acc", "triplet_acc_margin", "recall@1", "map@r", "knn_acc", "svm_acc"]
 TSNE_MAX_POINTS = 2000
 NOT_LOSS_COLUMNS = {"epoch", "lr", "seconds", "images_per_s"}
 
@@ -49,7 +47,7 @@ def _save(fig, path: Path) -> Path:
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
@@ -60,7 +58,7 @@ def _style():
 
 
 def _slug(text: str) -> str:
-    from dmlbench.runner import slug
+    from dmlbench.layout import slug
 
     return slug(text)
 
@@ -75,25 +73,22 @@ def _palette(n: int):
     return sns.color_palette("husl", n)
 
 
+def _bar_metrics() -> list[str]:
+    """The registry's default metrics that are fractions in [0, 1] (bars share one axis)."""
+    from dmlbench.metrics import METRICS, default_metrics
+
+    return [m for m in default_metrics() if METRICS.get(m).higher_is_better and METRICS.get(m).kind != "info"]
+
+
 def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
     cols = min(n, max_cols)
     return math.ceil(n / cols), cols
 
 
 def _runs(results_dir: Path) -> pd.DataFrame:
-    """Complete runs with their config, a table label per configuration and their dataset folder."""
-    from dmlbench.table import collect
+    from dmlbench.results import load_runs
 
-    results_dir = Path(results_dir)
-    if not results_dir.is_dir():
-        raise DMLBenchError(f"results folder {results_dir} does not exist; run `bench run` first or give its path")
-    runs = collect(results_dir)
-    done = label_runs(runs).copy()  # the same labels as the results table
-    done["dataset_dir"] = [str(Path(r).parents[1]) for r in done["run_dir"]]
-    done["config"] = [json.loads((Path(r) / "config.json").read_text()) for r in done["run_dir"]]
-    # Methods in the table's order.
-    done["_order"] = done["label"].map(label_order(done["label"], done["method"]))
-    return done.sort_values(["_order", "seed"], kind="stable").drop(columns="_order").reset_index(drop=True)
+    return load_runs(results_dir)
 
 
 def _labels(runs: pd.DataFrame) -> list[str]:
@@ -176,50 +171,6 @@ def plot_embeddings(runs: pd.DataFrame, path: Path, projection: str = "tsne",
                    ncols=math.ceil(len(classes) / 15))
     what = "t-SNE" if projection == "tsne" else "PCA"
     fig.suptitle(f"{what} of the test embeddings ({len(sub)} of {n} test images, coloured by class)")
-    return _save(fig, path)
-
-
-def _as_image(a: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, dict]:
-    """(C,H,W) -> something imshow draws: grey for one channel, RGB for three."""
-    if a.shape[0] == 1:
-        return a[0], {"cmap": "gray", "vmin": lo, "vmax": hi}
-    rgb = np.transpose(a[:3], (1, 2, 0))
-    return np.clip((rgb - lo) / max(hi - lo, 1e-8), 0, 1), {}
-
-
-def plot_reconstructions(runs: pd.DataFrame, path: Path, max_cols: int = 12) -> Path | None:
-    first = _first_seed(runs)
-    first = first.iloc[np.argsort(first["method"].to_numpy() != "vae", kind="stable")]  # VAE, then TVAE, ...
-    rows = []
-    for r in first.itertuples():
-        f = Path(r.run_dir) / "reconstructions.npz"
-        if f.exists():
-            with np.load(f) as z:
-                rows.append((r.label, z["x"], z["x_hat"], z["y"]))
-    if not rows:
-        return None
-    x, y = rows[0][1], rows[0][3]
-    k = min(len(x), max_cols)
-    lo, hi = float(min(x.min(), 0.0)), float(max(x.max(), 1.0))
-    names = _class_names(runs, y[:k])
-    grid = [("input", x)] + [(label, x_hat) for label, _, x_hat, _ in rows]
-    width = max(1.0 * k + 2.2, 6.0)
-    fig = _figure(width, 1.05 * len(grid) + 0.6)
-    axes = fig.subplots(len(grid), k, squeeze=False)
-    for i, (label, imgs) in enumerate(grid):
-        for j in range(k):
-            ax = axes[i, j]
-            img, kw = _as_image(np.asarray(imgs[j], dtype=np.float32), lo, hi)
-            ax.imshow(img, interpolation="nearest", **kw)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for s in ax.spines.values():
-                s.set_visible(False)
-            if i == 0:
-                ax.set_title(names[j], fontsize=9)
-        axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
-    fig.suptitle("Test images (first of each class) and their reconstructions from z = μ (seed "
-                 f"{int(first['seed'].min())})", fontsize=10)
     return _save(fig, path)
 
 
@@ -324,7 +275,7 @@ def plot_loss_curves(runs: pd.DataFrame, path: Path) -> Path | None:
 def plot_metrics(runs: pd.DataFrame, path: Path, metrics: list[str] | None = None) -> Path | None:
     import seaborn as sns
 
-    metrics = [m for m in (metrics or BAR_METRICS) if m in runs.columns and runs[m].notna().any()]
+    metrics = [m for m in (metrics or _bar_metrics()) if m in runs.columns and runs[m].notna().any()]
     if not metrics:
         return None
     long = runs.melt(id_vars=["label", "seed"], value_vars=metrics, var_name="metric", value_name="value").dropna()
@@ -348,58 +299,6 @@ def plot_metrics(runs: pd.DataFrame, path: Path, metrics: list[str] | None = Non
     return _save(fig, path)
 
 
-def _triplet_weight(cfg: dict) -> float | None:
-    w = (cfg.get("method_params") or {}).get("weights") or {}
-    return float(w["triplet"]) if "triplet" in w else None
-
-
-def plot_tradeoff(runs: pd.DataFrame, path: Path) -> Path | None:
-    """TVAE configs: triplet accuracy against test reconstruction error, one point per config."""
-    if "recon_error" not in runs.columns:
-        return None
-    tv = runs[runs["method"] == "tvae"].copy()
-    tv["w"] = [_triplet_weight(c) for c in tv["config"]]
-    tv = tv[tv["w"].notna()]
-    if tv["w"].nunique() < 2:
-        return None
-    ys = [m for m in ("triplet_acc", "triplet_acc_margin") if m in runs.columns]
-    cols = ys + ["recon_error"]
-    tvg = tv.groupby("label", sort=False).agg(w=("w", "first"), n=("seed", "nunique"),
-                                             **{f"{c}_mean": (c, "mean") for c in cols},
-                                             **{f"{c}_std": (c, "std") for c in cols})
-    tvg = tvg.fillna(0.0).sort_values("w", kind="stable")
-    vae = runs[runs["method"] == "vae"]
-    vaeg = vae.groupby("label", sort=False)[cols].agg(["mean", "std"]).fillna(0.0) if len(vae) else None
-    ambiguous = tvg["w"].duplicated(keep=False)
-    fig = _figure(5.2 * len(ys) + 0.4, 4.8)
-    with _style():
-        axes = np.atleast_1d(fig.subplots(1, len(ys), squeeze=False)).ravel()
-        for ax, y in zip(axes, ys):
-            ax.plot(tvg["recon_error_mean"], tvg[f"{y}_mean"], color="0.7", linewidth=1, zorder=1)
-            ax.errorbar(tvg["recon_error_mean"], tvg[f"{y}_mean"], xerr=tvg["recon_error_std"],
-                        yerr=tvg[f"{y}_std"], fmt="o", color="tab:blue", ecolor="tab:blue", capsize=3,
-                        markersize=6, label="TVAE", zorder=3)
-            for (label, r), amb in zip(tvg.iterrows(), ambiguous):
-                text = f"w={r['w']:g}" + (f" {label.split('#')[-1]}" if amb and "#" in label else "")
-                ax.annotate(text, (r["recon_error_mean"], r[f"{y}_mean"]), textcoords="offset points",
-                            xytext=(6, 6), fontsize=9, color="tab:blue")
-            if vaeg is not None:
-                for label, r in vaeg.iterrows():
-                    ax.errorbar([r[("recon_error", "mean")]], [r[(y, "mean")]], xerr=[r[("recon_error", "std")]],
-                                yerr=[r[(y, "std")]], fmt="s", color="tab:red", capsize=3, markersize=6,
-                                label=label if label != "vae" else "VAE (w=0)", zorder=3)
-            ax.set_xlabel("test reconstruction error (squared L2 per image; lower is better)")
-            ax.set_ylabel(y.replace("_", " ") + " (higher is better)")
-            ax.margins(x=0.15, y=0.15)
-        handles, names = axes[0].get_legend_handles_labels()
-        fig.legend(handles, names, loc="outside lower center", ncols=len(names), frameon=False)
-    lo, hi = int(tvg["n"].min()), int(tvg["n"].max())
-    seeds = f"{hi} seed{'s' if hi > 1 else ''}" if lo == hi else f"{lo}–{hi} seeds per point"
-    fig.suptitle(f"TVAE: triplet accuracy against test reconstruction error for each triplet weight w "
-                 f"(mean ± sd over {seeds})", fontsize=10)
-    return _save(fig, path)
-
-
 # --------------------------------------------------------------------------------------------- entry
 
 def plot_results(results_dir: Path, out: Path | None = None, projection: str = "tsne") -> list[Path]:
@@ -408,6 +307,8 @@ def plot_results(results_dir: Path, out: Path | None = None, projection: str = "
     PNGs go to ``<dataset folder>/plots/``; with ``out``, to ``out`` (one dataset) or
     ``out/<dataset folder name>/`` (several datasets).
     """
+    from dmlbench.plots_tvae import plot_reconstructions, plot_tradeoff
+
     if projection not in PROJECTIONS:
         raise DMLBenchError(f"unknown projection {projection!r}; use one of: {', '.join(PROJECTIONS)}")
     runs = _runs(Path(results_dir))

@@ -1,260 +1,260 @@
-"""Run a suite of (method, seed) runs on one dataset and keep every result on disk.
+"""Run one (dataset, method, seed) configuration and keep every result on disk.
 
-Each run gets a folder named from its resolved config, ``<out>/<dataset>[/<suite>]/<method>/s<seed>-<id>``:
-``config.json``, ``history.csv``, ``metrics.json``, ``embeddings.npz``, ``checkpoint.pt`` (and
-``confusion.csv``, ``reconstructions.npz`` where they apply). Every file is written atomically;
-``metrics.json`` is written last, so its presence marks a complete run. A re-run skips complete
-runs and resumes unfinished ones from their last checkpoint; a failed run records why in
-``failed.json`` and the suite goes on.
+The runner only runs: the suite (:mod:`dmlbench.suite`) decides what to run, the executors
+(:mod:`dmlbench.executors`) decide where, the layout (:mod:`dmlbench.layout`) where it is kept.
+
+A run is done under its folder's lock, so two processes (two terminals, two Ray workers) never
+train the same run at once. A complete run is skipped, unless it was made by other code or on
+another kind of device or other numeric libraries (:mod:`dmlbench.provenance`): then it is
+archived under ``.stale/`` and re-run, saying why (``reuse_stale=True`` keeps it). An unfinished
+run resumes from its checkpoint. Every failure, in training, evaluation or writing the artefacts,
+is recorded in ``failed.json`` and the suite goes on.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
-import platform
-import re
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import torch
 
+from dmlbench import layout
 from dmlbench.config import RunConfig
-from dmlbench.data import Data, load_dataset
-from dmlbench.encoders import check_shapes
 from dmlbench.errors import DMLBenchError
-from dmlbench.evaluate import evaluate
-from dmlbench.io import torch_save, write_json, write_npz, write_text
-from dmlbench.methods import get_method
-from dmlbench.methods.base import Method
-from dmlbench.params import apply_overrides
-from dmlbench.sampling import random_triplets
-from dmlbench.trainer import Trainer, resolve_device, seed_everything
+from dmlbench.io import CorruptFileError, read_json, read_npy, write_json, write_npy, write_npz, write_text
+from dmlbench.locks import Lock
 
 log = logging.getLogger("dmlbench")
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
-
-
-def dataset_slug(dataset: str) -> str:
-    name, _, path = dataset.partition(":")
-    return slug(f"{name}-{Path(path).stem}") if path else slug(name)
-
-
-def _versions() -> dict:
-    import faiss
-    import pytorch_metric_learning
-    import sklearn
-
-    import dmlbench
-
-    out = {"dmlbench": dmlbench.__version__, "torch": torch.__version__, "numpy": np.__version__,
-           "pytorch_metric_learning": pytorch_metric_learning.__version__, "faiss": faiss.__version__,
-           "scikit-learn": sklearn.__version__, "python": platform.python_version()}
-    try:
-        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, text=True,
-                                           capture_output=True, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        out["git_commit"] = None
-    return out
-
-
-def _loader_options(fn):
-    """A dataclass instance mirroring a loader's keyword options, so ``--set data.KEY=V`` is type-checked."""
-    import inspect
-    import typing
-
-    hints = typing.get_type_hints(fn)
-    fields = [(n, hints[n], dataclasses.field(default=p.default)) for n, p in inspect.signature(fn).parameters.items()
-              if n not in ("data_dir", "seed", "path")]
-    return dataclasses.make_dataclass("DataOptions", fields)()
-
-
-def load_data(cfg: RunConfig) -> Data:
-    from dmlbench.data import DATASETS
-
-    name, _, path = cfg.dataset.partition(":")
-    spec = DATASETS.get(name)
-    options = {}
-    if cfg.data_options:
-        typed = apply_overrides(_loader_options(spec.loader), cfg.data_options, "data")
-        options = {k: getattr(typed, k) for k in cfg.data_options}
-    if path:
-        options["path"] = path
-    data = load_dataset(name, data_dir=cfg.data_dir or None, split=cfg.split, seed=cfg.data_seed, **options)
-    if cfg.normalize == "standard":
-        # Hoffer & Ailon: a global normalisation to zero mean and unit variance (train statistics).
-        mean, std = data.x_train.mean(), data.x_train.std()
-        data.x_train = (data.x_train - mean) / std
-        data.x_test = (data.x_test - mean) / std
-    return data
-
-
-def test_triplets(data: Data, cfg: RunConfig, results_dir: Path) -> np.ndarray:
-    """The fixed test triplets for this dataset and split, saved so later runs reuse the same ones."""
-    key = f"{cfg.split}-d{cfg.data_seed}-n{cfg.test_triplets}-s{cfg.triplet_seed}-t{len(data.y_test)}"
-    if ":" in cfg.dataset or cfg.data_options:
-        # User data: two files can share a name and a test size, so the key names the source.
-        src = json.dumps([cfg.dataset, cfg.data_options], sort_keys=True)
-        key += "-" + hashlib.sha1(src.encode()).hexdigest()[:8]
-    path = results_dir / f"test_triplets-{key}.npy"
-    y = data.y_test
-    if path.exists():
-        t = np.load(path)
-        ok = t.ndim == 2 and t.shape == (cfg.test_triplets, 3) and t.max() < len(y)
-        if ok:
-            yt = y.numpy()[t]
-            ok = bool(np.all(yt[:, 0] == yt[:, 1]) and np.all(yt[:, 0] != yt[:, 2]))
-        if not ok:
-            raise DMLBenchError(f"{path} does not match this dataset's test split; delete it to draw new triplets")
-        return t
-    gen = torch.Generator().manual_seed(cfg.triplet_seed)
-    t = random_triplets(y, cfg.test_triplets, gen).numpy()
-    results_dir.mkdir(parents=True, exist_ok=True)
-    buf = path.with_suffix(".tmp.npy")
-    np.save(buf, t)
-    buf.replace(path)
-    return t
-
-
-def build_method(cfg: RunConfig, data: Data) -> Method:
-    cls = get_method(cfg.method)
-    params = cls.Params(**cfg.method_params)  # validated when the suite was resolved
-    seed_everything(cfg.seed)  # the same seed gives the same initial weights
-    return cls(params, input_shape=data.input_shape, embedding_dim=cfg.embedding_dim, encoder=cfg.encoder,
-               num_classes=int(data.y_train.max()) + 1)
 
 
 @dataclass
 class RunResult:
     config: RunConfig
     run_dir: Path
-    status: str  # "done", "skipped" (already complete), "failed"
+    status: str  # done | skipped (already complete) | failed | busy (another process holds it)
     metrics: dict = field(default_factory=dict)
     reason: str = ""
 
 
-def suite_dir(out: Path, dataset: str, suite: str = "") -> Path:
-    """Where a suite's runs and tables live: ``<out>/<dataset>[/<suite>]``."""
-    d = Path(out) / dataset_slug(dataset)
-    return d / slug(suite) if suite else d
+# ----------------------------------------------------------------------------- data for a run
 
 
-def run_dir_for(cfg: RunConfig, results_dir: Path) -> Path:
-    return results_dir / slug(cfg.method) / f"s{cfg.seed}-{cfg.run_id()}"
+def data_key(cfg: RunConfig) -> tuple:
+    """What identifies the data a run sees (its loaded Data is shared by runs with the same key)."""
+    return (cfg.dataset, cfg.data_dir, cfg.split, cfg.data_seed, json.dumps(cfg.data_options, sort_keys=True),
+            cfg.normalize)
 
 
-def run_one(cfg: RunConfig, data: Data, triplets: np.ndarray, results_dir: Path, variant: str = "") -> RunResult:
-    run_dir = run_dir_for(cfg, results_dir)
-    if (run_dir / "metrics.json").exists():
-        return RunResult(cfg, run_dir, "skipped", json.loads((run_dir / "metrics.json").read_text()))
-    (run_dir / "failed.json").unlink(missing_ok=True)
-    write_json(run_dir / "config.json", {**cfg.to_dict(), "run_id": cfg.run_id(), "group_id": cfg.group_id(),
-                                         "variant": variant, "data": data.info(), "versions": _versions()})
-    device = resolve_device(cfg.device)
+@functools.lru_cache(maxsize=2)
+def _load(key: tuple):
+    from dmlbench.data import load_dataset
 
-    def save_history(history: list[dict]) -> None:
-        write_text(run_dir / "history.csv", pd.DataFrame(history).to_csv(index=False))
+    dataset, data_dir, split, seed, options, normalize = key
+    return load_dataset(dataset, data_dir=data_dir or None, split=split, seed=seed, options=json.loads(options),
+                        normalize=normalize)
+
+
+def load_data(cfg: RunConfig):
+    """The run's Data, loaded once per process for every run that shares it."""
+    return _load(data_key(cfg))
+
+
+def input_shape(cfg: RunConfig, data_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The shape the encoder sees: ``image_size``, else a timm trunk's input size, else the data's."""
+    from dmlbench.encoders import is_timm
+
+    c = data_shape[0]
+    if cfg.image_size:
+        return (c, cfg.image_size, cfg.image_size)
+    if cfg.encoder and is_timm(cfg.encoder):
+        from dmlbench.trunks import default_input_size
+
+        return (c, *default_input_size(cfg.encoder))
+    return tuple(data_shape)
+
+
+def triplets_path(suite: Path, cfg: RunConfig, n_test: int) -> Path:
+    key = f"{cfg.split}-d{cfg.data_seed}-n{cfg.test_triplets}-s{cfg.triplet_seed}-t{n_test}"
+    if ":" in cfg.dataset or cfg.data_options:
+        # User data: two files can share a name and a test size, so the key names the source.
+        src = json.dumps([cfg.dataset, cfg.data_options], sort_keys=True)
+        key += "-" + hashlib.sha1(src.encode()).hexdigest()[:8]
+    return Path(suite) / f"test_triplets-{key}.npy"
+
+
+def test_triplets(data, cfg: RunConfig, suite: Path) -> np.ndarray:
+    """The fixed test triplets of this dataset and split, stored in the suite so every run and every
+    re-run scores the same triplets."""
+    import torch
+
+    from dmlbench.sampling import random_triplets
+
+    y = data.test.y
+    path = triplets_path(suite, cfg, len(y))
+    if path.exists():
+        t = read_npy(path)
+        ok = t.ndim == 2 and t.shape == (cfg.test_triplets, 3) and 0 <= t.min() and t.max() < len(y)
+        if ok:
+            yt = y[t]
+            ok = bool(np.all(yt[:, 0] == yt[:, 1]) and np.all(yt[:, 0] != yt[:, 2]))
+        if not ok:
+            raise CorruptFileError(path, "does not match this dataset's test split; delete it to draw new triplets")
+        return t
+    gen = torch.Generator().manual_seed(cfg.triplet_seed)
+    t = random_triplets(torch.from_numpy(y), cfg.test_triplets, gen).numpy()
+    write_npy(path, t)
+    return t
+
+
+def build_method(cfg: RunConfig, data):
+    from dmlbench.methods import EncoderChoice, get_method
+    from dmlbench.runtime import seed_everything
+
+    cls = get_method(cfg.method)
+    params = cls.Params(**cfg.method_params)
+    params.validate()
+    seed_everything(cfg.seed)  # the same seed gives the same initial weights
+    choice = EncoderChoice(cfg.encoder, cfg.embedder, cfg.pretrained, cfg.weights, cfg.freeze_bn)
+    return cls(params, input_shape=input_shape(cfg, data.input_shape), embedding_dim=cfg.embedding_dim or 1,
+               encoder=choice, num_classes=data.num_train_classes)
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def _stale(run: Path, prov: dict) -> list[str]:
+    """Why a complete run's result may not be reused (empty: it may)."""
+    from dmlbench.provenance import differences
 
     try:
-        method = build_method(cfg, data)
-        history = Trainer(method, data, cfg, run_dir).fit(on_epoch=save_history)
-    except Exception as e:  # noqa: BLE001 - one broken run must not take the suite down with it
-        reason = str(e) if isinstance(e, DMLBenchError) else f"{type(e).__name__}: {e}"
-        if not isinstance(e, DMLBenchError):
-            log.exception("run %s seed %d crashed", cfg.method, cfg.seed)
-        write_json(run_dir / "failed.json", {"reason": reason, "type": type(e).__name__})
-        return RunResult(cfg, run_dir, "failed", reason=reason)
-    train_seconds = sum(row["seconds"] for row in history)  # resumed runs count every epoch
-    if not method.trainable:
-        save_history([])
-        torch_save(run_dir / "checkpoint.pt", {"epoch": 0, "model": method.state_dict(), "config": cfg.to_dict()})
+        old = read_json(run / layout.CONFIG).get("provenance") or {}
+    except CorruptFileError as e:
+        return [str(e)]
+    return differences(old, prov)
+
+
+def _archive(run: Path, why: list[str]) -> Path:
+    suite = run.parent.parent
+    dest = suite / layout.STALE / run.parent.name / f"{run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    run.replace(dest)
+    log.warning("%s was made by other code or libraries (%s): archived to %s and re-run", run, "; ".join(why), dest)
+    return dest
+
+
+def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool = False, data=None,
+            callbacks: tuple = (), metrics: list[str] | None = None) -> RunResult:
+    """Train and evaluate one config into its run folder; never raises for a failed run.
+
+    ``data``: the loaded Data (else loaded from the config, once per process); ``callbacks``: the
+    trainer's per-epoch callbacks; ``metrics``: evaluate only these (default: every registered one).
+    """
+    from dmlbench.provenance import provenance
+    from dmlbench.runtime import resolve_device, set_determinism
+
+    run = layout.run_dir(suite, cfg.method, cfg.seed, cfg.run_id())
+    run.mkdir(parents=True, exist_ok=True)
+    lock = Lock(run / layout.LOCK)
+    if not lock.acquire(blocking=False):
+        return RunResult(cfg, run, "busy", reason="another process is running it")
+    try:
+        import torch
+
+        prov = provenance(cfg.device, torch.get_num_threads())
+        if layout.is_complete(run):
+            why = _stale(run, prov)
+            if not why or reuse_stale:
+                if why:
+                    log.warning("%s: reusing a result made by other code (%s) because of --reuse-stale", run, "; ".join(why))
+                return RunResult(cfg, run, "skipped", read_json(run / layout.METRICS))
+            lock.release()
+            _archive(run, why)
+            run.mkdir(parents=True, exist_ok=True)
+            lock = Lock(run / layout.LOCK)
+            if not lock.acquire(blocking=False):
+                return RunResult(cfg, run, "busy", reason="another process is running it")
+        (run / layout.FAILED).unlink(missing_ok=True)
+        # Written first, so that a run that fails before its data is loaded is still listed.
+        write_json(run / layout.CONFIG, {**cfg.to_dict(), "run_id": cfg.run_id(), "group_id": cfg.group_id(),
+                                         "variant": variant, "provenance": prov})
+        try:
+            return _train_and_evaluate(cfg, run, variant, prov, data, callbacks, metrics, resolve_device, set_determinism)
+        except Exception as e:  # noqa: BLE001 - one broken run must not take the suite down with it
+            reason = str(e) if isinstance(e, DMLBenchError) else f"{type(e).__name__}: {e}"
+            if not isinstance(e, DMLBenchError):
+                log.exception("run %s seed %d crashed", cfg.method, cfg.seed)
+            write_json(run / layout.FAILED, {"reason": reason, "type": type(e).__name__})
+            return RunResult(cfg, run, "failed", reason=reason)
+    finally:
+        lock.release()
+
+
+def _train_and_evaluate(cfg, run, variant, prov, data, callbacks, metrics, resolve_device, set_determinism) -> RunResult:
+    import pandas as pd
+    import torch
+
+    from dmlbench.evaluate import evaluate
+    from dmlbench.methods import GenerativeMethod
+    from dmlbench.trainer import Trainer
+
+    device = resolve_device(cfg.device)
+    set_determinism(cfg.deterministic, device)
+    data = data if data is not None else load_data(cfg)
+    triplets = test_triplets(data, cfg, run.parent.parent)
+    method = build_method(cfg, data)
+    write_json(run / layout.CONFIG, {**cfg.to_dict(), "run_id": cfg.run_id(), "group_id": cfg.group_id(),
+                                     "variant": variant, "data": data.info(), "provenance": prov,
+                                     "weights_info": getattr(method.encoder, "weights_info", None)})
+
+    def save_history(trainer, row) -> None:
+        write_text(run / layout.HISTORY, pd.DataFrame(trainer.history).to_csv(index=False))
+
+    trainer = Trainer(method, data, cfg, device=device, run_dir=run, callbacks=(save_history, *callbacks))
+    history = trainer.fit()
+    if not history:
+        write_text(run / layout.HISTORY, "")
     t0 = time.perf_counter()
-    ev = evaluate(method, data, cfg, triplets, device)
-    ev.metrics["train_seconds"] = round(train_seconds, 3)
-    ev.metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
-    write_npz(run_dir / "embeddings.npz", test_emb=ev.test_emb, test_y=data.y_test.numpy(), train_emb=ev.train_emb,
-              train_y=data.y_train.numpy(), test_triplets=triplets.astype(np.int64))
-    if ev.confusion is not None:
-        write_text(run_dir / "confusion.csv", pd.DataFrame(ev.confusion).to_csv(index=False))
-    if getattr(method, "generative", False):
-        # A fixed set of test images (the first of each class) for the reconstruction grid plot.
-        y = data.y_test
-        first = torch.stack([torch.nonzero(y == c)[0, 0] for c in y.unique()])
-        x = data.x_test[first]
-        write_npz(run_dir / "reconstructions.npz", x=x.numpy(), x_hat=method.reconstruct(x.to(device)).cpu().numpy(),
-                  y=y[first].numpy())
-    write_json(run_dir / "metrics.json", ev.metrics)  # last: marks the run complete
-    return RunResult(cfg, run_dir, "done", ev.metrics)
+    ctx = evaluate(method, data, cfg, triplets, device, metrics)
+    metrics = dict(ctx.results)
+    metrics["train_seconds"] = round(sum(r["seconds"] for r in history), 3)  # resumed runs count every epoch
+    metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
+    metrics["steps"] = trainer.steps_done if method.trainable else 0
+    write_npz(run / layout.EMBEDDINGS, test_emb=ctx.test_emb(), test_y=data.test.y,
+              **({"train_emb": ctx.train_emb(), "train_y": data.train.y} if "train_emb" in ctx.__dict__.get("_cache", {})
+                 else {}), test_triplets=triplets.astype(np.int64))
+    if ctx.per_query:
+        write_npz(run / layout.PER_QUERY, **{k: np.asarray(v) for k, v in ctx.per_query.items()})
+    if ctx.extras.get("confusion") is not None:
+        write_text(run / layout.CONFUSION, pd.DataFrame(ctx.extras["confusion"]).to_csv(index=False))
+    if isinstance(method, GenerativeMethod):
+        write_npz(run / layout.RECONSTRUCTIONS, **reconstructions(method, data, ctx.pipeline, device))
+    metrics["svm_lambda"] = ctx.extras.get("svm_lambda")
+    metrics = {k: v for k, v in metrics.items() if v is not None}
+    write_json(run / layout.METRICS, metrics)  # last: marks the run complete
+    return RunResult(cfg, run, "done", metrics)
 
 
-# Settings an untrained method never reads: held at their defaults in its config, so that `raw`
-# gets one run id (one folder, one table row) whatever the training settings of the suite.
-TRAINING_FIELDS = ("epochs", "batch_size", "epoch_size", "lr", "optimizer", "momentum", "weight_decay",
-                   "lr_schedule", "encoder", "embedding_dim")
+def reconstructions(method, data, pipeline, device) -> dict[str, np.ndarray]:
+    """A fixed set of test images (the first of each class, at most 20) and their reconstructions."""
+    import torch
+
+    y = data.test.y
+    first = np.array([np.flatnonzero(y == c)[0] for c in np.unique(y)[:20]])
+    x = pipeline.eval(torch.from_numpy(np.ascontiguousarray(data.test.images(first))).to(device))
+    method.eval()
+    return {"x": x.cpu().numpy(), "x_hat": method.reconstruct(x).cpu().numpy(), "y": y[first]}
 
 
-def untrained_config(cfg: RunConfig) -> RunConfig:
-    held = {f: getattr(RunConfig(), f) for f in TRAINING_FIELDS}
-    # Placeholders that pass validation; an untrained method reads none of them.
-    held.update(encoder="mlp", epochs=1, embedding_dim=1)
-    return dataclasses.replace(cfg, **held)
+def with_method(base: RunConfig, method: str, seed: int, params: dict) -> RunConfig:
+    """The config of one run of a suite: the base with the method, its parameters and the seed."""
+    from dmlbench.config import untrained
+    from dmlbench.methods import get_method
 
-
-def _get_key(obj, dotted: str):
-    head, _, rest = dotted.partition(".")
-    value = getattr(obj, head)
-    return value[rest] if rest else value
-
-
-def run_suite(base: RunConfig, methods: list[str], seeds: list[int], method_sets: dict[str, dict],
-              out: Path, on_result=None, on_start=None, suite: str = "") -> list[RunResult]:
-    """Train and evaluate every (method, seed) on ``base.dataset``; returns one result per run."""
-    for owner in method_sets:
-        if owner not in methods:
-            raise DMLBenchError(f"--set names {owner!r}, which is not among the methods being run ({', '.join(methods)})")
-    base = base.resolved()
-    base.check()
-    resolve_device(base.device)
-    configs = []
-    generative = []
-    for name in methods:
-        cls = get_method(name)  # unknown names fail here, before any training
-        overrides = method_sets.get(name, {})
-        params = apply_overrides(cls.Params(), overrides, name)
-        if cls.generative:
-            generative.append(name)
-        # The row label names only what differs from the method's defaults.
-        defaults = cls.Params()
-        variant = ",".join(f"{k}={v}" for k, v in sorted(overrides.items())
-                           if _get_key(params, k) != _get_key(defaults, k))
-        run_base = base if cls.trainable else untrained_config(base)
-        for seed in seeds:
-            configs.append((dataclasses.replace(run_base, method=name, seed=seed,
-                                                method_params=dataclasses.asdict(params)), variant))
-    data = load_data(base)
-    if generative and (data.x_train.min() < 0 or data.x_train.max() > 1):
-        raise DMLBenchError(f"{', '.join(generative)} decode pixels in [0, 1] (a sigmoid output), but this data spans "
-                            f"[{data.x_train.min():.3g}, {data.x_train.max():.3g}]; use normalize = \"unit\" "
-                            "or leave the generative methods out")
-    check_shapes(base.encoder, data.input_shape, base.embedding_dim)
-    results_dir = suite_dir(out, base.dataset, suite)
-    triplets = test_triplets(data, base, results_dir)
-    if on_start is not None:
-        on_start(base, data)
-    results = []
-    for cfg, variant in configs:
-        log.info("run %s seed %d -> %s", cfg.method, cfg.seed, run_dir_for(cfg, results_dir))
-        r = run_one(cfg, data, triplets, results_dir, variant)
-        results.append(r)
-        if on_result is not None:
-            on_result(r)
-    return results
+    cfg = base if get_method(method).trainable else untrained(base)
+    return dataclasses.replace(cfg, method=method, seed=seed, method_params=params)

@@ -1,73 +1,60 @@
-"""Collect run folders into one table: a row per (dataset, method), mean ± std over seeds."""
+"""Collect run folders into one table: a row per (dataset, method config), over seeds.
+
+Each cell is the mean over seeds ± the half-width of its 95% Student-t confidence interval (a
+lone value where there is one seed); bold marks every row not significantly worse than the best
+one (paired t-tests over seeds, Holm-corrected), so ties within noise are shown as ties. A metric
+registered ``comparable=False`` is never bold. No torch, no faiss.
+"""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from dmlbench import layout
 from dmlbench.errors import DMLBenchError
-from dmlbench.evaluate import METRICS
-
-DEFAULT_METRICS = ["triplet_acc", "triplet_acc_margin", "recall@1", "map@r", "knn_acc", "svm_acc", "recon_error"]
+from dmlbench.metrics import METRICS, default_metrics, higher_is_better
+from dmlbench.results import collect, label_runs  # noqa: F401 - re-exported: table readers' entry points
 FORMATS = ("markdown", "csv", "latex")
 
 
-def collect(results_dir: Path, recursive: bool = True) -> pd.DataFrame:
-    """One row per run folder (complete or failed) under results_dir.
-
-    ``recursive=False`` reads only ``results_dir/<method>/<run>/`` (one suite's own runs).
-    """
-    rows = []
-    paths = Path(results_dir).rglob("config.json") if recursive else Path(results_dir).glob("*/*/config.json")
-    for cfg_path in sorted(paths):
-        run = cfg_path.parent
-        try:
-            cfg = json.loads(cfg_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if not isinstance(cfg, dict) or not {"method", "group_id", "seed", "dataset"} <= cfg.keys():
-            continue  # some other tool's config.json, not a dmlbench run
-        label = cfg["method"] + (f"[{cfg['variant']}]" if cfg.get("variant") else "")
-        row = {"dataset": cfg["dataset"], "method": cfg["method"], "label": label, "group_id": cfg["group_id"],
-               "seed": cfg["seed"], "run_dir": str(run)}
-        if (run / "metrics.json").exists():
-            row.update(status="done", **json.loads((run / "metrics.json").read_text()))
-        elif (run / "failed.json").exists():
-            row.update(status="failed", reason=json.loads((run / "failed.json").read_text())["reason"])
-        else:
-            row.update(status="unfinished")
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Complete runs, one per (dataset, config, seed), labelled for tables and plots.
-
-    The same config and seed found twice (e.g. in two suite folders) counts once. A label that
-    covers several configs (e.g. other epochs) gets the config id appended.
-    """
-    done = runs[runs["status"] == "done"] if len(runs) else runs
-    if not len(done):
-        raise DMLBenchError("no complete runs found; run `bench run` first, or point at the right results folder")
-    done = done.drop_duplicates(["dataset", "group_id", "seed"])
-    n_groups = done.groupby(["dataset", "label"])["group_id"].transform("nunique")
-    return done.assign(label=np.where(n_groups > 1, done["label"] + " #" + done["group_id"].str[:6], done["label"]))
-
-
 def aggregate(runs: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
-    """Mean and std over seeds for each (dataset, method config); columns '<metric>' and '<metric>_std'."""
+    """Per (dataset, method config): mean, std, 95% t-interval half-width (``_ci``) over seeds, the
+    seed count ``n``, and ``_best``: whether the row is not significantly worse than the best row
+    (paired t-tests over seeds against the best, Holm-corrected; :func:`dmlbench.stats.best_set`)."""
+    from dmlbench.stats import best_set, t_interval
+
     done = label_runs(runs)
-    metrics = [m for m in (metrics or DEFAULT_METRICS) if m in done.columns]
-    g = done.groupby(["dataset", "label", "method"], sort=False)
-    out = g[metrics].mean()
-    std = g[metrics].std(ddof=1).fillna(0.0).where(out.notna())  # one seed: std 0; no value: none
-    out = out.join(std.add_suffix("_std"))
-    out["n"] = g.size()
-    out = out.reset_index()
+    metrics = [m for m in (metrics or default_metrics()) if m in done.columns]
+    rows = []
+    for (ds, label, method), g in done.groupby(["dataset", "label", "method"], sort=False):
+        row = {"dataset": ds, "label": label, "method": method, "n": len(g),
+               "seeds": ",".join(str(s) for s in sorted(g["seed"]))}
+        for m in metrics:
+            vals = g[m].dropna().to_numpy(float)
+            if len(vals):
+                mean, sd, half = t_interval(vals)
+                row.update({m: mean, m + "_std": sd, m + "_ci": half})
+            else:
+                row.update({m: np.nan, m + "_std": np.nan, m + "_ci": np.nan})
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    for m in metrics:
+        out[m + "_best"] = False
+        spec = METRICS.get(m) if m in METRICS.names() else None
+        if spec is not None and not spec.comparable:
+            continue
+        hib = higher_is_better(m)
+        for ds, idx in out.groupby("dataset").groups.items():
+            sub = done[done["dataset"] == ds].pivot_table(index="label", columns="seed", values=m, aggfunc="first")
+            labels = [lab for lab in out.loc[idx, "label"] if lab in sub.index and sub.loc[lab].notna().any()]
+            if len(labels) < 2:
+                continue
+            best = best_set({lab: sub.loc[lab].to_numpy(float) for lab in labels}, higher_is_better=hib)
+            out.loc[idx, m + "_best"] = out.loc[idx, "label"].isin(best).to_numpy()
     order = label_order(out["label"], out["method"])
     out["_order"] = out["label"].map(order)
     return out.sort_values(["dataset", "_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
@@ -97,25 +84,20 @@ def label_order(labels, methods) -> dict[str, int]:
 def format_table(agg: pd.DataFrame, fmt: str = "markdown", metrics: list[str] | None = None) -> str:
     if fmt not in FORMATS:
         raise DMLBenchError(f"unknown table format {fmt!r}; use one of: {', '.join(FORMATS)}")
-    metrics = [m for m in (metrics or DEFAULT_METRICS) if m in agg.columns]
+    metrics = [m for m in (metrics or default_metrics()) if m in agg.columns]
     if fmt == "csv":
-        cols = ["dataset", "label", "n"] + [c for m in metrics for c in (m, m + "_std")]
+        cols = ["dataset", "label", "n", "seeds"] + [c for m in metrics for c in (m, m + "_std", m + "_ci", m + "_best")]
         return agg[cols].rename(columns={"label": "method"}).to_csv(index=False)
     cells = pd.DataFrame({"dataset": agg["dataset"], "method": agg["label"], "seeds": agg["n"]})
     for m in metrics:
-        col, sd = agg[m], agg[m + "_std"]
-        higher = METRICS[m].higher_is_better if m in METRICS else True
-        # The best value within each dataset: datasets are not comparable with each other.
-        by_ds = col.groupby(agg["dataset"])
-        best = by_ds.transform("max" if higher else "min")
-        n_values = by_ds.transform("count")
         text = []
-        for v, s, b, n in zip(col, sd, best, n_values):
+        for v, half, best in zip(agg[m], agg[m + "_ci"], agg[m + "_best"]):
             if pd.isna(v):
                 text.append("—")
                 continue
-            t = f"{v:.4f} ± {s:.4f}" if abs(v) < 10 else f"{v:.1f} ± {s:.1f}"
-            if np.isclose(v, b) and n > 1:
+            digits = 4 if abs(v) < 10 else 1
+            t = f"{v:.{digits}f}" if pd.isna(half) else f"{v:.{digits}f} ± {half:.{digits}f}"
+            if best:
                 t = f"**{t}**" if fmt == "markdown" else rf"\textbf{{{t}}}"
             text.append(t)
         cells[m] = text
@@ -128,6 +110,23 @@ def format_table(agg: pd.DataFrame, fmt: str = "markdown", metrics: list[str] | 
             cells[c] = cells[c].map(tex)
         return cells.to_latex(index=False, escape=False)
     return cells.to_markdown(index=False) if _has_tabulate() else _markdown(cells)
+
+
+LEGEND = ("Mean over seeds ± half-width of the 95% t-interval (one seed: the value alone). Bold: not significantly "
+          "worse than the best row (paired t-test over seeds, Holm-corrected, alpha 0.05); with one seed only "
+          "the best is bold.")
+
+
+def provenance_lines(runs: pd.DataFrame) -> list[str]:
+    """What made the table's results: commits, code hashes, devices, torch versions."""
+    done = runs[runs["status"] == "done"] if len(runs) and "status" in runs else runs
+    out = []
+    for col, name in (("commit", "commit"), ("code", "code hash"), ("device", "device"), ("torch", "torch")):
+        if col in done:
+            vals = sorted({str(v) for v in done[col].dropna() if str(v)})
+            if vals:
+                out.append(f"{name}: {', '.join(vals)}")
+    return out
 
 
 def _has_tabulate() -> bool:
@@ -149,7 +148,7 @@ def _markdown(df: pd.DataFrame) -> str:
 def failures(runs: pd.DataFrame) -> list[str]:
     if not len(runs) or "reason" not in runs:
         return []
-    bad = runs[runs["status"] == "failed"]
+    bad = runs[runs["status"].isin(["failed", "corrupt"])]
     return [f"{r.label} seed {r.seed}: {r.reason}" for r in bad.itertuples()]
 
 
@@ -160,9 +159,13 @@ def write_tables(results_dir: Path, metrics: list[str] | None = None) -> str:
     runs = collect(results_dir, recursive=False)
     agg = aggregate(runs, metrics)
     md = format_table(agg, "markdown", metrics)
+    md += "\n" + LEGEND + "\n"
+    prov = provenance_lines(runs)
+    if prov:
+        md += "Made by " + "; ".join(prov) + "\n"
     fails = failures(runs)
     if fails:
         md += "\nFailed runs:\n" + "".join(f"- {f}\n" for f in fails)
-    write_text(Path(results_dir) / "table.md", md)
-    write_text(Path(results_dir) / "table.csv", format_table(agg, "csv", metrics))
+    write_text(Path(results_dir) / layout.TABLE_MD, md)
+    write_text(Path(results_dir) / layout.TABLE_CSV, format_table(agg, "csv", metrics))
     return md

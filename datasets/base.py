@@ -1,14 +1,24 @@
-"""The in-memory dataset container, the dataset registry and the data-folder setting."""
+"""The dataset container, the dataset registry and the data-folder setting. No torch here.
+
+Images stay in their stored type, uint8 (N, C, H, W), in memory or memory-mapped from the decode
+cache; ``scale`` turns stored values into [0, 1] and ``norm`` optionally standardises them. The
+conversion to float happens batch by batch on the run's device (:mod:`dmlbench.inputs`), so a
+dataset is never materialised as float32.
+
+Labels are int64 class ids into ``classes``. The training labels are always 0..K-1, every one
+present (:attr:`Data.num_train_classes` is the one definition of "how many classes training
+sees"); test labels may include classes training never sees (class-disjoint protocols).
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from dmlbench.errors import DMLBenchError
 from dmlbench.registry import Registry
@@ -26,47 +36,180 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return DEFAULT_DATA_DIR
 
 
-@dataclass
-class Data:
-    """A dataset held in memory: float32 images (N, C, H, W) in [0, 1] and int64 labels."""
+@dataclass(frozen=True)
+class DatasetRef:
+    """A ``--dataset`` value: a registered name, or ``name:PATH`` for user data."""
 
     name: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    classes: list[str]
+    path: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> DatasetRef:
+        name, _, path = text.partition(":")
+        return cls(name.strip(), path.strip())
+
+    def slug(self) -> str:
+        """The results folder name: the dataset name, plus the file or folder stem for user data."""
+        import re
+
+        text = f"{self.name}-{Path(self.path).stem or Path(self.path).name}" if self.path else self.name
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One split of a dataset: images (N, C, H, W) and int64 labels (N,).
+
+    ``rows`` selects rows of ``x`` without copying them (a validation fold of a memory-mapped
+    dataset stays a view); read images through :meth:`images`.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    rows: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.x.ndim != 4 or self.x.dtype not in (np.uint8, np.float32):
+            raise TypeError(f"images must be uint8 or float32 (N, C, H, W), got {self.x.dtype} {self.x.shape}")
+        n = len(self.x) if self.rows is None else len(self.rows)
+        if self.y.ndim != 1 or self.y.dtype != np.int64 or len(self.y) != n:
+            raise TypeError(f"labels must be int64 (N,) matching the images, got {self.y.dtype} {self.y.shape}")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.x.shape[1:])
+
+    @property
+    def nbytes(self) -> int:
+        return len(self) * int(np.prod(self.image_shape)) * self.x.dtype.itemsize
+
+    @property
+    def contiguous(self) -> bool:
+        """All rows of an in-memory array, in order: torch can share it without a copy."""
+        return self.rows is None and not isinstance(self.x, np.memmap)
+
+    def images(self, idx: np.ndarray | slice | None = None) -> np.ndarray:
+        """The images at ``idx`` (positions in this part), read from memory or the mapped cache."""
+        if idx is None:
+            idx = slice(None)
+        if self.rows is not None:
+            return self.x[self.rows[idx]]
+        return self.x[idx]
+
+    def subset(self, idx: np.ndarray) -> Part:
+        idx = np.asarray(idx, dtype=np.int64)
+        rows = idx if self.rows is None else self.rows[idx]
+        return Part(self.x, self.y[idx], rows)
+
+    def relabel(self, mapping: np.ndarray) -> Part:
+        return Part(self.x, mapping[self.y].astype(np.int64), self.rows)
+
+
+@dataclass(frozen=True)
+class Data:
+    """A dataset split into a training part and an evaluation part (test, or a validation fold).
+
+    ``query``/``gallery`` (indices into ``test``) are set where the dataset defines them
+    (In-Shop); otherwise every test item is a query against all the others.
+    """
+
+    name: str
+    train: Part
+    test: Part | None
+    classes: tuple[str, ...]
     source: str = ""
-    split: str = "standard"
+    split: str = "standard"  # standard | classes | validation
+    scale: float = 1.0 / 255.0
+    norm: tuple[float, float] | None = None
+    query: np.ndarray | None = None
+    gallery: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for part in ("train", "test"):
-            x, y = getattr(self, f"x_{part}"), getattr(self, f"y_{part}")
-            if x.dtype != torch.float32 or y.dtype != torch.int64 or x.ndim != 4 or len(x) != len(y):
-                raise TypeError(f"{self.name}: {part} must be float32 (N,C,H,W) and int64 (N,)")
+        object.__setattr__(self, "classes", tuple(self.classes))
+        y = self.train.y
+        present = np.unique(y)
+        if len(present) and not np.array_equal(present, np.arange(len(present))):
+            raise ValueError(f"{self.name}: training labels must be 0..K-1 with every class present")
+        for part in (self.train, self.test):
+            if part is not None and len(part) and (part.y.min() < 0 or part.y.max() >= len(self.classes)):
+                raise ValueError(f"{self.name}: labels outside 0..{len(self.classes) - 1}")
+        if self.test is not None and self.test.image_shape != self.train.image_shape:
+            raise ValueError(f"{self.name}: train and test images differ in shape")
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.x_train.shape[1:])
+        return self.train.image_shape
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @functools.cached_property
+    def num_train_classes(self) -> int:
+        """The classes training sees: its labels are exactly 0..num_train_classes-1."""
+        return int(self.train.y.max()) + 1 if len(self.train) else 0
+
+    @property
+    def has_query_gallery(self) -> bool:
+        return self.query is not None
+
+    def value_range(self) -> tuple[float, float]:
+        """The range of the float values the encoder sees (after scale and norm)."""
+        lo, hi = 0.0, 1.0
+        if self.train.x.dtype == np.float32:
+            x = self.train.images()
+            lo, hi = float(x.min()) * self.scale, float(x.max()) * self.scale
+        if self.norm is not None:
+            m, s = self.norm
+            lo, hi = (lo - m) / s, (hi - m) / s
+        return lo, hi
+
     def info(self) -> dict:
-        return {
-            "name": self.name,
-            "train": len(self.x_train),
-            "test": len(self.x_test),
-            "classes": self.num_classes,
-            "train_classes": int(self.y_train.unique().numel()),
-            "test_classes": int(self.y_test.unique().numel()),
-            "input_shape": list(self.input_shape),
-            "class_names": list(self.classes),
-            "split": self.split,
-            "source": self.source,
+        out = {
+            "name": self.name, "train": len(self.train), "test": len(self.test) if self.test is not None else 0,
+            "classes": self.num_classes, "train_classes": self.num_train_classes,
+            "test_classes": int(len(np.unique(self.test.y))) if self.test is not None else 0,
+            "input_shape": list(self.input_shape), "class_names": list(self.classes), "split": self.split,
+            "source": self.source, "dtype": str(self.train.x.dtype), "norm": list(self.norm) if self.norm else None,
         }
+        if self.query is not None:
+            out.update(queries=int(len(self.query)), gallery=int(len(self.gallery)))
+        return out
+
+    def without_test(self) -> Data:
+        return replace(self, test=None, query=None, gallery=None)
+
+
+def standardized(data: Data) -> Data:
+    """A new Data whose images are standardised with the training mean and std (Hoffer & Ailon's
+    global normalisation), computed in chunks so memory-mapped images are never copied whole."""
+    part = data.train
+    total, sq, n = 0.0, 0.0, 0
+    for s in range(0, len(part), 4096):
+        chunk = np.asarray(part.images(slice(s, s + 4096)), dtype=np.float64) * data.scale
+        total += chunk.sum()
+        sq += np.square(chunk).sum()
+        n += chunk.size
+    mean = total / max(n, 1)
+    std = float(np.sqrt(max(sq / max(n, 1) - mean * mean, 0.0))) or 1.0
+    return replace(data, norm=(float(mean), std))
+
+
+def relabel_train_first(y_train: np.ndarray, y_test: np.ndarray | None, names: list[str]
+                        ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Renumber classes so that the training classes are 0..K-1 (in their old order) and
+    test-only classes follow; returns the new labels and the class names in the new order."""
+    train_classes = np.unique(y_train)
+    others = np.setdiff1d(np.unique(y_test) if y_test is not None else np.array([], np.int64), train_classes)
+    order = np.concatenate([train_classes, others]).astype(np.int64)
+    mapping = np.full(max(len(names), int(order.max()) + 1 if len(order) else 0), -1, dtype=np.int64)
+    mapping[order] = np.arange(len(order))
+    new_names = [names[i] for i in order]
+    return mapping[y_train], (mapping[y_test] if y_test is not None else None), new_names
 
 
 @dataclass(frozen=True)
@@ -77,66 +220,41 @@ class DatasetSpec:
     size: str
     classes: str
     input_shape: str
-    where: str  # where the files are read from, for `bench list datasets`
+    where: str  # where the files go, for `bench list datasets` and error messages
+    defaults: dict
     needs_files: bool = True
+    # A function (data_dir, path, options) -> (C, H, W) | None that knows the image size without
+    # decoding anything, so an encoder that cannot take it is refused before any decoding.
+    shape: Callable[..., tuple[int, int, int] | None] | None = None
+
+    def option_fields(self) -> list[tuple[str, type, object]]:
+        """The loader's keyword options (``--set data.KEY=VALUE``) as (name, type, default)."""
+        import inspect
+        import typing
+
+        hints = typing.get_type_hints(self.loader)
+        return [(n, hints[n], p.default) for n, p in inspect.signature(self.loader).parameters.items()
+                if n not in ("data_dir", "seed", "path", "with_test")]
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 
+DIGIT_DEFAULTS = {"encoder": "convnet", "epochs": 5, "embedding_dim": 20, "augment": "none"}
+PHOTO_DEFAULTS = {"encoder": "convnet", "epochs": 20, "embedding_dim": 64, "augment": "mlrc"}
 
-def register_dataset(name: str, *, description: str, size: str, classes: str, input_shape: str,
-                     where: str, needs_files: bool = True):
+
+def register_dataset(name: str, *, description: str, size: str, classes: str, input_shape: str, where: str,
+                     defaults: dict | None = None, needs_files: bool = True, shape=None):
     def decorator(fn: Callable[..., Data]) -> Callable[..., Data]:
-        DATASETS.add(name, DatasetSpec(name, fn, description, size, classes, input_shape, where, needs_files))
+        DATASETS.add(name, DatasetSpec(name, fn, description, size, classes, input_shape, where,
+                                       {**DIGIT_DEFAULTS, **(defaults or {})}, needs_files, shape))
         return fn
 
     return decorator
 
 
-def to_tensors(x: np.ndarray, y: np.ndarray, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8/float images (N,H,W) or (N,C,H,W) -> float32 (N,C,H,W) in [0, 1]; labels -> int64."""
-    x = np.asarray(x)
-    if x.ndim == 3:
-        x = x[:, None]
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    xt.mul_(1.0 / scale)
-    return xt, torch.from_numpy(np.asarray(y, dtype=np.int64))
-
-
-def class_disjoint(data: Data) -> Data:
-    """The zero-shot protocol: train on the first half of the classes, test on the other half.
-
-    Both halves use all of their classes' images (train and test files pooled), as in the
-    CUB/Cars/SOP protocol of the metric-learning literature.
-    """
-    x = torch.cat([data.x_train, data.x_test])
-    y = torch.cat([data.y_train, data.y_test])
-    labels = torch.unique(y)
-    if len(labels) < 2:
-        raise DMLBenchError(f"{data.name}: a class-disjoint split needs at least 2 classes, found {len(labels)}")
-    first = labels[: len(labels) // 2]
-    in_train = torch.isin(y, first)
-    return Data(
-        name=data.name,
-        x_train=x[in_train].contiguous(),
-        y_train=y[in_train].contiguous(),
-        x_test=x[~in_train].contiguous(),
-        y_test=y[~in_train].contiguous(),
-        classes=data.classes,
-        source=data.source,
-        split="classes",
-        meta={**data.meta, "train_classes": first.tolist()},
-    )
-
-
-SPLITS = ("standard", "classes")
-
-
-def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None, split: str = "standard",
-                 seed: int = 0, **options) -> Data:
-    """Load a registered dataset by name, then apply the split ('standard' or 'classes')."""
-    spec = DATASETS.get(name)
-    if split not in SPLITS:
-        raise DMLBenchError(f"unknown split {split!r}; use one of: {', '.join(SPLITS)}")
-    data = spec.loader(data_dir=resolve_data_dir(data_dir), seed=seed, **options)
-    return class_disjoint(data) if split == "classes" else data
+def check_split_sizes(data: Data) -> Data:
+    if data.num_train_classes < 2:
+        raise DMLBenchError(f"{data.name}: the training part has {data.num_train_classes} class; "
+                            "metric learning needs at least 2")
+    return data

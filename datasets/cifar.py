@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmlbench.data.base import Data, register_dataset, to_tensors
+from dmlbench.data.base import Data, Part, register_dataset
 from dmlbench.errors import DMLBenchError
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -78,20 +78,19 @@ def _load_parts(folder: Path, names: list[str], reader, suffix: str) -> tuple[np
         x, y = reader(p)
         xs.append(x)
         ys.append(y)
-    return np.concatenate(xs), np.concatenate(ys)
+    return np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys).astype(np.int64)
 
 
 @register_dataset("cifar10", description="CIFAR-10 (Krizhevsky 2009)", size="50,000 / 10,000", classes="10",
-                  input_shape="3x32x32", where="<data-dir>/cifar-10-batches-bin/ or cifar-10-batches-py/")
-def load_cifar10(data_dir: Path, seed: int = 0) -> Data:
+                  input_shape="3x32x32", where="<data-dir>/cifar-10-batches-bin/ or cifar-10-batches-py/",
+                  defaults={"encoder": "cifar", "epochs": 10, "embedding_dim": 128}, shape=lambda *a: (3, 32, 32))
+def load_cifar10(data_dir: Path, seed: int = 0, with_test: bool = True) -> Data:
     for sub, reader, suffix in (("cifar-10-batches-bin", _read_bin, ".bin"), ("cifar-10-batches-py", _read_py, "")):
         folder = data_dir / sub
         if folder.is_dir():
-            x_tr, y_tr = _load_parts(folder, TRAIN, reader, suffix)
-            x_te, y_te = _load_parts(folder, TEST, reader, suffix)
-            x_train, y_train = to_tensors(x_tr, y_tr, 255.0)
-            x_test, y_test = to_tensors(x_te, y_te, 255.0)
-            return Data("cifar10", x_train, y_train, x_test, y_test, CLASSES, source=str(folder))
+            train = Part(*_load_parts(folder, TRAIN, reader, suffix))
+            test = Part(*_load_parts(folder, TEST, reader, suffix)) if with_test else None
+            return Data("cifar10", train, test, CLASSES, source=str(folder))
     raise DMLBenchError(
         f"cifar10: neither {data_dir / 'cifar-10-batches-bin'} nor {data_dir / 'cifar-10-batches-py'} exists; "
         "unpack cifar-10-binary.tar.gz (or cifar-10-python.tar.gz) from https://www.cs.toronto.edu/~kriz/cifar.html "

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dmlbench.data.base import Data, register_dataset, to_tensors
+import numpy as np
+
+from dmlbench.data.base import Data, Part, register_dataset
 from dmlbench.errors import DMLBenchError
 
 
 @register_dataset("digits", description="scikit-learn's bundled 8x8 digits (UCI optdigits test set)",
                   size="1,797 (seeded stratified 70/30 split)", classes="10", input_shape="1x8x8",
-                  where="bundled with scikit-learn (no files)", needs_files=False)
-def load_digits(data_dir: Path | None = None, seed: int = 0, test_fraction: float = 0.3) -> Data:
+                  where="bundled with scikit-learn (no files)", needs_files=False,
+                  defaults={"encoder": "mlp", "epochs": 30}, shape=lambda *a: (1, 8, 8))
+def load_digits(data_dir: Path | None = None, seed: int = 0, with_test: bool = True, test_fraction: float = 0.3) -> Data:
     from sklearn.datasets import load_digits as sk_load
     from sklearn.model_selection import train_test_split
 
@@ -21,8 +24,9 @@ def load_digits(data_dir: Path | None = None, seed: int = 0, test_fraction: floa
                                                   random_state=seed, stratify=d.target)
     except ValueError as e:  # test_fraction outside (0, 1)
         raise DMLBenchError(f"digits: cannot split with test_fraction={test_fraction} ({e})") from None
-    # Pixel values are 0..16 in this dataset.
-    x_train, y_train = to_tensors(x_tr, y_tr, 16.0)
-    x_test, y_test = to_tensors(x_te, y_te, 16.0)
-    return Data("digits", x_train, y_train, x_test, y_test, [str(i) for i in range(10)],
-                source="sklearn.datasets.load_digits")
+
+    def part(x, y) -> Part:  # pixel values are the integers 0..16: stored as uint8, scaled by 1/16
+        return Part(np.ascontiguousarray(x[:, None], dtype=np.uint8), np.asarray(y, dtype=np.int64))
+
+    return Data("digits", part(x_tr, y_tr), part(x_te, y_te) if with_test else None,
+                [str(i) for i in range(10)], source="sklearn.datasets.load_digits", scale=1.0 / 16.0)

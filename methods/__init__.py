@@ -1,14 +1,14 @@
 """Methods (``dmlbench.methods``): a registry of metric-learning losses sharing one trainer.
 
-Importing this package registers the built-in methods (explicit imports, no scanning); methods of
-third-party packages arrive through the ``dmlbench.methods`` entry-point group, and
-``pml:<LossName>`` wraps any pytorch-metric-learning loss.
+Importing this package registers the built-in methods (explicit imports, no scanning) without
+importing torch; methods of third-party packages arrive through the ``dmlbench.methods``
+entry-point group, and ``pml:<LossName>`` wraps any pytorch-metric-learning loss.
 """
 
 from __future__ import annotations
 
-from dmlbench.methods.base import METHODS, Batch, BatchSpec, Method, Params, register_method
-# Import order is the listing order of `bench list methods`.
+from dmlbench.methods.base import METHODS, EncoderChoice, GenerativeMethod, Method, Params, register_method
+# Import order is the listing order of `bench list methods` and of table rows.
 from dmlbench.methods import siamese, triplet_softmax, triplet_hinge, npair, vae, tvae, raw  # noqa: F401,I001
 from dmlbench.methods.pml import PREFIX as PML_PREFIX
 from dmlbench.methods.pml import pml_method
@@ -26,5 +26,5 @@ def method_names() -> list[str]:
     return METHODS.names()
 
 
-__all__ = ["BUILTIN", "METHODS", "Batch", "BatchSpec", "Method", "Params", "get_method", "method_names",
-           "register_method"]
+__all__ = ["BUILTIN", "METHODS", "EncoderChoice", "GenerativeMethod", "Method", "Params", "get_method",
+           "method_names", "register_method"]

@@ -1,110 +1,188 @@
-"""The method interface, the batch kinds a method can ask for, and the method registry.
+"""The method contract and the method registry.
 
-A method is an ``nn.Module`` that owns its networks. The trainer asks it which batches it needs
-(:meth:`Method.batch_spec`), hands it each batch, and gets back a dict of named loss terms
-(:meth:`Method.loss_terms`), which it sums with the weights in ``params.weights``. Evaluation
-only calls :meth:`Method.embed`.
+A method owns its networks and a loss. The trainer asks for its :attr:`Method.batch_kind`, hands
+it each :class:`~dmlbench.sampling.Batch`, and gets back a dict of named loss terms
+(:meth:`Method.loss_terms`), which it sums with ``params.weights``. Evaluation calls only
+:meth:`Method.embed` (and, for a :class:`GenerativeMethod`, :meth:`~GenerativeMethod.reconstruct`
+and :meth:`~GenerativeMethod.generative_metrics`).
+
+A method is a plain class, not an ``nn.Module``: its networks live in ``self.net`` (an
+``nn.ModuleDict`` that attribute assignment fills, so ``self.head = nn.Linear(...)`` works as in a
+module). That keeps a method's description, ``Params`` and search space importable without torch,
+for ``bench list``; torch is imported when a method is built.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import nn
-
-from dmlbench.encoders import build_decoder, build_encoder
 from dmlbench.errors import DMLBenchError
 from dmlbench.registry import Registry
+from dmlbench.space import LR, Dist
 
-BatchKind = Literal["plain", "pairs", "triplets", "balanced"]
+if TYPE_CHECKING:
+    import torch
 
-
-@dataclass(frozen=True)
-class BatchSpec:
-    """What a method's batches look like.
-
-    - ``plain``: images in random order.
-    - ``pairs``: x = [first; second], half of the pairs positive, half negative.
-    - ``triplets``: x = [anchors; positives; negatives].
-    - ``balanced``: groups of ``classes_per_group`` classes x ``m`` images each (PML's MPerClassSampler).
-    """
-
-    kind: BatchKind = "plain"
-    m: int = 2
-    # 0: as many classes as fit in the batch; -1: every training class in each group (N-pair tuples).
-    classes_per_group: int = 0
-
-
-@dataclass
-class Batch:
-    x: torch.Tensor
-    y: torch.Tensor
-    spec: BatchSpec
-    group_size: int = 0  # balanced batches: images per independent class-balanced group
+    from dmlbench.sampling import Batch, BatchKind
 
 
 @dataclass
 class Params:
-    """Hyperparameters of a method; subclasses add fields. ``weights`` holds one weight per loss term."""
+    """Hyperparameters of a method; subclasses add fields. ``weights`` holds one weight per loss term.
+
+    ``space`` (a ClassVar) is the method's search space for ``bench tune``: option keys of this
+    class, or run keys such as ``lr`` (:mod:`dmlbench.space`).
+    """
 
     weights: dict[str, float] = field(default_factory=dict)
+    space: ClassVar[dict[str, Dist]] = LR
 
     def validate(self) -> None:
         for k, v in self.weights.items():
-            if v < 0:
-                raise DMLBenchError(f"weight {k}={v} must be >= 0")
-        for name in ("m", "m_per_class"):  # images per class in a class-balanced batch
-            if getattr(self, name, 1) < 1:
-                raise DMLBenchError(f"option {name}={getattr(self, name)} must be at least 1")
+            if not math.isfinite(v) or v < 0:
+                raise DMLBenchError(f"weights.{k}={v} must be a finite number >= 0")
 
 
-class Method(nn.Module):
+@dataclass(frozen=True)
+class EncoderChoice:
+    """The shared encoder every method builds: its name and the options of a timm trunk."""
+
+    name: str = "mlp"
+    embedder: str = "linear"
+    pretrained: bool = False
+    weights: str = ""
+    freeze_bn: bool = False
+
+
+class Method:
+    """Base of every method.
+
+    Subclasses set ``paper``, ``formula``, ``Params``, ``terms`` (the names of the loss terms
+    :meth:`loss_terms` returns, each with a weight in ``Params.weights``) and ``batch_kind``, and
+    implement :meth:`loss_terms`. :meth:`build` adds losses or heads after the encoder exists.
+    """
+
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     formula: ClassVar[str] = ""
     Params: ClassVar[type[Params]] = Params
-    generative: ClassVar[bool] = False
+    terms: ClassVar[tuple[str, ...]] = ()
     trainable: ClassVar[bool] = True
 
     def __init__(self, params: Params, *, input_shape: tuple[int, int, int], embedding_dim: int,
-                 encoder: str, num_classes: int):
-        super().__init__()
+                 encoder: EncoderChoice | str, num_classes: int):
+        from torch import nn
+
+        object.__setattr__(self, "net", nn.ModuleDict())
         self.params = params
         self.input_shape = tuple(input_shape)
         self.embedding_dim = embedding_dim
         self.num_classes = num_classes
-        self.encoder_name = encoder
+        self.encoder_choice = EncoderChoice(encoder) if isinstance(encoder, str) else encoder
+        missing = [t for t in self.terms if t not in params.weights]
+        extra = [t for t in params.weights if t not in self.terms]
+        if self.trainable and (missing or extra or not self.terms):
+            raise DMLBenchError(f"method {self.name}: loss terms {list(self.terms)} and weights "
+                                f"{list(params.weights)} must match one to one")
         self.encoder = self.make_encoder()
+        self.build()
 
-    def make_encoder(self) -> nn.Module:
-        return build_encoder(self.encoder_name, self.input_shape, self.encoder_out_dim())
+    # --------------------------------------------------------------------- the contract
+
+    @property
+    def batch_kind(self) -> BatchKind:
+        """The batches this method trains on (:mod:`dmlbench.sampling`); default: plain."""
+        from dmlbench.sampling import PLAIN
+
+        return PLAIN
+
+    def build(self) -> None:
+        """Add losses, heads or decoders once ``self.encoder`` exists (a loss with trainable
+        parameters, such as ArcFace's, is assigned to ``self`` so that it trains and checkpoints)."""
+
+    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Args: ``batch``, what :attr:`batch_kind` yields. Returns: a scalar tensor per name in
+        :attr:`terms`; the trainer weights and sums them."""
+        raise NotImplementedError
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: float images (B, C, H, W) on the method's device. Returns: embeddings (B, D)."""
+        return self.encoder(x)
+
+    def make_encoder(self):
+        from dmlbench.encoders import build_encoder
+
+        return build_encoder(self.encoder_choice, self.input_shape, self.encoder_out_dim())
 
     def encoder_out_dim(self) -> int:
         return self.embedding_dim
 
-    def build_decoder(self) -> nn.Module:
-        return build_decoder(self.encoder_name, self.input_shape, self.embedding_dim)
+    # --------------------------------------------------------------------- module plumbing
 
-    def batch_spec(self) -> BatchSpec:
-        return BatchSpec("plain")
+    def __setattr__(self, name: str, value: Any) -> None:
+        from torch import nn
 
-    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        if isinstance(value, nn.Module):
+            self.net[name] = value
+            self.__dict__.pop(name, None)
+        else:
+            object.__setattr__(self, name, value)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
+    def __getattr__(self, name: str):
+        net = self.__dict__.get("net")
+        if net is not None and name in net:
+            return net[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     @property
     def weights(self) -> dict[str, float]:
         return self.params.weights
 
+    def parameters(self):
+        return self.net.parameters()
+
+    def named_modules(self):
+        return self.net.named_modules()
+
+    def state_dict(self) -> dict:
+        return self.net.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state)
+
+    def to(self, device) -> Method:
+        self.net.to(device)
+        return self
+
+    def train(self, mode: bool = True) -> Method:
+        self.net.train(mode)
+        return self
+
+    def eval(self) -> Method:
+        return self.train(False)
+
     @classmethod
     def describe(cls) -> dict:
         defaults = dataclasses.asdict(cls.Params())
-        return {"name": cls.name, "paper": cls.paper, "formula": cls.formula, "defaults": defaults}
+        return {"name": cls.name, "paper": cls.paper, "formula": cls.formula, "defaults": defaults,
+                "space": dict(cls.Params.space) if cls.trainable else {}}
+
+
+class GenerativeMethod(Method):
+    """A method with a decoder: evaluation adds reconstruction metrics and saves reconstructions.
+    Its inputs must be pixels in [0, 1] (the decoder ends in a sigmoid)."""
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: images (B, C, H, W) in [0, 1]. Returns: their reconstructions, same shape."""
+        raise NotImplementedError
+
+    def generative_metrics(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Args: images (B, C, H, W). Returns: per-image values (B,) of each generative metric
+        (``recon_error``, ``elbo``); evaluation averages them over the test set."""
+        raise NotImplementedError
 
 
 METHODS: Registry[type[Method]] = Registry("method", entry_point_group="dmlbench.methods")
@@ -115,6 +193,11 @@ def register_method(name: str):
 
     def decorator(cls: type[Method]) -> type[Method]:
         cls.name = name
+        if cls.trainable:
+            weights = set(cls.Params().weights)
+            if not cls.terms or set(cls.terms) != weights:
+                raise DMLBenchError(f"method {name}: declare terms = (...) naming its loss terms, each with a "
+                                    f"default weight in Params.weights (terms {list(cls.terms)}, weights {sorted(weights)})")
         METHODS.add(name, cls)
         return cls
 

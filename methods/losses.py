@@ -2,29 +2,43 @@
 
 PML supplies the contrastive, hinge-triplet and N-pair losses; what is here is either a small
 PML subclass (the squared Hadsell form of the contrastive loss) or written by hand (the
-softmax-ratio loss of Hoffer & Ailon, and the VAE's reconstruction and KL terms).
+softmax-ratio loss of Hoffer & Ailon, and the VAE's reconstruction and KL terms). torch and PML
+are imported on first use, so that method modules import without them.
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from pytorch_metric_learning.losses import ContrastiveLoss
+import functools
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
-class HadsellContrastiveLoss(ContrastiveLoss):
-    """Hadsell, Chopra & LeCun (2006) / Liang & Li eq. 1-3: L_S = 1/2 d^2, L_D = 1/2 max(0, m - d)^2.
+@functools.cache
+def _hadsell_class():
+    import torch.nn.functional as F
+    from pytorch_metric_learning.losses import ContrastiveLoss
 
-    PML's ContrastiveLoss uses the unsquared hinge ``relu(d - m_pos)`` and ``relu(m_neg - d)``;
-    this subclass keeps PML's pair handling, distance and reducer and squares the hinges.
-    With a MeanReducer the result is mean_pos(L_S) + mean_neg(L_D).
-    """
+    class HadsellContrastiveLoss(ContrastiveLoss):
+        """Hadsell, Chopra & LeCun (2006) / Liang & Li eq. 1-3: L_S = 1/2 d^2, L_D = 1/2 max(0, m - d)^2.
 
-    def pos_calc(self, pos_pair_dist, margin):
-        return 0.5 * F.relu(self.distance.margin(pos_pair_dist, margin)) ** 2
+        PML's ContrastiveLoss uses the unsquared hinges ``relu(d - m_pos)`` and ``relu(m_neg - d)``;
+        this subclass keeps PML's pair handling, distance and reducer and squares the hinges.
+        With a MeanReducer the result is mean_pos(L_S) + mean_neg(L_D).
+        """
 
-    def neg_calc(self, neg_pair_dist, margin):
-        return 0.5 * F.relu(self.distance.margin(margin, neg_pair_dist)) ** 2
+        def pos_calc(self, pos_pair_dist, margin):
+            return 0.5 * F.relu(self.distance.margin(pos_pair_dist, margin)) ** 2
+
+        def neg_calc(self, neg_pair_dist, margin):
+            return 0.5 * F.relu(self.distance.margin(margin, neg_pair_dist)) ** 2
+
+    return HadsellContrastiveLoss
+
+
+def hadsell_contrastive_loss(**kwargs):
+    return _hadsell_class()(**kwargs)
 
 
 def l2_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -40,6 +54,9 @@ def softmax_ratio_loss(d_pos: torch.Tensor, d_neg: torch.Tensor, form: str = "ms
       i.e. mean over triplets of ((s+ - 0)^2 + (s- - 1)^2) / 2 = mean(s+^2).
     - ``nll``: the paper's 2-class negative log-likelihood, -log s- = softplus(d+ - d-).
     """
+    import torch
+    import torch.nn.functional as F
+
     logits = torch.stack([d_pos, d_neg], dim=1)
     if form == "mse":
         soft = logits.softmax(dim=1)
@@ -58,6 +75,8 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 def reconstruction(x: torch.Tensor, x_hat: torch.Tensor, kind: str) -> torch.Tensor:
     """Per-sample reconstruction loss summed over pixels: squared L2, or Bernoulli NLL (BCE)."""
+    import torch.nn.functional as F
+
     if kind == "l2":
         return (x_hat - x).pow(2).flatten(1).sum(1)
     if kind == "bce":

@@ -1,10 +1,13 @@
-"""``pml:<LossName>``: any pytorch-metric-learning loss as a method.
+"""``pml:<LossName>``: any label-based pytorch-metric-learning loss as a method.
 
 ``--methods pml:MultiSimilarityLoss`` or ``pml:ArcFaceLoss`` trains the shared encoder with that
 loss on class-balanced batches (``m_per_class`` images per class), optionally with a PML miner
 (``miner=MultiSimilarityMiner``). The loss's own constructor arguments are options:
 ``--set pml:ArcFaceLoss.margin=28.6``. Losses with their own weights (ArcFace, ProxyAnchor, ...)
-get ``num_classes`` and ``embedding_size`` filled in, and their weights are trained with the encoder.
+get ``num_classes`` and ``embedding_size`` filled in, and their weights train with the encoder.
+
+The names and each loss's main parameters (its search space) are listed here without importing
+PML, for ``bench list``; a test keeps the list equal to what the installed PML offers.
 """
 
 from __future__ import annotations
@@ -15,13 +18,9 @@ import typing
 from dataclasses import field
 from typing import ClassVar
 
-import torch
-from pytorch_metric_learning import losses as pml_losses
-from pytorch_metric_learning import miners as pml_miners
-from pytorch_metric_learning.losses import BaseMetricLossFunction
-
 from dmlbench.errors import DMLBenchError
-from dmlbench.methods.base import Batch, BatchSpec, Method, Params
+from dmlbench.methods.base import Method, Params
+from dmlbench.space import LR, Float, Int
 
 PREFIX = "pml:"
 _FILLED = {"num_classes", "embedding_size"}
@@ -29,6 +28,59 @@ _HARNESS = {"m_per_class", "miner", "weights"}  # the harness's own options, nev
 # Wrappers, abstract bases, and losses for other settings (VICReg is self-supervised: no labels).
 _NOT_METHODS = {"BaseMetricLossFunction", "CrossBatchMemory", "MultipleLosses", "SelfSupervisedLoss",
                 "BaseLossWrapper", "GenericPairLoss", "VICRegLoss"}
+
+# The main parameters of each loss, tuned by `bench tune` besides the learning rate (ranges as in
+# MLRC's search where it had one; angles in degrees as PML takes them).
+MAIN_PARAMS: dict[str, dict] = {
+    "AngularLoss": {"alpha": Float(10.0, 60.0)},
+    "ArcFaceLoss": {"margin": Float(5.0, 60.0), "scale": Float(1.0, 128.0, log=True)},
+    "CircleLoss": {"m": Float(0.0, 1.0), "gamma": Float(1.0, 256.0, log=True)},
+    "ContrastiveLoss": {"pos_margin": Float(0.0, 1.0), "neg_margin": Float(0.2, 2.0)},
+    "CosFaceLoss": {"margin": Float(0.0, 1.0), "scale": Float(1.0, 128.0, log=True)},
+    "DynamicSoftMarginLoss": {"momentum": Float(0.001, 0.1, log=True)},
+    "FastAPLoss": {"num_bins": Int(5, 50)},
+    "GeneralizedLiftedStructureLoss": {"pos_margin": Float(0.0, 1.0), "neg_margin": Float(0.2, 2.0)},
+    "HistogramLoss": {},
+    "InstanceLoss": {"gamma": Float(1.0, 128.0, log=True)},
+    "IntraPairVarianceLoss": {"pos_eps": Float(0.0, 0.5), "neg_eps": Float(0.0, 0.5)},
+    "LargeMarginSoftmaxLoss": {"margin": Int(1, 6), "scale": Float(1.0, 64.0, log=True)},
+    "LiftedStructureLoss": {"pos_margin": Float(0.0, 1.0), "neg_margin": Float(0.2, 2.0)},
+    "MarginLoss": {"margin": Float(0.0, 1.0), "beta": Float(0.0, 2.0)},
+    "MultiSimilarityLoss": {"alpha": Float(0.01, 20.0, log=True), "beta": Float(0.01, 100.0, log=True),
+                            "base": Float(0.0, 1.0)},
+    "NCALoss": {"softmax_scale": Float(0.1, 64.0, log=True)},
+    "NPairsLoss": {},
+    "NTXentLoss": {"temperature": Float(0.01, 1.0, log=True)},
+    "NormalizedSoftmaxLoss": {"temperature": Float(0.01, 1.0, log=True)},
+    "PNPLoss": {"b": Float(0.5, 4.0), "alpha": Float(0.5, 4.0)},
+    "ProxyAnchorLoss": {"margin": Float(0.0, 1.0), "alpha": Float(1.0, 128.0, log=True)},
+    "ProxyNCALoss": {},
+    "SignalToNoiseRatioContrastiveLoss": {},
+    "SmoothAPLoss": {"temperature": Float(0.001, 0.1, log=True)},
+    "SoftTripleLoss": {"la": Float(1.0, 100.0, log=True), "gamma": Float(0.01, 1.0, log=True),
+                       "margin": Float(0.0, 0.5)},
+    "SphereFaceLoss": {"margin": Int(1, 6), "scale": Float(1.0, 64.0, log=True)},
+    "SubCenterArcFaceLoss": {"margin": Float(5.0, 60.0), "scale": Float(1.0, 128.0, log=True)},
+    "SupConLoss": {"temperature": Float(0.01, 1.0, log=True)},
+    "ThresholdConsistentMarginLoss": {"margin_plus": Float(0.5, 1.0), "margin_minus": Float(0.0, 0.8)},
+    "TripletMarginLoss": {"margin": Float(0.01, 1.0, log=True)},
+    "TupletMarginLoss": {"margin": Float(0.0, 20.0), "scale": Float(1.0, 128.0, log=True)},
+}
+
+
+def pml_loss_names() -> list[str]:
+    """The losses ``pml:`` accepts (listed without importing PML)."""
+    return sorted(MAIN_PARAMS)
+
+
+def installed_pml_loss_names() -> list[str]:
+    """The label-based losses of the installed PML whose required arguments the harness fills."""
+    from pytorch_metric_learning import losses as pml_losses
+    from pytorch_metric_learning.losses import BaseMetricLossFunction
+
+    return sorted(n for n, obj in vars(pml_losses).items()
+                  if inspect.isclass(obj) and issubclass(obj, BaseMetricLossFunction) and n not in _NOT_METHODS
+                  and _runnable(obj))
 
 
 def _init_params(loss_cls) -> dict[str, inspect.Parameter]:
@@ -50,17 +102,8 @@ def _init_params(loss_cls) -> dict[str, inspect.Parameter]:
 
 
 def _runnable(loss_cls) -> bool:
-    """Every required argument is one the harness fills in."""
     return all(p.default is not inspect.Parameter.empty or name in _FILLED
                for name, p in _init_params(loss_cls).items())
-
-
-def pml_loss_names() -> list[str]:
-    return sorted(
-        n for n, obj in vars(pml_losses).items()
-        if inspect.isclass(obj) and issubclass(obj, BaseMetricLossFunction) and n not in _NOT_METHODS
-        and _runnable(obj)
-    )
 
 
 def _loss_options(loss_cls) -> list[tuple[str, type, object]]:
@@ -79,33 +122,46 @@ def _loss_options(loss_cls) -> list[tuple[str, type, object]]:
     return out
 
 
+class PMLParamsBase(Params):
+    def validate(self) -> None:
+        super().validate()
+        if self.m_per_class < 2:
+            raise DMLBenchError(f"m_per_class={self.m_per_class} must be at least 2 (a positive pair per class)")
+
+
 class PMLMethod(Method):
     loss_name: ClassVar[str] = ""
+    terms = ("loss",)
 
-    def __init__(self, params: Params, **kw):
-        super().__init__(params, **kw)
+    @property
+    def batch_kind(self):
+        from dmlbench.sampling import Balanced
+
+        return Balanced(m=self.params.m_per_class)
+
+    def build(self) -> None:
+        from pytorch_metric_learning import losses as pml_losses
+        from pytorch_metric_learning import miners as pml_miners
+
         loss_cls = getattr(pml_losses, self.loss_name)
         sig = _init_params(loss_cls)
-        kwargs = {name: getattr(params, name) for name, _, _ in _loss_options(loss_cls)}
+        kwargs = {name: getattr(self.params, name) for name, _, _ in _loss_options(loss_cls)}
         if "num_classes" in sig:
             kwargs["num_classes"] = self.num_classes
         if "embedding_size" in sig:
             kwargs["embedding_size"] = self.embedding_dim
         try:
             self.loss_fn = loss_cls(**kwargs)
-        except Exception as e:
-            raise DMLBenchError(f"{self.name}: cannot build the loss with {kwargs} ({e}); check its --set options") from None
+        except Exception as e:  # noqa: BLE001 - PML validates its own arguments with asserts and ValueErrors
+            raise DMLBenchError(f"{self.name}: cannot build the loss with {kwargs} ({e}); check its options") from None
         self.miner = None
-        if params.miner:
-            if not hasattr(pml_miners, params.miner):
+        if self.params.miner:
+            if not hasattr(pml_miners, self.params.miner):
                 known = ", ".join(n for n in dir(pml_miners) if n.endswith("Miner") and not n.startswith("Base"))
-                raise DMLBenchError(f"{self.name}: unknown PML miner {params.miner!r}; known: {known}")
-            self.miner = getattr(pml_miners, params.miner)()
+                raise DMLBenchError(f"{self.name}: unknown PML miner {self.params.miner!r}; known: {known}")
+            self.miner = getattr(pml_miners, self.params.miner)()
 
-    def batch_spec(self) -> BatchSpec:
-        return BatchSpec("balanced", m=self.params.m_per_class)
-
-    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def loss_terms(self, batch):
         emb = self.encoder(batch.x)
         indices = self.miner(emb, batch.y) if self.miner is not None else None
         return {"loss": self.loss_fn(emb, batch.y, indices_tuple=indices)}
@@ -115,18 +171,22 @@ _CACHE: dict[str, type[Method]] = {}
 
 
 def pml_method(name: str) -> type[Method]:
-    """The method class for ``pml:<LossName>``, made on first use."""
+    """The method class for ``pml:<LossName>``, made on first use (this imports PML)."""
     if name in _CACHE:
         return _CACHE[name]
     loss_name = name[len(PREFIX):]
-    known = pml_loss_names()
-    if loss_name not in known:
-        raise DMLBenchError(f"unknown pytorch-metric-learning loss {loss_name!r}; known: {', '.join(known)}")
-    loss_cls = getattr(pml_losses, loss_name)
+    if loss_name not in MAIN_PARAMS:
+        raise DMLBenchError(f"unknown pytorch-metric-learning loss {loss_name!r}; known: {', '.join(pml_loss_names())}")
+    from pytorch_metric_learning import losses as pml_losses
+
+    loss_cls = getattr(pml_losses, loss_name, None)
+    if loss_cls is None or not _runnable(loss_cls):
+        raise DMLBenchError(f"pml:{loss_name} is not available in the installed pytorch-metric-learning")
     fields = [(n, t, field(default=d)) for n, t, d in _loss_options(loss_cls)]
     fields += [("m_per_class", int, field(default=4)), ("miner", str, field(default="")),
                ("weights", dict[str, float], field(default_factory=lambda: {"loss": 1.0}))]
-    params_cls = dataclasses.make_dataclass(f"{loss_name}Params", fields, bases=(Params,))
+    params_cls = dataclasses.make_dataclass(f"{loss_name}Params", fields, bases=(PMLParamsBase,))
+    params_cls.space = {**LR, **MAIN_PARAMS[loss_name]}
     doc = (loss_cls.__doc__ or "").strip().splitlines()
     cls = type(loss_name + "Method", (PMLMethod,), {
         "name": name, "loss_name": loss_name, "Params": params_cls,

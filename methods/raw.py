@@ -1,24 +1,41 @@
 """``raw``: the floor. The embedding is the input pixels themselves (no training).
 
 Every results table gets this row: a learned embedding that does not beat raw pixels has
-learned nothing useful for retrieval.
+learned nothing useful for retrieval. Images larger than ``MAX_DIM`` values (photos) are first
+average-pooled to the largest grid that fits, so the floor stays computable at 224 px
+(3 x 36 x 36 for a 224 x 224 colour image); digits and MNIST are used as they are.
 """
 
 from __future__ import annotations
 
 import math
 
-from torch import nn
-
 from dmlbench.methods.base import Method, register_method
+
+MAX_DIM = 4096
+
+
+def pooled_side(shape: tuple[int, int, int], max_dim: int = MAX_DIM) -> tuple[int, int] | None:
+    """The (h, w) grid the pixels are pooled to, or None where they fit as they are."""
+    c, h, w = shape
+    if c * h * w <= max_dim:
+        return None
+    f = math.sqrt(max_dim / (c * h * w))
+    return max(1, int(h * f)), max(1, int(w * f))
 
 
 @register_method("raw")
 class Raw(Method):
     paper = "baseline: identity embedding of the input pixels"
-    formula = "no loss (not trained)"
+    formula = f"no loss (not trained); pixels average-pooled to at most {MAX_DIM} values"
     trainable = False
 
-    def make_encoder(self) -> nn.Module:
-        self.embedding_dim = math.prod(self.input_shape)
-        return nn.Flatten()
+    def make_encoder(self):
+        from torch import nn
+
+        grid = pooled_side(self.input_shape)
+        if grid is None:
+            self.embedding_dim = math.prod(self.input_shape)
+            return nn.Flatten()
+        self.embedding_dim = self.input_shape[0] * grid[0] * grid[1]
+        return nn.Sequential(nn.AdaptiveAvgPool2d(grid), nn.Flatten())

@@ -13,14 +13,11 @@ ContrastiveLoss (unsquared hinges).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-import torch
-from pytorch_metric_learning.distances import LpDistance
-from pytorch_metric_learning.losses import ContrastiveLoss
-from pytorch_metric_learning.reducers import MeanReducer
-
-from dmlbench.methods.base import Batch, BatchSpec, Method, Params, register_method
-from dmlbench.methods.losses import HadsellContrastiveLoss
+from dmlbench.errors import DMLBenchError
+from dmlbench.methods.base import Method, Params, register_method
+from dmlbench.space import LR, Float
 
 
 @dataclass
@@ -29,6 +26,12 @@ class SiameseParams(Params):
     squared: bool = True
     normalize: bool = False  # L2-normalise embeddings before the distance
     weights: dict[str, float] = field(default_factory=lambda: {"contrastive": 1.0})
+    space: ClassVar = {**LR, "margin": Float(0.1, 4.0, log=True)}
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.margin > 0:
+            raise DMLBenchError(f"siamese margin={self.margin} must be positive")
 
 
 @register_method("siamese")
@@ -36,21 +39,29 @@ class Siamese(Method):
     paper = "Hadsell, Chopra & LeCun 2006; Liang & Li eq. 1-3"
     formula = "(1-S)·½d² + S·½max(0, m−d)², d = ‖f(x1)−f(x2)‖₂"
     Params = SiameseParams
+    terms = ("contrastive",)
 
-    def __init__(self, params: SiameseParams, **kw):
-        super().__init__(params, **kw)
-        cls = HadsellContrastiveLoss if params.squared else ContrastiveLoss
-        self.loss_fn = cls(pos_margin=0.0, neg_margin=params.margin, reducer=MeanReducer(),
-                           distance=LpDistance(normalize_embeddings=params.normalize))
+    @property
+    def batch_kind(self):
+        from dmlbench.sampling import PAIRS
 
-    def batch_spec(self) -> BatchSpec:
-        return BatchSpec("pairs")
+        return PAIRS
 
-    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def build(self) -> None:
+        from pytorch_metric_learning.distances import LpDistance
+        from pytorch_metric_learning.losses import ContrastiveLoss
+        from pytorch_metric_learning.reducers import MeanReducer
+
+        from dmlbench.methods.losses import hadsell_contrastive_loss
+
+        p = self.params
+        make = hadsell_contrastive_loss if p.squared else ContrastiveLoss
+        self.loss_fn = make(pos_margin=0.0, neg_margin=p.margin, reducer=MeanReducer(),
+                            distance=LpDistance(normalize_embeddings=p.normalize))
+
+    def loss_terms(self, batch):
         emb = self.encoder(batch.x)
-        n = len(emb) // 2
-        i = torch.arange(n, device=emb.device)
-        same = batch.y[:n] == batch.y[n:]
+        i, j = batch.pairs
+        same = batch.y[i] == batch.y[j]
         # PML's indices_tuple for pairs: (anchor, positive, anchor, negative).
-        pairs = (i[same], i[same] + n, i[~same], i[~same] + n)
-        return {"contrastive": self.loss_fn(emb, batch.y, indices_tuple=pairs)}
+        return {"contrastive": self.loss_fn(emb, batch.y, indices_tuple=(i[same], j[same], i[~same], j[~same]))}

@@ -12,18 +12,18 @@ Loss (default, ``form=mse``, the authors' code): MSE of (s+, s-) against (0, 1) 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
-import torch
-
-from dmlbench.methods.base import Batch, BatchSpec, Method, Params, register_method
+from dmlbench.methods.base import Method, Params, register_method
 from dmlbench.methods.losses import l2_distance, softmax_ratio_loss
+from dmlbench.space import LR, Choice
 
 
 @dataclass
 class TripletSoftmaxParams(Params):
     form: Literal["mse", "nll"] = "mse"
     weights: dict[str, float] = field(default_factory=lambda: {"ratio": 1.0})
+    space: ClassVar = {**LR, "form": Choice(("mse", "nll"))}
 
 
 @register_method("triplet-softmax")
@@ -31,10 +31,15 @@ class TripletSoftmax(Method):
     paper = "Hoffer & Ailon 2015 (triplet network); Liang & Li eq. 4-6"
     formula = "‖softmax(d+, d−) − (0, 1)‖² (MSE, = s+²); or −log s− with form=nll"
     Params = TripletSoftmaxParams
+    terms = ("ratio",)
 
-    def batch_spec(self) -> BatchSpec:
-        return BatchSpec("triplets")
+    @property
+    def batch_kind(self):
+        from dmlbench.sampling import TRIPLETS
 
-    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
-        a, p, n = self.encoder(batch.x).chunk(3)
+        return TRIPLETS
+
+    def loss_terms(self, batch):
+        emb = self.encoder(batch.x)
+        a, p, n = (emb[i] for i in batch.triplets)
         return {"ratio": softmax_ratio_loss(l2_distance(a, p), l2_distance(a, n), self.params.form)}

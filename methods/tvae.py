@@ -7,24 +7,32 @@ The VAE's negative ELBO on every image of a triplet batch, plus a hinge triplet 
 posterior means μ:
     L = w_rec L_rec + w_kl KL + w_triplet mean max(0, ||μ_a - μ_p||_2 - ||μ_a - μ_n||_2 + m)
 The reconstruction/KL scale (``reduction=sum`` or ``mean``) is left open by the paper and decides
-how much the triplet term can move the latent space: with summed L2 it barely does.
+how much the triplet term can move the latent space: with summed L2 it barely does, which is
+why ``weights.triplet`` is the first thing to tune.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-import torch
-
-from dmlbench.methods.base import Batch, BatchSpec, register_method
-from dmlbench.methods.triplet_hinge import hinge_triplet_loss, triplet_indices
+from dmlbench.errors import DMLBenchError
+from dmlbench.methods.base import register_method
+from dmlbench.methods.triplet_hinge import hinge_triplet_loss
 from dmlbench.methods.vae import VAE, VAEParams
+from dmlbench.space import LR, Float
 
 
 @dataclass
 class TVAEParams(VAEParams):
     margin: float = 1.0
     weights: dict[str, float] = field(default_factory=lambda: {"recon": 1.0, "kl": 1.0, "triplet": 1.0})
+    space: ClassVar = {**LR, "weights.triplet": Float(1.0, 1000.0, log=True), "margin": Float(0.1, 4.0, log=True)}
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.margin >= 0:
+            raise DMLBenchError(f"tvae margin={self.margin} must be >= 0")
 
 
 @register_method("tvae")
@@ -32,15 +40,19 @@ class TVAE(VAE):
     paper = "Ishfaq, Hoogi & Rubin 2018 (TVAE) eq. 2"
     formula = "L_rec + KL + max(0, ‖μa−μp‖₂ − ‖μa−μn‖₂ + m)"
     Params = TVAEParams
+    terms = ("recon", "kl", "triplet")
 
-    def __init__(self, params: TVAEParams, **kw):
-        super().__init__(params, **kw)
-        self.triplet_fn = hinge_triplet_loss(params.margin)
+    @property
+    def batch_kind(self):
+        from dmlbench.sampling import TRIPLETS
 
-    def batch_spec(self) -> BatchSpec:
-        return BatchSpec("triplets")
+        return TRIPLETS
 
-    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def build(self) -> None:
+        super().build()
+        self.triplet_fn = hinge_triplet_loss(self.params.margin)
+
+    def loss_terms(self, batch):
         terms, mu = self.elbo_terms(batch.x)
-        terms["triplet"] = self.triplet_fn(mu, batch.y, indices_tuple=triplet_indices(len(mu), mu.device))
+        terms["triplet"] = self.triplet_fn(mu, batch.y, indices_tuple=batch.triplets)
         return terms

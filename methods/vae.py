@@ -8,18 +8,21 @@ With q(z|x) = N(μ(x), diag σ²(x)), z = μ + σ ⊙ ε and p(z) = N(0, I), the
 ``reduction=sum``: both terms summed over pixels / latent dims (the true ELBO scale);
 ``reduction=mean``: both divided by the number of pixels (a per-pixel ELBO). The choice sets how
 strongly any extra term (TVAE's triplet loss) weighs against the ELBO.
+
+On a pretrained timm trunk the VAE is refused (see :mod:`dmlbench.trunks`): its decoder would have
+to rebuild the image from an ImageNet classifier's pooled features, and its KL term pulls the
+pretrained features towards N(0, I).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
-import torch
-
-from dmlbench.methods.base import Batch, Method, Params, register_method
+from dmlbench.methods.base import GenerativeMethod, Params, register_method
 from dmlbench.methods.losses import gaussian_kl, reconstruction
+from dmlbench.space import LR
 
 
 @dataclass
@@ -27,31 +30,35 @@ class VAEParams(Params):
     recon: Literal["l2", "bce"] = "l2"
     reduction: Literal["sum", "mean"] = "sum"
     weights: dict[str, float] = field(default_factory=lambda: {"recon": 1.0, "kl": 1.0})
+    space: ClassVar = dict(LR)
 
 
 @register_method("vae")
-class VAE(Method):
+class VAE(GenerativeMethod):
     paper = "Kingma & Welling 2014 (auto-encoding variational Bayes)"
     formula = "L_rec(x, x̂) + KL(q(z|x) ‖ N(0, I)); embedding = μ"
     Params = VAEParams
-    generative = True
+    terms = ("recon", "kl")
 
-    def __init__(self, params: VAEParams, **kw):
-        super().__init__(params, **kw)
-        self.decoder = self.build_decoder()
+    def build(self) -> None:
+        from dmlbench.encoders import build_decoder
+
+        self.decoder = build_decoder(self.encoder_choice, self.input_shape, self.embedding_dim)
         self.n_pixels = math.prod(self.input_shape)
 
     def encoder_out_dim(self) -> int:
         return 2 * self.embedding_dim  # μ and log σ²
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, x):
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         return mu, logvar
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x):
         return self.encode(x)[0]
 
-    def elbo_terms(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def elbo_terms(self, x):
+        import torch
+
         mu, logvar = self.encode(x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         x_hat = self.decoder(z)
@@ -60,18 +67,22 @@ class VAE(Method):
                  "kl": gaussian_kl(mu, logvar).mean() * scale}
         return terms, mu
 
-    def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def loss_terms(self, batch):
         return self.elbo_terms(batch.x)[0]
 
-    @torch.no_grad()
-    def generative_metrics(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-image sums on a batch: L2 reconstruction error from z = μ, and a 1-sample ELBO (nats)."""
-        mu, logvar = self.encode(x)
-        recon_err = reconstruction(x, self.decoder(mu), "l2")
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        elbo = -(reconstruction(x, self.decoder(z), self.params.recon) + gaussian_kl(mu, logvar))
+    def generative_metrics(self, x):
+        """Per-image sums: squared L2 reconstruction error from z = μ, and a 1-sample ELBO (nats)."""
+        import torch
+
+        with torch.no_grad():
+            mu, logvar = self.encode(x)
+            recon_err = reconstruction(x, self.decoder(mu), "l2")
+            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+            elbo = -(reconstruction(x, self.decoder(z), self.params.recon) + gaussian_kl(mu, logvar))
         return {"recon_error": recon_err, "elbo": elbo}
 
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encode(x)[0])
+    def reconstruct(self, x):
+        import torch
+
+        with torch.no_grad():
+            return self.decoder(self.encode(x)[0])

@@ -1,0 +1,69 @@
+"""The Ray executor: one Ray task per run, on a local or remote Ray cluster.
+
+Needs the ``ray`` extra (``pip install 'dmlbench[ray]'``). ``RAY_ADDRESS`` (or ``ray start``'s
+cluster) selects the cluster; without one, a local Ray instance with this machine's cores starts.
+The results folder must be on storage every node sees (a shared file system): each task writes
+its own run folder there, under that folder's lock. A task lost with its node is retried
+(``max_retries``) and resumes from the run's last checkpoint, so no finished epoch is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from dmlbench.errors import DMLBenchError
+from dmlbench.runtime import default_threads
+
+log = logging.getLogger("dmlbench")
+
+MAX_RETRIES = 3
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise DMLBenchError("the ray executor needs Ray: pip install 'dmlbench[ray]'") from None
+    return ray
+
+
+def _task(planned, suite_dir: str, reuse_stale: bool, threads: int):
+    from dmlbench.runner import run_one
+    from dmlbench.runtime import set_threads
+
+    set_threads(threads)
+    return run_one(planned.config, Path(suite_dir), variant=planned.variant, reuse_stale=reuse_stale)
+
+
+class RayExecutor:
+    def __init__(self, workers: int = 1, threads: int | None = None):
+        self.ray = import_ray()
+        self.workers = max(1, workers)
+        self.threads = max(1, (threads or default_threads()) // self.workers)
+
+    def run(self, planned: list, suite_dir: Path, *, reuse_stale: bool = False, on_result=None, data=None) -> list:
+        ray = self.ray
+        if not ray.is_initialized():
+            if os.environ.get("RAY_ADDRESS"):
+                ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+            else:
+                ray.init(num_cpus=self.workers * self.threads, include_dashboard=False, log_to_driver=True)
+        remote = ray.remote(num_cpus=self.threads, max_retries=MAX_RETRIES)(_task)
+        suite_dir = str(Path(suite_dir).resolve())
+        refs = {remote.remote(p, suite_dir, reuse_stale, self.threads): i for i, p in enumerate(planned)}
+        results: dict[int, object] = {}
+        pending = list(refs)
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                r = ray.get(done[0])
+                results[refs[done[0]]] = r
+                if on_result:
+                    on_result(r)
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+        return [results[i] for i in range(len(planned))]

@@ -1,0 +1,282 @@
+"""The linear-SVM probe ("SVM accuracy" of the evaluation suite).
+
+Hoffer & Ailon report a linear SVM trained on the embeddings. Ours is an L2-regularised,
+squared-hinge, one-vs-rest linear SVM in liblinear's primal formulation with a penalised bias: for
+every class c (one classifier in all for two classes) it minimises
+``0.5 * (||w_c||^2 + b_c^2) + C * sum_i max(0, 1 - y_ic * (w_c . x_i + b_c))^2`` with
+``y_ic = +1`` for class c and ``-1`` otherwise (liblinear's ``intercept_scaling=1``), and predicts
+the class with the largest score. This is one-vs-rest squared hinge, not the multi-class
+(Crammer-Singer style) SVM of Hoffer & Ailon, so absolute numbers are not directly comparable to
+theirs. Features are centred with the training mean and divided by one global scale, the RMS norm of
+the centred training rows (not per-feature standardisation, which makes raw pixels ill-conditioned).
+The regularisation is a per-sample lambda with ``C = 1 / (lambda * n)``, chosen by 3-fold stratified
+cross-validation on at most ``cv_rows`` training rows (a seeded stratified subsample) from a small
+grid, ties going to the larger lambda; the test set is never used for the choice. For at most 256
+features scikit-learn's ``LinearSVC(dual=False)`` (liblinear) solves it; above that, the same
+objective is minimised with L-BFGS in torch (imported only then), which is far faster on raw pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+log = logging.getLogger("dmlbench")
+
+LAMBDAS = (1e-5, 1e-4, 1e-3, 1e-2)
+LIBLINEAR_MAX_DIM = 256
+SOLVERS = ("auto", "liblinear", "lbfgs")
+
+
+@dataclass
+class ProbeResult:
+    accuracy: float
+    correct: np.ndarray             # bool per test row
+    confusion: np.ndarray           # rows: true, columns: predicted, over ``labels``
+    lam: float
+    cv_accuracy: dict[float, float]
+    solver: str
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0))   # order of the confusion axes
+
+
+@dataclass
+class LinearModel:
+    """One-vs-rest linear scores ``x @ coef.T + intercept``; a single column for two classes."""
+
+    coef: np.ndarray                # (m, d)
+    intercept: np.ndarray           # (m,)
+    classes: np.ndarray             # the labels, sorted
+
+    def decision(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(x, np.float64) @ self.coef.T.astype(np.float64) + self.intercept
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        if len(self.classes) == 1:
+            return np.repeat(self.classes, len(x))
+        s = self.decision(x)
+        if len(self.classes) == 2:
+            return self.classes[(s[:, 0] > 0).astype(int)]
+        return self.classes[np.argmax(s, axis=1)]
+
+
+class Scaler:
+    """Centre with the training mean, divide by one global scale: the RMS norm of centred rows."""
+
+    def __init__(self, x: np.ndarray):
+        x = np.asarray(x, np.float64)
+        self.mean = x.mean(0)
+        rms = float(np.sqrt(np.mean(np.sum((x - self.mean) ** 2, axis=1)))) if len(x) else 0.0
+        self.scale = rms if rms > 0 else 1.0
+
+    def __call__(self, x: np.ndarray, dtype=np.float64) -> np.ndarray:
+        return ((np.asarray(x, np.float64) - self.mean) / self.scale).astype(dtype, copy=False)
+
+
+def _targets(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """(n, m) of +-1: one column per class, or one column (positive = classes[1]) for two."""
+    codes = np.searchsorted(classes, y)
+    if len(classes) == 2:
+        return np.where(codes == 1, 1.0, -1.0)[:, None]
+    t = -np.ones((len(y), len(classes)))
+    t[np.arange(len(y)), codes] = 1.0
+    return t
+
+
+def svm_objective(model: LinearModel, x: np.ndarray, y: np.ndarray, C: float) -> float:
+    """The primal objective: sum over classifiers of 0.5 ||(w, b)||^2 + C * sum of squared hinges."""
+    t = _targets(np.asarray(y), model.classes)
+    viol = np.maximum(0.0, 1.0 - t * model.decision(x))
+    reg = 0.5 * (np.sum(model.coef.astype(np.float64) ** 2) + np.sum(model.intercept ** 2))
+    return float(reg + C * np.sum(viol ** 2))
+
+
+def _fit_liblinear(x, y, classes, C, seed) -> LinearModel:
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.svm import LinearSVC
+
+    svc = LinearSVC(penalty="l2", loss="squared_hinge", dual=False, C=C, fit_intercept=True, intercept_scaling=1.0,
+                    tol=1e-4, max_iter=1000, random_state=seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        svc.fit(x, y)
+    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+        log.warning("linear probe: liblinear did not converge (C=%g)", C)
+    assert np.array_equal(svc.classes_, classes)
+    return LinearModel(svc.coef_.astype(np.float64), svc.intercept_.astype(np.float64), classes)
+
+
+def _fit_lbfgs(x, y, classes, C, *, max_iter: int = 3000, gtol: float = 1e-6) -> LinearModel:
+    """Minimise the same objective with torch's L-BFGS (float64, analytic gradient).
+
+    Internally the objective is divided by ``C * n`` (same minimiser, gradients of order one):
+    ``lambda/2 ||W||^2 + mean_i sum_c max(0, 1 - y_ic (w_c . x_i + b_c))^2`` with ``lambda = 1/(C n)``.
+    It stops when the largest gradient entry falls below ``gtol`` times its value at ``W = 0``.
+    """
+    import torch
+
+    n, d = x.shape
+    X = torch.cat([torch.as_tensor(x, dtype=torch.float64), torch.ones(n, 1, dtype=torch.float64)], 1)
+    T = torch.as_tensor(_targets(y, classes), dtype=torch.float64)
+    lam = 1.0 / (C * n)
+    W = torch.zeros(d + 1, T.shape[1], dtype=torch.float64, requires_grad=True)
+
+    def value_and_grad(w):
+        viol = (1.0 - T * (X @ w)).clamp_(min=0)
+        f = 0.5 * lam * (w * w).sum() + (viol * viol).sum() / n
+        g = lam * w - (2.0 / n) * (X.T @ (T * viol))
+        return f, g
+
+    with torch.no_grad():
+        g0 = value_and_grad(W)[1].abs().max().item()
+    opt = torch.optim.LBFGS([W], lr=1, max_iter=max_iter, max_eval=int(max_iter * 1.25), history_size=20,
+                            tolerance_grad=max(gtol * g0, 1e-14), tolerance_change=1e-15,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        with torch.no_grad():
+            f, g = value_and_grad(W)
+        W.grad = g
+        return f
+
+    opt.step(closure)
+    state = opt.state[opt._params[0]]
+    w = W.detach().numpy()
+    if state.get("n_iter", 0) >= max_iter:
+        log.warning("linear probe: L-BFGS stopped at max_iter=%d (C=%g)", max_iter, C)
+    return LinearModel(w[:d].T.copy(), w[d].copy(), classes)
+
+
+def fit_svm(x: np.ndarray, y: np.ndarray, C: float, solver: str = "auto", *, seed: int = 0) -> LinearModel:
+    """Fit the one-vs-rest squared-hinge SVM on (already scaled) features; ``solver`` is ``"auto"``
+    (liblinear up to 256 features, L-BFGS above), ``"liblinear"`` or ``"lbfgs"``."""
+    solver = _solver(solver, x.shape[1])
+    classes = np.unique(y)
+    if len(classes) == 1:
+        return LinearModel(np.zeros((1, x.shape[1])), np.zeros(1), classes)
+    if solver == "liblinear":
+        return _fit_liblinear(x, y, classes, C, seed)
+    return _fit_lbfgs(x, y, classes, C)
+
+
+def _solver(solver: str, dim: int) -> str:
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if solver == "auto":
+        return "liblinear" if dim <= LIBLINEAR_MAX_DIM else "lbfgs"
+    return solver
+
+
+def _fit_scaled(train_x, train_y, lam, solver, seed) -> tuple[Scaler, LinearModel]:
+    scaler = Scaler(train_x)
+    C = 1.0 / (lam * len(train_x))
+    return scaler, fit_svm(scaler(train_x), train_y, C, solver, seed=seed)
+
+
+def _cv_subsample(y: np.ndarray, rows: int, seed: int) -> np.ndarray:
+    if len(y) <= rows:
+        return np.arange(len(y))
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    try:
+        keep, _ = train_test_split(idx, train_size=rows, stratify=y, random_state=seed)
+    except ValueError:          # a class with a single row cannot be stratified
+        keep = np.random.default_rng(seed).choice(idx, rows, replace=False)
+    return np.sort(keep)
+
+
+def cross_validate(x: np.ndarray, y: np.ndarray, lambdas: Sequence[float], *, solver: str = "auto", seed: int = 0,
+                   cv_rows: int = 5000, folds: int = 3) -> dict[float, float]:
+    """Pooled accuracy of stratified ``folds``-fold CV for every lambda, on at most ``cv_rows`` rows.
+    Each fold's scaling and C come from its own training part."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    keep = _cv_subsample(y, cv_rows, seed)
+    x, y = x[keep], y[keep]
+    _, counts = np.unique(y, return_counts=True)
+    splitter = (StratifiedKFold(folds, shuffle=True, random_state=seed) if counts.max() >= folds
+                else KFold(folds, shuffle=True, random_state=seed))
+    splits = list(splitter.split(x, y)) if len(y) >= folds else []
+    out = {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        for lam in lambdas:
+            right = total = 0
+            for tr, va in splits:
+                scaler, model = _fit_scaled(x[tr], y[tr], lam, solver, seed)
+                right += int(np.sum(model.predict(scaler(x[va])) == y[va]))
+                total += len(va)
+            out[float(lam)] = right / total if total else float("nan")
+    return out
+
+
+def choose_lambda(cv_accuracy: dict[float, float]) -> float:
+    """The lambda of best CV accuracy; ties (and NaNs) go to the larger lambda."""
+    best, best_acc = None, -np.inf
+    for lam in sorted(cv_accuracy, reverse=True):
+        acc = cv_accuracy[lam]
+        if best is None or (not np.isnan(acc) and acc > best_acc):
+            best, best_acc = lam, (acc if not np.isnan(acc) else -np.inf)
+    return float(best)
+
+
+@contextmanager
+def _threads(n: int | None, torch_too: bool):
+    if not n:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    torch = None
+    if torch_too:
+        import torch
+        before = torch.get_num_threads()
+        torch.set_num_threads(int(n))
+    try:
+        with threadpool_limits(limits=int(n)):
+            yield
+    finally:
+        if torch is not None:
+            torch.set_num_threads(before)
+
+
+def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *, seed: int = 0,
+                 threads: int | None = None, lambdas: Sequence[float] = LAMBDAS, cv_rows: int = 5000,
+                 solver: str = "auto") -> ProbeResult:
+    """Train the probe on (train_x, train_y), choosing lambda by CV on training rows only, and test it.
+
+    ``threads`` limits BLAS (and torch, for L-BFGS) threads while it runs. With a single lambda the
+    CV is skipped (``cv_accuracy`` is then empty).
+    """
+    from sklearn.metrics import confusion_matrix
+
+    train_x = np.asarray(train_x, np.float64)
+    test_x = np.asarray(test_x, np.float64)
+    train_y, test_y = np.asarray(train_y).reshape(-1), np.asarray(test_y).reshape(-1)
+    if train_x.ndim != 2 or test_x.ndim != 2 or train_x.shape[1] != test_x.shape[1]:
+        raise ValueError(f"train_x {train_x.shape} and test_x {test_x.shape} must be 2-D with equal widths")
+    if len(train_x) != len(train_y) or len(test_x) != len(test_y):
+        raise ValueError("features and labels differ in length")
+    if len(train_x) == 0:
+        raise ValueError("linear_probe needs training rows")
+    if not lambdas:
+        raise ValueError("lambdas is empty")
+    used = _solver(solver, train_x.shape[1])
+    with _threads(threads, used == "lbfgs"):
+        if len(lambdas) > 1:
+            cv = cross_validate(train_x, train_y, lambdas, solver=used, seed=seed, cv_rows=cv_rows)
+            lam = choose_lambda(cv)
+        else:
+            cv, lam = {}, float(lambdas[0])
+        scaler, model = _fit_scaled(train_x, train_y, lam, used, seed)
+        pred = model.predict(scaler(test_x))
+    correct = pred == test_y
+    labels = np.unique(np.concatenate([train_y, test_y]))
+    return ProbeResult(accuracy=float(correct.mean()) if len(correct) else float("nan"), correct=correct,
+                       confusion=confusion_matrix(test_y, pred, labels=labels), lam=lam, cv_accuracy=cv,
+                       solver=used, labels=labels)

@@ -1,0 +1,80 @@
+"""Process-wide settings a run needs: thread budget, device, determinism, seeds."""
+
+from __future__ import annotations
+
+import os
+import random
+
+from dmlbench.errors import DMLBenchError
+
+
+def default_threads() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
+
+
+def set_threads(n: int | None = None) -> int:
+    """One thread budget for torch, faiss and BLAS, so they do not oversubscribe a small machine."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    n = n or default_threads()
+    torch.set_num_threads(n)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+    except ImportError:
+        pass
+    threadpool_limits(n)
+    return n
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DMLBenchError(f"device {name}: CUDA is not available in this torch build ({torch.__version__}); "
+                                "use cpu or install a CUDA build of torch")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise DMLBenchError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device(name)
+
+
+def set_determinism(deterministic: bool, device) -> None:
+    """Deterministic CUDA kernels: cuDNN's deterministic algorithms and no autotuning, torch's
+    deterministic implementations, and cuBLAS's fixed workspace (which must be set before the
+    first cuBLAS call, hence here, before training). CPU runs are deterministic either way."""
+    import torch
+
+    if getattr(device, "type", str(device)) != "cuda":
+        return
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+    # warn_only: an op without a deterministic CUDA kernel warns (naming itself) instead of failing the run.
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def epoch_generator(seed: int, epoch: int, stream: int = 0):
+    """A CPU generator for one epoch's sampling (stream 0) or augmentation (stream 1): a function of
+    (seed, epoch, stream) alone, so a resumed run draws the same batches and crops as an
+    uninterrupted one, on any device."""
+    import torch
+
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 2 + stream)

@@ -1,0 +1,208 @@
+"""A suite: which (method, seed) runs to make on one dataset, resolved from defaults, a preset or
+TOML file, and command-line flags (in that order; later wins; unknown keys are errors).
+
+:func:`prepare` checks everything that can be checked before any training (method names and
+options, config values, the encoder against the image size, generative methods against the value
+range) and expands the suite into its run configs; :func:`run_suite` hands them to an executor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from dmlbench import layout
+from dmlbench.config import RunConfig
+from dmlbench.errors import DMLBenchError
+
+log = logging.getLogger("dmlbench")
+
+SUITE_KEYS = {"methods", "seeds", "out", "set", "suite", "workers", "executor", "reuse_stale"}
+RUN_KEYS = {f.name for f in dataclasses.fields(RunConfig)} - {"method", "seed", "method_params", "data_options", "tuned"}
+
+
+@dataclass
+class Suite:
+    base: RunConfig
+    methods: list[str]
+    seeds: list[int]
+    method_sets: dict[str, dict] = field(default_factory=dict)
+    out: Path = layout.DEFAULT_OUT
+    name: str = ""
+    workers: int = 1
+    executor: str = "local"
+    reuse_stale: bool = False
+
+    @property
+    def dir(self) -> Path:
+        return layout.suite_dir(self.out, self.base.dataset, self.name)
+
+
+@dataclass
+class Planned:
+    """One run of a suite: its config and the label of its method variant (what differs from defaults)."""
+
+    config: RunConfig
+    variant: str = ""
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("dmlbench.presets").iterdir() if p.name.endswith(".toml"))
+
+
+def preset_text(name: str) -> str:
+    return resources.files("dmlbench.presets").joinpath(f"{name}.toml").read_text()
+
+
+def read_toml(path: Path | None = None, preset: str | None = None) -> dict:
+    data: dict = {}
+    if preset:
+        if preset not in preset_names():
+            raise DMLBenchError(f"unknown preset {preset!r}; presets: {', '.join(preset_names())}")
+        data.update(tomllib.loads(preset_text(preset)))
+    if path:
+        if not Path(path).is_file():
+            raise DMLBenchError(f"config file {path} does not exist; give a TOML file with the same keys as the flags")
+        try:
+            data.update(tomllib.loads(Path(path).read_text()))
+        except tomllib.TOMLDecodeError as e:
+            raise DMLBenchError(f"config file {path} is not valid TOML ({e})") from None
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def _as_list(value, key: str) -> list[str]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    raise DMLBenchError(f"{key} must be a comma-separated string or a list, got {value!r}")
+
+
+def resolve_suite(file_values: dict, flags: dict) -> Suite:
+    """Defaults <- TOML file/preset <- command-line flags (None = not given)."""
+    from dmlbench.methods import BUILTIN, get_method
+    from dmlbench.params import apply_overrides, parse_set
+
+    unknown = set(file_values) - SUITE_KEYS - RUN_KEYS
+    if unknown:
+        raise DMLBenchError(f"unknown key(s) {', '.join(sorted(unknown))} in the config file; "
+                            f"known: {', '.join(sorted(SUITE_KEYS | RUN_KEYS))}")
+    for key in ("out", "suite", "dataset"):
+        if key in file_values and not isinstance(file_values[key], str):
+            raise DMLBenchError(f"{key} in the config file must be a string, got {file_values[key]!r}")
+    file_sets = file_values.get("set", [])
+    if not isinstance(file_sets, list) or not all(isinstance(x, str) for x in file_sets):
+        raise DMLBenchError(f'set in the config file must be a list of strings, e.g. set = ["tvae.margin=2"], got {file_sets!r}')
+    values = {**file_values, **{k: v for k, v in flags.items() if v is not None}}
+    sets = list(file_sets) + list(flags.get("set") or [])
+    methods = _as_list(values.get("methods", list(BUILTIN)), "methods")
+    if "raw" not in methods:
+        methods.append("raw")  # every table gets the raw-pixel floor row
+    try:
+        seeds = [int(s) for s in _as_list(values.get("seeds", [0]), "seeds")]
+        if not seeds or min(seeds) < 0:
+            raise ValueError
+    except ValueError:
+        raise DMLBenchError(f"seeds must be integers >= 0 separated by commas, got {values.get('seeds')!r}") from None
+    by_owner = parse_set(sets)
+    # A preset or file may configure methods that the command line then leaves out: those settings
+    # have nothing to apply to. A name that is no method at all is still an error.
+    flag_owners = set(parse_set(list(flags.get("set") or [])))
+    for owner in list(by_owner):
+        if owner != "data" and owner not in methods:
+            get_method(owner)
+            if owner in flag_owners:
+                raise DMLBenchError(f"--set names {owner!r}, which is not among the methods being run "
+                                    f"({', '.join(methods)})")
+            del by_owner[owner]
+    data_options = by_owner.pop("data", {})
+    run_values = {k: v for k, v in values.items() if k in RUN_KEYS}
+    base = apply_overrides(RunConfig(), run_values, "run")
+    base = dataclasses.replace(base, data_options=data_options)
+    workers = int(values.get("workers", 1))
+    if workers < 1:
+        raise DMLBenchError(f"workers={workers} must be at least 1")
+    return Suite(base, methods, seeds, by_owner, Path(values.get("out", layout.DEFAULT_OUT)),
+                 str(values.get("suite", "")), workers, str(values.get("executor", "local")),
+                 bool(values.get("reuse_stale", False)))
+
+
+def _get_key(obj, dotted: str):
+    head, _, rest = dotted.partition(".")
+    value = getattr(obj, head)
+    return value[rest] if rest else value
+
+
+def expand(suite: Suite, n_train: int) -> list[Planned]:
+    """Every run of the suite, with the step budget fixed from the training-set size."""
+    from dmlbench.methods import get_method
+    from dmlbench.params import apply_overrides
+    from dmlbench.runner import with_method
+
+    base = suite.base.resolved().with_budget(n_train)
+    planned = []
+    for name in suite.methods:
+        cls = get_method(name)
+        overrides = suite.method_sets.get(name, {})
+        params = apply_overrides(cls.Params(), overrides, name)
+        defaults = cls.Params()
+        variant = ",".join(f"{k}={v}" for k, v in sorted(overrides.items())
+                           if _get_key(params, k) != _get_key(defaults, k))
+        for seed in suite.seeds:
+            planned.append(Planned(with_method(base, name, seed, dataclasses.asdict(params)), variant))
+    return planned
+
+
+def check_before_data(suite: Suite) -> None:
+    """Checks that need no decoded image: names, options, values, and the encoder against a known
+    image size."""
+    from dmlbench.data.load import planned_shape
+    from dmlbench.encoders import check_input
+    from dmlbench.methods import get_method
+    from dmlbench.params import apply_overrides
+    from dmlbench.runner import input_shape
+
+    base = suite.base.resolved()
+    base.check()
+    for name in suite.methods:
+        apply_overrides(get_method(name).Params(), suite.method_sets.get(name, {}), name)
+    trained = [m for m in suite.methods if get_method(m).trainable]
+    shape = planned_shape(base.dataset, base.data_dir or None, base.data_options)
+    if shape is not None and trained:
+        check_input(base.encoder, input_shape(base, shape))
+
+
+def prepare(suite: Suite):
+    """Check the suite, load its data once, expand it; returns (data, planned runs)."""
+    from dmlbench.encoders import check_input
+    from dmlbench.methods import GenerativeMethod, get_method
+    from dmlbench.runner import input_shape, load_data, test_triplets
+
+    check_before_data(suite)
+    base = suite.base.resolved()
+    data = load_data(base)
+    if any(get_method(m).trainable for m in suite.methods):
+        check_input(base.encoder, input_shape(base, data.input_shape))
+    generative = [m for m in suite.methods if issubclass(get_method(m), GenerativeMethod)]
+    lo, hi = data.value_range()
+    if generative and (lo < 0 or hi > 1):
+        raise DMLBenchError(f"{', '.join(generative)} decode pixels in [0, 1] (a sigmoid output), but this data spans "
+                            f"[{lo:.3g}, {hi:.3g}]; use normalize=unit or leave the generative methods out")
+    planned = expand(suite, len(data.train))
+    test_triplets(data, planned[0].config, suite.dir)  # drawn once, before any worker needs them
+    return data, planned
+
+
+def run_suite(suite: Suite, on_result=None, on_start=None):
+    """Run every planned run of the suite with its executor; returns the RunResults in plan order."""
+    from dmlbench.executors import get_executor
+
+    data, planned = prepare(suite)
+    if on_start is not None:
+        on_start(suite, data, planned)
+    executor = get_executor(suite.executor, workers=suite.workers, threads=suite.base.threads)
+    return executor.run(planned, suite.dir, reuse_stale=suite.reuse_stale, on_result=on_result, data=data)

@@ -1,0 +1,200 @@
+"""Photo collections: image folders (``folder:PATH``, ``zappos50k``) through the decode cache.
+
+:func:`photo_data` turns a list of image files with labels into a :class:`Data` whose parts are
+views into the memory-mapped cache. The folder loaders find images recursively and take the class
+from the folder ``label_depth`` levels below the root (1: the first level).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from dmlbench.data.base import PHOTO_DEFAULTS, Data, Part, register_dataset
+from dmlbench.data.cache import ImageCache, cache_dir
+from dmlbench.data.images import DecodeOptions, first_image, image_size, scan
+from dmlbench.errors import DMLBenchError
+
+log = logging.getLogger("dmlbench")
+
+
+def planned_shape(opts: DecodeOptions, first_file: Path | None) -> tuple[int, int, int] | None:
+    """The decoded image shape, known before decoding: from the options, else the first file's header."""
+    if opts.size:
+        return (opts.channels, opts.size, opts.size)
+    if first_file is None:
+        return None
+    try:
+        h, w = image_size(first_file)
+    except Exception as e:  # noqa: BLE001 - a broken first file
+        raise DMLBenchError(f"cannot read image {first_file} ({type(e).__name__}); remove or replace it") from None
+    return (opts.channels, h, w)
+
+
+def photo_data(name: str, root: Path, files: list[Path], labels: np.ndarray, classes: list[str],
+               train: np.ndarray, opts: DecodeOptions, data_dir, *, with_test: bool = True, skip_bad: bool = False,
+               split: str = "standard", query: np.ndarray | None = None, gallery: np.ndarray | None = None) -> Data:
+    """``train``: a boolean mask over ``files``; the rest is test. ``query``/``gallery``: boolean
+    masks over ``files`` (within test) where the dataset defines them. Labels of training classes
+    must be 0..K-1."""
+    shape = planned_shape(opts, files[0] if files else None)
+    if shape is None:
+        raise DMLBenchError(f"{name}: no images found in {root}")
+    images, ok = ImageCache(name, root, opts, cache_dir(data_dir)).load(files, shape, skip_bad=skip_bad)
+    labels = np.asarray(labels, dtype=np.int64)
+    tr = np.flatnonzero(train & ok)
+    te = np.flatnonzero(~train & ok)
+    train_part = Part(images, labels[tr], tr)
+    if len(np.unique(train_part.y)) != train_part.y.max() + 1:  # a class lost every image to skip_bad
+        present = np.unique(train_part.y)
+        mapping = np.full(len(classes), -1, np.int64)
+        mapping[present] = np.arange(len(present))
+        rest = np.setdiff1d(np.arange(len(classes)), present)
+        mapping[rest] = np.arange(len(present), len(classes))
+        classes = [classes[i] for i in np.argsort(mapping)]
+        labels = mapping[labels]
+        train_part = Part(images, labels[tr], tr)
+    test_part = Part(images, labels[te], te) if with_test else None
+    q = g = None
+    if with_test and query is not None:
+        pos = {int(i): k for k, i in enumerate(te)}
+        q = np.array([pos[i] for i in np.flatnonzero(query & ok)], dtype=np.int64)
+        g = np.array([pos[i] for i in np.flatnonzero(gallery & ok)], dtype=np.int64)
+    return Data(name, train_part, test_part, classes, source=str(root), split=split, query=q, gallery=g,
+                meta={"cache": str(images.filename) if hasattr(images, "filename") else "", "decode": opts.key()})
+
+
+def _stratified(labels: np.ndarray, test_fraction: float, seed: int, root: Path, name: str) -> np.ndarray:
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    try:
+        tr, _ = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=labels)
+    except ValueError as e:  # fewer test images than classes, or test_fraction outside (0, 1)
+        raise DMLBenchError(f"{name}: cannot split {root} with test_fraction={test_fraction} ({e}); "
+                            "add images or change data.test_fraction") from None
+    mask = np.zeros(len(labels), dtype=bool)
+    mask[tr] = True
+    return mask
+
+
+def folder_classes(root: Path, label_depth: int, min_class_size: int, name: str
+                   ) -> tuple[list[Path], np.ndarray, list[str]]:
+    """Images below ``root`` and their class: the folder path down to ``label_depth`` levels."""
+    if label_depth < 1:
+        raise DMLBenchError(f"{name}: label_depth={label_depth} must be at least 1 (the first folder level)")
+    found = scan(root)
+    found.report(root)
+    rel = [f.relative_to(root).parts for f in found.files]
+    deepest = max((len(p) - 1 for p in rel), default=0)
+    if deepest < label_depth:
+        raise DMLBenchError(f"{name}: label_depth={label_depth} is deeper than the tree: the deepest image in {root} "
+                            f"is {deepest} folder(s) down; use a smaller data.label_depth")
+    files, keys = [], []
+    too_shallow = 0
+    for f, p in zip(found.files, rel):
+        if len(p) - 1 < label_depth:
+            too_shallow += 1
+            continue
+        files.append(f)
+        keys.append("/".join(p[:label_depth]))
+    if too_shallow:
+        log.warning("%s: skipped %d image(s) less than %d folder(s) below %s (no class)", name, too_shallow,
+                    label_depth, root)
+    names, labels, counts = np.unique(np.array(keys, dtype=object), return_inverse=True, return_counts=True)
+    need = max(min_class_size, 2)  # a class needs an image in train and one in test
+    small = counts < need
+    if small.any() and min_class_size == 0:
+        c = int(np.argmax(small))
+        raise DMLBenchError(f"{name}: class {names[c]!r} has {counts[c]} image; every class needs at least 2 to "
+                            "appear in train and test (add images, or set data.min_class_size=2 to leave such "
+                            f"classes out: {int(small.sum())} of {len(names)})")
+    if small.any():
+        log.warning("%s: left out %d class(es) with fewer than %d images (data.min_class_size=%d)", name,
+                    int(small.sum()), need, min_class_size)
+        keep = ~small[labels]
+        files = [f for f, k in zip(files, keep) if k]
+        kept = np.flatnonzero(~small)
+        remap = np.full(len(names), -1)
+        remap[kept] = np.arange(len(kept))
+        labels, names = remap[labels[keep]], names[kept]
+    if len(names) < 2:
+        raise DMLBenchError(f"{name}: {root} has {len(names)} class folder(s) with images at label_depth="
+                            f"{label_depth}; it needs at least 2")
+    return files, labels.astype(np.int64), [str(n) for n in names]
+
+
+def _folder(name: str, root: Path, data_dir, seed: int, with_test: bool, resize: int, resize_mode: str,
+            grayscale: bool, label_depth: int, test_fraction: float, skip_bad: bool, min_class_size: int) -> Data:
+    opts = DecodeOptions(resize, resize_mode, grayscale)
+    files, labels, classes = folder_classes(root, label_depth, min_class_size, name)
+    train = _stratified(labels, test_fraction, seed, root, name)
+    return photo_data(name, root, files, labels, classes, train, opts, data_dir, with_test=with_test, skip_bad=skip_bad)
+
+
+def _folder_shape(root: Path, opts: DecodeOptions) -> tuple[int, int, int] | None:
+    if opts.size:
+        return planned_shape(opts, None)
+    if not root.is_dir():
+        return None
+    first = first_image(root)
+    return None if first is None else planned_shape(opts, first)
+
+
+def _opts(options: dict) -> DecodeOptions:
+    return DecodeOptions(int(options.get("resize", 0)), options.get("resize_mode", "crop"),
+                         bool(options.get("grayscale", False)))
+
+
+@register_dataset("folder", description="an image folder: the class is the folder label_depth levels down "
+                                        "(--dataset folder:PATH)",
+                  size="any (seeded stratified split)", classes=">= 2", input_shape="as read, or data.resize=S",
+                  where="PATH/<class>/.../<image>", defaults=PHOTO_DEFAULTS,
+                  shape=lambda data_dir, path, o: _folder_shape(Path(path).expanduser(), _opts(o)))
+def load_folder(data_dir: Path | None = None, seed: int = 0, with_test: bool = True, path: str = "", resize: int = 0,
+                resize_mode: str = "crop", grayscale: bool = False, label_depth: int = 1, test_fraction: float = 0.2,
+                skip_bad: bool = False, min_class_size: int = 0) -> Data:
+    if not path:
+        raise DMLBenchError("folder: no path given; use --dataset folder:PATH/TO/IMAGES")
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DMLBenchError(f"folder: {root} is not a folder; give a folder with one sub-folder per class")
+    return _folder("folder", root, data_dir, seed, with_test, resize, resize_mode, grayscale, label_depth,
+                   test_fraction, skip_bad, min_class_size)
+
+
+ZAPPOS_DIRS = ("ut-zap50k-images", "ut-zap50k-images-square")
+
+
+def _zappos_root(data_dir: Path, must_exist: bool = True) -> Path | None:
+    for d in ZAPPOS_DIRS:
+        if (data_dir / d).is_dir():
+            return data_dir / d
+    if not must_exist:
+        return None
+    raise DMLBenchError(f"zappos50k: {data_dir / ZAPPOS_DIRS[0]} does not exist; unzip ut-zap50k-images.zip "
+                        "(UT Zappos50K, vision.cs.utexas.edu/projects/finegrained/utzap50k) into the data folder, "
+                        "giving <data-dir>/ut-zap50k-images/<Category>/<Subcategory>/<Brand>/*.jpg")
+
+
+def _zappos_shape(data_dir: Path, opts: DecodeOptions) -> tuple[int, int, int] | None:
+    if opts.size:
+        return planned_shape(opts, None)
+    root = _zappos_root(Path(data_dir), must_exist=False)
+    return None if root is None else _folder_shape(root, opts)
+
+
+@register_dataset("zappos50k", description="UT Zappos50K shoes (Yu & Grauman 2014), the TVAE authors' second dataset; "
+                                           "label_depth 1: 4 categories, 2: 21 subcategories",
+                  size="50,025 (seeded stratified 80/20 split)", classes="4 (depth 1) or 21 (depth 2)",
+                  input_shape="3x102x136, or data.resize=S (default 64)",
+                  where="<data-dir>/ut-zap50k-images/<Category>/<Subcategory>/<Brand>/*.jpg",
+                  defaults={**PHOTO_DEFAULTS, "epochs": 10},
+                  shape=lambda data_dir, path, o: _zappos_shape(data_dir, _opts({"resize": 64, **o})))
+def load_zappos50k(data_dir: Path, seed: int = 0, with_test: bool = True, resize: int = 64, resize_mode: str = "crop",
+                   grayscale: bool = False, label_depth: int = 1, test_fraction: float = 0.2,
+                   skip_bad: bool = False, min_class_size: int = 0) -> Data:
+    return _folder("zappos50k", _zappos_root(data_dir), data_dir, seed, with_test, resize, resize_mode, grayscale,
+                   label_depth, test_fraction, skip_bad, min_class_size)
