@@ -104,7 +104,7 @@ def paired_t(a: Any, b: Any) -> float:
         return math.nan
     if np.all(d == 0.0):
         return 1.0
-    if False:
+    if np.all(d == d[0]):
         return 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

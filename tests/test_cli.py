@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
 import torch
 from typer.testing import CliRunner
 
 from dmlbench.cli import app
-from dmlbench.evaluate import METRICS
+from dmlbench.metrics import METRICS
 from dmlbench.methods import BUILTIN
 
 N_TEST, N_TRAIN = 540, 1257  # digits: 1797 images, stratified 70/30 split
@@ -88,17 +89,21 @@ def test_run_folders_hold_every_file(suite):
         assert [d.name.split("-")[0] for d in dirs] == ["s0", "s1"]
         for d in dirs:
             for f in RUN_FILES:
+                if f == "checkpoint.pt" and method == "raw":
+                    continue  # nothing trained, nothing to resume
                 assert (d / f).is_file(), d / f
             assert not list(d.glob("*.tmp")) and not list(d.glob(".*.tmp"))
             cfg = json.loads((d / "config.json").read_text())
             assert cfg["method"] == method and f"s{cfg['seed']}" == d.name.split("-")[0]
-            # raw holds the training settings at placeholders: it is not trained.
-            assert cfg["epochs"] == (1 if method == "raw" else 2) and cfg["dataset"] == "digits"
+            # The budget is a step count (2 epochs of 1257 // 128 = 9 steps); raw is not trained.
+            assert cfg["steps"] == (0 if method == "raw" else 18) and cfg["dataset"] == "digits"
             assert d.name.endswith(cfg["run_id"])
-            v = cfg["versions"]
+            prov = cfg["provenance"]
+            v = prov["versions"]
             assert v["torch"] == torch.__version__ and v["numpy"] == np.__version__
-            for key in ("faiss", "scikit-learn", "pytorch_metric_learning", "python", "dmlbench"):
+            for key in ("faiss-cpu", "scikit-learn", "pytorch-metric-learning", "python", "dmlbench"):
                 assert v[key], key
+            assert len(prov["code_hash"]) == 16 and prov["device"]["device"] == "cpu" and prov["threads"] == 1
 
             z = np.load(d / "embeddings.npz")
             assert set(z.files) == {"test_emb", "test_y", "train_emb", "train_y", "test_triplets"}
@@ -110,8 +115,9 @@ def test_run_folders_hold_every_file(suite):
             assert np.all(y[t[:, 0]] == y[t[:, 1]]) and np.all(y[t[:, 0]] != y[t[:, 2]])
             assert len(set(map(tuple, t[:, :2]))) > 1 and np.all(t[:, 0] != t[:, 1])
 
-            ckpt = torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=False)
-            assert ckpt["epoch"] == (0 if method == "raw" else 2)
+            if method != "raw":
+                ckpt = torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=True)
+                assert ckpt["epoch"] == 2 and ckpt["step"] == 18
 
 
 def test_history_has_one_row_per_epoch_with_every_loss_term(suite):
@@ -125,8 +131,9 @@ def test_history_has_one_row_per_epoch_with_every_loss_term(suite):
             # Default weights are all 1, and the epoch means are linear: loss = sum of the terms.
             np.testing.assert_allclose(h["loss"], h[terms].sum(axis=1), rtol=1e-5)
             assert np.allclose(h["lr"], 1e-3)
-            ckpt = torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=False)
+            ckpt = torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=True)
             assert [r["epoch"] for r in ckpt["history"]] == [1, 2]
+            assert list(h["step"]) == [9, 18]
 
 
 def test_metrics_json_agrees_with_saved_embeddings(suite):
@@ -194,12 +201,21 @@ def test_table_markdown_bolds_the_best(suite):
     for metric in ("triplet_acc", "recall@1", "map@r", "knn_acc", "svm_acc"):
         col = header.index(metric)
         means = {m: np.mean(_seed_values(out, m, metric)) for m in rows}
-        best = max(means.values())
+        best = max(means, key=means.get)
         for m, cells in rows.items():
-            mean, std = cell_numbers(cells[col])
+            mean, half = cell_numbers(cells[col])
+            vals = _seed_values(out, m, metric)
             assert mean == pytest.approx(means[m], abs=5e-5)
-            assert std == pytest.approx(np.std(_seed_values(out, m, metric), ddof=1), abs=5e-5)
-            assert cells[col].startswith("**") == bool(np.isclose(means[m], best)), (metric, m, cells[col])
+            # ± is the half-width of the 95% Student-t interval over the 2 seeds.
+            expect = scipy.stats.t.ppf(0.975, 1) * np.std(vals, ddof=1) / np.sqrt(2)
+            assert half == pytest.approx(expect, abs=5e-5)
+            if m == best:
+                assert cells[col].startswith("**"), (metric, m, cells[col])
+            elif not cells[col].startswith("**"):
+                # Not bold only where a paired t-test against the best rejects (2 seeds: p < 0.05
+                # needs a near-constant difference) and the row is behind on every seed.
+                p = scipy.stats.ttest_rel(vals, _seed_values(out, best, metric)).pvalue
+                assert p < 0.05 * (len(rows) - 1), (metric, m, p)
     # recon_error: only vae has it, so nothing to compare against and no bold.
     col = header.index("recon_error")
     assert rows["raw"][col] == "—" and not rows["vae"][col].startswith("**")
@@ -213,7 +229,8 @@ def test_table_latex_and_metric_selection(suite):
     assert r"\begin{tabular}" in tex and r"\textbf{" in tex
     assert "recall@1" in tex and r"knn\_acc" in tex and "map@r" not in tex
     v = _seed_values(out, "triplet-hinge", "knn_acc")
-    assert f"{np.mean(v):.4f} ± {np.std(v, ddof=1):.4f}" in tex
+    half = scipy.stats.t.ppf(0.975, 1) * np.std(v, ddof=1) / np.sqrt(2)
+    assert f"{np.mean(v):.4f} ± {half:.4f}" in tex
 
     result = bench("table", out / "digits", "--metrics", "map@r")
     header, rows = md_rows(result.stdout)
@@ -238,7 +255,7 @@ def test_table_bad_options_are_one_line_errors(suite, args, message):
 def test_rerun_skips_complete_runs(suite):
     out, _ = suite
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "digits").rglob("*")
-              if p.is_file() and p.parent.name.startswith("s")}
+              if p.is_file() and p.parent.name.startswith("s") and p.name != ".lock"}
     assert len(before) >= 6 * len(RUN_FILES)
     result = bench("run", *SUITE_ARGS, "--out", out)
     assert result.exit_code == 0, result.stderr
@@ -262,8 +279,8 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
     out = tmp_path / "results"
     real_save = Trainer._save
 
-    def crash_after_epoch_2(self, epoch, history, opt, sched):
-        real_save(self, epoch, history, opt, sched)
+    def crash_after_epoch_2(self, epoch, opt, sched):
+        real_save(self, epoch, opt, sched)
         if epoch == 2:
             raise KeyboardInterrupt("simulated crash")  # an interruption, not a failure of the run
 
@@ -274,7 +291,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
     (run,) = run_dirs(out, "vae")
     assert not (run / "metrics.json").exists() and not (run / "embeddings.npz").exists()
     assert not (run / "failed.json").exists()
-    crashed = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    crashed = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert crashed["epoch"] == 2 and len(crashed["history"]) == 2
     # A half-written metrics file left by a crash mid-write must not count as a result.
     (run / ".metrics.json.abc123.tmp").write_text(json.dumps({"triplet_acc": 1.0}))
@@ -283,9 +300,9 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
 
     saved = []
 
-    def spy(self, epoch, history, opt, sched):
+    def spy(self, epoch, opt, sched):
         saved.append(epoch)
-        real_save(self, epoch, history, opt, sched)
+        real_save(self, epoch, opt, sched)
 
     monkeypatch.setattr(Trainer, "_save", spy)
     result = bench("run", *RESUME_ARGS, "--out", out)
@@ -293,7 +310,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
     assert run_dirs(out, "vae") == [run]
     assert "skipped" not in result.stderr.split("vae seed 0")[1].splitlines()[0]
     assert saved == [3, 4]  # only the remaining epochs were trained
-    final = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    final = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert final["epoch"] == 4
     h = pd.read_csv(run / "history.csv")
     assert list(h["epoch"]) == [1, 2, 3, 4]
@@ -363,14 +380,14 @@ def test_failed_run_is_recorded_and_the_suite_goes_on(tmp_path):
 def test_config_file_with_flag_override(tmp_path):
     out = tmp_path / "results"
     suite = tmp_path / "suite.toml"
-    suite.write_text(f'methods = ["raw"]\nseeds = [0, 1]\nepochs = 3\ntest-triplets = 40\nout = "{out.as_posix()}"\n')
-    result = bench("run", "--config", suite, "--epochs", "1")
+    suite.write_text(f'methods = ["raw"]\nseeds = [0, 1]\nknn-k = 3\ntest-triplets = 40\nout = "{out.as_posix()}"\n')
+    result = bench("run", "--config", suite, "--knn-k", "7")
     assert result.exit_code == 0, result.stderr
     dirs = run_dirs(out, "raw")
     assert len(dirs) == 2  # seeds from the file
     for d in dirs:
         cfg = json.loads((d / "config.json").read_text())
-        assert cfg["epochs"] == 1  # the flag wins over the file's 3
+        assert cfg["knn_k"] == 7  # the flag wins over the file's 3
         assert cfg["test_triplets"] == 40  # from the file
         assert np.load(d / "embeddings.npz")["test_triplets"].shape == (40, 3)
 
@@ -387,7 +404,7 @@ def test_config_file_unknown_key_is_an_error(tmp_path):
 @pytest.mark.parametrize("setting, message", [
     ("vae.weigths.recon=2", "unknown option vae.weigths.recon"),
     ("vae.recon=l1", "vae.recon='l1' is not allowed"),
-    ("vea.margin=1", "--set names 'vea'"),
+    ("vea.margin=1", "unknown method 'vea'"),
     ("vae-margin", "must look like METHOD.KEY=VALUE"),
 ])
 def test_bad_set_is_a_one_line_error(tmp_path, setting, message):
@@ -551,24 +568,36 @@ def test_table_on_known_numbers(toy_results):
     assert agg.loc["alpha", "recon_error_std"] == pytest.approx(2.0)
     assert agg.loc["beta", "recon_error_std"] == pytest.approx(math.sqrt(50))
 
+    # 95% t half-widths: alpha t(0.975, 2)·0.2/√3 = 0.4968 and 2.0 -> 4.968; beta t(0.975, 1)·0.0707/√2 = 0.6353.
+    ci_a = scipy.stats.t.ppf(0.975, 2) / math.sqrt(3)
+    ci_b = scipy.stats.t.ppf(0.975, 1) / math.sqrt(2)
+    assert agg.loc["alpha", "recall@1_ci"] == pytest.approx(0.2 * ci_a)
+    assert agg.loc["beta", "recon_error_ci"] == pytest.approx(math.sqrt(50) * ci_b)
+
     result = bench("table", toy_results, "--metrics", "recall@1,recon_error")
     header, rows = md_rows(result.stdout)
     assert header == ["dataset", "method", "seeds", "recall@1", "recon_error"]
-    # Higher recall is better: alpha (0.70) beats beta (0.65). Lower recon_error is better: alpha.
-    assert rows["alpha"][3:] == ["**0.7000 ± 0.2000**", "**12.0 ± 2.0**"]
-    assert rows["beta"][3:] == ["0.6500 ± 0.0707", "25.0 ± 7.1"]
+    # recall@1: alpha's mean (0.70) is best, but on the seeds both have (0, 1) beta is ahead
+    # (0.6, 0.7 vs 0.5, 0.7): not significantly worse, so both are bold. recon_error (lower is
+    # better): beta is behind alpha by 10 and 18 on those seeds, p = 0.14 with 2 pairs: still bold.
+    assert rows["alpha"][3:] == [f"**0.7000 ± {0.2 * ci_a:.4f}**", f"**12.0 ± {2 * ci_a:.1f}**"]
+    assert rows["beta"][3:] == [f"**0.6500 ± {0.05 * math.sqrt(2) * ci_b:.4f}**",
+                                f"**25.0 ± {math.sqrt(50) * ci_b:.1f}**"]
     assert rows["beta"][2] == "2"
 
     result = bench("table", toy_results, "--format", "latex", "--metrics", "recall@1,recon_error")
-    assert r"\textbf{0.7000 ± 0.2000}" in result.stdout and r"recon\_error" in result.stdout
-    assert "0.6500 ± 0.0707" in result.stdout
+    assert rf"\textbf{{0.7000 ± {0.2 * ci_a:.4f}}}" in result.stdout and r"recon\_error" in result.stdout
 
 
-def test_table_single_seed_has_zero_std_and_missing_folder_errors(tmp_path):
+def test_table_single_seed_is_a_lone_value_and_missing_folder_errors(tmp_path):
     root = tmp_path / "results"
     _fake_run(root, "alpha", 0, {"recall@1": 0.25})
+    _fake_run(root, "beta", 0, {"recall@1": 0.5})
     result = bench("table", root, "--format", "csv", "--metrics", "recall@1")
-    row = pd.read_csv(__import__("io").StringIO(result.stdout)).iloc[0]
-    assert row["n"] == 1 and row["recall@1"] == 0.25 and row["recall@1_std"] == 0.0
+    row = pd.read_csv(__import__("io").StringIO(result.stdout)).set_index("method").loc["alpha"]
+    assert row["n"] == 1 and row["recall@1"] == 0.25 and math.isnan(row["recall@1_std"])
+    header, rows = md_rows(bench("table", root, "--metrics", "recall@1").stdout)
+    # One seed: no "± 0.0000", and only the best is bold (nothing can be tested).
+    assert rows["alpha"][3] == "0.2500" and rows["beta"][3] == "**0.5000**"
     result = bench("table", tmp_path / "nowhere")
     assert result.exit_code == 2 and "does not exist" in result.stderr
