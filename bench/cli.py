@@ -66,10 +66,12 @@ def load_plugin(spec: str) -> None:
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every epoch's loss terms to stderr.")] = False):
     # Only dmlbench's own logger: libraries (faiss, matplotlib) keep their chatter to themselves.
     logger = logging.getLogger("dmlbench")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
+    for h in [h for h in logger.handlers if getattr(h, "_dmlbench_cli", False)]:
+        logger.removeHandler(h)  # a previous in-process invocation's stream may be closed
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler._dmlbench_cli = True
+    logger.addHandler(handler)
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
@@ -211,7 +213,16 @@ def table(
         bad = [m for m in names if m not in known]
         if bad:
             raise DMLBenchError(f"unknown metric(s) {', '.join(bad)}; known: {', '.join(known)}")
-    typer.echo(format_table(aggregate(collect(results_dir), names), format, names))
+    from dmlbench.table import failures
+
+    runs = collect(results_dir)
+    text = format_table(aggregate(runs, names), format, names)
+    fails = failures(runs)
+    if fails and format == "markdown":
+        text += "\nFailed runs:\n" + "".join(f"- {f}\n" for f in fails)
+    elif fails:
+        err(f"{len(fails)} run(s) failed or unreadable, left out of the table: " + "; ".join(fails))
+    typer.echo(text)
 
 
 @app.command()

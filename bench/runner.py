@@ -169,10 +169,15 @@ def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool
         prov = provenance(cfg.device, torch.get_num_threads())
         if layout.is_complete(run):
             why = _stale(run, prov)
-            if not why or reuse_stale:
+            try:
+                stored = read_json(run / layout.METRICS)
+            except CorruptFileError as e:  # a corrupt result is no result: the run is made again
+                log.warning("%s; re-running this run", e)
+                why, stored = [str(e)], None
+            if stored is not None and (not why or reuse_stale):
                 if why:
                     log.warning("%s: reusing a result made by other code (%s) because of --reuse-stale", run, "; ".join(why))
-                return RunResult(cfg, run, "skipped", read_json(run / layout.METRICS))
+                return RunResult(cfg, run, "skipped", stored)
             lock.release()
             _archive(run, why)
             run.mkdir(parents=True, exist_ok=True)

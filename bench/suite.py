@@ -168,12 +168,33 @@ def check_before_data(suite: Suite) -> None:
 
     base = suite.base.resolved()
     base.check()
+    for seed in suite.seeds:
+        dataclasses.replace(base, seed=seed).check()
     for name in suite.methods:
         apply_overrides(get_method(name).Params(), suite.method_sets.get(name, {}), name)
     trained = [m for m in suite.methods if get_method(m).trainable]
     shape = planned_shape(base.dataset, base.data_dir or None, base.data_options)
     if shape is not None and trained:
         check_input(base.encoder, input_shape(base, shape))
+
+
+def check_out(folder: Path) -> None:
+    """The suite folder exists (or can be made) and is writable; orphan temp files of killed runs
+    are removed."""
+    import os
+
+    from dmlbench.io import clean_temp_files
+
+    for parent in [folder, *folder.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise DMLBenchError(f"results folder {folder}: {parent} is a file, not a folder; choose another --out")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DMLBenchError(f"cannot create results folder {folder} ({e.strerror}); choose another --out") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DMLBenchError(f"results folder {folder} is not writable; choose another --out")
+    clean_temp_files(folder, older_than_s=600)  # older: no live writer is about to rename it
 
 
 def prepare(suite: Suite):
@@ -183,6 +204,7 @@ def prepare(suite: Suite):
     from dmlbench.runner import input_shape, load_data, test_triplets
 
     check_before_data(suite)
+    check_out(suite.dir)
     base = suite.base.resolved()
     data = load_data(base)
     if any(get_method(m).trainable for m in suite.methods):
