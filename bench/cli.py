@@ -92,6 +92,8 @@ def _typer_type(f: dataclasses.Field):
     import typing
 
     tp = typing.get_type_hints(RunConfig)[f.name]
+    if typing.get_origin(tp) is typing.Literal:
+        return str
     args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
     base = args[0]
     if typing.get_origin(base) is typing.Literal:
@@ -227,6 +229,29 @@ def table(
 
 @app.command()
 @user_errors
+def compare(
+    results_dir: Annotated[Path, typer.Argument(help="A results folder (one or several datasets).")] = Path("results"),
+    metric: Annotated[str, typer.Option(help="The metric to compare on.")] = "map@r",
+    alpha: Annotated[float, typer.Option(help="Significance level, after Holm's correction.")] = 0.05,
+    cd_plot: Annotated[Optional[Path], typer.Option(help="Write the critical-difference diagram (several datasets) to this PNG.")] = None,
+):
+    """Rank the methods and say, for each pair, whether the difference is significant."""
+    from dmlbench.compare import compare as run_compare
+    from dmlbench.compare import format_compare
+
+    result = run_compare(results_dir, metric, alpha)
+    typer.echo(format_compare(result))
+    if cd_plot is not None:
+        if result["friedman"] is None:
+            raise DMLBenchError("a critical-difference diagram needs at least 2 datasets and 3 methods")
+        from dmlbench.plots_stats import cd_diagram
+
+        cd_diagram(result["friedman"], cd_plot, title=f"{metric}: average ranks")
+        err(f"written {cd_plot}")
+
+
+@app.command()
+@user_errors
 def plot(
     results_dir: Annotated[Path, typer.Argument(help="A results folder (all datasets) or one dataset's folder.")] = Path("results"),
     out: Annotated[Optional[Path], typer.Option(help="Folder for the PNGs. [default: each dataset's results folder/plots]")] = None,
@@ -305,6 +330,61 @@ def download(
     if name not in ("mnist", "fashion-mnist"):
         raise DMLBenchError(f"cannot download {name!r}; bench download knows mnist and fashion-mnist")
     typer.echo(f"downloaded {name} into {idx.download(name, resolve_data_dir(data_dir))}")
+
+
+TUNE_OPTIONS = [
+    ("trials", int, typer.Option(help="Trials per method, the same for every method (complete, pruned and failed "
+                                      "ones count).")),
+    ("folds", int, typer.Option(help="Validation folds a trial averages over; 1: one fold of a 4-way partition.")),
+    ("validation", Optional[str], typer.Option(help="samples or classes folds. [default: classes where the test "
+                                                    "protocol is class-disjoint, else samples]")),
+    ("objective", str, typer.Option(help="The validation metric to optimise.")),
+    ("storage", Optional[str], typer.Option(help="Study storage: an SQLAlchemy URL (postgresql://...) or "
+                                                 "journal:PATH. [default: SQLite study.db in the suite folder]")),
+    ("space", Optional[Path], typer.Option(help="A TOML file of search spaces, one [METHOD] table each, overriding "
+                                                "the methods' own (bench list methods).")),
+    ("prune", bool, typer.Option(help="Stop trials whose per-epoch validation score is below the median.")),
+    ("tune_seed", int, typer.Option(help="Seed of the folds, the sampler and the trial runs.")),
+]
+TUNE_DEFAULTS = {"trials": 30, "folds": 1, "validation": None, "objective": "map@r", "storage": None, "space": None,
+                 "prune": False, "tune_seed": 0}
+
+
+def tune_(**kw):
+    """Tune each method on validation folds of the training set with an equal budget (Optuna TPE), then
+    `bench run --tuned SUITE_DIR` tests the best settings."""
+    from dmlbench.suite import read_toml, resolve_suite
+    from dmlbench.tune import TuneOptions, summary_table, tune
+
+    for p in kw.pop("plugin") or []:
+        load_plugin(p)
+    opts = TuneOptions(**{k: kw.pop(k) for k in TUNE_DEFAULTS})
+    config, preset = kw.pop("config"), kw.pop("preset")
+    flags = {k: v for k, v in kw.items() if k != "set_"}
+    flags["set"] = kw["set_"]
+    if flags.get("out") is not None:
+        flags["out"] = str(flags["out"])
+    flags["reuse_stale"] = flags["reuse_stale"] or None
+    suite = resolve_suite(read_toml(config, preset), flags)
+    try:
+        doc = tune(suite, opts, echo=err)
+    except KeyboardInterrupt:
+        err("interrupted; finished trials are stored: re-run the same command to run the missing ones")
+        raise typer.Exit(130) from None
+    typer.echo(summary_table(doc))
+
+
+def _tune_parameters() -> list[inspect.Parameter]:
+    """``bench run``'s options (less --seeds and --tuned), then the tuner's."""
+    params = [p for p in _run_parameters() if p.name not in ("seeds", "tuned")]
+    for name, tp, option in TUNE_OPTIONS:
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=TUNE_DEFAULTS[name],
+                                        annotation=Annotated[tp, option]))
+    return params
+
+
+tune_.__signature__ = inspect.Signature(_tune_parameters())
+app.command("tune")(user_errors(tune_))
 
 
 def main() -> None:

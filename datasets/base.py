@@ -257,4 +257,9 @@ def check_split_sizes(data: Data) -> Data:
     if data.num_train_classes < 2:
         raise DMLBenchError(f"{data.name}: the training part has {data.num_train_classes} class; "
                             "metric learning needs at least 2")
+    if data.test is not None:
+        n_test = len(np.unique(data.test.y))
+        if n_test < 2:
+            raise DMLBenchError(f"{data.name}: the test part has {len(data.test)} image(s) of {n_test} class(es); "
+                                "retrieval and triplet accuracy need at least 2 test classes")
     return data

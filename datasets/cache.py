@@ -15,12 +15,14 @@ cache header is a one-line error naming the file: it is not ours to overwrite.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ import numpy as np
 from dmlbench.data.base import resolve_data_dir
 from dmlbench.data.images import DecodeOptions, decode_into
 from dmlbench.errors import DMLBenchError
-from dmlbench.io import write_json
+from dmlbench.io import _UMASK, write_json
 
 log = logging.getLogger("dmlbench")
 FORMAT = "dmlbench-image-cache/1"
@@ -41,12 +43,34 @@ def cache_dir(data_dir: Path | str | None) -> Path:
     return resolve_data_dir(data_dir) / "dmlbench-cache"
 
 
-def content_key(root: Path, files: list[Path]) -> str:
+def relative(root: Path, files: Sequence[str | os.PathLike]) -> list[str]:
+    """Each file's path below ``root``, with "/" (a string prefix test; pathlib's relative_to is ten
+    times slower on a 50,000-file tree)."""
+    prefix = os.path.join(os.fspath(root), "")
+    return [s[len(prefix):].replace(os.sep, "/") if s.startswith(prefix) else Path(s).relative_to(root).as_posix()
+            for s in map(os.fspath, files)]
+
+
+def content_key(root: Path, files: Sequence[str | os.PathLike]) -> str:
+    """A hash of every file's relative path, size and mtime."""
     h = hashlib.sha256()
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for f, rel in zip(files, relative(root, files)):
+        st = os.stat(f)
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the file's blocks now: a full disk is an error here, not a SIGBUS in a decode worker
+    writing through the mapping."""
+    with open(path, "rb+") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+        except AttributeError:  # no posix_fallocate (macOS)
+            pass
 
 
 class ImageCache:
@@ -88,10 +112,11 @@ class ImageCache:
             return f"its image file has shape {arr.shape}, not {(n, *shape)}: cut off while written?"
         return None
 
-    def load(self, files: list[Path], shape: tuple[int, int, int], skip_bad: bool = False,
-             n_workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The images of ``files`` (memory-mapped) and a mask of the readable ones; builds the cache
-        on first use or when stale."""
+    def load(self, files: Sequence[str | os.PathLike], shape: tuple[int, int, int], skip_bad: bool = False,
+             n_workers: int | None = None, used: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The images of ``files`` (memory-mapped, one row per file) and a mask of the readable ones;
+        builds the cache on first use or when stale. ``used``: the rows the caller will read (default
+        all); an unreadable file outside them is no error."""
         from dmlbench.locks import locked
 
         t0 = time.perf_counter()
@@ -99,30 +124,37 @@ class ImageCache:
         h = self._header()
         why = None if h is None else self._valid(h, key, len(files), shape)
         if h is not None and why is None:
-            return self._open(h, files, skip_bad)
+            return self._open(h, files, skip_bad, used)
         # One builder at a time: a second process waits, then finds the finished cache.
-        self.images_path.parent.mkdir(parents=True, exist_ok=True)
-        with locked(self.images_path.with_suffix(".lock")):
-            h = self._header()
-            if h is not None and self._valid(h, key, len(files), shape) is None:
-                return self._open(h, files, skip_bad)
-            if why:
-                log.warning("%s: rebuilding the decode cache %s: %s", self.name, self.images_path, why)
-            self.header_path.unlink(missing_ok=True)
-            for orphan in self.images_path.parent.glob(f".{self.images_path.name}.*.tmp"):
-                orphan.unlink(missing_ok=True)  # left by a builder that was killed (we hold the lock)
-            h = self._build(files, shape, key, n_workers)
+        try:
+            self.images_path.parent.mkdir(parents=True, exist_ok=True)
+            with locked(self.images_path.with_suffix(".lock")):
+                h = self._header()
+                if h is not None and self._valid(h, key, len(files), shape) is None:
+                    return self._open(h, files, skip_bad, used)
+                if why:
+                    log.warning("%s: rebuilding the decode cache %s: %s", self.name, self.images_path, why)
+                self.header_path.unlink(missing_ok=True)
+                for orphan in self.images_path.parent.glob(f".{self.images_path.name}.*.tmp"):
+                    orphan.unlink(missing_ok=True)  # left by a builder that was killed (we hold the lock)
+                h = self._build(files, shape, key, n_workers)
+        except OSError as e:
+            raise DMLBenchError(f"{self.name}: cannot write the decode cache in {self.images_path.parent} "
+                                f"({type(e).__name__}: {e.strerror or e}); free space there, or set ${CACHE_DIR_ENV} "
+                                "to a writable folder") from None
         log.info("%s: decoded %d images in %.1fs into %s", self.name, len(files), time.perf_counter() - t0,
                  self.images_path)
-        return self._open(h, files, skip_bad)
+        return self._open(h, files, skip_bad, used)
 
-    def _build(self, files: list[Path], shape: tuple, key: str, n_workers: int | None) -> dict:
+    def _build(self, files: Sequence[str | os.PathLike], shape: tuple, key: str, n_workers: int | None) -> dict:
         folder = self.images_path.parent
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{self.images_path.name}.", suffix=".tmp")
-        os.close(fd)
         try:
+            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; a shared data folder shares its cache
+            os.close(fd)
             arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), *shape))
             del arr
+            _reserve(Path(tmp))
             bad = decode_into(Path(tmp), files, self.opts, n_workers)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
@@ -132,19 +164,26 @@ class ImageCache:
             raise
         h = {"format": FORMAT, "content_key": key, "files": len(files), "shape": list(shape),
              "decode": self.opts.key(), "root": str(self.real_root),
-             "bad": [[i, str(files[i].relative_to(self.root)), why] for i, why in bad]}
+             "bad": [[i, relative(self.root, [files[i]])[0], why] for i, why in bad]}
         write_json(self.header_path, h)  # last: marks the cache complete
         return h
 
-    def _open(self, h: dict, files: list[Path], skip_bad: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _open(self, h: dict, files: Sequence[str | os.PathLike], skip_bad: bool, used: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
         ok = np.ones(len(files), dtype=bool)
-        bad = h.get("bad") or []
+        all_bad = h.get("bad") or []
+        ok[[b[0] for b in all_bad]] = False
+        if used is None:
+            bad = all_bad
+        else:
+            in_use = np.zeros(len(files), dtype=bool)
+            in_use[used] = True
+            bad = [b for b in all_bad if in_use[b[0]]]
         if bad:
             i, rel, why = bad[0]
             if not skip_bad:
                 more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
                 raise DMLBenchError(f"{self.name}: cannot read image {self.root / rel} ({why}){more}; remove or "
                                     "replace it, or set data.skip_bad=true to leave unreadable images out")
-            ok[[b[0] for b in bad]] = False
             log.warning("%s: left out %d unreadable image(s) (data.skip_bad=true), e.g. %s", self.name, len(bad), rel)
         return np.load(self.images_path, mmap_mode="r"), ok

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmlbench.data.base import Data, Part, register_dataset
+from dmlbench.data.base import Data, Part, register_dataset, relabel_train_first
 from dmlbench.errors import DMLBenchError
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -62,10 +62,18 @@ def _read_py(path: Path) -> tuple[np.ndarray, np.ndarray]:
     d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
     if "data" not in d or "labels" not in d:
         raise DMLBenchError(f"{path}: CIFAR-10 batch lacks 'data' or 'labels'; download the file again")
-    data = np.asarray(d["data"], dtype=np.uint8)
-    labels = np.asarray(d["labels"], dtype=np.int64)
+    try:
+        data = np.asarray(d["data"])
+        labels = np.asarray(d["labels"], dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise DMLBenchError(f"{path}: CIFAR-10 batch has unreadable 'data' or 'labels' ({e}); download again") from None
+    if data.dtype != np.uint8:
+        raise DMLBenchError(f"{path}: CIFAR-10 data must be uint8, got {data.dtype}; download the file again")
     if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
         raise DMLBenchError(f"{path}: data of shape {data.shape} with {len(labels)} labels is not CIFAR-10; download again")
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        bad = int(labels.min()) if labels.min() < 0 else int(labels.max())
+        raise DMLBenchError(f"{path}: label {bad} is outside 0..9; this is not a CIFAR-10 python batch")
     return data.reshape(-1, 3, 32, 32), labels
 
 
@@ -88,9 +96,14 @@ def load_cifar10(data_dir: Path, seed: int = 0, with_test: bool = True) -> Data:
     for sub, reader, suffix in (("cifar-10-batches-bin", _read_bin, ".bin"), ("cifar-10-batches-py", _read_py, "")):
         folder = data_dir / sub
         if folder.is_dir():
-            train = Part(*_load_parts(folder, TRAIN, reader, suffix))
-            test = Part(*_load_parts(folder, TEST, reader, suffix)) if with_test else None
-            return Data("cifar10", train, test, CLASSES, source=str(folder))
+            x_tr, y_tr = _load_parts(folder, TRAIN, reader, suffix)
+            x_te, y_te = _load_parts(folder, TEST, reader, suffix) if with_test else (None, None)
+            # Training labels must be 0..K-1: the identity for the full dataset, a renumbering (class
+            # names reordered to match) for batches that hold only some of the classes.
+            y_tr, y_te, names = relabel_train_first(y_tr, y_te, CLASSES)
+            train = Part(x_tr, y_tr)
+            test = Part(x_te, y_te) if with_test else None
+            return Data("cifar10", train, test, names, source=str(folder))
     raise DMLBenchError(
         f"cifar10: neither {data_dir / 'cifar-10-batches-bin'} nor {data_dir / 'cifar-10-batches-py'} exists; "
         "unpack cifar-10-binary.tar.gz (or cifar-10-python.tar.gz) from https://www.cs.toronto.edu/~kriz/cifar.html "

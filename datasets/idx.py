@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmlbench.data.base import Data, Part, register_dataset
+from dmlbench.data.base import Data, Part, register_dataset, relabel_train_first
 from dmlbench.errors import DMLBenchError
 
 log = logging.getLogger("dmlbench")
@@ -145,7 +145,7 @@ def _load_idx_dataset(name: str, folder_names: list[str], data_dir: Path, classe
             else:
                 log.warning("%s: only the .gz files' MD5s are published; the uncompressed file is not verified", path)
         arrays[key] = read_idx(path, md5.get(stem) if md5 else None, EXPECTED[key] if expected else None)
-    parts = {}
+    labels = {}
     for part in ("train", "test") if with_test else ("train",):
         x, y = arrays[f"{part}_images"], arrays[f"{part}_labels"]
         if len(x) != len(y):
@@ -153,8 +153,13 @@ def _load_idx_dataset(name: str, folder_names: list[str], data_dir: Path, classe
                                 f"{len(y)} labels; the files do not belong together, download them again")
         if len(y) and y.max() >= len(classes):
             raise DMLBenchError(f"{files[part + '_labels']}: label {int(y.max())} is outside 0..{len(classes) - 1}")
-        parts[part] = Part(x[:, None], y.astype(np.int64))
-    return Data(name, parts["train"], parts.get("test"), classes, source=str(files["train_images"].parent))
+        labels[part] = y.astype(np.int64)
+    # Training labels must be 0..K-1: the identity for the full datasets, a renumbering (with the
+    # class names reordered to match) for files that hold only some of the classes.
+    y_train, y_test, names = relabel_train_first(labels["train"], labels.get("test"), list(classes))
+    train = Part(arrays["train_images"][:, None], y_train)
+    test = Part(arrays["test_images"][:, None], y_test) if with_test else None
+    return Data(name, train, test, names, source=str(files["train_images"].parent))
 
 
 @register_dataset("mnist", description="MNIST handwritten digits (LeCun et al. 1998)", size="60,000 / 10,000",

@@ -52,6 +52,9 @@ def load_dataset(dataset: str, *, data_dir: str | os.PathLike | None = None, spl
         raise DMLBenchError(f"normalize={normalize!r} is not one of: {', '.join(NORMALIZE)}")
     kwargs = typed_options(spec, dict(options or {}))
     if ref.path:
+        if "path" not in _params(spec):
+            raise DMLBenchError(f"dataset {ref.name} takes no path (got {dataset!r}); use --dataset {ref.name} "
+                                "and --data-dir for where its files are")
         kwargs["path"] = ref.path
     elif "path" in _params(spec):
         raise DMLBenchError(f"{ref.name}: no path given; use --dataset {ref.name}:PATH")

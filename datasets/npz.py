@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import zipfile
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from dmlbench.data.base import Data, Part, register_dataset, relabel_train_first
 from dmlbench.errors import DMLBenchError
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+log = logging.getLogger("dmlbench")
 
 
 def _shape(data_dir, path: str, options) -> tuple[int, int, int] | None:
@@ -66,6 +68,8 @@ def load_npz(data_dir: Path | None = None, seed: int = 0, with_test: bool = True
         if x.ndim not in (2, 3, 4) or not (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)):
             raise DMLBenchError(f"npz: x_{part} in {p} must be uint8 or float, shaped (N,D), (N,H,W) or (N,C,H,W); "
                                 f"got {x.dtype} {x.shape}")
+        if 0 in x.shape[1:]:
+            raise DMLBenchError(f"npz: x_{part} in {p} has shape {x.shape}: its samples hold no values")
     if with_test and arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise DMLBenchError(f"npz: x_train and x_test in {p} have different sample shapes "
                             f"{arrays['x_train'].shape[1:]} and {arrays['x_test'].shape[1:]}")
@@ -77,6 +81,9 @@ def load_npz(data_dir: Path | None = None, seed: int = 0, with_test: bool = True
     y_te = np.searchsorted(values, arrays["y_test"]) if with_test else None
     y_tr, y_te, names = relabel_train_first(y_tr, y_te, [str(v) for v in values])
 
+    if with_test:
+        arrays["x_test"] = _like_train(arrays["x_train"], arrays["x_test"], p)
+
     def prep(x: np.ndarray) -> np.ndarray:
         x = x.reshape((len(x),) + _as_chw(x.shape[1:]))
         return np.ascontiguousarray(x if x.dtype == np.uint8 else x.astype(np.float32))
@@ -86,3 +93,24 @@ def load_npz(data_dir: Path | None = None, seed: int = 0, with_test: bool = True
     train = Part(prep(arrays["x_train"]), y_tr.astype(np.int64))
     test = Part(prep(arrays["x_test"]), y_te.astype(np.int64)) if with_test else None
     return Data("npz", train, test, names, source=str(p), scale=scale)
+
+
+def _like_train(x_train: np.ndarray, x_test: np.ndarray, p: Path) -> np.ndarray:
+    """x_test in x_train's kind (uint8 or float), so both parts share one ``scale``.
+
+    uint8 training images take a float x_test only if it holds whole numbers 0..255 (anything
+    else would be silently rescaled); float training images take a uint8 x_test as the same
+    numbers in float (floats are used as they are, so a warning says the test part is not scaled).
+    """
+    train_u8, test_u8 = x_train.dtype == np.uint8, x_test.dtype == np.uint8
+    if train_u8 == test_u8:
+        return x_test  # both uint8, or both float (each becomes float32)
+    if train_u8:
+        if not (np.all(np.isfinite(x_test)) and np.all(x_test == np.round(x_test))
+                and (x_test.size == 0 or (x_test.min() >= 0 and x_test.max() <= 255))):
+            raise DMLBenchError(f"npz: x_train in {p} is uint8 but x_test is {x_test.dtype} with values that are not "
+                                "whole numbers 0..255; save both as uint8 (0..255) or both as float")
+        return x_test.astype(np.uint8)
+    log.warning("npz: x_test in %s is uint8 but x_train is %s; x_test is taken as floats 0..255, unscaled, "
+                "like x_train's values: save both in the same type", p, x_train.dtype)
+    return x_test.astype(np.float32)

@@ -8,6 +8,7 @@ from the folder ``label_depth`` levels below the root (1: the first level).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from dmlbench.errors import DMLBenchError
 log = logging.getLogger("dmlbench")
 
 
-def planned_shape(opts: DecodeOptions, first_file: Path | None) -> tuple[int, int, int] | None:
+def planned_shape(opts: DecodeOptions, first_file: str | os.PathLike | None) -> tuple[int, int, int] | None:
     """The decoded image shape, known before decoding: from the options, else the first file's header."""
     if opts.size:
         return (opts.channels, opts.size, opts.size)
@@ -33,20 +34,31 @@ def planned_shape(opts: DecodeOptions, first_file: Path | None) -> tuple[int, in
     return (opts.channels, h, w)
 
 
-def photo_data(name: str, root: Path, files: list[Path], labels: np.ndarray, classes: list[str],
+def photo_data(name: str, root: Path, files: list[Path] | list[str], labels: np.ndarray, classes: list[str],
                train: np.ndarray, opts: DecodeOptions, data_dir, *, with_test: bool = True, skip_bad: bool = False,
-               split: str = "standard", query: np.ndarray | None = None, gallery: np.ndarray | None = None) -> Data:
+               split: str = "standard", query: np.ndarray | None = None, gallery: np.ndarray | None = None,
+               cache_files: list[Path] | list[str] | None = None, cache_rows: np.ndarray | None = None) -> Data:
     """``train``: a boolean mask over ``files``; the rest is test. ``query``/``gallery``: boolean
     masks over ``files`` (within test) where the dataset defines them. Labels of training classes
-    must be 0..K-1."""
+    must be 0..K-1.
+
+    ``cache_files``/``cache_rows``: the files the decode cache holds (all images of a folder) and
+    the row of each of ``files`` among them, so that options that only choose files (label_depth,
+    min_class_size) share one cache instead of rebuilding it."""
+    if cache_files is None:
+        cache_files, cache_rows = files, np.arange(len(files), dtype=np.int64)
     shape = planned_shape(opts, files[0] if files else None)
     if shape is None:
         raise DMLBenchError(f"{name}: no images found in {root}")
-    images, ok = ImageCache(name, root, opts, cache_dir(data_dir)).load(files, shape, skip_bad=skip_bad)
+    images, ok_all = ImageCache(name, root, opts, cache_dir(data_dir)).load(cache_files, shape, skip_bad=skip_bad,
+                                                                           used=cache_rows)
+    ok = ok_all[cache_rows]
     labels = np.asarray(labels, dtype=np.int64)
     tr = np.flatnonzero(train & ok)
     te = np.flatnonzero(~train & ok)
-    train_part = Part(images, labels[tr], tr)
+    if not len(tr):
+        raise DMLBenchError(f"{name}: no readable training image in {root}")
+    train_part = Part(images, labels[tr], cache_rows[tr])
     if len(np.unique(train_part.y)) != train_part.y.max() + 1:  # a class lost every image to skip_bad
         present = np.unique(train_part.y)
         mapping = np.full(len(classes), -1, np.int64)
@@ -55,8 +67,8 @@ def photo_data(name: str, root: Path, files: list[Path], labels: np.ndarray, cla
         mapping[rest] = np.arange(len(present), len(classes))
         classes = [classes[i] for i in np.argsort(mapping)]
         labels = mapping[labels]
-        train_part = Part(images, labels[tr], tr)
-    test_part = Part(images, labels[te], te) if with_test else None
+        train_part = Part(images, labels[tr], cache_rows[tr])
+    test_part = Part(images, labels[te], cache_rows[te]) if with_test else None
     q = g = None
     if with_test and query is not None:
         pos = {int(i): k for k, i in enumerate(te)}
@@ -66,40 +78,73 @@ def photo_data(name: str, root: Path, files: list[Path], labels: np.ndarray, cla
                 meta={"cache": str(images.filename) if hasattr(images, "filename") else "", "decode": opts.key()})
 
 
-def _stratified(labels: np.ndarray, test_fraction: float, seed: int, root: Path, name: str) -> np.ndarray:
-    from sklearn.model_selection import train_test_split
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
+    """A seeded stratified split: a mask of the training items. ceil(test_fraction * n) test items,
+    shared out over the classes in proportion to their size (largest remainders first), with at
+    least one item of every class on each side. Raises ValueError when that is impossible."""
+    n = len(labels)
+    if not 0 < test_fraction < 1:
+        raise ValueError("test_fraction must be between 0 and 1")
+    counts = np.bincount(labels)
+    present = counts > 0
+    k = int(present.sum())
+    n_test = int(np.ceil(test_fraction * n - 1e-9))
+    if counts[present].min() < 2 or n_test < k or n - n_test < k:
+        raise ValueError(f"{n_test} test and {n - n_test} training images cannot both hold all {k} classes")
+    rng = np.random.default_rng(seed)
+    exact = counts * (n_test / n)
+    alloc = np.clip(np.floor(exact), 1, np.maximum(counts - 1, 1)).astype(np.int64)
+    alloc[~present] = 0
+    order = np.lexsort((rng.random(len(counts)), -(exact - np.floor(exact))))  # largest remainder first
+    while alloc.sum() != n_test:
+        step = 1 if alloc.sum() < n_test else -1
+        for c in (order if step > 0 else order[::-1]):
+            if present[c] and 1 <= alloc[c] + step <= counts[c] - 1:
+                alloc[c] += step
+                if alloc.sum() == n_test:
+                    break
+    # A seeded random order within each class; its first alloc[c] items are test.
+    perm = rng.permutation(n)
+    perm = perm[np.argsort(labels[perm], kind="stable")]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty(n, dtype=np.int64)
+    rank[perm] = np.arange(n) - starts[labels[perm]]
+    return rank >= alloc[labels]
 
-    idx = np.arange(len(labels))
+
+def _stratified(labels: np.ndarray, test_fraction: float, seed: int, root: Path, name: str) -> np.ndarray:
     try:
-        tr, _ = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=labels)
+        return stratified_split(labels, test_fraction, seed)
     except ValueError as e:  # fewer test images than classes, or test_fraction outside (0, 1)
         raise DMLBenchError(f"{name}: cannot split {root} with test_fraction={test_fraction} ({e}); "
                             "add images or change data.test_fraction") from None
-    mask = np.zeros(len(labels), dtype=bool)
-    mask[tr] = True
-    return mask
 
 
 def folder_classes(root: Path, label_depth: int, min_class_size: int, name: str
-                   ) -> tuple[list[Path], np.ndarray, list[str]]:
-    """Images below ``root`` and their class: the folder path down to ``label_depth`` levels."""
+                   ) -> tuple[list[str], np.ndarray, list[str], list[str], np.ndarray]:
+    """Images below ``root`` and their class: the folder path down to ``label_depth`` levels.
+
+    Returns the files used, their labels, the class names, every image found (what the decode
+    cache holds) and the position of each used file among them."""
     if label_depth < 1:
         raise DMLBenchError(f"{name}: label_depth={label_depth} must be at least 1 (the first folder level)")
     found = scan(root)
     found.report(root)
-    rel = [f.relative_to(root).parts for f in found.files]
+    rel = found.parts
     deepest = max((len(p) - 1 for p in rel), default=0)
     if deepest < label_depth:
         raise DMLBenchError(f"{name}: label_depth={label_depth} is deeper than the tree: the deepest image in {root} "
                             f"is {deepest} folder(s) down; use a smaller data.label_depth")
-    files, keys = [], []
+    files, keys, rows = [], [], []
     too_shallow = 0
-    for f, p in zip(found.files, rel):
+    for i, (f, p) in enumerate(zip(found.files, rel)):
         if len(p) - 1 < label_depth:
             too_shallow += 1
             continue
         files.append(f)
+        rows.append(i)
         keys.append("/".join(p[:label_depth]))
+    rows = np.asarray(rows, dtype=np.int64)
     if too_shallow:
         log.warning("%s: skipped %d image(s) less than %d folder(s) below %s (no class)", name, too_shallow,
                     label_depth, root)
@@ -116,6 +161,7 @@ def folder_classes(root: Path, label_depth: int, min_class_size: int, name: str
                     int(small.sum()), need, min_class_size)
         keep = ~small[labels]
         files = [f for f, k in zip(files, keep) if k]
+        rows = rows[keep]
         kept = np.flatnonzero(~small)
         remap = np.full(len(names), -1)
         remap[kept] = np.arange(len(kept))
@@ -123,15 +169,16 @@ def folder_classes(root: Path, label_depth: int, min_class_size: int, name: str
     if len(names) < 2:
         raise DMLBenchError(f"{name}: {root} has {len(names)} class folder(s) with images at label_depth="
                             f"{label_depth}; it needs at least 2")
-    return files, labels.astype(np.int64), [str(n) for n in names]
+    return files, labels.astype(np.int64), [str(n) for n in names], found.files, rows
 
 
 def _folder(name: str, root: Path, data_dir, seed: int, with_test: bool, resize: int, resize_mode: str,
             grayscale: bool, label_depth: int, test_fraction: float, skip_bad: bool, min_class_size: int) -> Data:
     opts = DecodeOptions(resize, resize_mode, grayscale)
-    files, labels, classes = folder_classes(root, label_depth, min_class_size, name)
+    files, labels, classes, found, rows = folder_classes(root, label_depth, min_class_size, name)
     train = _stratified(labels, test_fraction, seed, root, name)
-    return photo_data(name, root, files, labels, classes, train, opts, data_dir, with_test=with_test, skip_bad=skip_bad)
+    return photo_data(name, root, files, labels, classes, train, opts, data_dir, with_test=with_test, skip_bad=skip_bad,
+                      cache_files=found, cache_rows=rows)
 
 
 def _folder_shape(root: Path, opts: DecodeOptions) -> tuple[int, int, int] | None:

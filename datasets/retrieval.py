@@ -147,9 +147,9 @@ def load_sop(data_dir: Path, seed: int = 0, with_test: bool = True, resize: int 
     rows = {}
     for part in ("train", "test"):
         path = _need(root / f"Ebay_{part}.txt", name, archive)
-        rows[part] = _rows(path, name, 4, skip=1)  # header: image_id class_id super_class_id path
-        for r in rows[part][:1]:
-            _int(r[1], path, name)
+        rows[part] = _rows(path, name, 4)
+        if rows[part] and not rows[part][0][1].isdigit():  # the header: image_id class_id super_class_id path
+            rows[part] = rows[part][1:]
     rel = [r[3] for p in ("train", "test") for r in rows[p]]
     class_id = np.array([_int(r[1], root / f"Ebay_{p}.txt", name) for p in ("train", "test") for r in rows[p]])
     is_train = np.array([p == "train" for p in ("train", "test") for _ in rows[p]])

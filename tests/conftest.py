@@ -3,6 +3,10 @@
 Real MNIST is found through $DMLBENCH_DATA_DIR (a folder holding ``mnist/``). Where it is absent the
 tests that need it skip with the reason; with DMLBENCH_REQUIRE_DATA=1 (as .ci/run sets) they fail
 instead, so CI cannot go green by skipping them.
+
+``mnist`` and ``digits`` are :class:`dmlbench.data.Data`: uint8 images (N, C, H, W) read through
+``data.train.images()``, int64 labels ``data.train.y``, and ``data.scale`` turning stored values into
+[0, 1] (1/255 for MNIST, 1/16 for the digits).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def mnist(data_dir):
+    """The real MNIST, MD5-checked: uint8 (60000, 1, 28, 28) / (10000, 1, 28, 28), scale 1/255."""
     from dmlbench.data import load_dataset
 
     return load_dataset("mnist", data_dir=data_dir)
@@ -45,6 +50,7 @@ def mnist(data_dir):
 
 @pytest.fixture(scope="session")
 def digits():
+    """scikit-learn's digits, seed 0: uint8 values 0..16 (1257 / 540 images), scale 1/16."""
     from dmlbench.data import load_dataset
 
     return load_dataset("digits")

@@ -2,7 +2,9 @@
 
 The expected values are computed here from the formulas with plain Python/torch (never by calling
 the code under test). Methods are checked through their ``loss_terms`` with the encoder replaced
-by an identity (or a fixed layer), so the embeddings are the numbers written in the test.
+by an identity (or a fixed layer), so the embeddings are the numbers written in the test. Batches
+are made by the method's own batch kind (``kind.batch``), so the tuples a loss reads are the ones
+the trainer hands it.
 """
 
 from __future__ import annotations
@@ -13,11 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from dmlbench.config import RunConfig
-from dmlbench.methods import Batch, BatchSpec, get_method, method_names
+from dmlbench.methods import get_method, method_names
 from dmlbench.methods.losses import gaussian_kl, reconstruction, softmax_ratio_loss
-from dmlbench.sampling import epoch_indices
-from dmlbench.trainer import batch_layout
+from dmlbench.sampling import PAIRS, PLAIN, TRIPLETS, Balanced, Batch, ClassIndex, Layout
 
 
 def dist(a, b) -> float:
@@ -36,10 +36,15 @@ def make(name: str, dim: int = 2, input_shape=(1, 1, 2), encoder: nn.Module | No
     return m
 
 
+def kind_batch(kind, x: torch.Tensor, y: torch.Tensor, group: int = 0) -> Batch:
+    """The Batch that ``kind`` yields for rows already laid out as it lays them out."""
+    return kind.batch(x, y, Layout(len(x), group))
+
+
 # ---------------------------------------------------------------- Hadsell contrastive (siamese)
 
 # (first, second, same class?) -- positives and negatives interleaved on purpose.
-PAIRS = [
+PAIR_ROWS = [
     ([0.0, 0.0], [3.0, 4.0], True),     # d = 5
     ([0.0, 0.0], [1.0, 0.0], False),    # d = 1 < m
     ([1.0, 1.0], [1.0, 2.0], True),     # d = 1
@@ -50,19 +55,20 @@ PAIRS = [
 
 
 def pair_batch():
-    first = torch.tensor([p[0] for p in PAIRS])
-    second = torch.tensor([p[1] for p in PAIRS])
-    y1 = torch.arange(len(PAIRS))
-    y2 = torch.where(torch.tensor([p[2] for p in PAIRS]), y1, y1 + 100)
-    return Batch(torch.cat([first, second]), torch.cat([y1, y2]), BatchSpec("pairs"))
+    first = torch.tensor([p[0] for p in PAIR_ROWS])
+    second = torch.tensor([p[1] for p in PAIR_ROWS])
+    y1 = torch.arange(len(PAIR_ROWS))
+    y2 = torch.where(torch.tensor([p[2] for p in PAIR_ROWS]), y1, y1 + 100)
+    return kind_batch(PAIRS, torch.cat([first, second]), torch.cat([y1, y2]))
 
 
 @pytest.mark.parametrize("margin", [1.0, 2.0])
 def test_siamese_hadsell_squared_form(margin):
-    pos = [0.5 * dist(a, b) ** 2 for a, b, s in PAIRS if s]
-    neg = [0.5 * max(0.0, margin - dist(a, b)) ** 2 for a, b, s in PAIRS if not s]
+    pos = [0.5 * dist(a, b) ** 2 for a, b, s in PAIR_ROWS if s]
+    neg = [0.5 * max(0.0, margin - dist(a, b)) ** 2 for a, b, s in PAIR_ROWS if not s]
     expected = sum(pos) / len(pos) + sum(neg) / len(neg)
     m = make("siamese", margin=margin)
+    assert m.batch_kind == PAIRS
     terms = m.loss_terms(pair_batch())
     assert set(terms) == {"contrastive"}
     assert terms["contrastive"].item() == pytest.approx(expected, rel=1e-5)
@@ -76,8 +82,8 @@ def test_siamese_hand_numbers_margin_2():
 
 def test_siamese_plain_pml_contrastive_form():
     margin = 2.0
-    pos = [dist(a, b) for a, b, s in PAIRS if s]
-    neg = [max(0.0, margin - dist(a, b)) for a, b, s in PAIRS if not s]
+    pos = [dist(a, b) for a, b, s in PAIR_ROWS if s]
+    neg = [max(0.0, margin - dist(a, b)) for a, b, s in PAIR_ROWS if not s]
     expected = sum(pos) / len(pos) + sum(neg) / len(neg)
     m = make("siamese", margin=margin, squared=False)
     assert m.loss_terms(pair_batch())["contrastive"].item() == pytest.approx(expected, rel=1e-5)
@@ -88,12 +94,12 @@ def test_siamese_normalized_embeddings():
         n = math.sqrt(sum(x * x for x in v))
         return [x / n for x in v]
 
-    pairs = [(a, b, s) for a, b, s in PAIRS if any(a) and any(b)]  # no zero vectors
+    pairs = [(a, b, s) for a, b, s in PAIR_ROWS if any(a) and any(b)]  # no zero vectors
     first = torch.tensor([p[0] for p in pairs])
     second = torch.tensor([p[1] for p in pairs])
     y1 = torch.arange(len(pairs))
     y2 = torch.where(torch.tensor([p[2] for p in pairs]), y1, y1 + 100)
-    batch = Batch(torch.cat([first, second]), torch.cat([y1, y2]), BatchSpec("pairs"))
+    batch = kind_batch(PAIRS, torch.cat([first, second]), torch.cat([y1, y2]))
     margin = 1.0
     pos = [0.5 * dist(unit(a), unit(b)) ** 2 for a, b, s in pairs if s]
     neg = [0.5 * max(0.0, margin - dist(unit(a), unit(b))) ** 2 for a, b, s in pairs if not s]
@@ -104,7 +110,7 @@ def test_siamese_normalized_embeddings():
 
 # ---------------------------------------------------------------- hinge triplet (triplet-hinge, TVAE)
 
-TRIPLETS = [
+TRIPLET_ROWS = [
     # anchor, positive, negative
     ([0.0, 0.0], [1.0, 0.0], [0.0, 3.0]),   # 1 - 3 + m: inactive for m = 1
     ([0.0, 0.0], [2.0, 0.0], [0.0, 1.0]),   # 2 - 1 + m
@@ -117,18 +123,19 @@ def hinge_expected(triplets, margin):
     return sum(max(0.0, dist(a, p) - dist(a, n) + margin) for a, p, n in triplets) / len(triplets)
 
 
-def triplet_batch(triplets=TRIPLETS):
+def triplet_batch(triplets=TRIPLET_ROWS):
     a, p, n = (torch.tensor([t[i] for t in triplets]) for i in range(3))
     ya = torch.arange(len(triplets))
-    return Batch(torch.cat([a, p, n]), torch.cat([ya, ya, ya + 100]), BatchSpec("triplets"))
+    return kind_batch(TRIPLETS, torch.cat([a, p, n]), torch.cat([ya, ya, ya + 100]))
 
 
 @pytest.mark.parametrize("margin", [1.0, 0.2])
 def test_triplet_hinge_mean_over_all_triplets(margin):
     m = make("triplet-hinge", margin=margin)
+    assert m.batch_kind == TRIPLETS
     terms = m.loss_terms(triplet_batch())
     assert set(terms) == {"triplet"}
-    assert terms["triplet"].item() == pytest.approx(hinge_expected(TRIPLETS, margin), rel=1e-5)
+    assert terms["triplet"].item() == pytest.approx(hinge_expected(TRIPLET_ROWS, margin), rel=1e-5)
 
 
 def test_triplet_hinge_hand_numbers():
@@ -164,10 +171,11 @@ def test_softmax_ratio_mse_equal_distances_is_quarter():
 @pytest.mark.parametrize("form", ["mse", "nll"])
 def test_triplet_softmax_method_uses_unsquared_l2(form):
     m = make("triplet-softmax", form=form)
+    assert m.batch_kind == TRIPLETS
     terms = m.loss_terms(triplet_batch())
     assert set(terms) == {"ratio"}
-    d_pos = [dist(a, p) for a, p, _ in TRIPLETS]
-    d_neg = [dist(a, n) for a, _, n in TRIPLETS]
+    d_pos = [dist(a, p) for a, p, _ in TRIPLET_ROWS]
+    d_neg = [dist(a, n) for a, _, n in TRIPLET_ROWS]
     assert terms["ratio"].item() == pytest.approx(ratio_expected(d_pos, d_neg, form), rel=1e-5)
 
 
@@ -193,8 +201,9 @@ def test_npair_terms_match_sohn_and_l2_penalty():
     (l1, p1), (l2, p2) = sohn(g1, y1), sohn(g2, y2)
     m = make("npair")
     assert m.weights["l2"] == pytest.approx(lam)
-    batch = Batch(torch.tensor(g1 + g2), torch.tensor(y1 + y2), BatchSpec("balanced", m=2, classes_per_group=-1),
-                  group_size=6)
+    assert m.batch_kind == Balanced(m=2, classes_per_group=-1)
+    batch = kind_batch(m.batch_kind, torch.tensor(g1 + g2), torch.tensor(y1 + y2), group=6)
+    assert batch.groups.tolist() == [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11]]
     terms = m.loss_terms(batch)
     assert set(terms) == {"npair", "l2"}
     assert terms["npair"].item() == pytest.approx((l1 + l2) / 2, rel=1e-5)
@@ -205,7 +214,8 @@ def test_npair_terms_match_sohn_and_l2_penalty():
 def test_npair_single_group_hand_numbers():
     # N = 2, orthogonal unit anchors equal to their positives: f_i.f_j+ - f_i.f_i+ = -1 for j != i.
     x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
-    terms = make("npair").loss_terms(Batch(x, torch.tensor([0, 0, 1, 1]), BatchSpec("balanced", m=2)))
+    m = make("npair")
+    terms = m.loss_terms(kind_batch(m.batch_kind, x, torch.tensor([0, 0, 1, 1]), group=4))
     assert terms["npair"].item() == pytest.approx(math.log(1 + math.exp(-1)), rel=1e-6)
     assert terms["l2"].item() == pytest.approx(1.0)
 
@@ -283,7 +293,8 @@ def test_vae_terms_and_reduction(recon, reduction):
     torch.manual_seed(123)
     eps = torch.randn(6, 2)
     torch.manual_seed(123)  # the reparameterisation draws the same eps
-    terms = m.loss_terms(Batch(X4, torch.zeros(6, dtype=torch.long), BatchSpec("plain")))
+    assert m.batch_kind == PLAIN
+    terms = m.loss_terms(kind_batch(PLAIN, X4, torch.zeros(6, dtype=torch.long)))
     assert set(terms) == {"recon", "kl"}
     rec, kl = elbo_expected(X4, eps, recon, n_pixels=4, reduction=reduction)
     assert terms["recon"].item() == pytest.approx(rec, rel=1e-5)
@@ -300,7 +311,7 @@ def test_vae_mean_reduction_divides_by_pixel_count():
     a = ms(ms.Params(reduction="sum"), **kw)
     b = ms(ms.Params(reduction="mean"), **kw)
     b.load_state_dict(a.state_dict())
-    batch = Batch(x, torch.zeros(5, dtype=torch.long), BatchSpec("plain"))
+    batch = kind_batch(PLAIN, x, torch.zeros(5, dtype=torch.long))
     torch.manual_seed(7)
     ta = a.loss_terms(batch)
     torch.manual_seed(7)
@@ -317,7 +328,8 @@ def test_tvae_terms_are_elbo_plus_triplet_on_mu():
     torch.manual_seed(5)
     eps = torch.randn(6, 2)
     torch.manual_seed(5)
-    terms = m.loss_terms(Batch(X4, y, BatchSpec("triplets")))
+    assert m.batch_kind == TRIPLETS
+    terms = m.loss_terms(kind_batch(TRIPLETS, X4, y))
     assert set(terms) == {"recon", "kl", "triplet"} == set(m.weights)
     rec, kl = elbo_expected(X4, eps, "l2", n_pixels=4, reduction="sum")
     assert terms["recon"].item() == pytest.approx(rec, rel=1e-5)
@@ -337,7 +349,8 @@ def test_pml_multisimilarity_matches_formula():
     emb = torch.tensor([[1.0, 0.2], [0.9, 0.5], [0.1, 1.0], [-0.3, 0.8], [-1.0, -0.1], [-0.6, -0.7]])
     y = torch.tensor([0, 0, 1, 1, 2, 2])
     m = make("pml:MultiSimilarityLoss")
-    terms = m.loss_terms(Batch(emb, y, BatchSpec("balanced", m=2)))
+    assert m.batch_kind == Balanced(m=4)  # m_per_class=4 by default
+    terms = m.loss_terms(kind_batch(Balanced(m=2), emb, y, group=6))
     assert set(terms) == {"loss"} == set(m.weights)
     assert terms["loss"].item() == pytest.approx(MultiSimilarityLoss()(emb, y).item(), rel=1e-6)
     # Wang et al. 2019 with PML's defaults (alpha 2, beta 50, lambda 0.5, cosine similarity).
@@ -370,10 +383,33 @@ def test_loss_term_keys_match_weight_keys(name, digits):
     cls = get_method(name)
     torch.manual_seed(0)
     m = cls(cls.Params(), input_shape=digits.input_shape, embedding_dim=4, encoder="mlp", num_classes=10)
-    cfg = RunConfig(batch_size=60)
-    per_step, group = batch_layout(m, cfg, 10)
-    spec = m.batch_spec()
-    idx = epoch_indices(spec.kind, digits.y_train, per_step, 1, torch.Generator().manual_seed(0), m=spec.m,
-                        group=group)[0]
-    terms = m.loss_terms(Batch(digits.x_train[idx], digits.y_train[idx], spec, group))
+    kind = m.batch_kind
+    layout = kind.layout(60, 10)
+    y = torch.from_numpy(digits.train.y)
+    idx = kind.epoch_indices(ClassIndex(y), len(y), layout, 1, torch.Generator().manual_seed(0))[0]
+    x = torch.from_numpy(digits.train.x[idx.numpy()]).float() * digits.scale
+    terms = m.loss_terms(kind.batch(x, y[idx], layout))
+    # In the declared order: the trainer logs them by position and refuses any other names.
+    assert list(terms) == list(m.terms) == list(cls.terms)
     assert set(terms) == set(m.weights) == set(cls.Params().weights)
+
+
+def test_triplet_hinge_mining_all_averages_the_margin_violating_triplets():
+    # mining=all: PML's TripletMarginMiner keeps every triplet of the class-balanced batch with
+    # D(a,n) - D(a,p) <= m; the hinge is then averaged over those (MeanReducer).
+    margin = 0.5
+    m = make("triplet-hinge", margin=margin, mining="all", m=2)
+    assert m.batch_kind == Balanced(m=2)
+    emb = [[0.0, 0.0], [0.3, 0.1], [1.0, 0.2], [0.6, 0.9], [-0.4, 0.5], [0.2, 0.4]]
+    y = [0, 0, 1, 1, 2, 2]
+    losses = []
+    for a in range(6):
+        for p in range(6):
+            for n in range(6):
+                if p != a and y[p] == y[a] and y[n] != y[a]:
+                    d_ap, d_an = dist(emb[a], emb[p]), dist(emb[a], emb[n])
+                    if d_an - d_ap <= margin:
+                        losses.append(max(0.0, d_ap - d_an + margin))
+    assert 0 < len(losses) < 24  # some triplets are mined out
+    terms = m.loss_terms(kind_batch(Balanced(m=2), torch.tensor(emb), torch.tensor(y), group=6))
+    assert terms["triplet"].item() == pytest.approx(sum(losses) / len(losses), rel=1e-5)

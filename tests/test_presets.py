@@ -25,8 +25,16 @@ def preset(name: str) -> dict:
 
 def test_presets_are_listed_and_state_their_protocols():
     listed = bench("list", "presets").stdout
-    for name in ("tvae-paper", "mnist-all", "hoffer-cifar10"):
+    for name in ("tvae-paper", "mnist-all", "hoffer-cifar10", "mnist-disjoint", "mlrc-cub", "zappos50k"):
         assert name in listed
+
+    c = preset("mlrc-cub")
+    # MLRC: RMSprop 1e-6 (trunk and embedder), wd 5e-5, momentum 0.9, batch 32 with m = 4, 128-d, frozen BN.
+    assert (c["optimizer"], c["lr"], c["trunk_lr"], c["weight_decay"], c["momentum"]) == ("rmsprop", 1e-6, 1e-6, 5e-5, 0.9)
+    assert (c["batch_size"], c["embedding_dim"], c["freeze_bn"], c["augment"]) == (32, 128, True, "mlrc")
+    assert "triplet-hinge.m=4" in c["set"] and c["dataset"] == "cub200"
+    d = preset("mnist-disjoint")
+    assert d["split"] == "classes" and "raw" in d["methods"] and len(d["seeds"]) == 3
 
     h = preset("hoffer-cifar10")
     # 640k triplets per epoch = 1,920,000 images; 128 triplets a step = 384 images.
@@ -73,10 +81,19 @@ def test_hoffer_cifar10_preset_runs_a_few_steps(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["embedding_dim"] == 128 and 0.0 <= metrics["svm_acc"] <= 1.0
     history = (run / "history.csv").read_text().splitlines()
-    assert len(history) == 2 and history[0].startswith("epoch,ratio,loss")
+    assert len(history) == 2 and history[0].startswith("epoch,step,ratio,loss")
+    assert cfg["steps"] == 4
     z = np.load(run / "embeddings.npz")
     assert z["test_emb"].shape == (30, 128) and z["test_triplets"].shape == (300, 3)
     assert (run / "confusion.csv").is_file()
+
+
+@pytest.mark.slow
+def test_presets_without_their_data_say_where_the_files_go(tmp_path):
+    for name, needle in (("zappos50k", "ut-zap50k-images"), ("mnist-disjoint", "mnist")):
+        r = bench("run", "--preset", name, "--data-dir", tmp_path, "--out", tmp_path / "r")
+        assert r.exit_code == 2, (name, r.stderr)
+        assert r.stderr.startswith("error: ") and needle in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.slow

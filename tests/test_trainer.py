@@ -1,133 +1,49 @@
-"""Batch sampling and the trainer: logging, weights, non-finite losses, checkpoints and resume."""
+"""The trainer: the step budget, the schedule, param groups, logging, weights, non-finite losses,
+checkpoints, resume and seeds. Batch sampling itself is tested in test_sampling.py."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
+import random
 from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from dmlbench.config import RunConfig
+from dmlbench.config import RunConfig, untrained
 from dmlbench.errors import DMLBenchError, NonFiniteLossError
-from dmlbench.methods import METHODS, Batch, Method, Params, get_method, register_method
+from dmlbench.io import torch_load
+from dmlbench.methods import METHODS, Method, Params, get_method, register_method
 from dmlbench.runner import build_method
-from dmlbench.sampling import ClassIndex, epoch_indices, random_triplets
-from dmlbench.trainer import Trainer, batch_layout, resolve_device
+from dmlbench.runtime import epoch_generator, resolve_device, seed_everything
+from dmlbench.sampling import Batch
+from dmlbench.trainer import Trainer, epoch_plan, lr_factor, make_optimizer
+
+N_TRAIN = 1257  # digits: 1797 images, stratified 70/30 split
 
 
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: a second intra-op thread only adds synchronisation, which on a busy
+    machine (other processes on the cores) makes a step 10-20x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
-
-# Deliberately unbalanced: a 2-image class, a 3-image class and two large ones.
-SKEWED = torch.tensor([0] * 2 + [1] * 3 + [2] * 40 + [3] * 35)[torch.randperm(80, generator=gen(1))]
-
-
-# ---------------------------------------------------------------- sampling
-
-def test_pairs_half_positive_half_negative(digits):
-    y = digits.y_train
-    idx = epoch_indices("pairs", y, 40, 6, gen())
-    assert idx.shape == (6, 40)
-    first, second = idx[:, :20], idx[:, 20:]
-    same = y[first] == y[second]
-    assert same[:, :10].all() and not same[:, 10:].any()  # the batch's first half of pairs is positive
-    assert (first[:, :10] != second[:, :10]).all()  # a positive pair is two different images
-
-
-def test_triplets_are_valid(digits):
-    y = digits.y_train
-    idx = epoch_indices("triplets", y, 30, 8, gen())
-    assert idx.shape == (8, 30)
-    a, p, n = idx[:, :10], idx[:, 10:20], idx[:, 20:]
-    assert (y[a] == y[p]).all()
-    assert (a != p).all()
-    assert (y[a] != y[n]).all()
-
-
-def test_random_triplets_valid_on_skewed_labels():
-    t = random_triplets(SKEWED, 2000, gen(3))
-    assert t.shape == (2000, 3)
-    a, p, n = t.unbind(1)
-    assert (SKEWED[a] == SKEWED[p]).all() and (a != p).all() and (SKEWED[a] != SKEWED[n]).all()
-
-
-@pytest.mark.parametrize("m", [2, 4])
-def test_balanced_batches_have_m_per_class(digits, m):
-    y = digits.y_train
-    group = m * 5  # 5 classes per group
-    idx = epoch_indices("balanced", y, 2 * group, 5, gen(), m=m, group=group)
-    assert idx.shape == (5, 2 * group)
-    for g in idx.reshape(-1, group):
-        classes, counts = y[g].unique(return_counts=True)
-        assert len(classes) == 5
-        assert (counts == m).all()
-        # laid out as m consecutive images per class
-        assert (y[g].view(5, m) == y[g].view(5, m)[:, :1]).all()
-
-
-def test_npair_groups_hold_every_class_twice(digits):
-    y = digits.y_train
-    idx = epoch_indices("balanced", y, 60, 3, gen(), m=2, group=20)
-    for g in idx.reshape(-1, 20):
-        assert sorted(y[g].tolist()) == sorted(list(range(10)) * 2)
-
-
-@pytest.mark.parametrize("kind, extra", [("plain", {}), ("pairs", {}), ("triplets", {}),
-                                         ("balanced", {"m": 4, "group": 20})])
-def test_same_seed_same_indices(digits, kind, extra):
-    y = digits.y_train
-    a = epoch_indices(kind, y, 60, 4, gen(5), **extra)
-    b = epoch_indices(kind, y, 60, 4, gen(5), **extra)
-    c = epoch_indices(kind, y, 60, 4, gen(6), **extra)
-    assert torch.equal(a, b)
-    assert not torch.equal(a, c)
-    assert a.min() >= 0 and a.max() < len(y)
-
-
-def test_anchors_cover_every_image_each_pass():
-    n = len(SKEWED)
-    idx = epoch_indices("plain", SKEWED, 20, 8, gen(2))  # 160 = two passes
-    passes = idx.reshape(-1)
-    assert sorted(passes[:n].tolist()) == list(range(n))
-    assert sorted(passes[n:].tolist()) == list(range(n))
-    t = epoch_indices("triplets", SKEWED, 30, 8, gen(2))  # anchors: the first 10 of each row
-    assert sorted(t[:, :10].reshape(-1).tolist()) == list(range(n))
-
-
-def test_no_class_starves():
-    # Over a few passes every class, the 2-image one included, shows up as anchor, positive and negative,
-    # and each small-class anchor gets every other member of its class as a positive.
-    idx = epoch_indices("triplets", SKEWED, 30, 40, gen(4))
-    a, p, n = idx[:, :10].reshape(-1), idx[:, 10:20].reshape(-1), idx[:, 20:].reshape(-1)
-    for part in (a, p, n):
-        assert set(SKEWED[part].tolist()) == {0, 1, 2, 3}
-    small = torch.nonzero(SKEWED == 1).flatten().tolist()
-    for anchor in small:
-        partners = set(p[a == anchor].tolist())
-        assert partners == set(small) - {anchor}
-    pairs = epoch_indices("pairs", SKEWED, 40, 40, gen(4))
-    assert set(SKEWED[pairs[:, 20:]].reshape(-1).tolist()) == {0, 1, 2, 3}
-    bal = epoch_indices("balanced", SKEWED, 8, 30, gen(4), m=2, group=8)  # all 4 classes per group
-    for g in bal:
-        assert sorted(SKEWED[g].tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]
-
-
-def test_class_index_rejects_unusable_labels():
-    with pytest.raises(DMLBenchError, match="2 classes"):
-        ClassIndex(torch.zeros(5, dtype=torch.long))
-    with pytest.raises(DMLBenchError, match="at least 2 training images"):
-        ClassIndex(torch.tensor([0, 0, 1, 2, 2]))
-
-
-# ---------------------------------------------------------------- the trainer
 
 def small_cfg(method: str, **kw) -> RunConfig:
+    """A resolved config with its step budget fixed, as the suite hands it to the runner."""
     base = dict(dataset="digits", method=method, seed=0, epochs=2, epoch_size=256, batch_size=64, encoder="mlp",
                 embedding_dim=8)
     base.update(kw)
-    return RunConfig(**base).resolved()
+    if "steps" in kw:
+        base.pop("epochs")
+    return RunConfig(**base).resolved().with_budget(N_TRAIN)
 
 
 def with_weights(method: str, **weights) -> dict:
@@ -136,32 +52,169 @@ def with_weights(method: str, **weights) -> dict:
     return dataclasses.asdict(p)
 
 
-class _Tiny:
-    """Just enough of a Data for build_method."""
+def fit(cfg: RunConfig, data, run_dir=None, callbacks=()) -> tuple[Method, Trainer, list[dict]]:
+    method = build_method(cfg, data)
+    trainer = Trainer(method, data, cfg, run_dir=run_dir, callbacks=callbacks)
+    return method, trainer, trainer.fit()
 
-    input_shape = (1, 8, 8)
-    y_train = torch.arange(10)
+
+def states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_batch_layout():
-    m = build_method(small_cfg("npair"), _Tiny())
-    assert batch_layout(m, small_cfg("npair", batch_size=64), 10) == (60, 20)
-    with pytest.raises(DMLBenchError, match="batch-size"):
-        batch_layout(m, small_cfg("npair", batch_size=16), 10)
+# ---------------------------------------------------------------- the step budget
+
+
+def test_budget_is_steps_from_epochs_of_the_training_set():
+    cfg = RunConfig(dataset="digits", method="siamese", epochs=3, batch_size=64).resolved().with_budget(N_TRAIN)
+    assert cfg.epoch_size == N_TRAIN and cfg.steps_per_epoch() == N_TRAIN // 64 == 19
+    assert cfg.steps == 3 * 19 and cfg.epochs is None
+    # 3 epochs and the same number of steps are one run.
+    by_steps = RunConfig(dataset="digits", method="siamese", steps=57, batch_size=64).resolved().with_budget(N_TRAIN)
+    assert by_steps.run_id() == cfg.run_id()
+    assert epoch_plan(57, 19) == [19, 19, 19]
+    assert epoch_plan(45, 19) == [19, 19, 7]
+    assert epoch_plan(5, 19) == [5]
+
+
+@pytest.mark.parametrize("name", ["siamese", "triplet-hinge", "npair", "vae", "pml:MultiSimilarityLoss"])
+def test_every_batch_kind_gets_the_same_steps(digits, name):
+    # Pairs round 64 to 64, triplets to 63, N-pair tuples to 60, PML's class-balanced groups to 40:
+    # the images per step differ, the optimiser steps do not.
+    cfg = small_cfg(name, epochs=2, epoch_size=None)
+    assert cfg.steps == 38
+    method, trainer, history = fit(cfg, digits)
+    assert trainer.steps_done == 38
+    assert [(r["epoch"], r["step"]) for r in history] == [(1, 19), (2, 38)]
+
+
+def test_a_budget_that_is_not_whole_epochs_ends_with_a_short_epoch(digits):
+    cfg = small_cfg("triplet-softmax", steps=10)  # epochs of 256 // 64 = 4 steps
+    _, trainer, history = fit(cfg, digits)
+    assert [(r["epoch"], r["step"]) for r in history] == [(1, 4), (2, 8), (3, 10)]
+    assert trainer.steps_done == 10
+
+
+def test_batch_too_small_for_the_kind_is_a_one_line_error(digits):
+    cfg = small_cfg("triplet-hinge", batch_size=2)
+    with pytest.raises(DMLBenchError, match="batch_size=2 is too small for triplets") as e:
+        fit(cfg, digits)
+    assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------- the learning rate
+
+
+def test_cosine_schedule_anneals_per_step_to_zero(digits, tmp_path):
+    lr, steps = 1e-3, 8
+    cfg = small_cfg("siamese", steps=steps, epoch_size=64, lr=lr, lr_schedule="cosine")  # one step per epoch
+    _, _, history = fit(cfg, digits, run_dir=tmp_path)
+    expected = [lr * 0.5 * (1 + math.cos(math.pi * s / steps)) for s in range(steps)]
+    assert [r["lr"] for r in history] == pytest.approx(expected, rel=1e-9)
+    assert history[0]["lr"] == lr and history[-1]["lr"] < 0.05 * lr
+    final = torch_load(tmp_path / "checkpoint.pt")["optimizer"]["param_groups"][0]["lr"]
+    assert final == pytest.approx(0.0, abs=1e-15)  # after the last step: annealed to 0
+    assert lr_factor("cosine", steps)(steps) == pytest.approx(0.0, abs=1e-15)
+    assert lr_factor("cosine", steps)(steps + 5) == pytest.approx(0.0, abs=1e-15)  # never wraps around
+
+
+def test_history_logs_the_rate_each_epoch_trained_at(digits):
+    # Cosine over 2 epochs, per step: the second epoch starts half way, at lr / 2.
+    cfg = small_cfg("triplet-hinge", epochs=2, lr=1e-3, lr_schedule="cosine")
+    _, _, history = fit(cfg, digits)
+    assert [r["lr"] for r in history] == pytest.approx([1e-3, 5e-4])
+    cfg = small_cfg("triplet-hinge", epochs=2, lr=1e-3)
+    assert [r["lr"] for r in fit(cfg, digits)[2]] == [1e-3, 1e-3]
+    assert lr_factor("constant", 10)(7) == 1.0
+
+
+class FakeTrunk(nn.Module):
+    """A stand-in for a timm trunk: ``trunk_parameters()`` names the pretrained part."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(in_dim, 16), nn.ReLU())
+        self.embedder = nn.Linear(16, out_dim)
+
+    def trunk_parameters(self):
+        return self.trunk.parameters()
+
+    def forward(self, x):
+        return self.embedder(self.trunk(x))
+
+
+def method_with_trunk(cfg: RunConfig, data) -> Method:
+    method = build_method(cfg, data)
+    torch.manual_seed(0)
+    method.encoder = FakeTrunk(64, cfg.embedding_dim)
+    return method
+
+
+def test_trunk_lr_is_its_own_param_group(digits):
+    cfg = small_cfg("pml:ArcFaceLoss", lr=1e-3, trunk_lr=1e-5)
+    method = method_with_trunk(cfg, digits)
+    opt = make_optimizer(method, cfg)
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert set(groups) == {"main", "trunk"}
+    assert groups["main"]["lr"] == 1e-3 and groups["trunk"]["lr"] == 1e-5
+    trunk = {id(p) for p in method.encoder.trunk_parameters()}
+    main = {id(p) for p in groups["main"]["params"]}
+    assert {id(p) for p in groups["trunk"]["params"]} == trunk
+    assert not main & trunk
+    assert main | trunk == {id(p) for p in method.parameters()}  # the loss's own weights (ArcFace's W) included
+    assert any(p is method.loss_fn.W for p in groups["main"]["params"])
+
+    # Without trunk_lr the trunk trains at lr, in one group.
+    one = make_optimizer(method, dataclasses.replace(cfg, trunk_lr=None))
+    assert len(one.param_groups) == 1 and one.param_groups[0]["lr"] == 1e-3
+    assert len(one.param_groups[0]["params"]) == len(list(method.parameters()))
+
+    # A frozen trunk is left out (and its group with it).
+    for p in method.encoder.trunk_parameters():
+        p.requires_grad_(False)
+    frozen = make_optimizer(method, cfg)
+    assert [g["name"] for g in frozen.param_groups] == ["main"]
+    for p in method.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(DMLBenchError, match="nothing to train"):
+        make_optimizer(method, cfg)
+
+
+def test_trunk_trains_at_trunk_lr(digits, tmp_path):
+    lr, trunk_lr = 1e-2, 1e-6
+    cfg = small_cfg("triplet-hinge", lr=lr, trunk_lr=trunk_lr, lr_schedule="cosine", steps=6)
+    method = method_with_trunk(cfg, digits)
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    history = Trainer(method, digits, cfg, run_dir=tmp_path).fit()
+    assert len(history) == 2
+    groups = torch_load(tmp_path / "checkpoint.pt")["optimizer"]["param_groups"]
+    assert [(g["name"], g["initial_lr"]) for g in groups] == [("main", lr), ("trunk", trunk_lr)]
+    assert all(g["lr"] == pytest.approx(0.0, abs=1e-15) for g in groups)  # both annealed by the schedule
+    after = method.state_dict()
+    # Adam moves a parameter by about lr per step: the trunk by ~1e-6, the embedder by ~1e-2.
+    trunk_moved = max(float((after[k] - before[k]).abs().max()) for k in before if k.startswith("encoder.trunk"))
+    head_moved = max(float((after[k] - before[k]).abs().max()) for k in before if k.startswith("encoder.embedder"))
+    assert 0 < trunk_moved < 6 * trunk_lr * 3
+    assert head_moved > 100 * trunk_moved
+
+
+# ---------------------------------------------------------------- loss terms and their weights
 
 
 def test_loss_terms_logged_every_epoch_with_weights(digits):
     cfg = small_cfg("tvae", epochs=3, method_params=with_weights("tvae", triplet=10.0))
-    history = Trainer(build_method(cfg, digits), digits, cfg).fit()
+    _, trainer, history = fit(cfg, digits)
     assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert trainer.history == history
     for r in history:
-        assert {"recon", "kl", "triplet", "loss", "lr", "seconds", "images_per_s"} <= set(r)
+        assert {"epoch", "step", "recon", "kl", "triplet", "loss", "lr", "seconds", "images_per_s"} <= set(r)
         assert r["triplet"] > 0
         assert r["loss"] == pytest.approx(r["recon"] + r["kl"] + 10.0 * r["triplet"], rel=1e-5)
         assert r["lr"] == cfg.lr
+        assert r["seconds"] > 0 and r["images_per_s"] == pytest.approx(4 * 63 / r["seconds"])  # 4 steps of 63
 
     cfg0 = small_cfg("tvae", epochs=1, method_params=with_weights("tvae", triplet=0.0))
-    row = Trainer(build_method(cfg0, digits), digits, cfg0).fit()[0]
+    row = fit(cfg0, digits)[2][0]
     assert row["triplet"] > 0  # still computed and logged ...
     assert row["loss"] == pytest.approx(row["recon"] + row["kl"], rel=1e-5)  # ... but not in the total
     # recon and kl are about the same in both first epochs; the weighted triplet term is the difference.
@@ -169,50 +222,82 @@ def test_loss_terms_logged_every_epoch_with_weights(digits):
 
 
 @pytest.fixture
-def nan_method():
+def odd_methods():
+    """Test methods: one whose 'bad' term turns NaN at its 6th step, one returning undeclared terms."""
+
     @dataclass
-    class NanParams(Params):
+    class TwoParams(Params):
         weights: dict[str, float] = field(default_factory=lambda: {"fine": 1.0, "bad": 1.0})
 
     @register_method("test-nan-loss")
     class NanLoss(Method):
-        Params = NanParams
+        Params = TwoParams
+        terms = ("fine", "bad")
+        calls = 0
+
+        def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+            self.calls += 1
+            e = self.encoder(batch.x)
+            bad = e.pow(2).mean() * (float("nan") if self.calls >= 6 else 1.0)
+            return {"fine": e.pow(2).mean(), "bad": bad}
+
+    @register_method("test-wrong-terms")
+    class WrongTerms(Method):
+        Params = TwoParams
+        terms = ("fine", "bad")
 
         def loss_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
             e = self.encoder(batch.x)
-            return {"fine": e.pow(2).mean(), "bad": e.sum() * float("nan")}
+            return {"fine": e.pow(2).mean(), "worse": e.abs().mean()}
 
     try:
-        yield NanLoss
+        yield NanLoss, WrongTerms
     finally:
         METHODS.remove("test-nan-loss")
+        METHODS.remove("test-wrong-terms")
 
 
-def test_nan_loss_raises_clear_error(digits, nan_method):
-    cfg = small_cfg("test-nan-loss")
+def test_nan_loss_raises_clear_error_naming_the_term(digits, odd_methods, tmp_path):
+    cfg = small_cfg("test-nan-loss", epochs=3)  # 4 steps per epoch: NaN at epoch 2, step 2
+    epochs_done = []
     with pytest.raises(NonFiniteLossError) as e:
-        Trainer(build_method(cfg, digits), digits, cfg).fit()
+        fit(cfg, digits, run_dir=tmp_path, callbacks=(lambda t, row: epochs_done.append(row["epoch"]),))
     msg = str(e.value)
+    assert isinstance(e.value, DMLBenchError) and "\n" not in msg
     assert "test-nan-loss" in msg and "bad" in msg and "fine" not in msg
-    assert "epoch 1 step 1" in msg and "--lr" in msg
-    assert isinstance(e.value, DMLBenchError)
+    assert "epoch 2 step 2" in msg and "lr" in msg and "--" not in msg  # no CLI flags in library messages
+    assert epochs_done == [1]
+    assert torch_load(tmp_path / "checkpoint.pt")["epoch"] == 1  # the NaN epoch is never checkpointed
 
 
 def test_huge_learning_rate_raises_non_finite(digits, tmp_path):
     cfg = small_cfg("triplet-hinge", lr=1e30, epochs=3)
     with pytest.raises(NonFiniteLossError, match="non-finite"):
-        Trainer(build_method(cfg, digits), digits, cfg, tmp_path).fit()
+        fit(cfg, digits, run_dir=tmp_path)
 
 
-def _interrupt_after(n: int):
-    class Stop(Exception):
-        pass
+def test_method_returning_undeclared_terms_is_a_one_line_error(digits, odd_methods):
+    cfg = small_cfg("test-wrong-terms")
+    with pytest.raises(DMLBenchError) as e:
+        fit(cfg, digits)
+    msg = str(e.value)
+    assert "\n" not in msg and "test-wrong-terms" in msg
+    assert "['fine', 'worse']" in msg and "('fine', 'bad')" in msg
 
-    def on_epoch(history):
-        if len(history) == n:
+
+# ---------------------------------------------------------------- checkpoints and resume
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_after(n: int):
+    def callback(trainer, row):
+        if row["epoch"] == n:
             raise Stop
 
-    return Stop, on_epoch
+    return callback
 
 
 def test_checkpoint_each_epoch_and_resume_matches_uninterrupted(digits, tmp_path):
@@ -222,56 +307,130 @@ def test_checkpoint_each_epoch_and_resume_matches_uninterrupted(digits, tmp_path
     full_dir = tmp_path / "full"
     seen = []
 
-    def record(history):
-        ckpt = torch.load(full_dir / "checkpoint.pt", weights_only=False)
-        seen.append((ckpt["epoch"], len(ckpt["history"]), history[-1]["epoch"]))
+    def record(trainer, row):
+        ckpt = torch_load(full_dir / "checkpoint.pt")  # weights_only=True
+        seen.append((ckpt["epoch"], ckpt["step"], len(ckpt["history"]), row["epoch"], ckpt["run_id"]))
 
-    full = build_method(cfg, digits)
-    full_history = Trainer(full, digits, cfg, full_dir).fit(on_epoch=record)
-    assert seen == [(1, 1, 1), (2, 2, 2), (3, 3, 3), (4, 4, 4)]
+    full, _, full_history = fit(cfg, digits, run_dir=full_dir, callbacks=(record,))
+    assert seen == [(e, 3 * e, e, e, cfg.run_id()) for e in (1, 2, 3, 4)]
 
     part_dir = tmp_path / "part"
-    Stop, stop_after_2 = _interrupt_after(2)
     with pytest.raises(Stop):
-        Trainer(build_method(cfg, digits), digits, cfg, part_dir).fit(on_epoch=stop_after_2)
-    assert torch.load(part_dir / "checkpoint.pt", weights_only=False)["epoch"] == 2
+        fit(cfg, digits, run_dir=part_dir, callbacks=(stop_after(2),))
+    assert torch_load(part_dir / "checkpoint.pt")["epoch"] == 2
 
-    resumed = build_method(cfg, digits)  # fresh weights, as after a restart
     new_rows = []
-    history = Trainer(resumed, digits, cfg, part_dir).fit(on_epoch=lambda h: new_rows.append(h[-1]["epoch"]))
+    resumed, trainer, history = fit(cfg, digits, run_dir=part_dir,  # fresh weights, as after a restart
+                                    callbacks=(lambda t, row: new_rows.append(row["epoch"]),))
     assert new_rows == [3, 4]  # only the missing epochs ran
+    assert trainer.steps_done == cfg.steps == 12
     assert [r["epoch"] for r in history] == [1, 2, 3, 4]
     for a, b in zip(history, full_history):
-        for k in ("recon", "kl", "triplet", "loss"):
+        for k in ("step", "recon", "kl", "triplet", "loss", "lr"):
             assert a[k] == b[k], (a["epoch"], k)
-    full_state, resumed_state = full.state_dict(), resumed.state_dict()
-    assert full_state.keys() == resumed_state.keys()
-    for k in full_state:
-        assert torch.equal(full_state[k], resumed_state[k]), k
+    assert states_equal(full.state_dict(), resumed.state_dict())
 
     # A finished run is not trained again.
-    again = build_method(cfg, digits)
-    assert len(Trainer(again, digits, cfg, part_dir).fit()) == 4
-    for k, v in again.state_dict().items():
-        assert torch.equal(v, full_state[k])
+    again, trainer, history = fit(cfg, digits, run_dir=part_dir, callbacks=(stop_after(1),))
+    assert len(history) == 4 and trainer.steps_done == 12
+    assert states_equal(again.state_dict(), full.state_dict())
+
+
+def test_checkpoint_loads_weights_only(digits, tmp_path):
+    cfg = small_cfg("pml:ArcFaceLoss", epochs=1)
+    method, _, _ = fit(cfg, digits, run_dir=tmp_path)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # plain torch, the strict loader
+    assert {"epoch", "step", "run_id", "model", "optimizer", "scheduler", "rng", "history", "cuda_rng"} <= set(ckpt)
+    assert states_equal(ckpt["model"], method.state_dict())
+    assert "loss_fn.W" in ckpt["model"]  # a loss's own weights are saved with the encoder
+
+
+def test_corrupt_checkpoint_starts_afresh_with_a_warning(digits, tmp_path, caplog):
+    cfg = small_cfg("siamese", epochs=2)
+    reference, _, ref_history = fit(cfg, digits)
+    (tmp_path / "checkpoint.pt").write_bytes(b"\x80\x02 truncated")
+    with caplog.at_level(logging.WARNING, logger="dmlbench"):
+        method, _, history = fit(cfg, digits, run_dir=tmp_path)
+    assert "checkpoint.pt" in caplog.text and "afresh" in caplog.text
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert [r["loss"] for r in history] == [r["loss"] for r in ref_history]
+    assert states_equal(method.state_dict(), reference.state_dict())
+    assert (tmp_path / "checkpoint.corrupt").read_bytes() == b"\x80\x02 truncated"  # kept for a look
+    assert torch_load(tmp_path / "checkpoint.pt")["epoch"] == 2
+
+
+def test_checkpoint_of_another_config_is_not_resumed(digits, tmp_path, caplog):
+    first = small_cfg("siamese", epochs=2, lr=1e-3)
+    fit(first, digits, run_dir=tmp_path)
+    other = small_cfg("siamese", epochs=3, lr=3e-3)
+    assert other.run_id() != first.run_id()
+    reference, _, ref_history = fit(other, digits)
+    with caplog.at_level(logging.WARNING, logger="dmlbench"):
+        method, _, history = fit(other, digits, run_dir=tmp_path)
+    assert "another configuration" in caplog.text
+    assert [r["epoch"] for r in history] == [1, 2, 3]  # all of it trained, none taken over
+    assert [r["loss"] for r in history] == [r["loss"] for r in ref_history]
+    assert states_equal(method.state_dict(), reference.state_dict())
+    assert torch_load(tmp_path / "checkpoint.pt")["run_id"] == other.run_id()
 
 
 def test_no_run_dir_writes_nothing(digits, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = small_cfg("siamese", epochs=1)
-    assert len(Trainer(build_method(cfg, digits), digits, cfg).fit()) == 1
+    assert len(fit(cfg, digits)[2]) == 1
     assert list(tmp_path.iterdir()) == []
 
 
-def test_raw_is_not_trained(digits):
-    cfg = small_cfg("raw")
-    assert Trainer(build_method(cfg, digits), digits, cfg).fit() == []
+def test_raw_is_not_trained(digits, tmp_path):
+    cfg = untrained(dataclasses.replace(small_cfg("raw"), method="raw"))
+    assert cfg.steps == 0
+    method, trainer, history = fit(cfg, digits, run_dir=tmp_path)
+    assert history == [] and trainer.steps_done == 0
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_callbacks_get_the_trainer_and_the_row(digits):
+    rows = []
+    cfg = small_cfg("npair", epochs=2)
+    _, trainer, history = fit(cfg, digits, callbacks=(lambda t, row: rows.append((t, row)),))
+    assert [r for _, r in rows] == history
+    assert all(t is trainer for t, _ in rows)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
-def test_cuda_device_without_cuda_is_a_clear_error(digits):
-    with pytest.raises(DMLBenchError, match="CUDA is not available"):
+def test_cuda_device_without_cuda_is_a_clear_error():
+    with pytest.raises(DMLBenchError, match="CUDA is not available") as e:
         resolve_device("cuda")
-    cfg = small_cfg("siamese", device="cuda")
-    with pytest.raises(DMLBenchError, match="--device cpu"):
-        Trainer(build_method(cfg, digits), digits, cfg)
+    assert "use cpu" in str(e.value) and "--device" not in str(e.value)
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+# ---------------------------------------------------------------- seeds
+
+
+def test_same_seed_same_run_other_seed_other_run(digits):
+    cfg = small_cfg("tvae", epochs=2)
+    a, _, ha = fit(cfg, digits)
+    b, _, hb = fit(cfg, digits)
+    assert states_equal(a.state_dict(), b.state_dict())
+    assert [r["loss"] for r in ha] == [r["loss"] for r in hb]
+    other = dataclasses.replace(cfg, seed=1)
+    c, _, hc = fit(other, digits)
+    assert not states_equal(a.state_dict(), c.state_dict())
+    assert [r["loss"] for r in ha] != [r["loss"] for r in hc]
+    # The seed decides the initial weights too.
+    assert states_equal(build_method(cfg, digits).state_dict(), build_method(cfg, digits).state_dict())
+    assert not states_equal(build_method(cfg, digits).state_dict(), build_method(other, digits).state_dict())
+
+
+def test_seed_everything_and_epoch_generators():
+    seed_everything(3)
+    first = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    seed_everything(3)
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == first
+    # Each (seed, epoch, stream) has its own generator, whatever was drawn before it.
+    draws = {(s, e, k): torch.rand(4, generator=epoch_generator(s, e, k))
+             for s in (0, 1) for e in (0, 1, 2) for k in (0, 1)}
+    assert torch.equal(draws[(1, 2, 0)], torch.rand(4, generator=epoch_generator(1, 2, 0)))
+    values = [tuple(v.tolist()) for v in draws.values()]
+    assert len(set(values)) == len(values)

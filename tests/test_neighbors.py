@@ -1,0 +1,285 @@
+"""dmlbench.neighbors: exact search, retrieval metrics (checked against pytorch-metric-learning and
+brute force) and k-NN classification (checked against scikit-learn)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dmlbench import neighbors
+from dmlbench.neighbors import knn_classify, retrieval_metrics, search
+
+
+def clusters(n=300, d=8, classes=6, spread=1.5, seed=0):
+    """Gaussian clusters with continuous coordinates (distinct distances almost surely)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=spread, size=(classes, d))
+    y = rng.integers(0, classes, n)
+    x = centres[y] + rng.normal(size=(n, d))
+    return x.astype(np.float32), y
+
+
+def brute(query, ref, exclude_self=False):
+    """Full distance matrix (float64) and ids sorted by (distance, id)."""
+    d = ((query[:, None, :].astype(np.float64) - ref[None, :, :]) ** 2).sum(-1)
+    if exclude_self:
+        np.fill_diagonal(d, np.inf)
+    order = np.lexsort((np.broadcast_to(np.arange(len(ref)), d.shape), d), axis=-1)
+    if exclude_self:
+        order = order[:, :-1]
+    return np.take_along_axis(d, order, 1), order
+
+
+def brute_metrics(query, qy, ref=None, ry=None, ks=(1, 2, 4, 8)):
+    loo = ref is None
+    if loo:
+        ref, ry = query, qy
+    _, order = brute(query, ref, exclude_self=loo)
+    match = ry[order] == qy[:, None]
+    r = match.sum(1)
+    valid = r > 0
+    out = {f"recall@{k}": match[valid, :k].any(1).mean() for k in ks}
+    rp, ap = [], []
+    for m, rr in zip(match[valid], r[valid]):
+        top = m[:rr]
+        rp.append(top.sum() / rr)
+        ap.append(sum(np.cumsum(top)[j] / (j + 1) for j in range(rr) if top[j]) / rr)
+    out["precision@1"] = match[valid, 0].mean()
+    out["r_precision"] = np.mean(rp)
+    out["map@r"] = np.mean(ap)
+    out["queries_without_positive"] = float((~valid).sum())
+    return out
+
+
+# ---------------------------------------------------------------- search
+
+
+def test_import_does_not_pull_torch():
+    code = "import sys, dmlbench.neighbors, dmlbench.probe; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("block", [7, 4096])
+def test_search_matches_brute_force(block):
+    x, _ = clusters(n=200)
+    q, ref = x[:50], x[50:]
+    d, i = search(q, ref, 10, block=block)
+    bd, bi = brute(q, ref)
+    assert d.dtype == np.float32 and i.dtype == np.int64 and d.shape == i.shape == (50, 10)
+    np.testing.assert_array_equal(i, bi[:, :10])
+    np.testing.assert_allclose(d, bd[:, :10], rtol=1e-4, atol=1e-4)
+    assert np.all(np.diff(d, axis=1) >= 0)
+
+
+@pytest.mark.parametrize("block", [5, 4096])
+def test_search_exclude_self(block):
+    x, _ = clusters(n=120)
+    d, i = search(x, x, 6, exclude_self=True, block=block)
+    bd, bi = brute(x, x, exclude_self=True)
+    assert not np.any(i == np.arange(len(x))[:, None])
+    np.testing.assert_array_equal(i, bi[:, :6])
+    np.testing.assert_allclose(d, bd[:, :6], rtol=1e-4, atol=1e-4)
+
+
+def test_search_exclude_self_when_own_row_is_not_first():
+    # Four identical copies of every point: a query's own row ties with three others at distance 0
+    # and may sit anywhere among them; it must be removed and exactly k others kept.
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(30, 5)).astype(np.float32)
+    x = np.concatenate([base] * 4)
+    d, i = search(x, x, 3, exclude_self=True, block=16)
+    n = len(base)
+    for row in range(len(x)):
+        copies = {row % n + c * n for c in range(4)} - {row}
+        assert set(i[row]) == copies, row
+        assert np.all(np.diff(i[row]) > 0)            # ties ordered by id
+    np.testing.assert_allclose(d, 0, atol=1e-5)
+
+
+def test_search_ties_are_ordered_and_cut_by_id():
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=(40, 4)).astype(np.float32)
+    ref = np.concatenate([base, base, base])          # ids j, j+40, j+80 are identical
+    d, i = search(base, ref, 5)
+    for row in range(len(base)):
+        assert list(i[row, :3]) == [row, row + 40, row + 80]
+        # The 4th and 5th neighbours are two of the three copies of the next point: the lower ids.
+        nxt = i[row, 3] % 40
+        assert list(i[row, 3:]) == [nxt, nxt + 40]
+
+
+def test_search_clamps_k_and_handles_empty():
+    x, _ = clusters(n=10)
+    d, i = search(x, x, 50)
+    assert d.shape == (10, 10)
+    d, i = search(x, x, 50, exclude_self=True)
+    assert i.shape == (10, 9)
+    d, i = search(x[:0], x, 3)
+    assert i.shape == (0, 3)
+    with pytest.raises(ValueError):
+        search(x[:5], x, 3, exclude_self=True)
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_torch_path_agrees_with_faiss(exclude_self):
+    pytest.importorskip("torch")
+    x, _ = clusters(n=150)
+    x = np.concatenate([x, x[:20]])                    # duplicates: exercises the tie handling
+    ref = x
+    k = 7
+    fd, fi = search(x, ref, k, exclude_self=exclude_self)
+    blocks = list(neighbors._blocks_torch(x, ref, k, exclude_self, 16, "cpu"))
+    td = np.concatenate([b[1] for b in blocks])
+    ti = np.concatenate([b[2] for b in blocks])
+    np.testing.assert_array_equal(ti, fi)
+    np.testing.assert_allclose(td, fd, rtol=1e-4, atol=1e-4)
+
+
+def test_memory_is_bounded_by_blocks(monkeypatch):
+    # A block never holds more query rows than the result budget allows at this k.
+    seen = []
+    real = neighbors._canonical
+
+    def spy(d, i):
+        seen.append(len(d))
+        return real(d, i)
+
+    monkeypatch.setattr(neighbors, "_canonical", spy)
+    monkeypatch.setattr(neighbors, "_RESULT_BUDGET", 12 * 11 * 25)   # 25 rows of k=11
+    x, _ = clusters(n=100)
+    d, i = search(x, x, 11)
+    assert max(seen) == 25 and sum(seen) == 100
+    np.testing.assert_array_equal(i, brute(x, x)[1][:, :11])
+
+
+# ---------------------------------------------------------------- retrieval metrics
+
+
+def _pml(query, qy, ref=None, ry=None):
+    torch = pytest.importorskip("torch")
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    calc = AccuracyCalculator(include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
+                              device=torch.device("cpu"))
+    if ref is None:
+        return calc.get_accuracy(query, qy, query, qy, ref_includes_query=True)
+    return calc.get_accuracy(query, qy, ref, ry, ref_includes_query=False)
+
+
+def _compare(ours, pml, bf):
+    assert ours["precision@1"] == pytest.approx(pml["precision_at_1"], abs=1e-9)
+    assert ours["r_precision"] == pytest.approx(pml["r_precision"], abs=1e-9)
+    assert ours["map@r"] == pytest.approx(pml["mean_average_precision_at_r"], abs=1e-9)
+    for key, v in bf.items():
+        assert ours[key] == pytest.approx(v, abs=1e-12), key
+
+
+def test_retrieval_leave_one_out_matches_pml_and_brute_force():
+    x, y = clusters(n=240, d=6, classes=8, spread=1.0)
+    y = y.copy()
+    y[:3] = [100, 101, 102]                            # singleton classes: no positive, excluded
+    ours, per = retrieval_metrics(x, y)
+    _compare(ours, _pml(x, y), brute_metrics(x, y))
+    assert ours["queries_without_positive"] == 3
+    assert 0.2 < ours["map@r"] < 0.95                 # not a degenerate case
+    for key in ("recall@1", "map@r", "r_precision"):
+        assert per[key].shape == (240,)
+        assert np.isnan(per[key][:3]).all() and not np.isnan(per[key][3:]).any()
+    assert np.nanmean(per["map@r"]) == pytest.approx(ours["map@r"])
+    assert np.nanmean(per["recall@1"]) == pytest.approx(ours["recall@1"])
+
+
+def test_retrieval_query_gallery_matches_pml_and_brute_force():
+    x, y = clusters(n=300, d=6, classes=7, spread=1.0, seed=3)
+    q, qy, g, gy = x[:100], y[:100], x[100:], y[100:]
+    gy = np.where(gy == 6, 5, gy)                      # class 6 only among the queries: R = 0
+    ours, per = retrieval_metrics(q, qy, g, gy)
+    _compare(ours, _pml(q, qy, g, gy), brute_metrics(q, qy, g, gy))
+    assert ours["queries_without_positive"] == np.sum(qy == 6) > 0
+    assert np.isnan(per["map@r"][qy == 6]).all()
+
+
+def test_retrieval_hand_computed():
+    # 1-D points; leave-one-out. Query 0 (class a) ranks: 1(a) 2(b) 3(a)  -> R=2, AP@R = (1/1)/2.
+    x = np.array([[0.0], [1.0], [2.1], [3.3], [10.0]], np.float32)
+    y = np.array(["a", "a", "b", "a", "b"])
+    s, per = retrieval_metrics(x, y, ks=(1, 2))
+    # Query 1 ranks 0(a)@1 2(b)@1.1 3(a)@2.3 -> AP@R=0.5, RP=0.5 ; query 3 ranks 2(b) 1(a) 0(a) -> 0.25, 0.5
+    # Query 2 (b) ranks 1 3 0 4 -> R=1, miss -> 0 ; query 4 (b) ranks 3 2 -> R=1, miss at 1 -> 0
+    np.testing.assert_allclose(per["map@r"], [0.5, 0.5, 0.0, 0.25, 0.0])
+    np.testing.assert_allclose(per["r_precision"], [0.5, 0.5, 0.0, 0.5, 0.0])
+    np.testing.assert_allclose(per["recall@1"], [1, 1, 0, 0, 0])
+    np.testing.assert_allclose(per["recall@2"], [1, 1, 0, 1, 1])
+    assert s["map@r"] == pytest.approx(1.25 / 5)
+    assert s["recall@2"] == pytest.approx(0.8)
+    assert s["queries_without_positive"] == 0
+
+
+def test_retrieval_perfect_embedding():
+    x, y = clusters(n=120, spread=100.0)
+    s, _ = retrieval_metrics(x, y)
+    for key in ("recall@1", "recall@8", "precision@1", "r_precision", "map@r"):
+        assert s[key] == 1.0, key
+
+
+# ---------------------------------------------------------------- k-NN classification
+
+
+def test_knn_matches_sklearn_without_ties():
+    from sklearn.datasets import load_digits
+    from sklearn.neighbors import KNeighborsClassifier
+
+    x, y = load_digits(return_X_y=True)
+    x = (x + np.random.default_rng(0).normal(scale=1e-3, size=x.shape)).astype(np.float32)
+    tr, te = slice(0, 1200), slice(1200, None)
+    k = 5
+    acc, correct = knn_classify(x[tr], y[tr], x[te], y[te], k)
+    ref = KNeighborsClassifier(n_neighbors=k, algorithm="brute").fit(x[tr], y[tr])
+    pred = ref.predict(x[te])
+    # Rows whose vote has a unique winner: both must agree exactly.
+    _, nb = ref.kneighbors(x[te])
+    votes = np.stack([np.bincount(row, minlength=10) for row in y[tr][nb]])
+    unique = (votes == votes.max(1, keepdims=True)).sum(1) == 1
+    assert unique.mean() > 0.9
+    np.testing.assert_array_equal(correct[unique], (pred == y[te])[unique])
+    assert correct.dtype == bool and correct.shape == (len(y[te]),)
+    assert acc == pytest.approx(correct.mean()) and acc > 0.9
+
+
+def test_knn_tie_goes_to_nearer_class():
+    train = np.array([[1.0], [-2.0], [3.0], [-4.0], [10.0], [11.0]], np.float32)
+    ty = np.array([7, 3, 7, 3, 5, 5])
+    test = np.array([[0.0], [-0.1]], np.float32)
+    # k=4: two 7s (at 1, 3) and two 3s (at -2, -4) around 0 -> the nearest is a 7; around -0.1 still
+    # (1.1 < 1.9). Swapping the labels swaps the winner: nearness decides, not the label's value.
+    acc, correct = knn_classify(train, ty, test, np.array([7, 7]), 4)
+    assert correct.tolist() == [True, True]
+    swapped = np.array([3, 7, 3, 7, 5, 5])
+    acc, correct = knn_classify(train, swapped, test, np.array([3, 3]), 4)
+    assert correct.tolist() == [True, True] and acc == 1.0
+    # A strict majority beats nearness: k=5 adds the 5 at 10 -> still 2-2-1, tie to nearer (7).
+    _, correct = knn_classify(train, ty, test[:1], np.array([7]), 5)
+    assert correct.tolist() == [True]
+    ty2 = np.array([7, 3, 3, 3, 5, 5])
+    _, correct = knn_classify(train, ty2, test[:1], np.array([3]), 4)
+    assert correct.tolist() == [True]
+
+
+def test_knn_unseen_test_label_is_wrong():
+    x, y = clusters(n=100, spread=50.0)
+    acc, correct = knn_classify(x, y, x[:4], np.array([99, y[1], y[2], y[3]]), 1)
+    assert correct.tolist() == [False, True, True, True]
+
+
+def test_vote_vectorised_matches_loop():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 4, size=(500, 9))
+    pred = neighbors._vote(labels)
+    for row, p in zip(labels, pred):
+        counts = np.bincount(row, minlength=4)
+        best = np.flatnonzero(counts == counts.max())
+        first = {c: int(np.flatnonzero(row == c)[0]) for c in best}
+        assert p == min(best, key=first.get)

@@ -1,0 +1,399 @@
+"""``bench tune`` on the bundled digits (1 epoch, mlp encoder): equal budgets, resume after a kill,
+the same trials replayed from the same seed, failed trials, the test-set guard, ``--tuned``.
+
+Everything but the subprocess-worker and full-MNIST checks (marked slow) runs in-process and small.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import struct
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+optuna = pytest.importorskip("optuna")
+
+from dmlbench import runner, tune as T  # noqa: E402
+from dmlbench.cli import app  # noqa: E402
+from dmlbench.errors import DMLBenchError  # noqa: E402
+from dmlbench.space import Float  # noqa: E402
+from dmlbench.suite import resolve_suite  # noqa: E402
+
+SMALL = ["--dataset", "digits", "--epochs", "1", "--test-triplets", "100", "--threads", "1"]
+N_VALID = 314  # digits: 1257 training images, a quarter of them (stratified) validates
+
+
+def bench(*args, **kw):
+    return CliRunner().invoke(app, [str(a) for a in args], **kw)
+
+
+def ok(result):
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    return result
+
+
+def studies(suite_dir: Path) -> dict:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{suite_dir / 'study.db'}")
+    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
+            for s in optuna.get_all_study_summaries(storage)}
+
+
+def params_by_number(study) -> dict[int, dict]:
+    return {t.number: t.params for t in study.get_trials()}
+
+
+def trial_lines(stderr: str) -> list[str]:
+    return [ln for ln in stderr.splitlines() if " trial " in ln and ln.startswith("  ")]
+
+
+@pytest.fixture(autouse=True)
+def _fast_heartbeat(monkeypatch):
+    monkeypatch.setenv(T.HEARTBEAT_ENV, "1")
+    monkeypatch.setenv(T.GRACE_ENV, "2")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The issue's tiny study: 2 methods, 3 trials each, 1 fold."""
+    out = tmp_path_factory.mktemp("tune") / "results"
+    mp = pytest.MonkeyPatch()
+    mp.setenv(T.HEARTBEAT_ENV, "1")
+    result = ok(bench("tune", "--methods", "siamese,triplet-hinge", "--trials", 3, "--out", out, *SMALL))
+    mp.undo()
+    return out / "digits" / "tune", result
+
+
+# ----------------------------------------------------------------------------- the tiny study
+
+
+def test_tiny_study_gives_every_method_the_same_budget(tiny):
+    suite_dir, result = tiny
+    doc = json.loads((suite_dir / "tuned.json").read_text())
+    assert set(doc["methods"]) == {"siamese", "triplet-hinge"}  # raw trains nothing: not tuned
+    assert doc["validation"] == "samples" and doc["folds"] == 1 and doc["objective"] == "map@r"
+    for name, m in doc["methods"].items():
+        assert m["states"]["COMPLETE"] == 3 and m["trials"] == 3 and m["study"] == name
+        assert m["storage"].startswith("sqlite:///") and m["storage"].endswith("study.db")
+        assert 0 < m["best_value"] <= 1 and m["best_trial"] in (0, 1, 2)
+        assert set(m["run_params"]) == {"lr"} and "lr" not in m["method_params"]
+        assert set(m["method_params"]) | set(m["run_params"]) == set(m["params"])
+        assert m["trial_seconds"] > 0
+    # The summary table on stdout, progress on stderr; the choice of validation is said.
+    assert "best map@r" in result.stdout and "siamese" in result.stdout
+    assert "validation: samples folds" in result.stderr and "the test set is not read" in result.stderr
+    assert len(trial_lines(result.stderr)) == 6
+
+    folds = json.loads((suite_dir / "folds.json").read_text())
+    assert folds["kind"] == "samples" and folds["k"] == 1 and folds["seed"] == 0 and len(folds["assignment"]) == 1257
+
+    s = studies(suite_dir)
+    assert set(s) == {"siamese", "triplet-hinge"}
+    for name, study in s.items():
+        assert [t.state.name for t in study.get_trials()] == ["COMPLETE"] * 3
+        best = doc["methods"][name]
+        assert study.best_trial.number == best["best_trial"] and study.best_value == pytest.approx(best["best_value"])
+        # Every run: the same steps, scored on the validation fold, recorded as a trial.
+        for t in study.get_trials():
+            cfg = json.loads((Path(t.user_attrs["run_dir_fold0"]) / "config.json").read_text())
+            assert cfg["tuned"]["role"] == "validation" and cfg["tuned"]["trial"] == t.number
+            assert cfg["steps"] == (1257 - N_VALID) // 128 and cfg["data"]["test"] == N_VALID
+            assert cfg["lr"] == pytest.approx(t.params["lr"])
+            assert "/trials/fold0/" in t.user_attrs["run_dir_fold0"]
+
+
+def test_rerun_of_a_finished_tune_runs_nothing(tiny, tmp_path):
+    suite_dir, _ = tiny
+    before = {n: len(st.get_trials()) for n, st in studies(suite_dir).items()}
+    result = ok(bench("tune", "--methods", "siamese,triplet-hinge", "--trials", 3, "--out", suite_dir.parent.parent,
+                      *SMALL))
+    assert trial_lines(result.stderr) == []
+    assert {n: len(st.get_trials()) for n, st in studies(suite_dir).items()} == before
+
+
+def test_same_seed_in_a_fresh_folder_replays_the_same_trials(tiny, tmp_path):
+    suite_dir, _ = tiny
+    ok(bench("tune", "--methods", "siamese,triplet-hinge", "--trials", 3, "--out", tmp_path, *SMALL))
+    first, again = studies(suite_dir), studies(tmp_path / "digits" / "tune")
+    for name in first:
+        assert params_by_number(again[name]) == params_by_number(first[name])
+        assert [t.value for t in again[name].get_trials()] == pytest.approx([t.value for t in first[name].get_trials()])
+
+
+def test_changed_conditions_on_resume_are_one_line_errors(tiny):
+    suite_dir, _ = tiny
+    out = suite_dir.parent.parent
+    r = bench("tune", "--methods", "siamese", "--trials", 3, "--out", out, "--validation", "classes", *SMALL)
+    assert r.exit_code == 2 and "folds.json" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    args = [a if a != "1" else "2" for a in SMALL]  # --epochs 2: another budget per trial
+    r = bench("tune", "--methods", "siamese", "--trials", 3, "--out", out, *args)
+    assert r.exit_code == 2 and "study 'siamese'" in r.stderr and "config" in r.stderr
+
+
+# ----------------------------------------------------------------------------- sampler
+
+
+def _fake_objective(trial):
+    x, y = trial.suggest_float("x", 1e-3, 1.0, log=True), trial.suggest_float("y", -1.0, 1.0)
+    return (np.log10(x) + 1.5) ** 2 + (y - 0.3) ** 2
+
+
+def _study(seed, storage=None, trials=12):
+    return optuna.create_study(study_name="m", storage=storage or optuna.storages.InMemoryStorage(),
+                               sampler=T.make_sampler(seed, "m", trials), load_if_exists=True)
+
+
+def test_sampler_replays_and_resumes_deterministically_past_the_random_start():
+    a, b = _study(7), _study(7)
+    a.optimize(_fake_objective, n_trials=12)
+    b.optimize(_fake_objective, n_trials=12)  # 4 random trials, then TPE
+    assert params_by_number(a) == params_by_number(b)
+    storage = optuna.storages.InMemoryStorage()
+    _study(7, storage).optimize(_fake_objective, n_trials=6)
+    _study(7, storage).optimize(_fake_objective, n_trials=6)  # a new process: a new sampler, same storage
+    assert params_by_number(optuna.load_study(study_name="m", storage=storage)) == params_by_number(a)
+    c = _study(8)
+    c.optimize(_fake_objective, n_trials=3)
+    assert params_by_number(c)[0] != params_by_number(a)[0]
+
+
+# ----------------------------------------------------------------------------- kill and resume
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "journal"])
+def test_killed_tune_resumes_with_only_the_missing_trials(tmp_path, storage):
+    """A tune killed during trial 2: its trial stays RUNNING with a heartbeat that stops. The resumed
+    tune fails it, re-queues it with the same parameters, and runs only that one."""
+    suite_dir = tmp_path / "digits" / "tune"
+    url = f"journal:{tmp_path / 'journal.log'}" if storage == "journal" else None
+    extra = ["--storage", url] if url else []
+    ok(bench("tune", "--methods", "siamese", "--trials", 2, "--out", tmp_path, *extra, *SMALL))
+    study = optuna.load_study(study_name="siamese", storage=T.open_storage(url or T.default_storage(suite_dir)),
+                              sampler=T.make_sampler(0, "siamese", 3))
+    killed = study.ask()
+    plan = T.method_plan("siamese", None, {})
+    T.suggest(killed, plan.space)
+    if storage == "sqlite":
+        study._storage.record_heartbeat(killed._trial_id)
+    time.sleep(3.5)  # > the grace period of 2 s (GRACE env) without a heartbeat
+
+    result = ok(bench("tune", "--methods", "siamese", "--trials", 3, "--out", tmp_path, *extra, *SMALL))
+    assert len(trial_lines(result.stderr)) == 1
+    trials = optuna.load_study(study_name="siamese", storage=T.open_storage(url or T.default_storage(suite_dir))).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
+    assert trials[3].system_attrs["failed_trial"] == 2 and trials[3].params == trials[2].params
+    doc = json.loads((suite_dir / "tuned.json").read_text())["methods"]["siamese"]
+    assert doc["trials"] == 3 and doc["states"]["COMPLETE"] == 3 and doc["states"]["FAIL"] == 0
+    assert doc["states"]["RETRIED"] == 1
+
+
+def test_resumed_trial_has_the_parameters_the_uninterrupted_tune_gave_it(tiny, tmp_path):
+    """Same seed, same trial number: the killed trial's re-queued parameters are those trial 2 of the
+    uninterrupted tiny study got."""
+    suite_dir, _ = tiny
+    s = optuna.create_study(study_name="siamese", storage=T.open_storage(T.default_storage(tmp_path / "s")),
+                            sampler=T.make_sampler(0, "siamese", 3))
+    for _ in range(3):
+        t = s.ask()
+        T.suggest(t, T.method_plan("siamese", None, {}).space)
+        s.tell(t, 0.5)  # the random start: the values do not steer the first 3 trials
+    assert params_by_number(s) == params_by_number(studies(suite_dir)["siamese"])
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+def test_failed_trial_is_fail_not_zero_and_the_study_goes_on(tmp_path, monkeypatch):
+    real = runner.run_one
+
+    def flaky(cfg, suite, **kw):
+        if cfg.tuned.get("trial") == 1:
+            return runner.RunResult(cfg, Path(suite), "failed", reason="loss term(s) contrastive became non-finite")
+        return real(cfg, suite, **kw)
+
+    monkeypatch.setattr(runner, "run_one", flaky)
+    result = ok(bench("tune", "--methods", "siamese", "--trials", 3, "--out", tmp_path, *SMALL))
+    assert "FAILED: loss term(s) contrastive became non-finite" in result.stderr
+    suite_dir = tmp_path / "digits" / "tune"
+    trials = studies(suite_dir)["siamese"].get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert trials[1].value is None and "non-finite" in trials[1].user_attrs["fail_reason"]
+    doc = json.loads((suite_dir / "tuned.json").read_text())["methods"]["siamese"]
+    assert doc["states"] == {"COMPLETE": 2, "PRUNED": 0, "FAIL": 1, "RUNNING": 0, "WAITING": 0, "RETRIED": 0}
+    assert doc["trials"] == 3 and doc["best_trial"] in (0, 2)
+
+
+def test_nan_loss_fails_every_trial_and_tuned_json_says_so(tmp_path):
+    space = tmp_path / "space.toml"
+    space.write_text("[siamese]\nlr = {low = 1e8, high = 1e9, log = true}\n")
+    result = ok(bench("tune", "--methods", "siamese", "--trials", 2, "--space", space, "--out", tmp_path, *SMALL))
+    assert result.stderr.count("non-finite") == 2
+    suite_dir = tmp_path / "digits" / "tune"
+    doc = json.loads((suite_dir / "tuned.json").read_text())["methods"]["siamese"]
+    assert doc["best_trial"] is None and doc["best_value"] is None and doc["states"]["FAIL"] == 2
+    assert "(no complete trial)" in result.stdout
+    suite = resolve_suite({}, {"methods": "siamese", "dataset": "digits"})
+    with pytest.raises(DMLBenchError, match="no trial of siamese completed"):
+        T.apply_tuned(suite, suite_dir)
+
+
+# ----------------------------------------------------------------------------- spaces
+
+
+def test_space_file_overrides_and_is_validated_like_set(tmp_path):
+    good = {"margin": {"low": 0.2, "high": 2.0}, "lr": 0.002, "normalize": True}
+    plan = T.method_plan("siamese", good, {})
+    assert plan.space == {"margin": Float(0.2, 2.0)}  # lr fixed by a plain value
+    assert plan.fixed == {"normalize": True} and plan.fixed_run == {"lr": 0.002}
+    assert "margin" not in T.method_plan("siamese", None, {"margin": "0.5"}).space  # --set fixes it
+    bad = [({"margn": {"low": 0.1, "high": 1.0}}, "unknown option siamese.margn"),
+           ({"margin": {"low": -1.0, "high": 1.0}}, "margin"),
+           ({"margin": {"low": 1.0}}, "expected low, high"),
+           ({"mining": {"choices": ["random", "psychic"]}}, "not allowed")]
+    for space, match in bad:
+        with pytest.raises(DMLBenchError, match=match):
+            T.method_plan("triplet-hinge" if "mining" in space else "siamese", space, {})
+    with pytest.raises(DMLBenchError, match="fixed twice"):
+        T.method_plan("siamese", {"margin": 1.0}, {"margin": "0.5"})
+    f = tmp_path / "s.toml"
+    f.write_text("[npair]\nlr = {low = 1e-4, high = 1e-3}\n")
+    r = bench("tune", "--methods", "siamese", "--trials", 1, "--space", f, "--out", tmp_path, *SMALL)
+    assert r.exit_code == 2 and "not among the methods being tuned" in r.stderr
+    f.write_text("[siamese]\nmargn = {low = 0.1, high = 1}\n")
+    r = bench("tune", "--methods", "siamese", "--trials", 1, "--space", f, "--out", tmp_path, *SMALL)
+    assert r.exit_code == 2 and r.stderr.startswith("error: unknown option siamese.margn")
+    r = bench("tune", "--methods", "siamese", "--trials", 1, "--objective", "svm_acc", "--out", tmp_path, *SMALL)
+    assert r.exit_code == 2 and "retrieval metric" in r.stderr
+    assert not (tmp_path / "digits").exists()  # every check before any data or study
+
+
+def test_validation_default_follows_the_test_protocol(digits):
+    from dmlbench.data.splits import class_disjoint
+
+    kind, why = T.choose_validation(digits.without_test(), 1, None)
+    assert kind == "samples" and "training classes" in why
+    disjoint = class_disjoint(digits)  # 5 training classes: too few for 4 class-disjoint folds
+    assert T.choose_validation(disjoint, 1, None)[0] == "samples"
+    from dataclasses import replace
+
+    assert T.choose_validation(replace(digits, split="classes"), 1, None)[0] == "classes"  # 10 >= 2 x 4
+    assert T.choose_validation(digits, 1, "classes") == ("classes", "--validation asks for them")
+
+
+# ----------------------------------------------------------------------------- the test set is never read
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_tune_never_reads_the_test_set(data_dir, tmp_path):
+    """Real MNIST training images (the first 2,000, so the test stays small), no t10k files at all:
+    tuning succeeds, and loading the test set fails there."""
+    from dmlbench.data import load_dataset
+    from dmlbench.data.idx import read_idx
+
+    folder = tmp_path / "data" / "mnist"
+    folder.mkdir(parents=True)
+    src = data_dir / "mnist"
+    x = read_idx(next(src.glob("train-images-idx3-ubyte*")))[:2000]
+    y = read_idx(next(src.glob("train-labels-idx1-ubyte*")))[:2000]
+    _write_idx(folder / "train-images-idx3-ubyte.gz", x)
+    _write_idx(folder / "train-labels-idx1-ubyte.gz", y)
+    with pytest.raises(DMLBenchError, match="t10k"):
+        load_dataset("mnist", data_dir=tmp_path / "data", options={"verify": False})
+    result = ok(bench("tune", "--dataset", "mnist", "--data-dir", tmp_path / "data", "--set", "data.verify=false",
+                      "--methods", "siamese", "--trials", 1, "--steps", 2, "--encoder", "mlp", "--batch-size", 32,
+                      "--test-triplets", 100, "--threads", 1, "--out", tmp_path / "out"))
+    assert "500 validation images" in result.stderr
+    doc = json.loads((tmp_path / "out" / "mnist" / "tune" / "tuned.json").read_text())
+    assert doc["methods"]["siamese"]["states"]["COMPLETE"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.mnist
+def test_tune_on_full_mnist_without_test_files(data_dir, tmp_path):
+    folder = tmp_path / "data" / "mnist"
+    folder.mkdir(parents=True)
+    for f in (data_dir / "mnist").glob("train-*"):
+        shutil.copy(f, folder / f.name)
+    ok(bench("tune", "--dataset", "mnist", "--data-dir", tmp_path / "data", "--methods", "siamese", "--trials", 1,
+             "--steps", 2, "--encoder", "mlp", "--batch-size", 32, "--test-triplets", 100, "--out", tmp_path / "out"))
+
+
+# ----------------------------------------------------------------------------- from tuning to the table
+
+
+def test_apply_tuned_gives_each_method_its_best_settings(tiny, tmp_path, caplog):
+    suite_dir, _ = tiny
+    doc = json.loads((suite_dir / "tuned.json").read_text())
+    suite = resolve_suite({}, {"methods": "siamese,triplet-hinge,vae", "dataset": "digits",
+                               "set": ["siamese.margin=3.5"]})
+    tuned = T.apply_tuned(suite, suite_dir)
+    assert tuned.methods == ["siamese", "triplet-hinge", "raw"]  # vae was not tuned; raw trains nothing
+    assert "vae not tuned" in caplog.text and "override" in caplog.text
+    assert tuned.seeds == [0, 1, 2, 3, 4]
+    for name in ("siamese", "triplet-hinge"):
+        m = doc["methods"][name]
+        assert tuned.method_sets[name] == m["method_params"] and tuned.run_sets[name] == m["run_params"]
+        assert tuned.tuned[name]["trial"] == m["best_trial"] and tuned.tuned[name]["study"] == name
+    assert T.apply_tuned(suite, suite_dir, seeds_given=True).seeds == [0]
+    cfg = T.tuned_config(tuned, runner.with_method(tuned.base, "siamese", 0, {}))
+    assert cfg.lr == pytest.approx(doc["methods"]["siamese"]["run_params"]["lr"]) and cfg.tuned["trial"] is not None
+
+    with pytest.raises(DMLBenchError, match="does not exist"):
+        T.apply_tuned(suite, tmp_path)
+    (tmp_path / "tuned.json").write_text("{not json")
+    with pytest.raises(DMLBenchError, match="corrupt"):
+        T.apply_tuned(suite, tmp_path)
+    with pytest.raises(DMLBenchError, match="tuned on digits"):
+        T.apply_tuned(resolve_suite({}, {"methods": "siamese", "dataset": "mnist"}), suite_dir)
+
+
+def test_expand_applies_tuned_run_keys_and_records_them(tiny):
+    import inspect
+
+    from dmlbench import suite as suite_mod
+
+    if "run_sets" not in inspect.getsource(suite_mod.expand) and "tuned_config" not in inspect.getsource(suite_mod.expand):
+        pytest.skip("needs the suite.expand change for per-method run keys (dmlbench.tune.tuned_config)")
+    suite_dir, _ = tiny
+    doc = json.loads((suite_dir / "tuned.json").read_text())
+    tuned = T.apply_tuned(resolve_suite({}, {"methods": "siamese", "dataset": "digits"}), suite_dir)
+    planned = suite_mod.expand(tuned, 1257)
+    by = {(p.config.method, p.config.seed): p.config for p in planned}
+    assert len(by) == 10
+    cfg = by[("siamese", 3)]
+    assert cfg.lr == pytest.approx(doc["methods"]["siamese"]["run_params"]["lr"])
+    assert cfg.tuned["trial"] == doc["methods"]["siamese"]["best_trial"]
+    assert by[("raw", 0)].tuned == {}
+
+
+def test_bench_run_tuned_runs_the_best_settings(tiny, tmp_path):
+    suite_dir, _ = tiny
+    doc = json.loads((suite_dir / "tuned.json").read_text())
+    ok(bench("run", "--tuned", suite_dir, "--methods", "siamese", "--seeds", 1, "--out", tmp_path, *SMALL))
+    (run,) = (tmp_path / "digits" / "siamese").glob("s1-*")
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["method_params"]["margin"] == pytest.approx(doc["methods"]["siamese"]["method_params"]["margin"])
+
+
+# ----------------------------------------------------------------------------- parallel workers
+
+
+@pytest.mark.slow
+def test_two_worker_processes_share_one_study_and_its_budget(tmp_path):
+    result = ok(bench("tune", "--methods", "siamese,triplet-hinge", "--trials", 3, "--workers", 2, "--out", tmp_path,
+                      "--dataset", "digits", "--epochs", "1", "--test-triplets", "100", "--threads", "2"))
+    s = studies(tmp_path / "digits" / "tune")
+    for study in s.values():
+        assert sorted(t.number for t in study.get_trials()) == [0, 1, 2]
+        assert all(t.state.name == "COMPLETE" for t in study.get_trials())
+    assert "siamese" in result.stdout
