@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models: 2 threads on 2 shared cores are 10-20x slower
 
 REQUIRE_DATA = os.environ.get("DMLBENCH_REQUIRE_DATA") == "1"
 

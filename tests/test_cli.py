@@ -472,58 +472,6 @@ def test_help_shows_options_and_defaults(command, expected):
 
 
 # --------------------------------------------------------------------------------------------
-# Atomic writes
-# --------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("where, exc", [("fsync", OSError("disk full")), ("replace", OSError("cross-device")),
-                                        ("fsync", KeyboardInterrupt())])
-def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch, where, exc):
-    from dmlbench import io
-
-    target = tmp_path / "metrics.json"
-    io.write_json(target, {"recall@1": 0.5})
-    old = target.read_bytes()
-
-    def boom(*a, **k):
-        raise exc
-
-    monkeypatch.setattr(os, where, boom)
-    with pytest.raises(type(exc)):
-        io.write_json(target, {"recall@1": 0.9})
-    monkeypatch.undo()
-    assert target.read_bytes() == old
-    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
-
-
-def test_failed_binary_writes_leave_no_temp(tmp_path, monkeypatch):
-    from dmlbench import io
-
-    def boom(*a, **k):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "fsync", boom)
-    with pytest.raises(OSError):
-        io.write_npz(tmp_path / "embeddings.npz", test_emb=np.zeros((2, 3)))
-    with pytest.raises(OSError):
-        io.torch_save(tmp_path / "checkpoint.pt", {"epoch": 1})
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_atomic_writes_round_trip(tmp_path):
-    from dmlbench import io
-
-    io.write_text(tmp_path / "a" / "h.csv", "epoch,loss\n1,0.5\n")  # creates the folder
-    io.write_json(tmp_path / "m.json", {"x": 1.5})
-    io.write_npz(tmp_path / "e.npz", a=np.arange(6).reshape(2, 3))
-    io.torch_save(tmp_path / "c.pt", {"epoch": 3})
-    assert (tmp_path / "a" / "h.csv").read_text() == "epoch,loss\n1,0.5\n"
-    assert json.loads((tmp_path / "m.json").read_text()) == {"x": 1.5}
-    np.testing.assert_array_equal(np.load(tmp_path / "e.npz")["a"], [[0, 1, 2], [3, 4, 5]])
-    assert torch.load(tmp_path / "c.pt", weights_only=False) == {"epoch": 3}
-    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["c.pt", "e.npz", "h.csv", "m.json"]
-
-
-# --------------------------------------------------------------------------------------------
 # The table on hand-made run folders (known numbers)
 # --------------------------------------------------------------------------------------------
 
@@ -601,3 +549,89 @@ def test_table_single_seed_is_a_lone_value_and_missing_folder_errors(tmp_path):
     assert rows["alpha"][3] == "0.2500" and rows["beta"][3] == "**0.5000**"
     result = bench("table", tmp_path / "nowhere")
     assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+from dmlbench.data import load_dataset  # noqa: E402
+from dmlbench.errors import DMLBenchError  # noqa: E402
+
+
+# Regressions from an earlier review (the table)
+
+def test_table_counts_a_config_once_across_suites_and_bolds_per_dataset(tmp_path):
+    import pandas as pd
+
+    from dmlbench.table import aggregate, collect, format_table
+
+    out = tmp_path / "r"
+    for suite in ("a", ""):
+        args = ["run", "--methods", "triplet-hinge", "--epochs", "1", "--test-triplets", "50", "--threads", "1",
+                "--out", out]
+        r = bench(*args, *(["--suite", suite] if suite else []))
+        assert r.exit_code == 0, r.stderr
+    runs = collect(out / "digits")
+    assert len(runs[runs["method"] == "triplet-hinge"]) == 2  # the same run in two folders
+    agg = aggregate(runs)
+    assert int(agg.loc[agg["method"] == "triplet-hinge", "n"].iloc[0]) == 1
+    # Two datasets: each one's best value is bold (the best is decided within a dataset).
+    runs = runs.assign(**{"recall@1": np.where(runs["method"] == "raw", 0.5, 0.9)})
+    other = runs.assign(dataset="other", **{"recall@1": np.where(runs["method"] == "raw", 0.6, 0.3)})
+    both = format_table(aggregate(pd.concat([runs, other], ignore_index=True), ["recall@1"]), "markdown", ["recall@1"])
+    bold = [line for line in both.splitlines() if "**" in line]
+    assert {(line.split("|")[1].strip(), line.split("|")[2].strip()) for line in bold} == \
+        {("digits", "triplet-hinge"), ("other", "raw")}
+
+
+def test_raw_has_one_run_whatever_the_training_settings(tmp_path):
+    out = tmp_path / "r"
+    for epochs in ("1", "2"):
+        r = bench("run", "--methods", "raw", "--epochs", epochs, "--lr", "0.01", "--test-triplets", "50",
+                  "--threads", "1", "--out", out)
+        assert r.exit_code == 0, r.stderr
+    assert len(list((out / "digits" / "raw").iterdir())) == 1
+
+
+def test_a_crashing_method_is_recorded_and_the_suite_goes_on(tmp_path):
+    # A loss whose options make training blow up fails inside its run, not the whole suite.
+    out = tmp_path / "r"
+    r = bench("run", "--methods", "pml:ArcFaceLoss,triplet-hinge", "--set", "pml:ArcFaceLoss.scale=-1e40",
+              "--epochs", "1", "--test-triplets", "50", "--threads", "1", "--out", out)
+    assert r.exit_code == 1, r.stderr
+    failed = list((out / "digits" / "pml-ArcFaceLoss").glob("*/failed.json"))
+    assert len(failed) == 1 and json.loads(failed[0].read_text())["reason"]
+    for method in ("triplet-hinge", "raw"):
+        assert list((out / "digits" / method).glob("*/metrics.json")), method
+    assert "Failed runs" in (out / "digits" / "table.md").read_text()
+
+
+def test_generative_methods_refuse_standardised_pixels(tmp_path):
+    r = bench("run", "--methods", "vae", "--normalize", "standard", "--epochs", "1", "--out", tmp_path)
+    assert r.exit_code == 2 and "[0, 1]" in r.stderr and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--threads", "-1"], "threads"),
+    (["--seeds", "-1"], "seeds"),
+    (["--momentum", "-1"], "momentum"),
+    (["--set", "triplet-hinge.mining=hard", "--set", "triplet-hinge.m=1"], "at least 2"),
+])
+def test_bad_values_are_one_line_errors(tmp_path, args, needle):
+    r = bench("run", "--methods", "triplet-hinge", *args, "--epochs", "1", "--out", tmp_path)
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    assert needle in r.stderr and "Traceback" not in r.output
+    assert sum(ln.startswith("error") for ln in r.stderr.splitlines()) == 1
+
+
+def test_bad_toml_types_are_one_line_errors(tmp_path):
+    f = tmp_path / "s.toml"
+    for text in ('set = "tvae.margin=2"\n', "out = 5\n"):
+        f.write_text(text)
+        r = bench("run", "--config", f, "--out", tmp_path)
+        assert r.exit_code == 2 and "config file" in r.stderr, r.stderr
+
+
+def test_table_ignores_foreign_config_files(tmp_path):
+    from dmlbench.table import collect
+
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "config.json").write_text(json.dumps({"something": "else"}))
+    assert len(collect(tmp_path)) == 0

@@ -856,3 +856,18 @@ def test_hf_datasets_is_not_shadowed(tmp_path):
     assert lines[0] == "True"
     flag, path = lines[1].split(" ", 1)
     assert flag == "True" and Path(path) == fake / "__init__.py"
+
+
+from dmlbench.data import load_dataset  # noqa: E402
+from dmlbench.errors import DMLBenchError  # noqa: E402
+
+
+# Regressions from an earlier review
+
+def test_fashion_mnist_does_not_read_mnist_from_a_bare_folder(data_dir):
+    # A bare folder is searched only with the MD5 check on, and MNIST's files fail Fashion-MNIST's MD5s.
+    with pytest.raises(DMLBenchError, match="MD5") as e:
+        load_dataset("fashion-mnist", data_dir=data_dir / "mnist")
+    assert "train-images-idx3-ubyte" in str(e.value)
+    with pytest.raises(DMLBenchError, match="fashion-mnist: .* not found"):
+        load_dataset("fashion-mnist", data_dir=data_dir / "mnist", options={"verify": False})
