@@ -93,7 +93,8 @@ class ImageCache:
             raise DMLBenchError(f"{self.header_path} is not a readable dmlbench cache header ({type(e).__name__}); "
                                 "delete it (and the .npy beside it) to rebuild the cache") from None
         if not isinstance(h, dict) or h.get("format") != FORMAT:
-            raise DMLBenchError(f"{self.header_path} is not a dmlbench cache header (format {h.get('format') if isinstance(h, dict) else '?'!r}); "
+            fmt = h.get("format") if isinstance(h, dict) else type(h).__name__
+            raise DMLBenchError(f"{self.header_path} is not a dmlbench cache header (format {fmt!r}); "
                                 "move it away or delete it to rebuild the cache")
         return h
 

@@ -161,8 +161,8 @@ def workers() -> int:
         return os.cpu_count() or 1
 
 
-def decode_into(out_path: Path, files: Sequence[str | os.PathLike], opts: DecodeOptions, n_workers: int | None = None
-                ) -> list[tuple[int, str]]:
+def decode_into(out_path: Path, files: Sequence[str | os.PathLike], opts: DecodeOptions,
+                n_workers: int | None = None) -> list[tuple[int, str]]:
     """Decode ``files`` into the .npy at ``out_path`` (already allocated with their shape), using
     ``n_workers`` processes; returns the unreadable files as (index, reason)."""
     shape = np.load(out_path, mmap_mode="r").shape
@@ -170,7 +170,8 @@ def decode_into(out_path: Path, files: Sequence[str | os.PathLike], opts: Decode
         # Starting a pool costs a few tenths of a second; a small folder decodes faster than that.
         n_workers = 1 if len(files) < SERIAL_BELOW else workers()
     chunk = max(64, min(2048, -(-len(files) // (n_workers * 8))))
-    jobs = [(str(out_path), shape, [str(f) for f in files[s:s + chunk]], s, opts) for s in range(0, len(files), chunk)]
+    jobs = [(str(out_path), shape, [os.fspath(f) for f in files[s:s + chunk]], s, opts)
+            for s in range(0, len(files), chunk)]
     bad: list[tuple[int, str]] = []
     if n_workers == 1 or len(jobs) == 1:
         for j in jobs:
@@ -179,7 +180,8 @@ def decode_into(out_path: Path, files: Sequence[str | os.PathLike], opts: Decode
     import multiprocessing
 
     # forkserver/spawn, never fork: the parent may hold torch or BLAS threads.
-    ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    ctx = multiprocessing.get_context(method)
     with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
         for b in pool.map(_decode_chunk, jobs):
             bad += b
