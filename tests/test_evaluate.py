@@ -9,8 +9,37 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dmlbench.evaluate import (RECALL_KS, _drop_self, knn_accuracy, retrieval_metrics, svm_accuracy,
-                               triplet_accuracy)
+from dmlbench import evaluate, neighbors, probe
+from dmlbench.metrics import RECALL_KS
+
+
+def retrieval_metrics(emb, labels, batch=None):
+    """``batch``: search in tiny query blocks (the result budget cut to ~``batch`` rows)."""
+    old = neighbors._RESULT_BUDGET
+    if batch:
+        neighbors._RESULT_BUDGET = batch * 12 * len(emb)
+    try:
+        summary, per_query = neighbors.retrieval_metrics(emb, labels)
+    finally:
+        neighbors._RESULT_BUDGET = old
+    valid = ~np.isnan(per_query["map@r"])
+    assert summary["map@r"] == pytest.approx(per_query["map@r"][valid].mean())
+    return {k: v for k, v in summary.items() if k not in ("r_precision", "queries_without_positive")}
+
+
+def triplet_accuracy(emb, triplets, margin):
+    return evaluate.triplet_accuracy(emb, triplets, margin)[0]
+
+
+def knn_accuracy(train, train_y, test, test_y, k, batch=None):
+    acc, correct = neighbors.knn_classify(train, train_y, test, test_y, k)
+    assert acc == pytest.approx(correct.mean())
+    return acc
+
+
+def svm_accuracy(train, train_y, test, test_y):
+    r = probe.linear_probe(train, train_y, test, test_y, seed=0)
+    return r.accuracy, r.confusion
 
 RETRIEVAL_KEYS = {f"recall@{k}" for k in RECALL_KS} | {"precision@1", "map@r"}
 
@@ -175,14 +204,6 @@ def test_self_excluded_with_many_duplicates():
     assert m["map@r"] == pytest.approx(7 / 24)
 
 
-def test_drop_self_removes_the_query_wherever_it_sits():
-    ids = np.array([[3, 5, 7],    # query 3 first: drop it
-                    [0, 4, 9],    # query 4 after its duplicate 0: drop column 1, not column 0
-                    [1, 2, 6]])   # query 8 absent (crowded out by duplicates): keep the first k
-    out = _drop_self(ids, np.array([3, 4, 8]), 2)
-    np.testing.assert_array_equal(out, [[5, 7], [0, 9], [1, 2]])
-
-
 def test_map_at_r_skips_queries_without_relevant_items():
     # Singletons have R = 0 and are left out of MAP@R's mean (Musgrave et al.).
     # i0=0 A, i1=1 A, i2=30 C (alone). i0: i1 first -> AP 1; i1: i0 first -> AP 1. MAP@R = 1.
@@ -291,3 +312,64 @@ def test_precision_at_1_and_map_at_r_match_pytorch_metric_learning():
     assert 0.1 < theirs["mean_average_precision_at_r"] < 0.9
     assert ours["precision@1"] == pytest.approx(theirs["precision_at_1"], abs=1e-6)
     assert ours["map@r"] == pytest.approx(theirs["mean_average_precision_at_r"], abs=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# The metric registry: a metric registered from here is computed, stored and tabled
+# --------------------------------------------------------------------------------------------
+
+def test_a_metric_registered_from_a_test_module_reaches_metrics_json_and_the_table(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from dmlbench.cli import app
+    from dmlbench.metrics import METRICS, register_metric
+
+    @register_metric("mean_norm_test", higher_is_better=False, description="mean embedding norm (test only)")
+    def mean_norm(ctx):
+        e = ctx.test_emb()
+        return float(np.linalg.norm(e, axis=1).mean())
+
+    try:
+        r = CliRunner().invoke(app, ["run", "--methods", "raw", "--out", str(tmp_path), "--test-triplets", "50"])
+        assert r.exit_code == 0, r.stderr
+        (run,) = (tmp_path / "digits" / "raw").glob("s0-*")
+        m = json.loads((run / "metrics.json").read_text())
+        from dmlbench.data import load_dataset
+
+        d = load_dataset("digits")
+        x = d.test.images().reshape(len(d.test), -1).astype(np.float64) * d.scale
+        assert m["mean_norm_test"] == pytest.approx(np.linalg.norm(x, axis=1).mean(), rel=1e-5)
+        t = CliRunner().invoke(app, ["table", str(tmp_path), "--metrics", "recall@1,mean_norm_test"])
+        assert t.exit_code == 0 and "mean_norm_test" in t.stdout
+        listed = CliRunner().invoke(app, ["list", "metrics"]).stdout
+        assert "mean_norm_test" in listed and "(lower is better) mean embedding norm" in listed
+    finally:
+        METRICS.remove("mean_norm_test")
+
+
+def test_classification_probes_do_not_apply_to_a_class_disjoint_split(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from dmlbench.cli import app
+
+    r = CliRunner().invoke(app, ["run", "--methods", "raw", "--split", "classes", "--out", str(tmp_path),
+                                 "--test-triplets", "50"])
+    assert r.exit_code == 0, r.stderr
+    (run,) = (tmp_path / "digits" / "raw").glob("s0-*")
+    m = json.loads((run / "metrics.json").read_text())
+    assert "knn_acc" not in m and "svm_acc" not in m and "map@r" in m
+    pq = np.load(run / "per_query.npz")
+    assert len(pq["retrieval_map@r"]) == json.loads((run / "config.json").read_text())["data"]["test"]
+
+# Regression: k larger than the training set
+
+def test_knn_k_larger_than_train_set():
+    from dmlbench.neighbors import knn_classify
+
+    train = np.array([[0.0], [1.0], [10.0]], dtype=np.float32)
+    acc, correct = knn_classify(train, np.array([0, 0, 1]), np.array([[0.5]], dtype=np.float32), np.array([0]), k=50)
+    assert acc == 1.0 and correct.tolist() == [True]
