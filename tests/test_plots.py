@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from dmlbench.cli import app
 from dmlbench.config import RunConfig
-from dmlbench.runner import run_suite
+from dmlbench.suite import Suite, run_suite
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -18,9 +18,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def results(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("results")
     base = RunConfig(dataset="digits", epochs=2, test_triplets=1000, threads=1)
-    run_suite(base, ["vae", "tvae"], [0, 1], {}, out)
+    run_suite(Suite(base, ["vae", "tvae"], [0, 1], {}, out))
     # A second TVAE configuration, so the trade-off plot has two triplet weights.
-    run_suite(base, ["tvae"], [0, 1], {"tvae": {"weights.triplet": "10"}}, out)
+    run_suite(Suite(base, ["tvae"], [0, 1], {"tvae": {"weights.triplet": "10"}}, out))
     return out
 
 
