@@ -82,8 +82,11 @@ SUITE_OPTIONS = [
     ("seeds", Optional[str], "Comma-separated seeds, one run each. [default: 0]", None),
     ("out", Optional[Path], "Results folder. [default: results]", None),
     ("suite", Optional[str], "A name for this suite: its runs and table go to OUT/<dataset>/<suite>/.", None),
-    ("workers", Optional[int], "Runs at once; the thread budget is split between them. [default: 1]", None),
+    ("workers", Optional[str], "Runs at once (a number, or auto: 4 per GPU, 1 per 4 CPU cores); the thread budget is split between them. [default: 1]", None),
+    ("devices", Optional[str], "Comma-separated devices to spread the runs over, e.g. cuda:0,cuda:1. [default: --device]", None),
     ("executor", Optional[str], "local (this machine) or ray (a Ray cluster; pip install 'dmlbench[ray]'). [default: local]", None),
+    ("ray_address", Optional[str], "Ray cluster: auto or HOST:PORT. [default: $RAY_ADDRESS, else a local Ray instance]", None),
+    ("gpus_per_run", Optional[float], "GPU fraction per Ray task (0.25 packs four runs on a GPU). [default: 0]", None),
 ]
 
 
@@ -151,11 +154,12 @@ def run(**kw):
     if flags.get("out") is not None:
         flags["out"] = str(flags["out"])
     flags["reuse_stale"] = flags["reuse_stale"] or None
-    suite = resolve_suite(read_toml(config, preset), flags)
+    file_values = read_toml(config, preset)
+    suite = resolve_suite(file_values, flags)
     if tuned is not None:
         from dmlbench.tune import apply_tuned
 
-        suite = apply_tuned(suite, tuned)
+        suite = apply_tuned(suite, tuned, seeds_given=flags.get("seeds") is not None or "seeds" in file_values)
     suite.base.resolved().check()  # bad values fail here, before any thread pool or data is touched
     set_threads(suite.base.threads)
     done: list = []
@@ -170,7 +174,7 @@ def run(**kw):
     def report(r) -> None:
         done.append(r)
         head = f"[{len(done)}/{total[0]}] {r.config.method} seed {r.config.seed}"
-        if r.status in ("failed", "busy"):
+        if r.status == "failed":
             err(f"{head}: {r.status.upper()}: {r.reason}")
         else:
             m = r.metrics
@@ -184,9 +188,9 @@ def run(**kw):
         raise typer.Exit(130) from None
     typer.echo(write_tables(suite.dir))
     err(f"table written to {suite.dir / 'table.md'} and table.csv")
-    bad = [r for r in results if r.status in ("failed", "busy")]
+    bad = [r for r in results if r.status == "failed"]
     if bad:
-        err(f"error: {len(bad)} of {len(results)} runs failed or were busy elsewhere (see failed.json in their "
+        err(f"error: {len(bad)} of {len(results)} runs failed (see failed.json in their "
             "folders); fix the cause and re-run: complete runs are skipped")
         raise typer.Exit(1)
 
@@ -283,8 +287,11 @@ def list_(what: Annotated[str, typer.Argument(help="methods, datasets, metrics, 
         typer.echo("Methods (also pml:<LossName> for any pytorch-metric-learning loss):")
         for name in method_names():
             d = get_method(name).describe()
+            from dmlbench.space import describe
+
             typer.echo(f"  {name}\n    paper:    {d['paper']}\n    loss:     {d['formula']}\n"
-                       f"    defaults: {json.dumps(d['defaults'])}")
+                       f"    defaults: {json.dumps(d['defaults'])}"
+                       + (f"\n    space:    {describe(d['space'])}" if d["space"] else ""))
         from dmlbench.methods.pml import pml_loss_names
 
         typer.echo("  pml:<LossName>, LossName one of: " + ", ".join(pml_loss_names()))

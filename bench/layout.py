@@ -24,6 +24,7 @@ CONFIG, METRICS, FAILED, HISTORY = "config.json", "metrics.json", "failed.json",
 CHECKPOINT, EMBEDDINGS, PER_QUERY = "checkpoint.pt", "embeddings.npz", "per_query.npz"
 CONFUSION, RECONSTRUCTIONS, LOCK = "confusion.csv", "reconstructions.npz", ".lock"
 STALE = ".stale"
+TRIALS = "trials"  # bench tune's validation runs: never test results
 TABLE_MD, TABLE_CSV, PLOTS, STUDY = "table.md", "table.csv", "plots", "study.db"
 DEFAULT_OUT = Path("results")
 
@@ -46,11 +47,12 @@ def run_dir(suite: Path, method: str, seed: int, run_id: str) -> Path:
 
 def run_dirs(root: Path | str, recursive: bool = True) -> Iterator[Path]:
     """Run folders (those holding a config.json) under ``root``; ``recursive=False``: one suite's own.
-    Archived stale runs are left out."""
+    Archived stale runs and tuning trials (validation runs) are left out."""
     root = Path(root)
     paths = root.rglob(CONFIG) if recursive else root.glob(f"*/*/{CONFIG}")
     for p in sorted(paths):
-        if STALE not in p.relative_to(root).parts:
+        parts = p.relative_to(root).parts
+        if STALE not in parts and TRIALS not in parts[:-3]:
             yield p.parent
 
 

@@ -37,7 +37,7 @@ log = logging.getLogger("dmlbench")
 class RunResult:
     config: RunConfig
     run_dir: Path
-    status: str  # done | skipped (already complete) | failed | busy (another process holds it)
+    status: str  # done | skipped (already complete) | failed
     metrics: dict = field(default_factory=dict)
     reason: str = ""
 
@@ -148,6 +148,16 @@ def _archive(run: Path, why: list[str]) -> Path:
     return dest
 
 
+def _lock(run: Path) -> Lock:
+    """The run folder's lock; where another process holds it, wait for that process to finish (the
+    run is then complete and skipped, or resumed if it died: the OS releases a dead holder's lock)."""
+    lock = Lock(run / layout.LOCK)
+    if not lock.acquire(blocking=False):
+        log.warning("%s is being run by another process; waiting for it", run)
+        lock.acquire()
+    return lock
+
+
 def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool = False, data=None,
             callbacks: tuple = (), metrics: list[str] | None = None) -> RunResult:
     """Train and evaluate one config into its run folder; never raises for a failed run.
@@ -160,9 +170,7 @@ def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool
 
     run = layout.run_dir(suite, cfg.method, cfg.seed, cfg.run_id())
     run.mkdir(parents=True, exist_ok=True)
-    lock = Lock(run / layout.LOCK)
-    if not lock.acquire(blocking=False):
-        return RunResult(cfg, run, "busy", reason="another process is running it")
+    lock = _lock(run)
     try:
         import torch
 
@@ -181,9 +189,7 @@ def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool
             lock.release()
             _archive(run, why)
             run.mkdir(parents=True, exist_ok=True)
-            lock = Lock(run / layout.LOCK)
-            if not lock.acquire(blocking=False):
-                return RunResult(cfg, run, "busy", reason="another process is running it")
+            lock = _lock(run)
         (run / layout.FAILED).unlink(missing_ok=True)
         # Written first, so that a run that fails before its data is loaded is still listed.
         write_json(run / layout.CONFIG, {**cfg.to_dict(), "run_id": cfg.run_id(), "group_id": cfg.group_id(),

@@ -88,6 +88,7 @@ HEARTBEAT_ENV, GRACE_ENV = "DMLBENCH_TUNE_HEARTBEAT", "DMLBENCH_TUNE_GRACE"
 MAX_RETRY = 3  # a trial whose worker dies every time (out of memory) is retried this often, then FAIL
 POLL_S = 5.0
 FOLD_PARTS = 4  # groups of a --folds 1 partition (dmlbench.data.splits.n_partitions)
+N_STARTUP = 10  # random trials before TPE models the scores (Optuna's default)
 
 
 @dataclass
@@ -170,8 +171,11 @@ def trial_seed(seed: int, method: str, number: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def make_sampler(seed: int, method: str, trials: int):
-    """TPE whose random state is re-seeded from (seed, method, trial number) before every trial."""
+def make_sampler(seed: int, method: str):
+    """TPE whose random state is re-seeded from (seed, method, trial number) before every trial.
+
+    Its first ``N_STARTUP`` trials are random, whatever the budget, so that a study extended with
+    a larger ``--trials`` proposes what a fresh one with that budget would."""
     optuna = _optuna()
 
     class SeededTPESampler(optuna.samplers.TPESampler):
@@ -185,9 +189,7 @@ def make_sampler(seed: int, method: str, trials: int):
                                     "bench tune's reproducible sampler needs optuna 3.4-5.x") from None
             super().before_trial(study, trial)
 
-    # TPE models the scores after its random start; a small budget gets a shorter random start.
-    n_startup = min(10, max(3, trials // 3))
-    return SeededTPESampler(seed=trial_seed(seed, method, -1), n_startup_trials=n_startup)
+    return SeededTPESampler(seed=trial_seed(seed, method, -1), n_startup_trials=N_STARTUP)
 
 
 def _retry_callback():
@@ -530,7 +532,6 @@ def _pruning_callback(trial, objective: str, fold, cfg: RunConfig, triplets, ste
 def run_trial(trial, job: Job, plan: MethodPlan, folds: dict) -> float:
     """Sample, run each fold, return the mean validation objective (raise for FAIL or PRUNED)."""
     from dmlbench import runner
-    from dmlbench.data.splits import n_partitions  # noqa: F401 - documents where the partition count comes from
     from dmlbench.trainer import epoch_plan
 
     optuna = _optuna()
@@ -605,7 +606,8 @@ def _one_trial(study, job: Job, plan: MethodPlan, folds: dict, trial) -> None:
             _echo(f"  {name}: FAILED: {reason} ({_fmt_params(trial.params)})")
             return
     study.tell(trial, value)
-    _echo(f"  {name}: {job.opts.objective} {value:.4f} ({_fmt_params(trial.params)}) [{time.perf_counter() - t0:.1f} s]")
+    seconds = time.perf_counter() - t0
+    _echo(f"  {name}: {job.opts.objective} {value:.4f} ({_fmt_params(trial.params)}) [{seconds:.1f} s]")
 
 
 def work(job: Job, threads: int | None = None, data=None, level: int | None = None) -> int:
@@ -626,7 +628,7 @@ def work(job: Job, threads: int | None = None, data=None, level: int | None = No
     folds = {f: fold_data(data, job.kind, job.assignment, f, base.normalize) for f in job.folds}
     storage = open_storage(job.storage_url)
     studies = {p.name: optuna.load_study(study_name=p.name, storage=storage,
-                                         sampler=make_sampler(job.opts.tune_seed, p.name, job.opts.trials),
+                                         sampler=make_sampler(job.opts.tune_seed, p.name),
                                          pruner=_pruner(job.opts.prune))
                for p in job.plans}
     lock = Lock(Path(job.suite_dir) / TUNE_LOCK)
@@ -732,9 +734,19 @@ def create_studies(job: Job) -> None:
         if have is None:
             study.set_user_attr("dmlbench", want)
         elif have != want:
-            keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
-            raise DMLBenchError(f"study {plan.name!r} in {redact(job.storage_url)} was made with other {', '.join(keys)}; "
-                                "give the same options to resume it, or another --suite/--storage for a new study")
+            diffs = []
+            for k in sorted(set(have) | set(want)):
+                old, new = have.get(k), want.get(k)
+                if old == new:
+                    continue
+                if isinstance(old, dict) and isinstance(new, dict) and k == "config":
+                    diffs += [f"{c} {old.get(c)} -> {new.get(c)}" for c in sorted(set(old) | set(new))
+                              if old.get(c) != new.get(c)]
+                else:
+                    diffs.append(f"{k} {old} -> {new}")
+            raise DMLBenchError(f"study {plan.name!r} in {redact(job.storage_url)} was made under other conditions "
+                                f"({'; '.join(diffs)}); give the same options to resume it, or another "
+                                "--suite/--storage for a new study")
         if study.direction.name.lower() != direction:
             raise DMLBenchError(f"study {plan.name!r} in {redact(job.storage_url)} {study.direction.name.lower()}s, "
                                 f"but {job.opts.objective} needs {direction}")
@@ -742,6 +754,7 @@ def create_studies(job: Job) -> None:
 
 def tune(suite: Suite, opts: TuneOptions, echo=_echo) -> dict:
     """Tune every trained method of the suite with an equal budget; write and return tuned.json."""
+    from dmlbench.data.base import standardized
     from dmlbench.data.splits import fold_assignment, n_partitions
     from dmlbench.encoders import check_input
     from dmlbench.methods import GenerativeMethod, get_method
@@ -766,9 +779,10 @@ def tune(suite: Suite, opts: TuneOptions, echo=_echo) -> dict:
     data = load_training_data(base)
     check_input(base.encoder, input_shape(base, data.input_shape))
     generative = [p.name for p in plans if issubclass(get_method(p.name), GenerativeMethod)]
-    lo, hi = data.value_range()
+    lo, hi = (standardized(data) if base.normalize == "standard" else data).value_range()
     if generative and (lo < 0 or hi > 1):
-        raise DMLBenchError(f"{', '.join(generative)} decode pixels in [0, 1], but this data spans [{lo:.3g}, {hi:.3g}]")
+        raise DMLBenchError(f"{', '.join(generative)} decode pixels in [0, 1], but this data spans "
+                            f"[{lo:.3g}, {hi:.3g}]; use normalize=unit or leave the generative methods out")
     kind, why = choose_validation(data, opts.folds, opts.validation)
     assignment = fold_assignment(data, kind, opts.folds, opts.tune_seed)
     check_folds(suite_dir, kind, opts.folds, opts.tune_seed, assignment, base.dataset)

@@ -25,6 +25,9 @@ from dmlbench.errors import DMLBenchError  # noqa: E402
 from dmlbench.space import Float  # noqa: E402
 from dmlbench.suite import resolve_suite  # noqa: E402
 
+# The tests ask trials by hand on a storage with a heartbeat, which Optuna warns about.
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
+
 SMALL = ["--dataset", "digits", "--epochs", "1", "--test-triplets", "100", "--threads", "1"]
 N_VALID = 314  # digits: 1257 training images, a quarter of them (stratified) validates
 
@@ -132,7 +135,7 @@ def test_changed_conditions_on_resume_are_one_line_errors(tiny):
     assert r.exit_code == 2 and "folds.json" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     args = [a if a != "1" else "2" for a in SMALL]  # --epochs 2: another budget per trial
     r = bench("tune", "--methods", "siamese", "--trials", 3, "--out", out, *args)
-    assert r.exit_code == 2 and "study 'siamese'" in r.stderr and "config" in r.stderr
+    assert r.exit_code == 2 and "study 'siamese'" in r.stderr and "epochs 1 -> 2" in r.stderr
 
 
 # ----------------------------------------------------------------------------- sampler
@@ -143,19 +146,20 @@ def _fake_objective(trial):
     return (np.log10(x) + 1.5) ** 2 + (y - 0.3) ** 2
 
 
-def _study(seed, storage=None, trials=12):
+def _study(seed, storage=None):
     return optuna.create_study(study_name="m", storage=storage or optuna.storages.InMemoryStorage(),
-                               sampler=T.make_sampler(seed, "m", trials), load_if_exists=True)
+                               sampler=T.make_sampler(seed, "m"), load_if_exists=True)
 
 
 def test_sampler_replays_and_resumes_deterministically_past_the_random_start():
+    n = T.N_STARTUP + 4  # random trials, then TPE
     a, b = _study(7), _study(7)
-    a.optimize(_fake_objective, n_trials=12)
-    b.optimize(_fake_objective, n_trials=12)  # 4 random trials, then TPE
+    a.optimize(_fake_objective, n_trials=n)
+    b.optimize(_fake_objective, n_trials=n)
     assert params_by_number(a) == params_by_number(b)
     storage = optuna.storages.InMemoryStorage()
-    _study(7, storage).optimize(_fake_objective, n_trials=6)
-    _study(7, storage).optimize(_fake_objective, n_trials=6)  # a new process: a new sampler, same storage
+    _study(7, storage).optimize(_fake_objective, n_trials=n // 2)
+    _study(7, storage).optimize(_fake_objective, n_trials=n - n // 2)  # a new process: a new sampler, same storage
     assert params_by_number(optuna.load_study(study_name="m", storage=storage)) == params_by_number(a)
     c = _study(8)
     c.optimize(_fake_objective, n_trials=3)
@@ -174,7 +178,7 @@ def test_killed_tune_resumes_with_only_the_missing_trials(tmp_path, storage):
     extra = ["--storage", url] if url else []
     ok(bench("tune", "--methods", "siamese", "--trials", 2, "--out", tmp_path, *extra, *SMALL))
     study = optuna.load_study(study_name="siamese", storage=T.open_storage(url or T.default_storage(suite_dir)),
-                              sampler=T.make_sampler(0, "siamese", 3))
+                              sampler=T.make_sampler(0, "siamese"))
     killed = study.ask()
     plan = T.method_plan("siamese", None, {})
     T.suggest(killed, plan.space)
@@ -184,7 +188,8 @@ def test_killed_tune_resumes_with_only_the_missing_trials(tmp_path, storage):
 
     result = ok(bench("tune", "--methods", "siamese", "--trials", 3, "--out", tmp_path, *extra, *SMALL))
     assert len(trial_lines(result.stderr)) == 1
-    trials = optuna.load_study(study_name="siamese", storage=T.open_storage(url or T.default_storage(suite_dir))).get_trials()
+    storage = T.open_storage(url or T.default_storage(suite_dir))
+    trials = optuna.load_study(study_name="siamese", storage=storage).get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
     assert trials[3].system_attrs["failed_trial"] == 2 and trials[3].params == trials[2].params
     doc = json.loads((suite_dir / "tuned.json").read_text())["methods"]["siamese"]
@@ -197,7 +202,7 @@ def test_resumed_trial_has_the_parameters_the_uninterrupted_tune_gave_it(tiny, t
     uninterrupted tiny study got."""
     suite_dir, _ = tiny
     s = optuna.create_study(study_name="siamese", storage=T.open_storage(T.default_storage(tmp_path / "s")),
-                            sampler=T.make_sampler(0, "siamese", 3))
+                            sampler=T.make_sampler(0, "siamese"))
     for _ in range(3):
         t = s.ask()
         T.suggest(t, T.method_plan("siamese", None, {}).space)
@@ -240,6 +245,22 @@ def test_nan_loss_fails_every_trial_and_tuned_json_says_so(tmp_path):
     suite = resolve_suite({}, {"methods": "siamese", "dataset": "digits"})
     with pytest.raises(DMLBenchError, match="no trial of siamese completed"):
         T.apply_tuned(suite, suite_dir)
+
+
+def test_prune_reports_each_epoch_and_stops_the_trial(tmp_path, monkeypatch):
+    # A pruner that stops any trial at its first report: map@r is never above 2.
+    monkeypatch.setattr(T, "_pruner", lambda prune: optuna.pruners.ThresholdPruner(lower=2.0))
+    args = [a if a != "1" else "2" for a in SMALL]  # 2 epochs: a report after the first
+    result = ok(bench("tune", "--methods", "siamese", "--trials", 2, "--prune", "--out", tmp_path, *args))
+    assert result.stderr.count("pruned at epoch 1") == 2 and "Traceback" not in result.stderr
+    suite_dir = tmp_path / "digits" / "tune"
+    trials = studies(suite_dir)["siamese"].get_trials()
+    assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
+    assert all(list(t.intermediate_values) == [0] and 0 < t.intermediate_values[0] <= 1 for t in trials)
+    run = Path(trials[0].user_attrs["run_dir_fold0"])
+    assert "pruned at epoch 1" in json.loads((run / "failed.json").read_text())["reason"]
+    doc = json.loads((suite_dir / "tuned.json").read_text())["methods"]["siamese"]
+    assert doc["states"]["PRUNED"] == 2 and doc["trials"] == 2 and doc["best_trial"] is None
 
 
 # ----------------------------------------------------------------------------- spaces
@@ -362,7 +383,8 @@ def test_expand_applies_tuned_run_keys_and_records_them(tiny):
 
     from dmlbench import suite as suite_mod
 
-    if "run_sets" not in inspect.getsource(suite_mod.expand) and "tuned_config" not in inspect.getsource(suite_mod.expand):
+    source = inspect.getsource(suite_mod.expand)
+    if "run_sets" not in source and "tuned_config" not in source:
         pytest.skip("needs the suite.expand change for per-method run keys (dmlbench.tune.tuned_config)")
     suite_dir, _ = tiny
     doc = json.loads((suite_dir / "tuned.json").read_text())

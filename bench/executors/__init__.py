@@ -15,7 +15,8 @@ from dmlbench.errors import DMLBenchError
 EXECUTORS = ("local", "ray")
 
 
-def get_executor(name: str, *, workers: int = 1, threads: int | None = None):
+def get_executor(name: str, *, workers: int = 1, threads: int | None = None, address: str = "",
+                 gpus_per_run: float = 0.0):
     if name == "local":
         from dmlbench.executors.local import LocalExecutor
 
@@ -23,5 +24,5 @@ def get_executor(name: str, *, workers: int = 1, threads: int | None = None):
     if name == "ray":
         from dmlbench.executors.ray import RayExecutor
 
-        return RayExecutor(workers=workers, threads=threads)
+        return RayExecutor(workers=workers, threads=threads, address=address, gpus_per_run=gpus_per_run)
     raise DMLBenchError(f"executor {name!r} is not one of: {', '.join(EXECUTORS)}")

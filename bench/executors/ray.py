@@ -5,6 +5,11 @@ cluster) selects the cluster; without one, a local Ray instance with this machin
 The results folder must be on storage every node sees (a shared file system): each task writes
 its own run folder there, under that folder's lock. A task lost with its node is retried
 (``max_retries``) and resumes from the run's last checkpoint, so no finished epoch is lost.
+
+``address``: ``auto`` (the cluster ``ray start`` made on this node) or ``HOST:PORT``; empty starts
+a local instance. ``gpus_per_run``: a GPU fraction per task, e.g. 0.25 packs four runs on a GPU.
+The workers write their run folders themselves rather than sending results to the driver: a run's
+checkpoints must survive the loss of the worker's node, and the driver then only reads the table.
 """
 
 from __future__ import annotations
@@ -38,19 +43,22 @@ def _task(planned, suite_dir: str, reuse_stale: bool, threads: int):
 
 
 class RayExecutor:
-    def __init__(self, workers: int = 1, threads: int | None = None):
+    def __init__(self, workers: int = 1, threads: int | None = None, address: str = "", gpus_per_run: float = 0.0):
         self.ray = import_ray()
         self.workers = max(1, workers)
         self.threads = max(1, (threads or default_threads()) // self.workers)
+        self.address = address or os.environ.get("RAY_ADDRESS", "")
+        self.gpus_per_run = gpus_per_run
 
     def run(self, planned: list, suite_dir: Path, *, reuse_stale: bool = False, on_result=None, data=None) -> list:
         ray = self.ray
         if not ray.is_initialized():
-            if os.environ.get("RAY_ADDRESS"):
-                ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+            if self.address:
+                ray.init(address=self.address, log_to_driver=True)
             else:
                 ray.init(num_cpus=self.workers * self.threads, include_dashboard=False, log_to_driver=True)
-        remote = ray.remote(num_cpus=self.threads, max_retries=MAX_RETRIES)(_task)
+        remote = ray.remote(num_cpus=self.threads, num_gpus=self.gpus_per_run, max_retries=MAX_RETRIES,
+                            retry_exceptions=False)(_task)
         suite_dir = str(Path(suite_dir).resolve())
         refs = {remote.remote(p, suite_dir, reuse_stale, self.threads): i for i, p in enumerate(planned)}
         results: dict[int, object] = {}
