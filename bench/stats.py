@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as _st
+from scipy import special as _sp  # light: scipy.stats (1+ s to import) is loaded only where needed
 
 __all__ = [
     "t_interval",
@@ -86,7 +86,7 @@ def t_interval(values: Any, level: float = 0.95) -> tuple[float, float, float]:
     if n == 1:
         return (mean, math.nan, math.nan)
     std = float(np.std(x, ddof=1))
-    half = float(_st.t.ppf(0.5 + level / 2.0, n - 1) * std / math.sqrt(n))
+    half = float(_sp.stdtrit(n - 1, 0.5 + level / 2.0) * std / math.sqrt(n))  # Student-t quantile
     return (mean, std, half)
 
 
@@ -106,10 +106,10 @@ def paired_t(a: Any, b: Any) -> float:
         return 1.0
     if np.all(d == d[0]):
         return 0.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        p = _st.ttest_rel(x, y).pvalue
-    return float(p)
+    # ttest_rel's statistic, with the t distribution's tail from scipy.special (no scipy.stats import).
+    n = d.size
+    t = float(np.mean(d) / (np.std(d, ddof=1) / math.sqrt(n)))
+    return float(min(1.0, 2.0 * _sp.stdtr(n - 1, -abs(t))))
 
 
 # --------------------------------------------------------------------------------------------- over queries
@@ -290,6 +290,8 @@ def nemenyi_q(k: int, alpha: float = 0.05) -> float:
     the studentized range quantile with infinite degrees of freedom divided by sqrt(2)."""
     if k < 2:
         raise ValueError(f"the Nemenyi test needs at least 2 methods, got {k}")
+    from scipy import stats as _st
+
     return float(_st.studentized_range.ppf(1.0 - alpha, k, np.inf) / math.sqrt(2.0))
 
 
@@ -329,6 +331,8 @@ def friedman_nemenyi(
         raise ValueError("no dataset (row) has a value for every method")
 
     values = data.to_numpy()
+    from scipy import stats as _st
+
     ranks = _st.rankdata(-values if higher_is_better else values, axis=1)
     ranks_df = pd.DataFrame(ranks, index=data.index, columns=data.columns)
     avg = ranks_df.mean(axis=0)

@@ -1,0 +1,166 @@
+"""Speed figures of the README (a benchmark script, never a timed test). Run it with nothing else
+running; it prints a JSON summary and writes it to benchmarks/results/speed-<host>.json.
+
+    python benchmarks/speed.py --data-dir ../shared/data [--device cuda] [--parts train,eval,cli,workers]
+
+- train: steps per second of the harness (Trainer.fit: index sampling, uint8 gather, float
+  conversion on the device) against a bare PyTorch loop over the same float tensor and the same
+  indices, per method, convnet on MNIST;
+- eval: one MNIST evaluation, all metrics, for a 20-d embedding and for raw pixels, with the
+  time of each part;
+- cli: wall time of `bench list` and `bench table` (commands that must not import torch);
+- workers: the digits suite with --workers 1 and --workers 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_part(data_dir: str, device: str, steps: int, methods: list[str]) -> list[dict]:
+    import torch
+
+    from dmlbench.config import RunConfig
+    from dmlbench.data import load_dataset
+    from dmlbench.runner import build_method
+    from dmlbench.sampling import ClassIndex
+    from dmlbench.runtime import epoch_generator
+    from dmlbench.trainer import Trainer, make_optimizer
+
+    data = load_dataset("mnist", data_dir=data_dir)
+    rows = []
+    for name in methods:
+        cfg = RunConfig(dataset="mnist", method=name, encoder="convnet", embedding_dim=20, steps=steps,
+                        epoch_size=steps * 128, batch_size=128, device=device).resolved()
+        method = build_method(cfg, data)
+        t0 = time.perf_counter()
+        Trainer(method, data, cfg, device=device).fit()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        harness = time.perf_counter() - t0
+        # The bare loop: the same model, indices and loss, from a float tensor already on the device.
+        method = build_method(cfg, data)
+        method.to(device)
+        kind = method.batch_kind
+        index = ClassIndex(data.train.y) if kind.needs_index else None
+        layout = kind.layout(cfg.batch_size, int((index.counts >= 2).sum()) if index is not None else 10)
+        idx = kind.epoch_indices(index, len(data.train), layout, steps, epoch_generator(cfg.seed, 0, 0))
+        x = torch.from_numpy(data.train.images()).to(device).float().mul_(data.scale)
+        y = torch.from_numpy(data.train.y).to(device)
+        opt = make_optimizer(method, cfg)
+        method.train()
+        t0 = time.perf_counter()
+        for s in range(steps):
+            i = idx[s].to(device)
+            terms = method.loss_terms(kind.batch(x[i], y[i], layout))
+            loss = sum(method.weights[k] * v for k, v in terms.items())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        bare = time.perf_counter() - t0
+        rows.append({"method": name, "batch_kind": kind.describe(), "steps": steps, "harness_s": round(harness, 3),
+                     "bare_s": round(bare, 3), "ratio": round(harness / bare, 3)})
+        print(rows[-1], file=sys.stderr)
+    return rows
+
+
+def eval_part(data_dir: str, device: str) -> list[dict]:
+    import numpy as np
+
+    from dmlbench.config import RunConfig
+    from dmlbench.data import load_dataset
+    from dmlbench.evaluate import evaluate
+    from dmlbench.runner import build_method
+    from dmlbench.sampling import random_triplets
+
+    import torch
+
+    data = load_dataset("mnist", data_dir=data_dir)
+    triplets = random_triplets(torch.from_numpy(data.test.y), 10_000, torch.Generator().manual_seed(0)).numpy()
+    rows = []
+    for name in ("triplet-hinge", "raw"):
+        cfg = RunConfig(dataset="mnist", method=name, encoder="convnet", embedding_dim=20, device=device).resolved()
+        method = build_method(cfg, data).to(device)
+        t0 = time.perf_counter()
+        ctx = evaluate(method, data, cfg, triplets, device)
+        total = time.perf_counter() - t0
+        t = ctx.extras["timings"]
+        rows.append({"method": name, "dim": int(ctx.test_emb().shape[1]), "total_s": round(total, 2),
+                     **{k: round(v, 2) for k, v in t.items() if v > 0.05}})
+        print(rows[-1], file=sys.stderr)
+    return rows
+
+
+def _wall(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return round(time.perf_counter() - t0, 2)
+
+
+def cli_part(results: str) -> dict:
+    bench = str(Path(sys.executable).parent / "bench")
+    return {"bench list": _wall([bench, "list"]), f"bench table {results}": _wall([bench, "table", results])}
+
+
+def workers_part(tmp: Path) -> dict:
+    bench = str(Path(sys.executable).parent / "bench")
+    out = {}
+    for w in (1, 2):
+        target = tmp / f"w{w}"
+        out[f"digits suite, --workers {w}"] = _wall([bench, "run", "--workers", str(w), "--threads", "2",
+                                                    "--out", str(target)])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data-dir", default="../shared/data")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--methods", default="siamese,triplet-softmax,triplet-hinge,npair,vae,tvae")
+    ap.add_argument("--parts", default="train,eval,cli,workers")
+    ap.add_argument("--results", default="results/mnist/tvae-paper")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    from dmlbench.runtime import set_threads
+
+    set_threads(args.threads)
+    parts = args.parts.split(",")
+    out: dict = {"machine": {"host": socket.gethostname(), "cpu": platform.processor() or platform.machine(),
+                             "python": platform.python_version(), "threads": args.threads, "device": args.device}}
+    import torch
+
+    out["machine"]["torch"] = torch.__version__
+    if args.device.startswith("cuda"):
+        out["machine"]["gpu"] = torch.cuda.get_device_name(0)
+    if "train" in parts:
+        out["train"] = train_part(args.data_dir, args.device, args.steps, args.methods.split(","))
+    if "eval" in parts:
+        out["eval"] = eval_part(args.data_dir, args.device)
+    if "cli" in parts:
+        out["cli"] = cli_part(args.results)
+    if "workers" in parts:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            out["workers"] = workers_part(Path(tmp))
+    text = json.dumps(out, indent=1)
+    print(text)
+    dest = ROOT / "benchmarks" / "results" / f"speed-{args.device.replace(':', '')}.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
