@@ -249,7 +249,8 @@ def test_nan_loss_fails_every_trial_and_tuned_json_says_so(tmp_path):
 
 def test_prune_reports_each_epoch_and_stops_the_trial(tmp_path, monkeypatch):
     # A pruner that stops any trial at its first report: map@r is never above 2.
-    monkeypatch.setattr(T, "_pruner", lambda prune: optuna.pruners.ThresholdPruner(lower=2.0))
+    # work() looks _pruner up in dmlbench.tune.trial, so it is patched there.
+    monkeypatch.setattr(T.trial, "_pruner", lambda prune: optuna.pruners.ThresholdPruner(lower=2.0))
     args = [a if a != "1" else "2" for a in SMALL]  # 2 epochs: a report after the first
     result = ok(bench("tune", "--methods", "siamese", "--trials", 2, "--prune", "--out", tmp_path, *args))
     assert result.stderr.count("pruned at epoch 1") == 2 and "Traceback" not in result.stderr

@@ -1,0 +1,66 @@
+"""Data and folds: the training data without its test part, and the validation folds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dmlbench.config import RunConfig
+from dmlbench.errors import DMLBenchError
+from dmlbench.io import CorruptFileError, read_json, write_json
+from dmlbench.tune.options import FOLD_PARTS, FOLDS_FILE
+
+
+# ----------------------------------------------------------------------------- data and folds
+
+
+def load_training_data(base: RunConfig):
+    """The dataset without its test part (never read), normalised as the run asks."""
+    from dmlbench.data import load_dataset
+
+    return load_dataset(base.dataset, data_dir=base.data_dir or None, split=base.split, seed=base.data_seed,
+                        options=base.data_options, normalize="unit", with_test=False)
+
+
+def choose_validation(data, k: int, asked: str | None) -> tuple[str, str]:
+    """(fold kind, why): see the :mod:`dmlbench.tune` docstring."""
+    from dmlbench.data.splits import n_partitions
+
+    parts = n_partitions(k)
+    if asked:
+        return asked, "--validation asks for them"
+    n = data.num_train_classes
+    if data.split == "classes":
+        if n >= 2 * parts:
+            return "classes", f"the test classes of {data.name} are not training classes (class-disjoint protocol)"
+        return "samples", (f"the test protocol is class-disjoint, but {n} training classes are too few for {parts} "
+                           "class-disjoint folds of 2 classes or more")
+    return "samples", (f"the test set of {data.name} has the training classes; class-disjoint folds of its {n} "
+                       f"classes would validate on {max(1, n // parts)}-{-(-n // parts)} of them, another task")
+
+
+def fold_data(data, kind: str, assignment: np.ndarray, fold: int, normalize: str):
+    from dmlbench.data.base import standardized
+    from dmlbench.data.splits import validation_fold
+
+    d = validation_fold(data, kind, assignment, fold)
+    return standardized(d) if normalize == "standard" else d  # statistics of the fold's training part
+
+
+def check_folds(suite_dir: Path, kind: str, k: int, seed: int, assignment: np.ndarray, dataset: str) -> None:
+    """Write folds.json, or check that a resumed tune uses the same folds."""
+    path = Path(suite_dir) / FOLDS_FILE
+    doc = {"kind": kind, "k": k, "partitions": FOLD_PARTS if k == 1 else k, "seed": seed, "dataset": dataset,
+           "assignment": [int(a) for a in assignment]}
+    if not path.exists():
+        write_json(path, doc)
+        return
+    old = read_json(path)
+    if not {"kind", "k", "seed", "assignment"} <= old.keys():
+        raise CorruptFileError(path, "it lacks kind, k, seed or assignment")
+    if (old["kind"], old["k"], old["seed"]) != (kind, k, seed) or old["assignment"] != doc["assignment"]:
+        raise DMLBenchError(
+            f"{path} holds other folds ({old['kind']}, folds={old['k']}, seed={old['seed']}) than this tune "
+            f"({kind}, folds={k}, seed={seed}{', other data' if old['assignment'] != doc['assignment'] else ''}); "
+            "give the same options, or another --suite or --out for a new study")

@@ -1,0 +1,74 @@
+"""What a tune is asked for and what its workers carry: the options, per-method plans, the job."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dmlbench.errors import DMLBenchError
+from dmlbench.space import Dist
+from dmlbench.suite import Suite
+
+TRIALS_DIR, FOLDS_FILE, TUNED_FILE, TUNE_LOCK = "trials", "folds.json", "tuned.json", ".tune.lock"
+DEFAULT_SUITE = "tune"
+DEFAULT_TEST_SEEDS = [0, 1, 2, 3, 4]
+EXTRA_METRICS = ("recall@1",)  # cheap, and shown next to the objective
+HEARTBEAT_ENV, GRACE_ENV = "DMLBENCH_TUNE_HEARTBEAT", "DMLBENCH_TUNE_GRACE"
+MAX_RETRY = 3  # a trial whose worker dies every time (out of memory) is retried this often, then FAIL
+POLL_S = 5.0
+FOLD_PARTS = 4  # groups of a --folds 1 partition (dmlbench.data.splits.n_partitions)
+N_STARTUP = 10  # random trials before TPE models the scores (Optuna's default)
+
+
+@dataclass
+class TuneOptions:
+    trials: int = 30
+    folds: int = 1
+    validation: str | None = None  # samples | classes | None: by the dataset's test protocol
+    objective: str = "map@r"
+    storage: str | None = None
+    space: Path | None = None
+    prune: bool = False
+    tune_seed: int = 0
+
+    def check(self) -> None:
+        from dmlbench.config import MAX_SEED
+        from dmlbench.data.splits import FOLD_KINDS
+        from dmlbench.tune.storage import objective_direction  # storage imports this module
+
+        if not 1 <= self.trials <= 100_000:
+            raise DMLBenchError(f"trials={self.trials} must be between 1 and 100,000")
+        if not 1 <= self.folds <= 100:
+            raise DMLBenchError(f"folds={self.folds} must be between 1 and 100")
+        if self.validation is not None and self.validation not in FOLD_KINDS:
+            raise DMLBenchError(f"validation={self.validation!r} is not one of: {', '.join(FOLD_KINDS)}")
+        if not 0 <= self.tune_seed <= MAX_SEED:
+            raise DMLBenchError(f"tune_seed={self.tune_seed} must be between 0 and {MAX_SEED}")
+        objective_direction(self.objective)
+
+
+@dataclass
+class MethodPlan:
+    """What is tuned for one method: its search space and the settings held fixed."""
+
+    name: str
+    space: dict[str, Dist]
+    fixed: dict = field(default_factory=dict)  # method options (--set, or a plain value in --space)
+    fixed_run: dict = field(default_factory=dict)  # run keys given a plain value in --space
+
+
+@dataclass
+class Job:
+    """Everything a worker needs (picklable: it travels to worker processes and Ray tasks)."""
+
+    suite: Suite
+    plans: list[MethodPlan]
+    opts: TuneOptions
+    kind: str
+    assignment: np.ndarray
+    storage_url: str
+    suite_dir: Path
+    metrics: list[str]
+    folds: list[int]

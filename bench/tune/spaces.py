@@ -1,0 +1,94 @@
+"""Search spaces: a method's space (its ``Params.space`` and --space), checked; sampling a trial."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from dmlbench.config import RunConfig
+from dmlbench.errors import DMLBenchError
+from dmlbench.space import RUN_KEYS, Choice, Dist, Int, from_value
+from dmlbench.tune.options import MethodPlan
+
+
+# ----------------------------------------------------------------------------- search spaces
+
+
+def read_space_file(path: Path | None) -> dict[str, dict]:
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise DMLBenchError(f"space file {path} does not exist; give a TOML file with one [METHOD] table per method")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise DMLBenchError(f"space file {path} is not valid TOML ({e})") from None
+    for key, value in data.items():
+        if not isinstance(value, dict):
+            raise DMLBenchError(f"space file {path}: {key} = {value!r} is not a [METHOD] table; write e.g. "
+                                '[tvae] then "weights.triplet" = {low = 1, high = 300, log = true}')
+    return data
+
+
+def _check_run_value(key: str, value) -> None:
+    from dmlbench.params import apply_overrides
+
+    cfg = apply_overrides(RunConfig(), {key: value}, "run")
+    cfg.check()
+
+
+def method_plan(name: str, file_space: dict | None, set_options: dict) -> MethodPlan:
+    """The method's space (its ``Params.space``, keys overridden by its [METHOD] table of --space;
+    a plain value there fixes the key), checked like --set: every key an option of the method or a
+    run key, every bound and choice a valid value. Keys fixed by --set leave the space."""
+    from dmlbench.methods import get_method
+    from dmlbench.params import apply_overrides, option_keys
+
+    cls = get_method(name)
+    space: dict[str, Dist] = dict(cls.Params.space)
+    fixed, fixed_run = dict(set_options), {}
+    for key, value in (file_space or {}).items():
+        if isinstance(value, dict):
+            space[key] = from_value(f"{name}.{key}", value)
+        else:
+            if key in set_options:
+                raise DMLBenchError(f"{name}.{key} is fixed twice: --set {name}.{key}={set_options[key]} and "
+                                    f"{key} = {value!r} in the search space; keep one")
+            space.pop(key, None)
+            (fixed_run if key in RUN_KEYS else fixed)[key] = value
+    known = option_keys(cls.Params())
+    for key in list(space) + list(fixed_run):
+        if key not in RUN_KEYS and key not in known:
+            raise DMLBenchError(f"unknown option {name}.{key} in the search space; {name} options are: "
+                                f"{', '.join(known) or '(none)'}, and the run keys {', '.join(RUN_KEYS)}")
+    for key in set_options:
+        space.pop(key, None)
+    apply_overrides(cls.Params(), fixed, name)
+    for key, value in fixed_run.items():
+        _check_run_value(key, value)
+    for key, dist in space.items():
+        values = dist.choices if isinstance(dist, Choice) else (dist.low, dist.high)
+        for v in values:
+            if key in RUN_KEYS:
+                _check_run_value(key, v)
+            else:
+                apply_overrides(cls.Params(), {**fixed, key: v}, name)
+    return MethodPlan(name, space, fixed, fixed_run)
+
+
+def suggest(trial, space: dict[str, Dist]) -> dict:
+    out = {}
+    for key, d in space.items():
+        if isinstance(d, Choice):
+            out[key] = trial.suggest_categorical(key, list(d.choices))
+        elif isinstance(d, Int):
+            out[key] = trial.suggest_int(key, d.low, d.high, log=d.log)
+        else:
+            out[key] = trial.suggest_float(key, d.low, d.high, log=d.log)
+    return out
+
+
+def split_params(params: dict) -> tuple[dict, dict]:
+    """(method keys, run keys) of a trial's parameters."""
+    return ({k: v for k, v in params.items() if k not in RUN_KEYS}, {k: v for k, v in params.items() if k in RUN_KEYS})

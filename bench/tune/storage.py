@@ -1,0 +1,212 @@
+"""Optuna plumbing: the seeded sampler, storages, heartbeats and the per-method budget."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+import warnings
+from pathlib import Path
+
+from dmlbench import layout
+from dmlbench.errors import DMLBenchError
+from dmlbench.tune.options import GRACE_ENV, HEARTBEAT_ENV, MAX_RETRY, N_STARTUP
+
+log = logging.getLogger("dmlbench")
+
+
+# ----------------------------------------------------------------------------- optuna plumbing
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise DMLBenchError("bench tune needs Optuna: pip install 'dmlbench[tune]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna
+
+
+def objective_direction(name: str) -> str:
+    from dmlbench.metrics import METRICS
+
+    if name not in METRICS.names():
+        raise DMLBenchError(f"objective {name!r} is not a metric; known: {', '.join(METRICS.names())}")
+    spec = METRICS.get(name)
+    if spec.kind not in ("embedding", "generative"):
+        raise DMLBenchError(f"objective {name!r} is a {spec.kind} metric; choose a retrieval metric such as map@r")
+    return "maximize" if spec.higher_is_better else "minimize"
+
+
+def trial_seed(seed: int, method: str, number: int) -> int:
+    digest = hashlib.sha256(f"{seed}/{method}/{number}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def make_sampler(seed: int, method: str):
+    """TPE whose random state is re-seeded from (seed, method, trial number) before every trial.
+
+    Its first ``N_STARTUP`` trials are random, whatever the budget, so that a study extended with
+    a larger ``--trials`` proposes what a fresh one with that budget would."""
+    optuna = _optuna()
+
+    class SeededTPESampler(optuna.samplers.TPESampler):
+        def before_trial(self, study, trial):
+            s = trial_seed(seed, method, trial.number)
+            try:
+                self._rng.rng.seed(s)
+                self._random_sampler._rng.rng.seed(s)
+            except AttributeError:
+                raise DMLBenchError(f"this Optuna ({optuna.__version__}) has another TPESampler inside; "
+                                    "bench tune's reproducible sampler needs optuna 3.4-5.x") from None
+            super().before_trial(study, trial)
+
+    return SeededTPESampler(seed=trial_seed(seed, method, -1), n_startup_trials=N_STARTUP)
+
+
+def _retry_callback():
+    from optuna import storages
+
+    cls = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
+    return cls(max_retry=MAX_RETRY)
+
+
+def _env_seconds(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+        if value < 1:
+            raise ValueError
+    except ValueError:
+        raise DMLBenchError(f"${name}={raw!r} must be a whole number of seconds >= 1") from None
+    return value
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    return _env_seconds(HEARTBEAT_ENV, 60), _env_seconds(GRACE_ENV, 120)
+
+
+def default_storage(suite_dir: Path) -> str:
+    return f"sqlite:///{(Path(suite_dir) / layout.STUDY).resolve()}"
+
+
+def redact(url: str) -> str:
+    """The storage URL without its password (for tuned.json and messages)."""
+    if url.startswith("journal:") or "@" not in url:
+        return url
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is reported by the storage itself
+        return url.split("://")[0] + "://***"
+
+
+def open_storage(url: str):
+    """An Optuna storage: RDB (heartbeat + retry of stale trials) or ``journal:PATH``."""
+    optuna = _optuna()
+    heartbeat, grace = heartbeat_settings()
+    try:
+        if url.startswith("journal:"):
+            from optuna.storages import JournalStorage
+
+            path = Path(url[len("journal:"):]).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                from optuna.storages.journal import JournalFileBackend
+            except ImportError:  # optuna < 4
+                from optuna.storages import JournalFileStorage as JournalFileBackend
+            return JournalStorage(JournalFileBackend(str(path)))
+        kw = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite") else {}
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=grace,
+                                              heartbeat_stale_trial_callback=_retry_callback(), **kw)
+        except TypeError:  # optuna < 4.9 names the callback failed_trial_callback
+            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=grace,
+                                              failed_trial_callback=_retry_callback(), **kw)
+    except DMLBenchError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a bad URL, a missing driver, an unreachable server
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DMLBenchError(f"cannot open the study storage {redact(url)}: {type(e).__name__}: {first}") from None
+
+
+def _is_journal(storage) -> bool:
+    return type(storage).__name__ == "JournalStorage"
+
+
+class _Heartbeat:
+    """Tells the storage every few seconds that a trial's worker is alive. RDB storages keep it in
+    their heartbeat table; a journal file in a trial system attribute (Optuna keeps none there)."""
+
+    def __init__(self, storage, trial_id: int):
+        self.storage, self.trial_id = storage, trial_id
+        self.interval = heartbeat_settings()[0]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while True:
+            try:
+                if _is_journal(self.storage):
+                    self.storage.set_trial_system_attr(self.trial_id, "dmlbench:heartbeat", time.time())
+                else:
+                    self.storage.record_heartbeat(self.trial_id)
+            except Exception as e:  # noqa: BLE001 - a missed beat is retried at the next interval
+                log.debug("heartbeat of trial %d failed: %s", self.trial_id, e)
+            if self.stop.wait(self.interval):
+                return
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def fail_stale_trials(study) -> None:
+    """Fail RUNNING trials whose worker stopped beating, and re-queue them (same parameters)."""
+    optuna = _optuna()
+    storage = study._storage
+    if not _is_journal(storage):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optuna.storages.fail_stale_trials(study)
+        return
+    grace = heartbeat_settings()[1]
+    now = time.time()
+    retry = _retry_callback()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        beat = t.system_attrs.get("dmlbench:heartbeat")
+        if beat is None and t.datetime_start is not None:
+            beat = t.datetime_start.timestamp()
+        if beat is not None and now - beat > grace:
+            try:
+                if storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL):
+                    retry(study, storage.get_trial(t._trial_id))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass
+
+
+def budget(study) -> tuple[list, list, list]:
+    """(finished trials that count, running, waiting). A trial that was failed because its worker
+    died and then re-queued does not count: its re-queued copy does."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    retried = set()
+    for t in trials:
+        retried.update(t.system_attrs.get("retry_history", []))
+    finished = [t for t in trials if t.state.is_finished() and t.number not in retried]
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    return finished, running, waiting

@@ -1,0 +1,265 @@
+"""Running a tune (the studies, local or Ray workers) and its results (tuned.json, the table)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+from dmlbench.errors import DMLBenchError
+from dmlbench.io import write_json
+from dmlbench.space import describe
+from dmlbench.suite import Suite
+from dmlbench.tune.folds import check_folds, choose_validation, fold_data, load_training_data
+from dmlbench.tune.options import (
+    DEFAULT_SUITE, EXTRA_METRICS, MAX_RETRY, TUNED_FILE, Job, MethodPlan, TuneOptions,
+)
+from dmlbench.tune.spaces import method_plan, read_space_file, split_params
+from dmlbench.tune.storage import _optuna, budget, default_storage, objective_direction, open_storage, redact
+from dmlbench.tune.trial import _echo, _fmt_params, _work_entry, trial_config, work
+
+log = logging.getLogger("dmlbench")
+
+
+# ----------------------------------------------------------------------------- running a tune
+
+
+def plan_tune(suite: Suite, opts: TuneOptions) -> tuple[list[MethodPlan], list[str]]:
+    """(plans of the tuned methods, untrained methods left out); every check before any data."""
+    from dmlbench.methods import get_method
+
+    opts.check()
+    file_space = read_space_file(opts.space)
+    for owner in file_space:
+        get_method(owner)  # a name that is no method at all is an error
+        if owner not in suite.methods:
+            raise DMLBenchError(f"--space {opts.space} names {owner!r}, which is not among the methods being tuned "
+                                f"({', '.join(suite.methods)})")
+    plans, skipped = [], []
+    for name in suite.methods:
+        if not get_method(name).trainable:
+            skipped.append(name)
+            continue
+        plans.append(method_plan(name, file_space.get(name), suite.method_sets.get(name, {})))
+    if not plans:
+        raise DMLBenchError(f"nothing to tune: {', '.join(suite.methods)} train nothing; give --methods")
+    return plans, skipped
+
+
+def _fingerprint(job: Job, plan: MethodPlan) -> dict:
+    """What must not change when a study is resumed: the equal-budget conditions."""
+    from dmlbench.config import NOT_IN_ID
+
+    base = job.suite.base.resolved()
+    config = {k: v for k, v in base.to_dict().items() if k not in NOT_IN_ID + ("method", "seed", "method_params")}
+    return {"dataset": base.dataset, "objective": job.opts.objective, "validation": job.kind, "folds": job.opts.folds,
+            "tune_seed": job.opts.tune_seed, "space": {k: str(d) for k, d in plan.space.items()},
+            "fixed": {k: str(v) for k, v in sorted(plan.fixed.items())},
+            "fixed_run": {k: str(v) for k, v in sorted(plan.fixed_run.items())},
+            "prune": job.opts.prune, "config": config}
+
+
+def create_studies(job: Job) -> None:
+    """Create each method's study, or check a resumed one was made under the same conditions."""
+    import json
+
+    optuna = _optuna()
+    storage = open_storage(job.storage_url)
+    direction = objective_direction(job.opts.objective)
+    for plan in job.plans:
+        study = optuna.create_study(study_name=plan.name, storage=storage, direction=direction, load_if_exists=True)
+        want = json.loads(json.dumps(_fingerprint(job, plan), default=str))
+        have = study.user_attrs.get("dmlbench")
+        if have is None:
+            study.set_user_attr("dmlbench", want)
+        elif have != want:
+            diffs = []
+            for k in sorted(set(have) | set(want)):
+                old, new = have.get(k), want.get(k)
+                if old == new:
+                    continue
+                if isinstance(old, dict) and isinstance(new, dict) and k == "config":
+                    diffs += [f"{c} {old.get(c)} -> {new.get(c)}" for c in sorted(set(old) | set(new))
+                              if old.get(c) != new.get(c)]
+                else:
+                    diffs.append(f"{k} {old} -> {new}")
+            raise DMLBenchError(f"study {plan.name!r} in {redact(job.storage_url)} was made under other conditions "
+                                f"({'; '.join(diffs)}); give the same options to resume it, or another "
+                                "--suite/--storage for a new study")
+        if study.direction.name.lower() != direction:
+            raise DMLBenchError(f"study {plan.name!r} in {redact(job.storage_url)} {study.direction.name.lower()}s, "
+                                f"but {job.opts.objective} needs {direction}")
+
+
+def tune(suite: Suite, opts: TuneOptions, echo=_echo) -> dict:
+    """Tune every trained method of the suite with an equal budget; write and return tuned.json."""
+    from dmlbench.data.base import standardized
+    from dmlbench.data.splits import fold_assignment, n_partitions
+    from dmlbench.encoders import check_input
+    from dmlbench.methods import GenerativeMethod, get_method
+    from dmlbench.runner import input_shape
+    from dmlbench.runtime import default_threads, set_threads
+    from dmlbench.suite import check_before_data
+
+    t_start = time.perf_counter()
+    if not suite.name:
+        suite = dataclasses.replace(suite, name=DEFAULT_SUITE)
+    plans, skipped = plan_tune(suite, opts)
+    check_before_data(suite)
+    base = suite.base.resolved()
+    base.check()
+    if suite.executor not in ("local", "ray"):
+        raise DMLBenchError(f"executor {suite.executor!r} is not one of: local, ray")
+    set_threads(base.threads)
+    suite_dir = suite.dir
+    suite_dir.mkdir(parents=True, exist_ok=True)
+    storage_url = opts.storage or default_storage(suite_dir)
+
+    data = load_training_data(base)
+    check_input(base.encoder, input_shape(base, data.input_shape))
+    generative = [p.name for p in plans if issubclass(get_method(p.name), GenerativeMethod)]
+    lo, hi = (standardized(data) if base.normalize == "standard" else data).value_range()
+    if generative and (lo < 0 or hi > 1):
+        raise DMLBenchError(f"{', '.join(generative)} decode pixels in [0, 1], but this data spans "
+                            f"[{lo:.3g}, {hi:.3g}]; use normalize=unit or leave the generative methods out")
+    kind, why = choose_validation(data, opts.folds, opts.validation)
+    assignment = fold_assignment(data, kind, opts.folds, opts.tune_seed)
+    check_folds(suite_dir, kind, opts.folds, opts.tune_seed, assignment, base.dataset)
+    parts = n_partitions(opts.folds)
+    fold_ids = list(range(opts.folds))
+    metrics = list(dict.fromkeys([opts.objective, *EXTRA_METRICS]))
+    job = Job(suite, plans, opts, kind, assignment, storage_url, suite_dir, metrics, fold_ids)
+    create_studies(job)
+
+    example = fold_data(data, kind, assignment, 0, "unit")
+    steps = trial_config(base, len(example.train), plans[0], {}, opts.tune_seed, {}).steps
+    if skipped:
+        echo(f"{', '.join(skipped)}: nothing to tune (trains nothing), left out")
+    echo(f"tuning {', '.join(p.name for p in plans)} on {base.dataset}: {opts.trials} trials each, {steps} steps "
+         f"per trial, {base.encoder} encoder, objective validation {opts.objective}")
+    echo(f"validation: {kind} folds ({'1 fold' if opts.folds == 1 else f'{opts.folds} folds'} of a {parts}-way "
+         f"partition: {len(example.train)} train / {len(example.test)} validation images), because {why}; "
+         "the test set is not read")
+    for p in plans:
+        echo(f"  {p.name}: {describe(p.space)}" + (f"; fixed {_fmt_params({**p.fixed, **p.fixed_run})}"
+                                                   if p.fixed or p.fixed_run else ""))
+    echo(f"study storage {redact(storage_url)} -> {suite_dir}")
+
+    workers = max(1, suite.workers)
+    threads = max(1, (base.threads or default_threads()) // workers)
+    level = logging.getLogger("dmlbench").level
+    if suite.executor == "ray":
+        _run_ray(job, workers, threads, level)
+    elif workers == 1:
+        work(job, data=data)
+    else:
+        _run_local(job, workers, threads, level)
+    doc = summarize(job, time.perf_counter() - t_start, workers)
+    write_json(suite_dir / TUNED_FILE, doc)
+    echo(f"best settings written to {suite_dir / TUNED_FILE}; test them with: bench run --tuned {suite_dir}")
+    return doc
+
+
+def _run_local(job: Job, workers: int, threads: int, level: int) -> None:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = mp.get_context("spawn")  # a fresh interpreter per worker, as the local executor does
+    pool = ProcessPoolExecutor(workers, mp_context=ctx)
+    try:
+        futures = [pool.submit(_work_entry, job, threads, level) for _ in range(workers)]
+        for fut in futures:
+            fut.result()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def _run_ray(job: Job, workers: int, threads: int, level: int) -> None:
+    from dmlbench.executors.ray import import_ray
+
+    ray = import_ray()
+    if job.storage_url.startswith("sqlite:///") or job.storage_url.startswith("journal:"):
+        log.info("ray: the study file must be on a file system every node sees")
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        else:
+            ray.init(num_cpus=workers * threads, include_dashboard=False, log_to_driver=True)
+    job = dataclasses.replace(job, suite_dir=Path(job.suite_dir).resolve())
+    remote = ray.remote(num_cpus=threads, max_retries=MAX_RETRY)(_work_entry)
+    refs = [remote.remote(job, threads, level) for _ in range(workers)]
+    try:
+        ray.get(refs)
+    except BaseException:
+        for ref in refs:
+            ray.cancel(ref, force=True)
+        raise
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def summarize(job: Job, wall_seconds: float, workers: int) -> dict:
+    """tuned.json: per method its best settings (method keys and run keys apart), value, trial,
+    counts by state and seconds."""
+    from optuna.trial import TrialState
+
+    optuna = _optuna()
+    storage = open_storage(job.storage_url)
+    methods = {}
+    for plan in job.plans:
+        study = optuna.load_study(study_name=plan.name, storage=storage)
+        finished, running, waiting = budget(study)
+        trials = study.get_trials(deepcopy=False)
+        states = {s.name: sum(t.state == s for t in finished) for s in (TrialState.COMPLETE, TrialState.PRUNED,
+                                                                          TrialState.FAIL)}
+        states.update(RUNNING=len(running), WAITING=len(waiting), RETRIED=len(trials) - len(finished) - len(running)
+                      - len(waiting))
+        complete = [t for t in finished if t.state == TrialState.COMPLETE]
+        entry = {"study": plan.name, "storage": redact(job.storage_url), "trials": len(finished), "states": states,
+                 "space": {k: str(d) for k, d in plan.space.items()}, "best_trial": None, "best_value": None,
+                 "params": {}, "method_params": dict(plan.fixed), "run_params": dict(plan.fixed_run)}
+        if complete:
+            best = study.best_trial
+            method_keys, run_keys = split_params(best.params)
+            entry.update(best_trial=best.number, best_value=best.value, params=dict(best.params),
+                         method_params={**plan.fixed, **method_keys}, run_params={**plan.fixed_run, **run_keys},
+                         fold_values={k: v for k, v in best.user_attrs.items() if k.startswith("fold")})
+        starts = [t.datetime_start for t in finished if t.datetime_start]
+        ends = [t.datetime_complete for t in finished if t.datetime_complete]
+        entry["trial_seconds"] = round(sum((t.datetime_complete - t.datetime_start).total_seconds()
+                                           for t in finished if t.datetime_start and t.datetime_complete), 3)
+        entry["wall_seconds"] = round((max(ends) - min(starts)).total_seconds(), 3) if starts and ends else 0.0
+        methods[plan.name] = entry
+    base = job.suite.base.resolved()
+    return {
+        "dataset": base.dataset, "suite_dir": str(job.suite_dir), "storage": redact(job.storage_url),
+        "objective": job.opts.objective, "direction": objective_direction(job.opts.objective),
+        "validation": job.kind, "folds": job.opts.folds, "trials": job.opts.trials, "tune_seed": job.opts.tune_seed,
+        "prune": job.opts.prune, "config": {k: v for k, v in base.to_dict().items()
+                                            if k not in ("method", "seed", "method_params", "tuned")},
+        "methods": methods, "wall_seconds": round(wall_seconds, 3),
+        "where": {"host": platform.node(), "executor": job.suite.executor, "workers": workers, "device": base.device},
+    }
+
+
+def summary_table(doc: dict) -> str:
+    obj = doc["objective"]
+    head = ["method", f"best {obj}", "trial", "complete", "pruned", "failed", "minutes", "best settings"]
+    rows = []
+    for name, m in doc["methods"].items():
+        s = m["states"]
+        value = "-" if m["best_value"] is None else f"{m['best_value']:.4f}"
+        trial = "-" if m["best_trial"] is None else str(m["best_trial"])
+        settings = ("(no complete trial)" if m["best_trial"] is None
+                    else _fmt_params({**m["method_params"], **m["run_params"]}) or "(defaults)")
+        rows.append([name, value, trial, str(s["COMPLETE"]), str(s["PRUNED"]), str(s["FAIL"]),
+                     f"{m['wall_seconds'] / 60:.1f}", settings])
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])

@@ -1,0 +1,232 @@
+"""A trial (its runs on each fold, its score, FAIL or PRUNED) and the worker loop that takes them."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from dmlbench.config import RunConfig
+from dmlbench.errors import DMLBenchError
+from dmlbench.tune.folds import fold_data, load_training_data
+from dmlbench.tune.options import POLL_S, TRIALS_DIR, TUNE_LOCK, Job, MethodPlan
+from dmlbench.tune.spaces import split_params, suggest
+from dmlbench.tune.storage import (
+    _Heartbeat, _optuna, _retry_callback, budget, fail_stale_trials, heartbeat_settings, make_sampler, open_storage,
+)
+
+log = logging.getLogger("dmlbench")
+
+
+# ----------------------------------------------------------------------------- a trial
+
+
+class TrialFailed(DMLBenchError):
+    """A trial's run failed (NaN loss, crash) or gave no finite score: the trial is FAIL."""
+
+
+def _pruned_error():
+    optuna = _optuna()
+
+    class Pruned(DMLBenchError, optuna.TrialPruned):
+        """Raised in the trainer's callback: a DMLBenchError so the runner records it in one line."""
+
+    return Pruned
+
+
+def trial_config(base: RunConfig, n_train: int, plan: MethodPlan, params: dict, seed: int, tuned: dict) -> RunConfig:
+    """The run config of a trial: the suite's base, the budget fixed from the fold's training size,
+    the sampled method keys applied like --set and the run keys (lr, ...) onto the run."""
+    from dmlbench.methods import get_method
+    from dmlbench.params import apply_overrides
+    from dmlbench.runner import with_method
+
+    method_keys, run_keys = split_params(params)
+    cls = get_method(plan.name)
+    method_params = apply_overrides(cls.Params(), {**plan.fixed, **method_keys}, plan.name)
+    cfg = apply_overrides(base.with_budget(n_train), {**plan.fixed_run, **run_keys}, "run")
+    cfg = with_method(cfg, plan.name, seed, dataclasses.asdict(method_params))
+    cfg = dataclasses.replace(cfg, tuned=tuned)
+    cfg.check()
+    return cfg
+
+
+def _pruning_callback(trial, objective: str, fold, cfg: RunConfig, triplets, step0: int, state: dict):
+    Pruned = _pruned_error()
+
+    def callback(trainer, row) -> None:
+        import torch
+
+        from dmlbench.evaluate import evaluate
+
+        rng = torch.get_rng_state()  # evaluating must not change the training that follows
+        ctx = evaluate(trainer.method, fold, cfg, triplets, trainer.device, metrics=[objective])
+        torch.set_rng_state(rng)
+        value = ctx.results.get(objective)
+        if value is None or not math.isfinite(value):
+            return
+        trial.report(value, step0 + int(row["epoch"]) - 1)
+        if trial.should_prune():
+            state["pruned"] = True
+            raise Pruned(f"pruned at epoch {row['epoch']}: validation {objective} {value:.4f} below the median")
+
+    return callback
+
+
+def run_trial(trial, job: Job, plan: MethodPlan, folds: dict) -> float:
+    """Sample, run each fold, return the mean validation objective (raise for FAIL or PRUNED)."""
+    from dmlbench import runner
+    from dmlbench.trainer import epoch_plan
+
+    optuna = _optuna()
+    params = suggest(trial, plan.space)
+    base = job.suite.base.resolved()
+    seed = job.opts.tune_seed
+    scores = []
+    step0 = 0
+    for f in job.folds:
+        fd = folds[f]
+        tuned = {"role": "validation", "study": plan.name, "trial": trial.number, "fold": f, "validation": job.kind,
+                 "params": params}
+        cfg = trial_config(base, len(fd.train), plan, params, seed, tuned)
+        fold_dir = Path(job.suite_dir) / TRIALS_DIR / f"fold{f}"
+        callbacks, state = (), {}
+        if job.opts.prune:
+            triplets = runner.test_triplets(fd, cfg, fold_dir)
+            callbacks = (_pruning_callback(trial, job.opts.objective, fd, cfg, triplets, step0, state),)
+        while True:
+            r = runner.run_one(cfg, fold_dir, reuse_stale=job.suite.reuse_stale, data=fd, callbacks=callbacks,
+                               metrics=job.metrics)
+            if r.status != "busy":  # another worker runs the very same settings: wait for its result
+                break
+            time.sleep(2.0)
+        trial.set_user_attr(f"run_dir_fold{f}", str(r.run_dir))
+        if state.get("pruned"):
+            raise optuna.TrialPruned(r.reason)
+        if r.status == "failed":
+            raise TrialFailed(r.reason or "the run failed")
+        value = r.metrics.get(job.opts.objective)
+        if value is None or not math.isfinite(value):
+            raise TrialFailed(f"the run gave no finite {job.opts.objective} ({value})")
+        trial.set_user_attr(f"fold{f}", float(value))
+        scores.append(float(value))
+        step0 += len(epoch_plan(cfg.steps, cfg.steps_per_epoch())) if cfg.steps else 1
+    return float(np.mean(scores))
+
+
+def _echo(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _fmt_params(params: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def _one_trial(study, job: Job, plan: MethodPlan, folds: dict, trial) -> None:
+    """Run a trial that was asked, with a heartbeat, and tell the study how it ended."""
+    optuna = _optuna()
+    TrialState = optuna.trial.TrialState
+    t0 = time.perf_counter()
+    name = f"{plan.name} trial {trial.number}"
+    with _Heartbeat(study._storage, trial._trial_id):
+        try:
+            value = run_trial(trial, job, plan, folds)
+        except optuna.TrialPruned as e:
+            study.tell(trial, state=TrialState.PRUNED)
+            _echo(f"  {name}: pruned ({e}) [{time.perf_counter() - t0:.1f} s]")
+            return
+        except KeyboardInterrupt:
+            # Not the method's failure: failed and re-queued, so a resume runs it again.
+            trial.set_user_attr("fail_reason", "interrupted")
+            study.tell(trial, state=TrialState.FAIL)
+            _retry_callback()(study, study._storage.get_trial(trial._trial_id))
+            raise
+        except Exception as e:  # noqa: BLE001 - a failed trial is recorded as FAIL and the study goes on
+            reason = str(e) if isinstance(e, DMLBenchError) else f"{type(e).__name__}: {e}"
+            if not isinstance(e, DMLBenchError):
+                log.exception("%s crashed", name)
+            trial.set_user_attr("fail_reason", reason[:1000])
+            study.tell(trial, state=TrialState.FAIL)
+            _echo(f"  {name}: FAILED: {reason} ({_fmt_params(trial.params)})")
+            return
+    study.tell(trial, value)
+    seconds = time.perf_counter() - t0
+    _echo(f"  {name}: {job.opts.objective} {value:.4f} ({_fmt_params(trial.params)}) [{seconds:.1f} s]")
+
+
+def work(job: Job, threads: int | None = None, data=None, level: int | None = None) -> int:
+    """A worker: take trials of every method in turn until each study has its budget. Several
+    workers (processes, Ray tasks, machines) may run this on one storage at once. Returns the
+    number of trials this worker ran."""
+    from dmlbench.locks import Lock
+    from dmlbench.runtime import set_threads
+
+    optuna = _optuna()
+    if level is not None:
+        _log_to_stderr(level)
+    if threads is not None:
+        set_threads(threads)
+    base = job.suite.base.resolved()
+    if data is None:
+        data = load_training_data(base)
+    folds = {f: fold_data(data, job.kind, job.assignment, f, base.normalize) for f in job.folds}
+    storage = open_storage(job.storage_url)
+    studies = {p.name: optuna.load_study(study_name=p.name, storage=storage,
+                                         sampler=make_sampler(job.opts.tune_seed, p.name),
+                                         pruner=_pruner(job.opts.prune))
+               for p in job.plans}
+    lock = Lock(Path(job.suite_dir) / TUNE_LOCK)
+    ran = 0
+    announced = False
+    while True:
+        started = False
+        busy = 0
+        for plan in job.plans:
+            study = studies[plan.name]
+            with lock:
+                fail_stale_trials(study)
+                finished, running, waiting = budget(study)
+                trial = None
+                if waiting or len(finished) + len(running) < job.opts.trials:
+                    with warnings.catch_warnings():  # "heartbeat ... with Study.optimize": this loop beats itself
+                        warnings.simplefilter("ignore", UserWarning)
+                        trial = study.ask()
+            if trial is None:
+                busy += len(running)
+                continue
+            started = True
+            _one_trial(study, job, plan, folds, trial)
+            ran += 1
+        if started:
+            continue
+        if not busy:
+            return ran
+        if not announced:
+            _echo(f"  waiting for {busy} running trial(s): another worker's, or left by a killed tune (re-queued "
+                  f"once silent for {heartbeat_settings()[1]} s)")
+            announced = True
+        time.sleep(min(POLL_S, heartbeat_settings()[0]))
+
+
+def _pruner(prune: bool):
+    optuna = _optuna()
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1) if prune else optuna.pruners.NopPruner()
+
+
+def _log_to_stderr(level: int) -> None:
+    logger = logging.getLogger("dmlbench")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level)
+
+
+def _work_entry(job: Job, threads: int, level: int) -> int:
+    return work(job, threads=threads, level=level)

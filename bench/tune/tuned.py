@@ -1,0 +1,120 @@
+"""From tuning to the table: ``bench run --tuned`` retrains each method with its best settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dmlbench.config import RunConfig
+from dmlbench.errors import DMLBenchError
+from dmlbench.io import CorruptFileError, read_json
+from dmlbench.suite import Suite
+from dmlbench.tune.options import DEFAULT_TEST_SEEDS, TUNED_FILE
+
+log = logging.getLogger("dmlbench")
+
+
+# ----------------------------------------------------------------------------- from tuning to the table
+
+
+@dataclass
+class TunedSuite(Suite):
+    """A suite whose methods run with tuned settings: method keys in ``method_sets`` (as --set),
+    run keys (lr, ...) per method in ``run_sets``, and where they came from in ``tuned`` (for each
+    run's ``RunConfig.tuned``). ``dmlbench.suite.expand`` applies ``run_sets`` and ``tuned``."""
+
+    run_sets: dict[str, dict] = field(default_factory=dict)
+    tuned: dict[str, dict] = field(default_factory=dict)
+
+
+def read_tuned(tuned_dir: Path) -> tuple[Path, dict]:
+    path = Path(tuned_dir)
+    if path.is_dir():
+        path = path / TUNED_FILE
+    if not path.is_file():
+        raise DMLBenchError(f"{path} does not exist; give the suite folder of a finished `bench tune` "
+                            "(it holds tuned.json)")
+    doc = read_json(path)
+    methods = doc.get("methods")
+    if not isinstance(methods, dict) or not isinstance(doc.get("dataset"), str):
+        raise CorruptFileError(path, "no dataset or methods")
+    for name, m in methods.items():
+        if not isinstance(m, dict) or not isinstance(m.get("method_params"), dict) or \
+                not isinstance(m.get("run_params"), dict) or "best_trial" not in m:
+            raise CorruptFileError(path, f"method {name!r} lacks method_params, run_params or best_trial")
+    return path, doc
+
+
+def apply_tuned(suite: Suite, tuned_dir: Path, *, seeds_given: bool | None = None) -> TunedSuite:
+    """The suite with each tuned method at its best validation settings (``bench run --tuned``).
+
+    Methods of the suite that were not tuned are left out (with a warning), except untrained ones
+    (the raw floor). The tuned values apply over the suite's --set. Seeds: 0-4 unless given
+    (``seeds_given=None``: the suite's seeds count as not given when they are the default [0]).
+    """
+    from dmlbench.data import DatasetRef
+    from dmlbench.methods import get_method
+    from dmlbench.params import apply_overrides
+
+    path, doc = read_tuned(tuned_dir)
+    if DatasetRef.parse(doc["dataset"]).slug() != DatasetRef.parse(suite.base.dataset).slug():
+        raise DMLBenchError(f"{path} was tuned on {doc['dataset']}, but this suite runs {suite.base.dataset}; "
+                            f"give --dataset {doc['dataset']}")
+    tuned_methods = doc["methods"]
+    keep = [m for m in suite.methods if m in tuned_methods or not get_method(m).trainable]
+    dropped = [m for m in suite.methods if m not in keep]
+    if not any(m in tuned_methods for m in keep):
+        raise DMLBenchError(f"none of {', '.join(suite.methods)} was tuned in {path} (tuned: "
+                            f"{', '.join(tuned_methods)}); give --methods")
+    if dropped:
+        log.warning("--tuned %s: %s not tuned there, left out", path, ", ".join(dropped))
+    method_sets, run_sets, tuned = dict(suite.method_sets), {}, {}
+    for name in keep:
+        if name not in tuned_methods:
+            continue
+        m = tuned_methods[name]
+        if m["best_trial"] is None:
+            raise DMLBenchError(f"{path}: no trial of {name} completed (states {m.get('states')}); tune it again "
+                                "or leave it out with --methods")
+        mine = suite.method_sets.get(name, {})
+        clash = {k for k in mine if k in m["method_params"] and str(mine[k]) != str(m["method_params"][k])}
+        if clash:
+            log.warning("--tuned: %s's tuned %s override(s) the --set value(s)", name, ", ".join(sorted(clash)))
+        overrides = {**mine, **m["method_params"]}
+        apply_overrides(get_method(name).Params(), overrides, name)  # a tuned.json from other code fails here
+        apply_overrides(suite.base, m["run_params"], "run")
+        method_sets[name] = overrides
+        run_sets[name] = dict(m["run_params"])
+        tuned[name] = {"study": m.get("study", name), "trial": m["best_trial"], "value": m.get("best_value"),
+                       "objective": doc.get("objective"), "params": m.get("params", {}),
+                       "storage": m.get("storage", doc.get("storage")), "validation": doc.get("validation"),
+                       "from": str(path)}
+    cfg = doc.get("config") or {}
+    here = suite.base.resolved()
+    differ = [k for k in ("encoder", "embedding_dim", "epochs", "steps", "batch_size", "optimizer", "lr_schedule",
+                          "augment", "normalize", "split") if k in cfg and cfg[k] != getattr(here, k)]
+    if differ:
+        log.warning("--tuned: tuned with other %s than this run (%s)", ", ".join(differ),
+                    ", ".join(f"{k} {cfg[k]} -> {getattr(here, k)}" for k in differ))
+    if seeds_given is None:
+        seeds_given = suite.seeds != [0]
+    seeds = list(suite.seeds) if seeds_given else list(DEFAULT_TEST_SEEDS)
+    fields = {f.name: getattr(suite, f.name) for f in dataclasses.fields(Suite)}
+    fields.update(methods=keep, method_sets=method_sets, seeds=seeds)
+    return TunedSuite(**fields, run_sets=run_sets, tuned=tuned)
+
+
+def tuned_config(suite: Suite, cfg: RunConfig) -> RunConfig:
+    """A planned run's config with its method's tuned run keys and ``tuned`` record (what
+    ``suite.expand`` does for a :class:`TunedSuite`; identity for any other suite)."""
+    from dmlbench.params import apply_overrides
+
+    run_keys = getattr(suite, "run_sets", {}).get(cfg.method)
+    info = getattr(suite, "tuned", {}).get(cfg.method)
+    if run_keys:
+        cfg = apply_overrides(cfg, run_keys, "run")
+    if info:
+        cfg = dataclasses.replace(cfg, tuned=info)
+    return cfg
