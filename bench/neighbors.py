@@ -47,11 +47,20 @@ def _rows_per_block(block: int, k: int) -> int:
 
 
 def _canonical(d: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Order every row by (distance, id)."""
-    order = np.lexsort((i, d), axis=-1) if d.shape[1] > 1 else None
-    if order is None:
+    """Order every row by (distance, id). Rows already in that order (faiss's usually are) are left
+    alone: only the others are sorted."""
+    if d.shape[1] < 2:
         return d, i
-    return np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
+    dl, dr = d[:, :-1], d[:, 1:]
+    bad = ((dr < dl) | ((dr == dl) & (i[:, 1:] < i[:, :-1]))).any(1)
+    if not bad.any():
+        return d, i
+    rows = np.flatnonzero(bad)
+    order = np.lexsort((i[rows], d[rows]), axis=-1)
+    d, i = d.copy(), i.copy()
+    d[rows] = np.take_along_axis(d[rows], order, 1)
+    i[rows] = np.take_along_axis(i[rows], order, 1)
+    return d, i
 
 
 def _drop_self(d: np.ndarray, i: np.ndarray, start: int, k: int) -> tuple[np.ndarray, np.ndarray]:

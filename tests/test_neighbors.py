@@ -97,6 +97,14 @@ def test_search_exclude_self_when_own_row_is_not_first():
         assert set(i[row]) == copies, row
         assert np.all(np.diff(i[row]) > 0)            # ties ordered by id
     np.testing.assert_allclose(d, 0, atol=1e-5)
+    # Five copies, k=2: for the later copies the own row falls outside the k+1 searched; the result
+    # is still the two lowest-id other copies.
+    x5 = np.concatenate([base] * 5)
+    for blk in (16, 4096):
+        _, i5 = search(x5, x5, 2, exclude_self=True, block=blk)
+        for row in range(len(x5)):
+            others = [row % n + c * n for c in range(5) if row % n + c * n != row]
+            assert list(i5[row]) == others[:2], row
 
 
 def test_search_ties_are_ordered_and_cut_by_id():
