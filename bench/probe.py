@@ -30,6 +30,9 @@ log = logging.getLogger("dmlbench")
 
 LAMBDAS = (1e-5, 1e-4, 1e-3, 1e-2)
 LIBLINEAR_MAX_DIM = 256
+# Below this many values (rows x features) liblinear is fast whatever the width; L-BFGS would pay a
+# (d+1)^2 preconditioner for a few rows of wide features (150 CIFAR images of 3,072 pixels).
+LIBLINEAR_MAX_VALUES = 1_000_000
 SOLVERS = ("auto", "liblinear", "lbfgs")
 SMALL_LBFGS = 4_000_000          # rows x (features + 1) below which L-BFGS runs on one thread
 
@@ -177,8 +180,8 @@ def _fit_lbfgs(x, y, classes, C, *, max_iter: int = 3000, gtol: float = 1e-6, pr
 
 def fit_svm(x: np.ndarray, y: np.ndarray, C: float, solver: str = "auto", *, seed: int = 0) -> LinearModel:
     """Fit the one-vs-rest squared-hinge SVM on (already scaled) features; ``solver`` is ``"auto"``
-    (liblinear up to 256 features, L-BFGS above), ``"liblinear"`` or ``"lbfgs"``."""
-    solver = _solver(solver, x.shape[1])
+    (liblinear up to 256 features or 1M values, L-BFGS above), ``"liblinear"`` or ``"lbfgs"``."""
+    solver = _solver(solver, x.shape[1], x.shape[0])
     classes = np.unique(y)
     if len(classes) == 1:
         return LinearModel(np.zeros((1, x.shape[1])), np.zeros(1), classes)
@@ -187,11 +190,11 @@ def fit_svm(x: np.ndarray, y: np.ndarray, C: float, solver: str = "auto", *, see
     return _fit_lbfgs(x, y, classes, C)
 
 
-def _solver(solver: str, dim: int) -> str:
+def _solver(solver: str, dim: int, rows: int = 0) -> str:
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     if solver == "auto":
-        return "liblinear" if dim <= LIBLINEAR_MAX_DIM else "lbfgs"
+        return "liblinear" if dim <= LIBLINEAR_MAX_DIM or rows * dim <= LIBLINEAR_MAX_VALUES else "lbfgs"
     return solver
 
 
@@ -290,7 +293,7 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
         raise ValueError("linear_probe needs training rows")
     if not lambdas:
         raise ValueError("lambdas is empty")
-    used = _solver(solver, train_x.shape[1])
+    used = _solver(solver, train_x.shape[1], len(train_x))
     with _threads(threads, used == "lbfgs"):
         if len(lambdas) > 1:
             cv = cross_validate(train_x, train_y, lambdas, solver=used, seed=seed, cv_rows=cv_rows)

@@ -57,13 +57,17 @@ def test_lbfgs_and_liblinear_reach_the_same_optimum(digits_split, lam):
 def test_auto_uses_lbfgs_above_256_features_and_matches_liblinear():
     x, y = clusters(600, 300, 5, spread=0.15, seed=1)
     xtr, xte, ytr, yte = x[:400], x[400:], y[:400], y[400:]
-    r = linear_probe(xtr, ytr, xte, yte, lambdas=(1e-3,))
+    # 400 x 300 values: few enough for liblinear, whatever the width.
+    assert linear_probe(xtr, ytr, xte, yte, lambdas=(1e-3,)).solver == "liblinear"
+    big = np.repeat(xtr, 9, axis=0) + np.random.default_rng(0).normal(0, 1e-3, (3600, 300)).astype(xtr.dtype)
+    assert linear_probe(big, np.repeat(ytr, 9), xte, yte, lambdas=(1e-3,)).solver == "lbfgs"
+    r = linear_probe(xtr, ytr, xte, yte, lambdas=(1e-3,), solver="lbfgs")
     assert r.solver == "lbfgs" and r.cv_accuracy == {}
     scaler = Scaler(xtr)
     xs = scaler(xtr)
     C = 1.0 / (1e-3 * len(xs))
     lib = fit_svm(xs, ytr, C, "liblinear")
-    lbf = fit_svm(xs, ytr, C, "auto")
+    lbf = fit_svm(xs, ytr, C, "lbfgs")
     f_lib, f_lbf = svm_objective(lib, xs, ytr, C), svm_objective(lbf, xs, ytr, C)
     assert abs(f_lbf - f_lib) <= 1e-3 * f_lib, (f_lib, f_lbf)
     pred_lib = lib.predict(scaler(xte))
