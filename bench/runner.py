@@ -184,7 +184,7 @@ def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool
                 why, stored = [str(e)], None
             if stored is not None and (not why or reuse_stale):
                 if why:
-                    log.warning("%s: reusing a result made by other code (%s) because of --reuse-stale", run, "; ".join(why))
+                    log.warning("%s: reusing a result made by other code (%s) because reuse_stale is set", run, "; ".join(why))
                 return RunResult(cfg, run, "skipped", stored)
             lock.release()
             _archive(run, why)

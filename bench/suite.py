@@ -120,7 +120,7 @@ def resolve_suite(file_values: dict, flags: dict) -> Suite:
         if owner != "data" and owner not in methods:
             get_method(owner)
             if owner in flag_owners:
-                raise DMLBenchError(f"--set names {owner!r}, which is not among the methods being run "
+                raise DMLBenchError(f"set names {owner!r}, which is not among the methods being run "
                                     f"({', '.join(methods)})")
             del by_owner[owner]
     data_options = by_owner.pop("data", {})
@@ -232,13 +232,13 @@ def check_out(folder: Path) -> None:
 
     for parent in [folder, *folder.parents]:
         if parent.exists() and not parent.is_dir():
-            raise DMLBenchError(f"results folder {folder}: {parent} is a file, not a folder; choose another --out")
+            raise DMLBenchError(f"results folder {folder}: {parent} is a file, not a folder; choose another out folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DMLBenchError(f"cannot create results folder {folder} ({e.strerror}); choose another --out") from None
+        raise DMLBenchError(f"cannot create results folder {folder} ({e.strerror}); choose another out folder") from None
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise DMLBenchError(f"results folder {folder} is not writable; choose another --out")
+        raise DMLBenchError(f"results folder {folder} is not writable; choose another out folder")
     clean_temp_files(folder, older_than_s=600)  # older: no live writer is about to rename it
 
 

@@ -31,7 +31,7 @@ def import_timm():
     try:
         import timm
     except ImportError:
-        raise DMLBenchError(f"--encoder timm:... needs timm, which is not installed; {INSTALL_HINT}") from None
+        raise DMLBenchError(f"encoder timm:... needs timm, which is not installed; {INSTALL_HINT}") from None
     except Exception as e:  # noqa: BLE001 - e.g. a torchvision wheel built for another torch
         first = str(e).splitlines()[0][:160] if str(e) else ""
         raise DMLBenchError(f"timm does not import here ({type(e).__name__}: {first}); timm needs a torchvision "
@@ -111,7 +111,7 @@ class TimmEncoder(nn.Module):
             else:
                 cached = _hf_cached_file(cfg)
                 if not (cfg.get("hf_hub_id") or cfg.get("url")):
-                    raise DMLBenchError(f"timm has no pretrained weights for {name}; pass --weights FILE or leave "
+                    raise DMLBenchError(f"timm has no pretrained weights for {name}; give weights=FILE or leave "
                                         "out --pretrained")
                 self.weights_info.update(source=f"hf:{cfg.get('hf_hub_id') or cfg.get('url')}",
                                          sha256=sha256(cached) if cached else None)
@@ -142,7 +142,7 @@ class TimmEncoder(nn.Module):
         return DMLBenchError(
             f"no ImageNet weights for {name}: {type(e).__name__}: {first}; put them in the Hugging Face cache "
             f"({hub}, e.g. by running timm.create_model('{name}', pretrained=True) where the hub is reachable and "
-            "copying that folder), or pass --weights FILE (a .safetensors or .pth state dict)")
+            "copying that folder), or give weights=FILE (a .safetensors or .pth state dict)")
 
     def _batchnorms(self):
         return [m for m in self.trunk.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

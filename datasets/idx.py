@@ -131,7 +131,7 @@ def _load_idx_dataset(name: str, folder_names: list[str], data_dir: Path, classe
         where = next((p.parent for p in files.values()), data_dir / folder_names[0])
         raise DMLBenchError(
             f"{name}: {', '.join(m + '.gz' for m in missing)} not found in {where}; put the four IDX files there "
-            f"(or point --data-dir / $DMLBENCH_DATA_DIR at their parent), or run `bench download {name}` "
+            f"(or point data_dir / $DMLBENCH_DATA_DIR at their parent), or run `bench download {name}` "
             "where torchvision is installed")
     arrays = {}
     for key in needed:

@@ -53,11 +53,11 @@ def load_dataset(dataset: str, *, data_dir: str | os.PathLike | None = None, spl
     kwargs = typed_options(spec, dict(options or {}))
     if ref.path:
         if "path" not in _params(spec):
-            raise DMLBenchError(f"dataset {ref.name} takes no path (got {dataset!r}); use --dataset {ref.name} "
-                                "and --data-dir for where its files are")
+            raise DMLBenchError(f"dataset {ref.name} takes no path (got {dataset!r}); use dataset {ref.name} "
+                                "and data_dir for where its files are")
         kwargs["path"] = ref.path
     elif "path" in _params(spec):
-        raise DMLBenchError(f"{ref.name}: no path given; use --dataset {ref.name}:PATH")
+        raise DMLBenchError(f"{ref.name}: no path given; name it as {ref.name}:PATH")
     pooled = split == "classes"  # the class-disjoint split pools train and test files first
     data = spec.loader(data_dir=resolve_data_dir(data_dir), seed=seed, with_test=with_test or pooled, **kwargs)
     if pooled:

@@ -39,7 +39,7 @@ def _as_chw(sample: tuple) -> tuple[int, int, int]:
                   defaults={"encoder": "mlp", "epochs": 20}, shape=_shape)
 def load_npz(data_dir: Path | None = None, seed: int = 0, with_test: bool = True, path: str = "") -> Data:
     if not path:
-        raise DMLBenchError("npz: no file given; use --dataset npz:PATH/TO/FILE.npz")
+        raise DMLBenchError("npz: no file given; name it as npz:PATH/TO/FILE.npz")
     p = Path(path).expanduser()
     if not p.is_file():
         raise DMLBenchError(f"npz: {p} does not exist; give a .npz file with arrays {', '.join(NPZ_KEYS)}")

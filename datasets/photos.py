@@ -204,7 +204,7 @@ def load_folder(data_dir: Path | None = None, seed: int = 0, with_test: bool = T
                 resize_mode: str = "crop", grayscale: bool = False, label_depth: int = 1, test_fraction: float = 0.2,
                 skip_bad: bool = False, min_class_size: int = 0) -> Data:
     if not path:
-        raise DMLBenchError("folder: no path given; use --dataset folder:PATH/TO/IMAGES")
+        raise DMLBenchError("folder: no path given; name it as folder:PATH/TO/IMAGES")
     root = Path(path).expanduser()
     if not root.is_dir():
         raise DMLBenchError(f"folder: {root} is not a folder; give a folder with one sub-folder per class")

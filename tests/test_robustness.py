@@ -56,7 +56,7 @@ def test_bad_values_are_refused_before_anything_runs(tmp_path, args, needle):
 def test_out_pointing_at_a_file(tmp_path):
     f = tmp_path / "afile"
     f.write_text("x")
-    assert_one_line_error(bench("run", "--methods", "raw", "--out", f, *FAST), "is a file", "--out")
+    assert_one_line_error(bench("run", "--methods", "raw", "--out", f, *FAST), "is a file", "another out folder")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
@@ -148,7 +148,7 @@ def test_stale_result_is_archived_and_rerun_or_kept_with_reuse_stale(done_suite)
     cfg["provenance"]["code_hash"] = "0123456789abcdef"
     cfg_path.write_text(json.dumps(cfg))
     kept = bench("run", "--methods", "raw", "--out", out, "--reuse-stale", *FAST)
-    assert kept.exit_code == 0 and "raw seed 0: skipped" in kept.stderr and "--reuse-stale" in kept.stderr
+    assert kept.exit_code == 0 and "raw seed 0: skipped" in kept.stderr and "reuse_stale is set" in kept.stderr
     rerun = bench("run", "--methods", "raw", "--out", out, *FAST)
     assert rerun.exit_code == 0, rerun.stderr
     assert "raw seed 0: done" in rerun.stderr and "code 01234567 ->" in rerun.stderr

@@ -94,7 +94,7 @@ def test_offline_without_weights_is_one_line_saying_where_they_go(tmp_path, monk
     assert r.exit_code == 1  # the run fails (recorded), the suite reports it
     (run,) = (tmp_path / "r" / "digits" / "triplet-hinge").glob("s0-*")
     reason = json.loads((run / "failed.json").read_text())["reason"]
-    assert "no ImageNet weights for resnet18" in reason and "--weights FILE" in reason and "\n" not in reason
+    assert "no ImageNet weights for resnet18" in reason and "weights=FILE" in reason and "\n" not in reason
 
 
 def test_generative_methods_are_refused_on_a_trunk():
