@@ -114,7 +114,7 @@ def format_table(agg: pd.DataFrame, fmt: str = "markdown", metrics: list[str] | 
 
 LEGEND = ("Mean over seeds ± half-width of the 95% t-interval (one seed: the value alone). Bold: not significantly "
           "worse than the best row (paired t-test over seeds, Holm-corrected, alpha 0.05); with one seed only "
-          "the best is bold.")
+          "the best is bold. Rows not marked [tuned...] run at the method's defaults (or the [options] shown), untuned.")
 
 
 def provenance_lines(runs: pd.DataFrame) -> list[str]:
