@@ -33,9 +33,15 @@ def _init_worker(threads: int, level: int) -> None:
 
 
 def _run(planned, suite_dir: Path, reuse_stale: bool):
+    import os
+    import sys
+
     from dmlbench.runner import run_one
 
-    return run_one(planned.config, suite_dir, variant=planned.variant, reuse_stale=reuse_stale)
+    cfg = planned.config
+    # One line per run as a worker takes it up; the driver prints one as each finishes.
+    print(f"  started {cfg.method} seed {cfg.seed} (worker {os.getpid()}, {cfg.device})", file=sys.stderr, flush=True)
+    return run_one(cfg, suite_dir, variant=planned.variant, reuse_stale=reuse_stale)
 
 
 class LocalExecutor:
@@ -65,15 +71,21 @@ class LocalExecutor:
         results: dict[int, object] = {}
         pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
                                    initargs=(self.threads, logging.getLogger("dmlbench").level))
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(planned), desc="suite", unit="run", disable=None, leave=False)  # on a terminal only
         try:
             futures = {pool.submit(_run, p, suite_dir, reuse_stale): i for i, p in enumerate(planned)}
             for fut in as_completed(futures):
                 r = fut.result()
                 results[futures[fut]] = r
+                bar.update()
                 if on_result:
                     on_result(r)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+        finally:
+            bar.close()
         pool.shutdown()
         return [results[i] for i in range(len(planned))]
