@@ -168,6 +168,11 @@ def auto_workers(value, devices: list[str], threads: int | None) -> int:
     return n
 
 
+def _fmt(value) -> str:
+    """A row label's value: floats to 4 significant digits (a tuned 0.4807866320755242 reads 0.4808)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _get_key(obj, dotted: str):
     head, _, rest = dotted.partition(".")
     value = getattr(obj, head)
@@ -189,12 +194,12 @@ def expand(suite: Suite, n_train: int) -> list[Planned]:
         overrides = suite.method_sets.get(name, {})
         params = apply_overrides(cls.Params(), overrides, name)
         defaults = cls.Params()
-        variant = ",".join(f"{k}={v}" for k, v in sorted(overrides.items())
+        variant = ",".join(f"{k}={_fmt(_get_key(params, k))}" for k in sorted(overrides)
                            if _get_key(params, k) != _get_key(defaults, k))
         if name in tuned:  # the table marks tuned settings, run keys (lr) included
             run_keys = getattr(suite, "run_sets", {}).get(name, {})
-            variant = "tuned" + (":" + ",".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                               for k, v in sorted(run_keys.items())) if run_keys else "") + \
+            variant = "tuned" + (":" + ",".join(f"{k}={_fmt(v)}" for k, v in sorted(run_keys.items()))
+                                 if run_keys else "") + \
                 (";" + variant if variant else "")
         for seed in suite.seeds:
             cfg = tuned_config(suite, with_method(base, name, seed, dataclasses.asdict(params)))

@@ -138,7 +138,9 @@ class TimmEncoder(nn.Module):
     def _weights_error(name: str, e: Exception) -> DMLBenchError:
         hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
             os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
-        first = (str(e).splitlines() or [""])[0][:140]
+        first = (str(e).splitlines() or [""])[0]
+        if len(first) > 160:  # cut at a word, not inside one
+            first = first[:160].rsplit(" ", 1)[0] + " ..."
         return DMLBenchError(
             f"no ImageNet weights for {name}: {type(e).__name__}: {first}; put them in the Hugging Face cache "
             f"({hub}, e.g. by running timm.create_model('{name}', pretrained=True) where the hub is reachable and "
