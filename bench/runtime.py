@@ -78,3 +78,16 @@ def epoch_generator(seed: int, epoch: int, stream: int = 0):
     import torch
 
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 2 + stream)
+
+
+def log_to_stderr(level: int) -> None:
+    """dmlbench's own log lines on stderr (a worker process's, where no handler is set yet)."""
+    import logging
+    import sys
+
+    logger = logging.getLogger("dmlbench")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level)

@@ -19,17 +19,10 @@ log = logging.getLogger("dmlbench")
 
 
 def _init_worker(threads: int, level: int) -> None:
-    import sys
-
-    from dmlbench.runtime import set_threads
+    from dmlbench.runtime import log_to_stderr, set_threads
 
     set_threads(threads)
-    logger = logging.getLogger("dmlbench")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(level)
+    log_to_stderr(level)
 
 
 def _run(planned, suite_dir: Path, reuse_stale: bool):

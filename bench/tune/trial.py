@@ -220,12 +220,9 @@ def _pruner(prune: bool):
 
 
 def _log_to_stderr(level: int) -> None:
-    logger = logging.getLogger("dmlbench")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(level)
+    from dmlbench.runtime import log_to_stderr
+
+    log_to_stderr(level)
 
 
 def _work_entry(job: Job, threads: int, level: int) -> int:
