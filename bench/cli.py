@@ -352,9 +352,11 @@ TUNE_OPTIONS = [
                                                 "the methods' own (bench list methods).")),
     ("prune", bool, typer.Option(help="Stop trials whose per-epoch validation score is below the median.")),
     ("tune_seed", int, typer.Option(help="Seed of the folds, the sampler and the trial runs.")),
+    ("timeout", Optional[float], typer.Option(help="Seconds after which no new trial starts (running ones finish); "
+                                                   "re-running the command resumes the budget.")),
 ]
 TUNE_DEFAULTS = {"trials": 30, "folds": 1, "validation": None, "objective": "map@r", "storage": None, "space": None,
-                 "prune": False, "tune_seed": 0}
+                 "prune": False, "tune_seed": 0, "timeout": None}
 
 
 def tune_(**kw):

@@ -115,7 +115,7 @@ def _fit_liblinear(x, y, classes, C, seed) -> LinearModel:
 
 
 def _fit_lbfgs(x, y, classes, C, *, max_iter: int = 3000, gtol: float = 1e-6, precondition_rows: int = 10000,
-               alpha: float = 1.0) -> LinearModel:
+               alpha: float = 1.0, device: str = "cpu") -> LinearModel:
     """Minimise the same objective with torch's L-BFGS.
 
     Internally the objective is divided by ``C * n`` (same minimiser, gradients of order one):
@@ -128,13 +128,16 @@ def _fit_lbfgs(x, y, classes, C, *, max_iter: int = 3000, gtol: float = 1e-6, pr
     bandwidth-bound part); parameters, objective and the small products are float64. It stops when
     the largest gradient entry falls below ``gtol`` times its value at ``V = 0``, or when the
     (order-one) objective changes by less than 1e-10 (it reaches the float32 noise floor there).
+    On a GPU ``device`` the same iterations run there (the run's device: the raw floor's 784-d
+    probe is the slowest part of an MNIST evaluation on the CPU).
     """
     import torch
 
     n, d = x.shape
-    X = torch.cat([torch.as_tensor(np.asarray(x, np.float32)), torch.ones(n, 1)], 1)
+    dev = torch.device(device)
+    X = torch.cat([torch.as_tensor(np.asarray(x, np.float32)), torch.ones(n, 1)], 1).to(dev)
     Xt = X.T.contiguous()
-    T = torch.as_tensor(_targets(y, classes), dtype=torch.float64)
+    T = torch.as_tensor(_targets(y, classes), dtype=torch.float64, device=dev)
     lam = 1.0 / (C * n)
 
     step = max(1, -(-n // precondition_rows))
@@ -149,7 +152,7 @@ def _fit_lbfgs(x, y, classes, C, *, max_iter: int = 3000, gtol: float = 1e-6, pr
         gw = lam * w - (2.0 / n) * (Xt @ (T * viol).float()).double()
         return f, M.T @ gw
 
-    V = torch.zeros(d + 1, T.shape[1], dtype=torch.float64, requires_grad=True)
+    V = torch.zeros(d + 1, T.shape[1], dtype=torch.float64, device=dev, requires_grad=True)
     with torch.no_grad():
         g0 = value_and_grad(V)[1].abs().max().item()
     opt = torch.optim.LBFGS([V], lr=1, max_iter=max_iter, max_eval=int(max_iter * 1.25), history_size=20,
@@ -165,7 +168,7 @@ def _fit_lbfgs(x, y, classes, C, *, max_iter: int = 3000, gtol: float = 1e-6, pr
     # Small problems run single-threaded: their matrix products are too small to split, and OpenMP
     # threads that spin-wait make them many times slower on a busy machine.
     before = torch.get_num_threads()
-    if n * (d + 1) < SMALL_LBFGS and before > 1:
+    if dev.type == "cpu" and n * (d + 1) < SMALL_LBFGS and before > 1:
         torch.set_num_threads(1)
     try:
         opt.step(closure)
@@ -174,20 +177,22 @@ def _fit_lbfgs(x, y, classes, C, *, max_iter: int = 3000, gtol: float = 1e-6, pr
     if opt.state[V].get("n_iter", 0) >= max_iter:
         log.warning("linear probe: L-BFGS stopped at max_iter=%d (C=%g)", max_iter, C)
     with torch.no_grad():
-        w = (M @ V).numpy()
+        w = (M @ V).cpu().numpy()
     return LinearModel(w[:d].T.copy(), w[d].copy(), classes)
 
 
-def fit_svm(x: np.ndarray, y: np.ndarray, C: float, solver: str = "auto", *, seed: int = 0) -> LinearModel:
+def fit_svm(x: np.ndarray, y: np.ndarray, C: float, solver: str = "auto", *, seed: int = 0,
+            device: str = "cpu") -> LinearModel:
     """Fit the one-vs-rest squared-hinge SVM on (already scaled) features; ``solver`` is ``"auto"``
-    (liblinear up to 256 features or 1M values, L-BFGS above), ``"liblinear"`` or ``"lbfgs"``."""
+    (liblinear up to 256 features or 1M values, L-BFGS above), ``"liblinear"`` or ``"lbfgs"``
+    (on ``device``; liblinear runs on the CPU)."""
     solver = _solver(solver, x.shape[1], x.shape[0])
     classes = np.unique(y)
     if len(classes) == 1:
         return LinearModel(np.zeros((1, x.shape[1])), np.zeros(1), classes)
     if solver == "liblinear":
         return _fit_liblinear(x, y, classes, C, seed)
-    return _fit_lbfgs(x, y, classes, C)
+    return _fit_lbfgs(x, y, classes, C, device=device)
 
 
 def _solver(solver: str, dim: int, rows: int = 0) -> str:
@@ -198,11 +203,11 @@ def _solver(solver: str, dim: int, rows: int = 0) -> str:
     return solver
 
 
-def _fit_scaled(train_x, train_y, lam, solver, seed) -> tuple[Scaler, LinearModel]:
+def _fit_scaled(train_x, train_y, lam, solver, seed, device="cpu") -> tuple[Scaler, LinearModel]:
     scaler = Scaler(train_x)
     C = 1.0 / (lam * len(train_x))
     dtype = np.float32 if solver == "lbfgs" else np.float64
-    return scaler, fit_svm(scaler(train_x, dtype), train_y, C, solver, seed=seed)
+    return scaler, fit_svm(scaler(train_x, dtype), train_y, C, solver, seed=seed, device=device)
 
 
 def _cv_subsample(y: np.ndarray, rows: int, seed: int) -> np.ndarray:
@@ -219,7 +224,7 @@ def _cv_subsample(y: np.ndarray, rows: int, seed: int) -> np.ndarray:
 
 
 def cross_validate(x: np.ndarray, y: np.ndarray, lambdas: Sequence[float], *, solver: str = "auto", seed: int = 0,
-                   cv_rows: int = 5000, folds: int = 3) -> dict[float, float]:
+                   cv_rows: int = 5000, folds: int = 3, device: str = "cpu") -> dict[float, float]:
     """Pooled accuracy of stratified ``folds``-fold CV for every lambda, on at most ``cv_rows`` rows.
     Each fold's scaling and C come from its own training part."""
     from sklearn.model_selection import KFold, StratifiedKFold
@@ -236,7 +241,7 @@ def cross_validate(x: np.ndarray, y: np.ndarray, lambdas: Sequence[float], *, so
         for lam in lambdas:
             right = total = 0
             for tr, va in splits:
-                scaler, model = _fit_scaled(x[tr], y[tr], lam, solver, seed)
+                scaler, model = _fit_scaled(x[tr], y[tr], lam, solver, seed, device)
                 right += int(np.sum(model.predict(scaler(x[va])) == y[va]))
                 total += len(va)
             out[float(lam)] = right / total if total else float("nan")
@@ -275,11 +280,12 @@ def _threads(n: int | None, torch_too: bool):
 
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *, seed: int = 0,
                  threads: int | None = None, lambdas: Sequence[float] = LAMBDAS, cv_rows: int = 5000,
-                 solver: str = "auto") -> ProbeResult:
+                 solver: str = "auto", device: str = "cpu") -> ProbeResult:
     """Train the probe on (train_x, train_y), choosing lambda by CV on training rows only, and test it.
 
-    ``threads`` limits BLAS (and torch, for L-BFGS) threads while it runs. With a single lambda the
-    CV is skipped (``cv_accuracy`` is then empty).
+    ``threads`` limits BLAS (and torch, for L-BFGS) threads while it runs. ``device`` is where the
+    L-BFGS solver runs (the run's device); liblinear always runs on the CPU. With a single lambda
+    the CV is skipped (``cv_accuracy`` is then empty).
     """
     from sklearn.metrics import confusion_matrix
 
@@ -296,11 +302,11 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
     used = _solver(solver, train_x.shape[1], len(train_x))
     with _threads(threads, used == "lbfgs"):
         if len(lambdas) > 1:
-            cv = cross_validate(train_x, train_y, lambdas, solver=used, seed=seed, cv_rows=cv_rows)
+            cv = cross_validate(train_x, train_y, lambdas, solver=used, seed=seed, cv_rows=cv_rows, device=device)
             lam = choose_lambda(cv)
         else:
             cv, lam = {}, float(lambdas[0])
-        scaler, model = _fit_scaled(train_x, train_y, lam, used, seed)
+        scaler, model = _fit_scaled(train_x, train_y, lam, used, seed, device)
         pred = model.predict(scaler(test_x))
     correct = pred == test_y
     labels = np.unique(np.concatenate([train_y, test_y]))

@@ -101,7 +101,14 @@ def resolve_suite(file_values: dict, flags: dict) -> Suite:
     file_sets = file_values.get("set", [])
     if not isinstance(file_sets, list) or not all(isinstance(x, str) for x in file_sets):
         raise DMLBenchError(f'set in the config file must be a list of strings, e.g. set = ["tvae.margin=2"], got {file_sets!r}')
-    values = {**file_values, **{k: v for k, v in flags.items() if v is not None}}
+    given = {k: v for k, v in flags.items() if v is not None}
+    file_values = dict(file_values)
+    # steps and epochs are one budget in two units: a flag for either replaces the file's budget
+    # (bench run --preset mnist-all --steps 500), while both in one place stay an error.
+    if {"steps", "epochs"} & set(given):
+        for key in ("steps", "epochs"):
+            file_values.pop(key, None)
+    values = {**file_values, **given}
     sets = list(file_sets) + list(flags.get("set") or [])
     methods = _as_list(values.get("methods", list(BUILTIN)), "methods")
     if "raw" not in methods:

@@ -132,6 +132,7 @@ def main() -> None:
     ap.add_argument("--parts", default="train,eval,cli,workers")
     ap.add_argument("--results", default="results/mnist/tvae-paper")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None, help="JSON file [default: benchmarks/results/speed-<device>.json]")
     args = ap.parse_args()
     from dmlbench.runtime import set_threads
 
@@ -157,7 +158,7 @@ def main() -> None:
             out["workers"] = workers_part(Path(tmp))
     text = json.dumps(out, indent=1)
     print(text)
-    dest = ROOT / "benchmarks" / "results" / f"speed-{args.device.replace(':', '')}.json"
+    dest = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"speed-{args.device.replace(':', '')}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(text + "\n")
 

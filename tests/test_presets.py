@@ -109,3 +109,18 @@ def test_tvae_beats_vae_on_real_mnist(data_dir, tmp_path):
         acc[method] = json.loads((run / "metrics.json").read_text())["triplet_acc"]
     assert acc["tvae"] > acc["vae"] + 0.08, acc
     assert acc["tvae"] > 0.9, acc
+
+
+def test_a_budget_flag_replaces_the_presets_budget():
+    from dmlbench.errors import DMLBenchError
+    from dmlbench.suite import read_toml, resolve_suite
+
+    file_values = read_toml(None, "mnist-all")
+    assert file_values["epochs"] == 4
+    steps = resolve_suite(file_values, {"steps": 500}).base
+    assert (steps.steps, steps.epochs) == (500, None)
+    epochs = resolve_suite(file_values, {"epochs": 1}).base
+    assert (epochs.steps, epochs.epochs) == (None, 1)
+    assert resolve_suite(file_values, {}).base.epochs == 4
+    with pytest.raises(DMLBenchError, match="steps or epochs, not both"):
+        resolve_suite(file_values, {"steps": 5, "epochs": 1}).base.check()

@@ -54,6 +54,18 @@ def test_lbfgs_and_liblinear_reach_the_same_optimum(digits_split, lam):
     assert np.mean(lib.predict(xs) == lbf.predict(xs)) >= 0.99
 
 
+def test_lbfgs_on_the_gpu_matches_the_cpu_where_cuda_exists(digits_split):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device here: the GPU L-BFGS probe is checked against the CPU only where one exists")
+    xtr, xte, ytr, yte = digits_split
+    cpu = linear_probe(xtr, ytr, xte, yte, seed=0, solver="lbfgs")
+    gpu = linear_probe(xtr, ytr, xte, yte, seed=0, solver="lbfgs", device="cuda")
+    assert gpu.lam == cpu.lam and gpu.solver == "lbfgs"
+    assert abs(gpu.accuracy - cpu.accuracy) <= 2 / len(yte)  # the same optimum, up to a float32 tie or two
+    assert np.mean(gpu.correct == cpu.correct) >= 0.995
+
+
 def test_auto_uses_lbfgs_above_256_features_and_matches_liblinear():
     x, y = clusters(600, 300, 5, spread=0.15, seed=1)
     xtr, xte, ytr, yte = x[:400], x[400:], y[:400], y[400:]
@@ -114,9 +126,9 @@ def test_cv_rows_limits_what_cross_validation_sees(monkeypatch):
     seen = []
     real = probe.fit_svm
 
-    def spy(x, y, C, solver="auto", *, seed=0):
+    def spy(x, y, C, solver="auto", *, seed=0, device="cpu"):
         seen.append(len(x))
-        return real(x, y, C, solver, seed=seed)
+        return real(x, y, C, solver, seed=seed, device=device)
 
     monkeypatch.setattr(probe, "fit_svm", spy)
     x, y = clusters(900, 5, 3, spread=2.0)

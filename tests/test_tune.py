@@ -420,3 +420,24 @@ def test_two_worker_processes_share_one_study_and_its_budget(tmp_path):
         assert sorted(t.number for t in study.get_trials()) == [0, 1, 2]
         assert all(t.state.name == "COMPLETE" for t in study.get_trials())
     assert "siamese" in result.stdout
+
+
+def test_timeout_stops_starting_trials_and_a_rerun_evens_the_budget(tmp_path):
+    args = ["tune", "--methods", "siamese,triplet-hinge", "--out", tmp_path, *SMALL]
+    cut = ok(bench(*args, "--trials", 40, "--timeout", 2))
+    suite_dir = tmp_path / "digits" / "tune"
+    doc = json.loads((suite_dir / "tuned.json").read_text())
+    counts = {name: m["trials"] for name, m in doc["methods"].items()}
+    assert max(counts.values()) < 40 and doc["trials"] == 40
+    assert "the --timeout stopped the tune at" in cut.stderr and "re-run the same command" in cut.stderr.lower()
+    # Every trial that started finished: nothing is left running for a resume to re-queue.
+    assert all(t.state.name == "COMPLETE" for st in studies(suite_dir).values() for t in st.get_trials())
+    top = max(max(counts.values()), 1)
+    ok(bench(*args, "--trials", top))
+    doc = json.loads((suite_dir / "tuned.json").read_text())
+    assert {m["trials"] for m in doc["methods"].values()} == {top} and doc["trials"] == top
+
+
+def test_timeout_must_be_positive(tmp_path):
+    result = bench("tune", "--methods", "siamese", "--out", tmp_path, "--timeout", 0, *SMALL)
+    assert result.exit_code != 0 and "timeout=0" in result.stderr and "positive" in result.stderr

@@ -32,6 +32,7 @@ class TuneOptions:
     space: Path | None = None
     prune: bool = False
     tune_seed: int = 0
+    timeout: float | None = None  # seconds after which no new trial starts (running ones finish)
 
     def check(self) -> None:
         from dmlbench.config import MAX_SEED
@@ -44,6 +45,8 @@ class TuneOptions:
             raise DMLBenchError(f"folds={self.folds} must be between 1 and 100")
         if self.validation is not None and self.validation not in FOLD_KINDS:
             raise DMLBenchError(f"validation={self.validation!r} is not one of: {', '.join(FOLD_KINDS)}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise DMLBenchError(f"timeout={self.timeout} must be a positive number of seconds")
         if not 0 <= self.tune_seed <= MAX_SEED:
             raise DMLBenchError(f"tune_seed={self.tune_seed} must be between 0 and {MAX_SEED}")
         objective_direction(self.objective)
@@ -72,3 +75,4 @@ class Job:
     suite_dir: Path
     metrics: list[str]
     folds: list[int]
+    deadline: float | None = None  # time.time() after which workers start no trial (--timeout)

@@ -131,7 +131,9 @@ def tune(suite: Suite, opts: TuneOptions, echo=_echo) -> dict:
     parts = n_partitions(opts.folds)
     fold_ids = list(range(opts.folds))
     metrics = list(dict.fromkeys([opts.objective, *EXTRA_METRICS]))
-    job = Job(suite, plans, opts, kind, assignment, storage_url, suite_dir, metrics, fold_ids)
+    # A wall-clock deadline: workers are processes (or Ray tasks) that share the clock, not a timer.
+    deadline = time.time() + opts.timeout if opts.timeout else None
+    job = Job(suite, plans, opts, kind, assignment, storage_url, suite_dir, metrics, fold_ids, deadline)
     create_studies(job)
 
     example = fold_data(data, kind, assignment, 0, "unit")
@@ -159,6 +161,12 @@ def tune(suite: Suite, opts: TuneOptions, echo=_echo) -> dict:
         _run_local(job, workers, threads, level)
     doc = summarize(job, time.perf_counter() - t_start, workers)
     write_json(suite_dir / TUNED_FILE, doc)
+    done = sorted({m["trials"] for m in doc["methods"].values()})
+    if done[0] < opts.trials:
+        counts = f"{done[0]}" if len(done) == 1 else f"{done[0]} to {done[-1]}"
+        echo(f"the --timeout stopped the tune at {counts} of {opts.trials} trials per method; the settings below are "
+             "the best so far. Re-run the same command to finish the budget (the studies resume)"
+             + ("" if len(done) == 1 else f", or give --trials {done[-1]} to even the counts now"))
     echo(f"best settings written to {suite_dir / TUNED_FILE}; test them with: bench run --tuned {suite_dir}")
     return doc
 

@@ -188,6 +188,9 @@ def work(job: Job, threads: int | None = None, data=None, level: int | None = No
         started = False
         busy = 0
         for plan in job.plans:
+            if job.deadline is not None and time.time() >= job.deadline:
+                _echo(f"  time budget (--timeout) reached: this worker starts no more trials ({ran} run)")
+                return ran
             study = studies[plan.name]
             with lock:
                 fail_stale_trials(study)
