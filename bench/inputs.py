@@ -34,7 +34,9 @@ class DeviceImages:
         elif self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             if part.nbytes <= GPU_BUDGET_FRACTION * free:
-                self.whole = torch.from_numpy(np.ascontiguousarray(part.images())).to(self.device)
+                with warnings.catch_warnings():  # read-only host array, copied to the GPU at once
+                    warnings.simplefilter("ignore", UserWarning)
+                    self.whole = torch.from_numpy(np.ascontiguousarray(part.images())).to(self.device)
 
     def __len__(self) -> int:
         return len(self.part)

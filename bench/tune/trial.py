@@ -161,9 +161,10 @@ def _one_trial(study, job: Job, plan: MethodPlan, folds: dict, trial) -> None:
 
 
 def work(job: Job, threads: int | None = None, data=None, level: int | None = None) -> int:
-    """A worker: take trials of every method in turn until each study has its budget. Several
-    workers (processes, Ray tasks, machines) may run this on one storage at once. Returns the
-    number of trials this worker ran."""
+    """A worker: take trials until each study has its budget, always of the method with the fewest
+    trials started (so a tune cut short by --timeout or a kill leaves the methods within one trial
+    per worker of each other). Several workers (processes, Ray tasks, machines) may run this on one
+    storage at once. Returns the number of trials this worker ran."""
     from dmlbench.locks import Lock
     from dmlbench.runtime import set_threads
 
@@ -185,28 +186,31 @@ def work(job: Job, threads: int | None = None, data=None, level: int | None = No
     ran = 0
     announced = False
     while True:
-        started = False
-        busy = 0
-        for plan in job.plans:
-            if job.deadline is not None and time.time() >= job.deadline:
-                _echo(f"  time budget (--timeout) reached: this worker starts no more trials ({ran} run)")
-                return ran
-            study = studies[plan.name]
-            with lock:
+        if job.deadline is not None and time.time() >= job.deadline:
+            _echo(f"  time budget (--timeout) reached: this worker starts no more trials ({ran} run)")
+            return ran
+        plan, trial, busy = None, None, 0
+        with lock:
+            # Re-queued trials first (a killed worker's), then the method furthest behind; ties in
+            # the methods' order, so a single worker still alternates between them.
+            candidates = []
+            for i, p in enumerate(job.plans):
+                study = studies[p.name]
                 fail_stale_trials(study)
                 finished, running, waiting = budget(study)
-                trial = None
-                if waiting or len(finished) + len(running) < job.opts.trials:
-                    with warnings.catch_warnings():  # "heartbeat ... with Study.optimize": this loop beats itself
-                        warnings.simplefilter("ignore", UserWarning)
-                        trial = study.ask()
-            if trial is None:
-                busy += len(running)
-                continue
-            started = True
-            _one_trial(study, job, plan, folds, trial)
+                started = len(finished) + len(running)
+                if waiting or started < job.opts.trials:
+                    candidates.append((0 if waiting else 1, started, i, p))
+                else:
+                    busy += len(running)
+            if candidates:
+                plan = min(candidates, key=lambda c: c[:3])[3]
+                with warnings.catch_warnings():  # "heartbeat ... with Study.optimize": this loop beats itself
+                    warnings.simplefilter("ignore", UserWarning)
+                    trial = studies[plan.name].ask()
+        if trial is not None:
+            _one_trial(studies[plan.name], job, plan, folds, trial)
             ran += 1
-        if started:
             continue
         if not busy:
             return ran
