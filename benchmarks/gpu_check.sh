@@ -114,7 +114,7 @@ print(max(c) if min(c) < max(c) else 0)' "$TUNED/tuned.json")
   phase tuned_test 400 "$BENCH" run "${TUNE[@]}" --tuned "$TUNED" --seeds "$TEST_SEEDS" --workers "$TUNE_WORKERS"
 fi
 
-tar -czf "$OUT/results.tar.gz" -C "$W" --exclude=checkpoint.pt --exclude=embeddings.npz --exclude=.lock \
+tar -czf "$OUT/results.tar.gz" -C "$W" --exclude=checkpoint.pt --exclude=embeddings.npz --exclude=.lock --exclude='*/trials/*/per_query.npz' \
   --exclude='*.tmp' . 2>/dev/null
 echo "total $(($(date +%s) - T0))s"
 cat "$OUT/phases.tsv"

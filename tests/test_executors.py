@@ -99,3 +99,41 @@ def test_a_killed_run_resumes_to_bitwise_equal_metrics(sequential, tmp_path):
     r = bench("run", *args, "--out", tmp_path)
     assert r.exit_code == 0, r.stderr
     assert metrics(tmp_path)[("siamese", ckpt.parent.name)] == sequential[("siamese", ckpt.parent.name)]
+
+
+def _wait_for(pattern: str, root: Path, proc: subprocess.Popen, seconds: float = 180) -> Path | None:
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.poll() is None:
+        found = list(root.glob(pattern))
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    return None
+
+
+def test_a_killed_ray_worker_is_retried_and_resumes_to_bitwise_equal_metrics(tmp_path):
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    # 240 steps, a checkpoint every 8: long enough to kill the worker after its first checkpoint.
+    args = ["--methods", "siamese", "--steps", "240", "--epoch-size", "1024", "--test-triplets", "100",
+            "--threads", "1"]
+    killed = tmp_path / "ray"
+    p = subprocess.Popen([sys.executable, "-m", "dmlbench.cli", "run", *args, "--executor", "ray", "--workers", "1",
+                          "--out", str(killed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ckpt = _wait_for("digits/siamese/s0-*/checkpoint.pt", killed, p)
+    lock = ckpt.parent / ".lock" if ckpt else None
+    if ckpt is None or (ckpt.parent / "metrics.json").exists() or not lock.exists():
+        p.kill()
+        p.communicate()
+        pytest.skip("the run finished before its worker could be killed")
+    worker = int(lock.read_text().split()[0])  # the Ray worker process that runs the run holds its lock
+    assert worker != p.pid
+    os.kill(worker, signal.SIGKILL)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    run = ckpt.parent
+    history = (run / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 30  # every epoch once: the retry resumed from the checkpoint, none repeated
+    fresh = tmp_path / "fresh"
+    r = bench("run", *args, "--out", fresh)
+    assert r.exit_code == 0, r.stderr
+    assert metrics(killed)[("siamese", run.name)] == metrics(fresh)[("siamese", run.name)]
