@@ -5,9 +5,10 @@
 #   benchmarks/gpu_check.sh DATA_DIR OUT_DIR [BUDGET_S]
 #
 # DATA_DIR holds mnist/; everything is written under OUT_DIR (logs, speed JSON, phases.tsv and
-# results.tar.gz, the results folders without checkpoints and embeddings). Phases run in order,
+# results.tar.gz, the results folders without checkpoints and embeddings; bundle them into one
+# archive if your machine limits the files that come back). Phases run in order,
 # each under its own time limit, so a short budget still returns the first ones.
-# PHASES picks them (default: all): det speed gputest mnist_all tune test. RESUME=results.tar.gz
+# PHASES picks them (default: all): det speed npair gputest mnist_all tune test. RESUME=results.tar.gz
 # continues from an earlier pass (a cut-short tune resumes from its study.db).
 # DEV=cpu QUICK=1 runs the same commands on a CPU with tiny budgets (a check of this script).
 set -u
@@ -19,7 +20,7 @@ QUICK=${QUICK:-0}
 TRIALS=${TRIALS:-30}
 TUNE_WORKERS=${TUNE_WORKERS:-12}
 mkdir -p "$OUT"
-PHASES=" ${PHASES:-det speed gputest mnist_all tune test} "
+PHASES=" ${PHASES:-det speed npair gputest mnist_all tune test} "
 # The results folders, tarred into OUT at the end; a fixed path, so a resumed tune's study
 # (which records its suite folder) finds the same conditions.
 W=${WORK:-/tmp/dmlbench-gpu-check}
@@ -92,6 +93,7 @@ fi
 # 2. One MNIST evaluation (all metrics) on the device, and the harness against a bare loop.
 want speed && phase speed 150 "$PY" benchmarks/speed.py --data-dir "$DATA" --device "$DEV" --parts eval,train --threads 8 \
   --steps "$([ "$QUICK" = 1 ] && echo 5 || echo 300)" --methods triplet-hinge,npair,tvae --out "$OUT/speed-$DEV.json"
+want npair && phase npair_loss 60 "$PY" benchmarks/npair_loss.py --device "$DEV"
 want gputest && phase gputest 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_neighbors.py tests/test_probe.py \
   tests/test_trainer.py -k "cuda or gpu"
 

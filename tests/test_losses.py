@@ -413,3 +413,28 @@ def test_triplet_hinge_mining_all_averages_the_margin_violating_triplets():
     assert 0 < len(losses) < 24  # some triplets are mined out
     terms = m.loss_terms(kind_batch(Balanced(m=2), torch.tensor(emb), torch.tensor(y), group=6))
     assert terms["triplet"].item() == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+
+
+def test_batched_npair_matches_pml_group_by_group():
+    """npair_groups against PML's NPairsLoss called once per group, on groups as the sampler
+    builds them and on the awkward ones: a class with one image, a class with three, a group
+    without any pair, and labels in any order."""
+    from pytorch_metric_learning.distances import DotProductSimilarity
+    from pytorch_metric_learning.losses import NPairsLoss
+
+    from dmlbench.methods.npair import npair_groups
+
+    pml = NPairsLoss(distance=DotProductSimilarity(normalize_embeddings=False))
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.tensor([[0, 0, 1, 1, 2, 2, 3, 3],      # the sampler's layout
+                           [3, 1, 2, 1, 3, 0, 2, 0],      # pairs scattered
+                           [0, 0, 0, 1, 1, 2, 3, 3],      # a class with 3 images, one with 1
+                           [0, 1, 2, 3, 4, 5, 6, 7],      # no pair at all: loss 0
+                           [5, 5, 5, 5, 9, 9, 4, 4]])
+    emb = torch.randn(5, 8, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    ours = npair_groups(emb, labels)
+    theirs = torch.stack([pml(emb[i], labels[i]) for i in range(len(labels))]).mean()
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-10)
+    g_ours, = torch.autograd.grad(ours, emb)
+    g_theirs, = torch.autograd.grad(theirs, emb)
+    torch.testing.assert_close(g_ours, g_theirs)
