@@ -32,7 +32,10 @@ def embed_part(method: Method, part: Part, pipeline: InputPipeline, device, bloc
     """Embeddings (N, D) float32 of every image of ``part``, in order."""
     method.eval()
     images = DeviceImages(part, device)
-    out = [method.embed(pipeline.eval(xb)).float().cpu() for _, xb in images.blocks(block)]
+    out = []
+    for _, xb in images.blocks(block):
+        out.append(method.embed(pipeline.eval(xb)).float().cpu())
+        part.release()  # a mapped cache is streamed: its pages go back to the page cache
     return torch.cat(out).numpy() if out else np.zeros((0, method.embedding_dim), np.float32)
 
 

@@ -35,6 +35,7 @@ from dmlbench.runtime import epoch_generator
 from dmlbench.sampling import ClassIndex
 
 log = logging.getLogger("dmlbench")
+RELEASE_EVERY = 64  # steps between handing a memory-mapped dataset's pages back (Part.release)
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -152,6 +153,7 @@ class Trainer:
         if layout.per_step <= 0:
             raise DMLBenchError(f"{method.name}: batch_size={cfg.batch_size} is too small for {kind.describe()} batches")
         images = DeviceImages(data.train, self.device)
+        data.train.random_access()
         pipeline = InputPipeline(data, cfg.augment or "none", method.input_shape[1:])
         plan = epoch_plan(cfg.steps, cfg.steps_per_epoch())
         opt = make_optimizer(method, cfg)
@@ -193,6 +195,8 @@ class Trainer:
                     sched.step()
                     self.steps_done += 1
                     bar.update()
+                    if (step + 1) % RELEASE_EVERY == 0:
+                        data.train.release()  # random reads of a mapped cache go back to the page cache
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 seconds = time.perf_counter() - t0
@@ -200,6 +204,7 @@ class Trainer:
                 row = {"epoch": epoch + 1, "step": self.steps_done, **dict(zip(names + ["loss"], means)),
                        "lr": lrs[0], "seconds": seconds, "images_per_s": steps * layout.per_step / seconds}
                 self.history.append(row)
+                data.train.release()
                 self._save(epoch + 1, opt, sched)
                 bar.set_postfix(loss=f"{row['loss']:.4g}", ips=f"{row['images_per_s']:.0f}")
                 log.info("%s s%d epoch %d/%d  %s  (%.1fs, %.0f img/s)", method.name, cfg.seed, epoch + 1, len(plan),

@@ -626,3 +626,30 @@ def test_stratified_split_sizes_and_seeding():
             stratified_split(labels, bad, 0)  # 0.05: fewer test images than classes
     with pytest.raises(ValueError):
         stratified_split(np.array([0, 0, 1]), 0.5, 0)
+
+
+def _rss_file_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    pytest.skip("no RssFile in /proc/self/status here")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_release_drops_a_mapped_parts_pages_and_keeps_its_data(tmp_path):
+    from dmlbench.data.base import Part
+
+    n = 2048
+    x = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.uint8, shape=(n, 3, 64, 64))
+    x[:] = np.arange(n, dtype=np.uint8)[:, None, None, None]
+    x.flush()
+    del x
+    part = Part(np.load(tmp_path / "x.npy", mmap_mode="r"), np.zeros(n, np.int64))
+    before = _rss_file_kib()
+    total = int(part.images().sum(dtype=np.int64))           # every page read: ~24 MiB mapped in
+    read = _rss_file_kib()
+    part.release()
+    after = _rss_file_kib()
+    assert read - before > 16_000 and read - after > 16_000, (before, read, after)
+    assert int(part.images().sum(dtype=np.int64)) == total   # the data reads back the same
+    Part(np.zeros((2, 1, 2, 2), np.uint8), np.zeros(2, np.int64)).release()  # in memory: a no-op
