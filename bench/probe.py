@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -36,6 +37,7 @@ LIBLINEAR_MAX_VALUES = 1_000_000
 SOLVERS = ("auto", "liblinear", "lbfgs")
 SMALL_LBFGS = 4_000_000          # rows x (features + 1) below which L-BFGS runs on one thread
 PREDICT_BLOCK = 8192             # test rows scaled and scored at a time
+LIBLINEAR_POOL_BYTES = 1 << 30   # liblinear input copies held at once by the probe's threads
 
 
 @dataclass
@@ -105,19 +107,44 @@ def svm_objective(model: LinearModel, x: np.ndarray, y: np.ndarray, C: float) ->
     return float(reg + C * np.sum(viol ** 2))
 
 
-def _fit_liblinear(x, y, classes, C, seed) -> LinearModel:
-    from sklearn.exceptions import ConvergenceWarning
+def _pool_size(jobs: int | None, tasks: int, rows: int, dim: int) -> int:
+    """Threads for ``tasks`` liblinear fits: at most ``jobs``, and no more copies of the data at once
+    than LIBLINEAR_POOL_BYTES holds (liblinear copies its input, 16 bytes a value)."""
+    per_fit = 16 * max(rows, 1) * (dim + 1)
+    return int(max(1, min(jobs or 1, tasks, LIBLINEAR_POOL_BYTES // per_fit)))
+
+
+def _fit_liblinear(x, y, classes, C, seed, jobs: int | None = 1) -> LinearModel:
+    """liblinear's one-vs-rest fit: one binary problem per class (a single one for two classes).
+    The problems are independent, so they are fitted separately, on ``jobs`` threads (liblinear
+    releases the GIL). They are the problems liblinear's own multi-class loop solves, to the same
+    optimum within its tolerance (it sums the rows in another order: coefficients differ by about
+    1e-8); the result does not depend on ``jobs``. ConvergenceWarnings are the
+    caller's to silence (``warnings`` filters are not thread-safe); non-convergence is logged."""
     from sklearn.svm import LinearSVC
 
-    svc = LinearSVC(penalty="l2", loss="squared_hinge", dual=False, C=C, fit_intercept=True, intercept_scaling=1.0,
-                    tol=1e-4, max_iter=1000, random_state=seed)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        svc.fit(x, y)
-    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-        log.warning("linear probe: liblinear did not converge (C=%g)", C)
-    assert np.array_equal(svc.classes_, classes)
-    return LinearModel(svc.coef_.astype(np.float64), svc.intercept_.astype(np.float64), classes)
+    max_iter = 1000
+
+    def fit(target):
+        svc = LinearSVC(penalty="l2", loss="squared_hinge", dual=False, C=C, fit_intercept=True,
+                        intercept_scaling=1.0, tol=1e-4, max_iter=max_iter, random_state=seed).fit(x, target)
+        if np.max(svc.n_iter_) >= max_iter:
+            log.warning("linear probe: liblinear did not converge (C=%g)", C)
+        return svc
+
+    if len(classes) == 2:
+        svc = fit(y)
+        assert np.array_equal(svc.classes_, classes)
+        return LinearModel(svc.coef_.astype(np.float64), svc.intercept_.astype(np.float64), classes)
+    pool = _pool_size(jobs, len(classes), *x.shape)
+    one = lambda c: fit(np.where(y == c, 1, -1))  # noqa: E731 (positive = class c: coef_ row 0)
+    if pool > 1:
+        with ThreadPoolExecutor(pool) as ex:
+            fits = list(ex.map(one, classes))
+    else:
+        fits = [one(c) for c in classes]
+    return LinearModel(np.stack([f.coef_[0] for f in fits]).astype(np.float64),
+                       np.array([f.intercept_[0] for f in fits], np.float64), classes)
 
 
 def _fit_lbfgs(x, y, classes, C, *, max_iter: int = 3000, gtol: float = 1e-6, precondition_rows: int = 10000,
@@ -193,16 +220,16 @@ def _fit_lbfgs(x, y, classes, C, *, max_iter: int = 3000, gtol: float = 1e-6, pr
 
 
 def fit_svm(x: np.ndarray, y: np.ndarray, C: float, solver: str = "auto", *, seed: int = 0,
-            device: str = "cpu") -> LinearModel:
+            device: str = "cpu", jobs: int | None = 1) -> LinearModel:
     """Fit the one-vs-rest squared-hinge SVM on (already scaled) features; ``solver`` is ``"auto"``
     (liblinear up to 256 features or 1M values, L-BFGS above), ``"liblinear"`` or ``"lbfgs"``
-    (on ``device``; liblinear runs on the CPU)."""
+    (on ``device``; liblinear runs on the CPU, its per-class problems on ``jobs`` threads)."""
     solver = _solver(solver, x.shape[1], x.shape[0])
     classes = np.unique(y)
     if len(classes) == 1:
         return LinearModel(np.zeros((1, x.shape[1])), np.zeros(1), classes)
     if solver == "liblinear":
-        return _fit_liblinear(x, y, classes, C, seed)
+        return _fit_liblinear(x, y, classes, C, seed, jobs)
     return _fit_lbfgs(x, y, classes, C, device=device)
 
 
@@ -214,11 +241,23 @@ def _solver(solver: str, dim: int, rows: int = 0) -> str:
     return solver
 
 
-def _fit_scaled(train_x, train_y, lam, solver, seed, device="cpu") -> tuple[Scaler, LinearModel]:
+def _fit_scaled(train_x, train_y, lam, solver, seed, device="cpu", jobs=1) -> tuple[Scaler, LinearModel]:
     scaler = Scaler(train_x)
     C = 1.0 / (lam * len(train_x))
     dtype = np.float32 if solver == "lbfgs" else np.float64
-    return scaler, fit_svm(scaler(train_x, dtype), train_y, C, solver, seed=seed, device=device)
+    return scaler, fit_svm(scaler(train_x, dtype), train_y, C, solver, seed=seed, device=device, jobs=jobs)
+
+
+@contextmanager
+def _quiet():
+    """Silence scikit-learn's per-fit warnings (non-convergence is logged from ``n_iter_``). Entered
+    only by the calling thread: ``warnings.catch_warnings`` is not thread-safe."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        yield
 
 
 def _cv_subsample(y: np.ndarray, rows: int, seed: int) -> np.ndarray:
@@ -235,9 +274,10 @@ def _cv_subsample(y: np.ndarray, rows: int, seed: int) -> np.ndarray:
 
 
 def cross_validate(x: np.ndarray, y: np.ndarray, lambdas: Sequence[float], *, solver: str = "auto", seed: int = 0,
-                   cv_rows: int = 5000, folds: int = 3, device: str = "cpu") -> dict[float, float]:
+                   cv_rows: int = 5000, folds: int = 3, device: str = "cpu", jobs: int | None = 1) -> dict[float, float]:
     """Pooled accuracy of stratified ``folds``-fold CV for every lambda, on at most ``cv_rows`` rows.
-    Each fold's scaling and C come from its own training part."""
+    Each fold's scaling and C come from its own training part. With liblinear the (lambda, fold)
+    fits are independent and run on ``jobs`` threads; the result does not depend on ``jobs``."""
     from sklearn.model_selection import KFold, StratifiedKFold
 
     keep = _cv_subsample(y, cv_rows, seed)
@@ -246,16 +286,25 @@ def cross_validate(x: np.ndarray, y: np.ndarray, lambdas: Sequence[float], *, so
     splitter = (StratifiedKFold(folds, shuffle=True, random_state=seed) if counts.max() >= folds
                 else KFold(folds, shuffle=True, random_state=seed))
     splits = list(splitter.split(x, y)) if len(y) >= folds else []
+    tasks = [(lam, tr, va) for lam in lambdas for tr, va in splits]
+
+    def right(task) -> int:
+        lam, tr, va = task
+        scaler, model = _fit_scaled(x[tr], y[tr], lam, solver, seed, device)
+        return int(np.sum(model.predict(scaler(x[va])) == y[va]))
+
+    pool = _pool_size(jobs, len(tasks), len(y), x.shape[1]) if _solver(solver, x.shape[1], len(y)) == "liblinear" else 1
+    with _quiet():
+        if pool > 1:
+            with ThreadPoolExecutor(pool) as ex:
+                counts = list(ex.map(right, tasks))
+        else:
+            counts = [right(t) for t in tasks]
     out = {}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        for lam in lambdas:
-            right = total = 0
-            for tr, va in splits:
-                scaler, model = _fit_scaled(x[tr], y[tr], lam, solver, seed, device)
-                right += int(np.sum(model.predict(scaler(x[va])) == y[va]))
-                total += len(va)
-            out[float(lam)] = right / total if total else float("nan")
+    for lam in lambdas:
+        hits = [c for (l2, _, _), c in zip(tasks, counts) if l2 == lam]
+        total = sum(len(va) for l2, _, va in tasks if l2 == lam)
+        out[float(lam)] = sum(hits) / total if total else float("nan")
     return out
 
 
@@ -294,7 +343,8 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
                  solver: str = "auto", device: str = "cpu") -> ProbeResult:
     """Train the probe on (train_x, train_y), choosing lambda by CV on training rows only, and test it.
 
-    ``threads`` limits BLAS (and torch, for L-BFGS) threads while it runs. ``device`` is where the
+    ``threads`` limits BLAS (and torch, for L-BFGS) threads while it runs, and is how many of
+    liblinear's independent fits (CV folds, classes) run at once; the result does not depend on it. ``device`` is where the
     L-BFGS solver runs (the run's device); liblinear always runs on the CPU. With a single lambda
     the CV is skipped (``cv_accuracy`` is then empty).
     """
@@ -311,13 +361,15 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
     if not lambdas:
         raise ValueError("lambdas is empty")
     used = _solver(solver, train_x.shape[1], len(train_x))
-    with _threads(threads, used == "lbfgs"):
+    jobs = threads or 1
+    with _threads(threads, used == "lbfgs"), _quiet():
         if len(lambdas) > 1:
-            cv = cross_validate(train_x, train_y, lambdas, solver=used, seed=seed, cv_rows=cv_rows, device=device)
+            cv = cross_validate(train_x, train_y, lambdas, solver=used, seed=seed, cv_rows=cv_rows, device=device,
+                                jobs=jobs)
             lam = choose_lambda(cv)
         else:
             cv, lam = {}, float(lambdas[0])
-        scaler, model = _fit_scaled(train_x, train_y, lam, used, seed, device)
+        scaler, model = _fit_scaled(train_x, train_y, lam, used, seed, device, jobs)
         # In blocks: a scaled float64 copy of 60,000 test rows of 1,024 values would be 0.5 GB.
         pred = np.concatenate([model.predict(scaler(test_x[i:i + PREDICT_BLOCK]))
                                for i in range(0, len(test_x), PREDICT_BLOCK)] or [np.zeros(0, train_y.dtype)])

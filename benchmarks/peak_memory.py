@@ -51,18 +51,26 @@ def sample(pid: int) -> dict[str, int]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--every", type=float, default=0.2)
+    ap.add_argument("--trace", default=None, help="also write every sample (seconds, anon, file in MB) to this CSV")
     ap.add_argument("command", nargs=argparse.REMAINDER)
     args = ap.parse_args()
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd)
     peak = {"rss": 0, "anon": 0, "file": 0}
+    trace = open(args.trace, "w") if args.trace else None  # noqa: SIM115 (closed below)
+    if trace:
+        trace.write("seconds,anon_mb,file_mb\n")
     while proc.poll() is None:
         s = sample(proc.pid)
+        if trace:
+            trace.write(f"{time.perf_counter() - t0:.1f},{(s['RssAnon'] + s['RssShmem']) // 1000},{s['RssFile'] // 1000}\n")
         peak["rss"] = max(peak["rss"], sum(s.values()))
         peak["anon"] = max(peak["anon"], s["RssAnon"] + s["RssShmem"])
         peak["file"] = max(peak["file"], s["RssFile"])
         time.sleep(args.every)
+    if trace:
+        trace.close()
     print(json.dumps({"command": " ".join(cmd), "exit": proc.returncode, "wall_s": round(time.perf_counter() - t0, 1),
                       **{f"peak_{k}_gb": round(v / 1e6, 3) for k, v in peak.items()}}))
 

@@ -126,9 +126,9 @@ def test_cv_rows_limits_what_cross_validation_sees(monkeypatch):
     seen = []
     real = probe.fit_svm
 
-    def spy(x, y, C, solver="auto", *, seed=0, device="cpu"):
+    def spy(x, y, C, solver="auto", **kw):
         seen.append(len(x))
-        return real(x, y, C, solver, seed=seed, device=device)
+        return real(x, y, C, solver, **kw)
 
     monkeypatch.setattr(probe, "fit_svm", spy)
     x, y = clusters(900, 5, 3, spread=2.0)
@@ -179,3 +179,38 @@ def test_bad_arguments():
         linear_probe(x, y, x, y, solver="sgd")
     with pytest.raises(ValueError):
         linear_probe(x, y[:-1], x, y)
+
+
+def test_liblinear_per_class_fits_are_sklearns_one_vs_rest(digits_split):
+    """The per-class binary fits (on threads) solve the problems LinearSVC's own multi-class loop does."""
+    from sklearn.svm import LinearSVC
+
+    xtr, _, ytr, _ = digits_split
+    xs = Scaler(xtr)(xtr)
+    C = 1.0 / (1e-3 * len(xs))
+    ref = LinearSVC(dual=False, C=C, tol=1e-4, max_iter=1000, random_state=0).fit(xs, ytr)
+    ref_model = probe.LinearModel(ref.coef_, ref.intercept_, ref.classes_)
+    fits = [fit_svm(xs, ytr, C, "liblinear", jobs=jobs) for jobs in (1, 3)]
+    for m in fits:
+        # liblinear groups the rows by class, so its sums run in another order: the same optimum
+        # to within the solver's tolerance, not bitwise.
+        np.testing.assert_allclose(m.coef, ref.coef_, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(m.intercept, ref.intercept_, rtol=0, atol=1e-6)
+        assert svm_objective(m, xs, ytr, C) == pytest.approx(svm_objective(ref_model, xs, ytr, C), rel=1e-9)
+        np.testing.assert_array_equal(m.predict(xs), ref.predict(xs))
+    np.testing.assert_array_equal(fits[0].coef, fits[1].coef)   # threads change nothing
+
+
+def test_probe_result_does_not_depend_on_threads(digits_split):
+    xtr, xte, ytr, yte = digits_split
+    one, two = (linear_probe(xtr, ytr, xte, yte, seed=0, threads=t) for t in (1, 2))
+    assert one.cv_accuracy == two.cv_accuracy and one.lam == two.lam
+    np.testing.assert_array_equal(one.correct, two.correct)
+    np.testing.assert_array_equal(one.confusion, two.confusion)
+
+
+def test_threaded_fits_hold_bounded_copies(monkeypatch):
+    monkeypatch.setattr(probe, "LIBLINEAR_POOL_BYTES", 16 * 1000 * 21 * 2)
+    assert probe._pool_size(8, 10, rows=1000, dim=20) == 2      # two liblinear copies fit in the budget
+    assert probe._pool_size(8, 1, rows=10, dim=20) == 1         # never more threads than fits
+    assert probe._pool_size(None, 10, rows=10**7, dim=20) == 1  # at least one, whatever the size
