@@ -142,7 +142,7 @@ def _run_parameters() -> list[inspect.Parameter]:
 
 def run(**kw):
     """Train and evaluate each (method, seed) on one dataset, then print the results table."""
-    from dmlbench.runtime import set_threads
+    from dmlbench.runtime import limit_threads
     from dmlbench.suite import read_toml, resolve_suite, run_suite
     from dmlbench.table import write_tables
 
@@ -161,7 +161,9 @@ def run(**kw):
 
         suite = apply_tuned(suite, tuned, seeds_given=flags.get("seeds") is not None or "seeds" in file_values)
     suite.base.resolved().check()  # bad values fail here, before any thread pool or data is touched
-    set_threads(suite.base.threads)
+    # The driver imports no torch: the executor sets each run's threads where it runs (in this
+    # process for one worker), so a pool's workers do not wait for a third `import torch`.
+    limit_threads(suite.base.threads)
     done: list = []
     total = [0]
 

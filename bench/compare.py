@@ -8,8 +8,14 @@ For each dataset, the methods are ranked by their mean over seeds; every pair is
   R-precision have them), which tells whether one training run's difference exceeds the noise of
   the test set;
 
-and the p-values of all pairs are Holm-corrected together. Over several datasets, a Friedman
-test and the Nemenyi critical difference (Demšar 2006) rank the methods, drawn as a CD diagram.
+and the p-values of all pairs are Holm-corrected together. The two answer different questions,
+so the verdict keeps them apart: with two or more seeds a pair is ``significant`` by the seeds'
+test (training randomness included; the table's bold uses the same test), and the query bootstrap
+is reported beside it; with one seed there is only the bootstrap, and the verdict says so. A
+bootstrap that favours the other method than the seeds' mean says that too.
+
+Over several datasets, a Friedman test and the Nemenyi critical difference (Demšar 2006) rank the
+methods, drawn as a CD diagram.
 """
 
 from __future__ import annotations
@@ -64,25 +70,52 @@ def compare(results_dir: Path, metric: str = "map@r", alpha: float = 0.05, n_boo
             shared = by_label.loc[[a, b]].dropna(axis=1).columns
             row = {"dataset": ds, "a": a, "b": b, "diff": means[a] - means[b], "seeds": len(shared),
                    "p_seeds": paired_t(by_label.loc[a, shared], by_label.loc[b, shared]) if len(shared) else np.nan,
-                   "p_queries": np.nan, "query_ci": ""}
+                   "p_queries": np.nan, "query_ci": "", "query_seed": None, "query_diff": np.nan}
             if len(shared):
                 s = min(shared)
                 qa, qb = _per_query(dirs[(a, s)], metric), _per_query(dirs[(b, s)], metric)
                 if qa is not None and qb is not None and qa.shape == qb.shape:
                     bs = paired_bootstrap(qa, qb, n_boot=n_boot, seed=0)
-                    row.update(p_queries=bs["p_value"], query_ci=f"[{bs['ci_low']:+.4f}, {bs['ci_high']:+.4f}]")
+                    row.update(p_queries=bs["p_value"], query_ci=f"[{bs['ci_low']:+.4f}, {bs['ci_high']:+.4f}]",
+                               query_seed=int(s), query_diff=bs["mean_diff"])
             pairs.append(row)
     pairs = pd.DataFrame(pairs)
     if len(pairs):
         for col in ("p_seeds", "p_queries"):
             pairs[col + "_holm"] = holm(pairs[col].to_numpy(float))
-        pairs["significant"] = (pairs["p_seeds_holm"] < alpha) | (pairs["p_queries_holm"] < alpha)
+        by_seeds = pairs["p_seeds_holm"] < alpha
+        by_queries = pairs["p_queries_holm"] < alpha
+        pairs["significant"] = np.where(pairs["seeds"] >= 2, by_seeds, by_queries)
+        pairs["verdict"] = [_verdict(r, hib, alpha) for r in pairs.itertuples()]
     out = {"metric": metric, "higher_is_better": hib, "ranking": pd.DataFrame(rankings), "pairs": pairs,
            "friedman": None}
     scores = done.groupby(["dataset", "label"])[metric].mean().unstack("label")
-    if len(scores) >= 2 and scores.shape[1] >= 3:
-        out["friedman"] = friedman_nemenyi(scores, higher_is_better=hib, alpha=alpha)
+    # Friedman ranks within each dataset, so it takes the methods every dataset has.
+    complete = scores.dropna(axis=1)
+    out["friedman_left_out"] = sorted(set(scores.columns) - set(complete.columns))
+    if len(complete) >= 2 and complete.shape[1] >= 3:
+        out["friedman"] = friedman_nemenyi(complete, higher_is_better=hib, alpha=alpha)
     return out
+
+
+def _verdict(r, higher_is_better: bool, alpha: float) -> str:
+    """One cell: the seeds' verdict, then what the query bootstrap of one seed adds."""
+    sign = 1 if higher_is_better else -1
+    better, worse = (r.a, r.b) if sign * r.diff >= 0 else (r.b, r.a)
+    if r.seeds >= 2:
+        text = f"yes, {better} better" if r.p_seeds_holm < alpha else "no"
+    else:
+        text = "one seed: by the test queries only"
+    if not np.isnan(r.p_queries_holm) and r.p_queries_holm < alpha:
+        q_better = r.a if sign * r.query_diff > 0 else r.b
+        if r.seeds >= 2:
+            text += (f"; seed {r.query_seed}: beyond test noise" if q_better == better
+                     else f"; seed {r.query_seed} alone favours {q_better}")
+        else:
+            text = f"yes, {q_better} better (one seed: test-query noise only)"
+    elif r.seeds < 2:
+        text = "no (one seed: test-query noise only)"
+    return text
 
 
 def format_compare(result: dict) -> str:
@@ -95,13 +128,19 @@ def format_compare(result: dict) -> str:
         lines.append("")
     pairs = result["pairs"]
     if len(pairs):
+        lines.append("Significant: by the paired t-test over seeds (as the table's bold); the query bootstrap, on "
+                     "one seed's test queries, says whether that run's difference exceeds test-set noise.")
+        lines.append("")
         lines.append("pair | mean diff | seeds | p (paired t, Holm) | p (query bootstrap, Holm) | 95% CI of the query diff | significant")
         lines.append("--- | --- | --- | --- | --- | --- | ---")
         for r in pairs.itertuples():
+            ci = f"{r.query_ci} (seed {r.query_seed})" if r.query_ci else "—"
             lines.append(f"{r.a} vs {r.b} ({r.dataset}) | {r.diff:+.4f} | {r.seeds} | {r.p_seeds_holm:.3g} | "
-                         f"{r.p_queries_holm:.3g} | {r.query_ci or '—'} | {'yes' if r.significant else 'no'}")
+                         f"{r.p_queries_holm:.3g} | {ci} | {r.verdict}")
     fr = result["friedman"]
     if fr is not None:
         lines += ["", f"Friedman over {fr['n_blocks']} datasets: p = {fr['p_value']:.3g}; Nemenyi CD = {fr['cd']:.3f}",
                   "average ranks: " + ", ".join(f"{m} {fr['avg_ranks'][m]:.2f}" for m in fr["methods"])]
+    if result.get("friedman_left_out") and len(result["ranking"]["dataset"].unique()) >= 2:
+        lines += [f"left out of the Friedman test (not run on every dataset): {', '.join(result['friedman_left_out'])}"]
     return "\n".join(lines) + "\n"

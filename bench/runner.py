@@ -88,27 +88,37 @@ def triplets_path(suite: Path, cfg: RunConfig, n_test: int) -> Path:
     return Path(suite) / f"test_triplets-{key}.npy"
 
 
+def stored_test_triplets(data, cfg: RunConfig, suite: Path) -> np.ndarray | None:
+    """The suite's stored test triplets for this dataset and split, checked against it; None when
+    none are stored yet. Imports no torch (a driver checks them before handing out runs)."""
+    y = data.test.y
+    path = triplets_path(suite, cfg, len(y))
+    if not path.exists():
+        return None
+    t = read_npy(path)
+    ok = t.ndim == 2 and t.shape == (cfg.test_triplets, 3) and 0 <= t.min() and t.max() < len(y)
+    if ok:
+        yt = y[t]
+        ok = bool(np.all(yt[:, 0] == yt[:, 1]) and np.all(yt[:, 0] != yt[:, 2]))
+    if not ok:
+        raise CorruptFileError(path, "does not match this dataset's test split; delete it to draw new triplets")
+    return t
+
+
 def test_triplets(data, cfg: RunConfig, suite: Path) -> np.ndarray:
     """The fixed test triplets of this dataset and split, stored in the suite so every run and every
-    re-run scores the same triplets."""
+    re-run scores the same triplets. The first run to need them draws them (seeded; runs that race
+    write the same bytes, atomically)."""
+    t = stored_test_triplets(data, cfg, suite)
+    if t is not None:
+        return t
     import torch
 
     from dmlbench.sampling import random_triplets
 
-    y = data.test.y
-    path = triplets_path(suite, cfg, len(y))
-    if path.exists():
-        t = read_npy(path)
-        ok = t.ndim == 2 and t.shape == (cfg.test_triplets, 3) and 0 <= t.min() and t.max() < len(y)
-        if ok:
-            yt = y[t]
-            ok = bool(np.all(yt[:, 0] == yt[:, 1]) and np.all(yt[:, 0] != yt[:, 2]))
-        if not ok:
-            raise CorruptFileError(path, "does not match this dataset's test split; delete it to draw new triplets")
-        return t
     gen = torch.Generator().manual_seed(cfg.triplet_seed)
-    t = random_triplets(torch.from_numpy(y), cfg.test_triplets, gen).numpy()
-    write_npy(path, t)
+    t = random_triplets(torch.from_numpy(data.test.y), cfg.test_triplets, gen).numpy()
+    write_npy(triplets_path(suite, cfg, len(data.test.y)), t)
     return t
 
 

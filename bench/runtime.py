@@ -16,6 +16,16 @@ def default_threads() -> int:
     return max(1, min(n, 8))
 
 
+def limit_threads(n: int | None = None) -> int:
+    """The thread budget for BLAS (numpy, scikit-learn) only, without importing torch: for a
+    process that loads data and writes tables while its runs happen elsewhere."""
+    from threadpoolctl import threadpool_limits
+
+    n = n or default_threads()
+    threadpool_limits(n)
+    return n
+
+
 def set_threads(n: int | None = None) -> int:
     """One thread budget for torch, faiss and BLAS, so they do not oversubscribe a small machine."""
     import torch

@@ -258,7 +258,7 @@ def prepare(suite: Suite):
     """Check the suite, load its data once, expand it; returns (data, planned runs)."""
     from dmlbench.encoders import check_input
     from dmlbench.methods import GenerativeMethod, get_method
-    from dmlbench.runner import input_shape, load_data, test_triplets
+    from dmlbench.runner import input_shape, load_data, stored_test_triplets
 
     check_before_data(suite)
     check_out(suite.dir)
@@ -272,7 +272,10 @@ def prepare(suite: Suite):
         raise DMLBenchError(f"{', '.join(generative)} decode pixels in [0, 1] (a sigmoid output), but this data spans "
                             f"[{lo:.3g}, {hi:.3g}]; use normalize=unit or leave the generative methods out")
     planned = expand(suite, len(data.train))
-    test_triplets(data, planned[0].config, suite.dir)  # drawn once, before any worker needs them
+    # Stored test triplets are checked here (a corrupt file stops the suite, named); missing ones are
+    # drawn by the first run that needs them: drawing needs torch, which a driver of worker
+    # processes does not import.
+    stored_test_triplets(data, planned[0].config, suite.dir)
     return data, planned
 
 

@@ -47,8 +47,11 @@ def test_compare_ranks_and_paired_tests_match_scipy(results):
     assert gm["p_seeds"] == pytest.approx(scipy.stats.ttest_rel(values["good"], values["mid"]).pvalue)
     # Holm over the 9 pairs: each adjusted p is at least the raw one, at most 1.
     assert (pairs["p_seeds_holm"] >= pairs["p_seeds"] - 1e-12).all() and (pairs["p_seeds_holm"] <= 1).all()
-    # The per-query bootstrap sees the 0.1 shift on 400 queries.
-    assert gm["p_queries"] < 0.01 and gm["significant"]
+    # The per-query bootstrap sees the 0.1 shift on 400 queries; the verdict is the seeds' test's
+    # (as the table's bold), with the bootstrap beside it.
+    assert gm["p_queries"] < 0.01
+    assert gm["significant"] == (gm["p_seeds_holm"] < 0.05)
+    assert gm["verdict"].endswith("seed 0: beyond test noise")
     fr = r["friedman"]
     assert fr is not None and fr["methods"][0] == "good" and fr["cd"] > 0
 
@@ -62,3 +65,29 @@ def test_compare_cli_and_cd_diagram(results, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     res = CliRunner().invoke(app, ["compare", str(root), "--metric", "nope"])
     assert res.exit_code == 2 and "unknown metric 'nope'" in res.stderr
+
+
+def test_compare_verdict_keeps_the_two_tests_apart(tmp_path):
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.3, 0.7, 500)
+    # a beats b on every seed, but on seed 0's test queries b is ahead: the seeds decide.
+    for s, (va, vb) in enumerate([(0.80, 0.70), (0.82, 0.71), (0.81, 0.69), (0.83, 0.70)]):
+        _run(tmp_path, "d", "a", s, va, base - 0.05 + rng.normal(0, 0.01, 500) if s == 0 else None)
+        _run(tmp_path, "d", "b", s, vb, base + rng.normal(0, 0.01, 500) if s == 0 else None)
+    # c and e have one seed each: only the query bootstrap can speak, and the verdict says so.
+    _run(tmp_path, "one", "c", 0, 0.9, base + 0.1)
+    _run(tmp_path, "one", "e", 0, 0.5, base + rng.normal(0, 0.01, 500))
+    r = compare(tmp_path, "map@r")
+    pairs = r["pairs"].set_index(["a", "b"])
+    ab = pairs.loc[("a", "b")]
+    assert ab["significant"] and ab["p_seeds_holm"] < 0.05 and ab["p_queries_holm"] < 0.05
+    assert ab["verdict"] == "yes, a better; seed 0 alone favours b"
+    ce = pairs.loc[("c", "e")]
+    assert ce["seeds"] == 1 and ce["significant"]
+    assert ce["verdict"] == "yes, c better (one seed: test-query noise only)"
+    # Friedman needs every method on every dataset: none here, so it is skipped with the reason.
+    assert r["friedman"] is None and r["friedman_left_out"] == ["a", "b", "c", "e"]
+    res = CliRunner().invoke(app, ["compare", str(tmp_path), "--metric", "map@r"])
+    assert res.exit_code == 0, res.stderr
+    assert "(seed 0) | yes, a better; seed 0 alone favours b" in res.stdout
+    assert "left out of the Friedman test (not run on every dataset): a, b, c, e" in res.stdout

@@ -41,10 +41,17 @@ def sequential(tmp_path_factory):
     return metrics(out)
 
 
-def test_a_worker_pool_gives_the_sequential_metrics(sequential, tmp_path):
-    r = bench("run", *ARGS, "--workers", "2", "--out", tmp_path)
-    assert r.exit_code == 0, r.stderr
+def test_a_worker_pool_gives_the_sequential_metrics_and_its_driver_imports_no_torch(sequential, tmp_path):
+    # The driver runs in a fresh interpreter: it must not pay a third `import torch` beside its workers'.
+    argv = ["bench", "run", *ARGS, "--workers", "2", "--out", str(tmp_path)]
+    code = ("import sys; from dmlbench.cli import app\n"
+            f"sys.argv = {argv!r}\n"
+            "try:\n    app()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "assert 'torch' not in sys.modules, 'the driver imported torch'\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
     assert metrics(tmp_path) == sequential  # bitwise: CPU runs are deterministic, whatever the worker
+    assert len(list((tmp_path / "digits").glob("test_triplets-*.npy"))) == 1   # drawn by a worker, once
 
 
 def test_ray_gives_the_sequential_metrics(sequential, tmp_path):
