@@ -422,6 +422,22 @@ def test_two_worker_processes_share_one_study_and_its_budget(tmp_path):
     assert "siamese" in result.stdout
 
 
+def test_a_pool_of_tune_workers_has_a_driver_without_torch(tmp_path):
+    """Trials run in the workers; the driver (a fresh interpreter here) must not import torch."""
+    import subprocess
+    import sys
+
+    argv = ["bench", "tune", "--methods", "siamese,triplet-hinge", "--trials", "1", "--folds", "1", "--steps", "3",
+            "--test-triplets", "50", "--workers", "2", "--threads", "2", "--out", str(tmp_path)]
+    code = ("import sys; from dmlbench.cli import app\n"
+            f"sys.argv = {argv!r}\n"
+            "try:\n    app()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "assert 'torch' not in sys.modules, 'the driver imported torch'\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert all(len(s.get_trials()) == 1 for s in studies(tmp_path / "digits" / "tune").values())
+
+
 def test_timeout_stops_starting_trials_and_a_rerun_evens_the_budget(tmp_path):
     args = ["tune", "--methods", "siamese,triplet-hinge", "--out", tmp_path, *SMALL]
     cut = ok(bench(*args, "--trials", 40, "--timeout", 2))

@@ -101,7 +101,7 @@ def tune(suite: Suite, opts: TuneOptions, echo=_echo) -> dict:
     from dmlbench.encoders import check_input
     from dmlbench.methods import GenerativeMethod, get_method
     from dmlbench.runner import input_shape
-    from dmlbench.runtime import default_threads, set_threads
+    from dmlbench.runtime import default_threads, limit_threads
     from dmlbench.suite import check_before_data
 
     t_start = time.perf_counter()
@@ -113,7 +113,7 @@ def tune(suite: Suite, opts: TuneOptions, echo=_echo) -> dict:
     base.check()
     if suite.executor not in ("local", "ray"):
         raise DMLBenchError(f"executor {suite.executor!r} is not one of: local, ray")
-    set_threads(base.threads)
+    limit_threads(base.threads)  # torch's threads are set where trials run: a pool's driver imports no torch
     suite_dir = suite.dir
     suite_dir.mkdir(parents=True, exist_ok=True)
     storage_url = opts.storage or default_storage(suite_dir)
@@ -157,7 +157,7 @@ def tune(suite: Suite, opts: TuneOptions, echo=_echo) -> dict:
     if suite.executor == "ray":
         _run_ray(job, workers, threads, level)
     elif workers == 1:
-        work(job, data=data)
+        work(job, threads=threads, data=data)
     else:
         _run_local(job, workers, threads, level)
     doc = summarize(job, time.perf_counter() - t_start, workers)
