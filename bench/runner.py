@@ -149,11 +149,17 @@ def _stale(run: Path, prov: dict) -> list[str]:
     return differences(old, prov)
 
 
-def _archive(run: Path, why: list[str]) -> Path:
+def archive_run(run: Path) -> Path:
+    """Move a run folder under the suite's ``.stale/`` (never deleted; left out of tables)."""
     suite = run.parent.parent
     dest = suite / layout.STALE / run.parent.name / f"{run.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     dest.parent.mkdir(parents=True, exist_ok=True)
     run.replace(dest)
+    return dest
+
+
+def _archive(run: Path, why: list[str]) -> Path:
+    dest = archive_run(run)
     log.warning("%s was made by other code or libraries (%s): archived to %s and re-run", run, "; ".join(why), dest)
     return dest
 

@@ -262,6 +262,10 @@ def prepare(suite: Suite):
 
     check_before_data(suite)
     check_out(suite.dir)
+    if getattr(suite, "tuned", None):  # bench run --tuned: earlier best settings' runs leave the table
+        from dmlbench.tune.tuned import archive_superseded
+
+        archive_superseded(suite)
     base = suite.base.resolved()
     data = load_data(base)
     if any(get_method(m).trainable for m in suite.methods):

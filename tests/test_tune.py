@@ -408,6 +408,33 @@ def test_bench_run_tuned_runs_the_best_settings(tiny, tmp_path):
     assert cfg["method_params"]["margin"] == pytest.approx(doc["methods"]["siamese"]["method_params"]["margin"])
 
 
+def test_runs_of_an_earlier_best_setting_leave_the_table_when_the_best_changes(tiny, tmp_path):
+    """A study that goes on can crown another trial: `bench run --tuned` then archives the test runs
+    of the old best to .stale/ and runs the new one, so the table keeps one row per method."""
+    suite_dir, _ = tiny
+    ok(bench("run", "--tuned", suite_dir, "--methods", "siamese", "--seeds", 1, "--out", tmp_path, *SMALL))
+    (old,) = (tmp_path / "digits" / "siamese").glob("s1-*")
+    # The same study, another winner: a copy of the tune folder whose tuned.json names another trial.
+    moved_on = tmp_path / "tune-later"
+    shutil.copytree(suite_dir, moved_on)
+    doc = json.loads((moved_on / "tuned.json").read_text())
+    m = doc["methods"]["siamese"]
+    m["best_trial"] = m["best_trial"] + 1
+    m["method_params"]["margin"] = m["params"]["margin"] = float(m["method_params"]["margin"]) + 0.125
+    (moved_on / "tuned.json").write_text(json.dumps(doc))
+    result = ok(bench("run", "--tuned", moved_on, "--methods", "siamese", "--seeds", 1, "--out", tmp_path, *SMALL))
+    assert not old.exists()
+    (archived,) = (tmp_path / "digits" / ".stale" / "siamese").glob(f"{old.name}-*")
+    assert (archived / "metrics.json").is_file()
+    (new,) = (tmp_path / "digits" / "siamese").glob("s1-*")
+    assert json.loads((new / "config.json").read_text())["tuned"]["trial"] == m["best_trial"]
+    rows = [line for line in (tmp_path / "digits" / "table.md").read_text().splitlines() if "| siamese" in line]
+    assert len(rows) == 1 and "earlier best settings" in result.stderr
+    # Running the current best again archives nothing.
+    ok(bench("run", "--tuned", moved_on, "--methods", "siamese", "--seeds", 1, "--out", tmp_path, *SMALL))
+    assert new.exists() and len(list((tmp_path / "digits" / ".stale" / "siamese").iterdir())) == 1
+
+
 # ----------------------------------------------------------------------------- parallel workers
 
 

@@ -106,6 +106,40 @@ def apply_tuned(suite: Suite, tuned_dir: Path, *, seeds_given: bool | None = Non
     return TunedSuite(**fields, run_sets=run_sets, tuned=tuned)
 
 
+def archive_superseded(suite: TunedSuite) -> list[Path]:
+    """Test runs of a tuned method made with tuned settings other than its current best (the study
+    went on and another trial won, or another tune of the method was given) are moved to the
+    suite's ``.stale/``, never deleted, so the table has one row per method: its current best.
+    Runs of the current best and untuned runs are kept; a run another process holds is left alone."""
+    from dmlbench import layout
+    from dmlbench.locks import Lock
+    from dmlbench.runner import archive_run
+
+    moved = []
+    for method, info in getattr(suite, "tuned", {}).items():
+        for run in sorted((suite.dir / method).glob("s*-*")):
+            if not run.is_dir() or not layout.is_complete(run):
+                continue
+            try:
+                old = read_json(run / layout.CONFIG).get("tuned") or {}
+            except CorruptFileError:
+                continue  # the run itself reports its corrupt file when it is reached
+            if old.get("study") != info.get("study") or (old.get("trial"), old.get("params")) == \
+                    (info.get("trial"), info.get("params")):
+                continue
+            lock = Lock(run / layout.LOCK)
+            if not lock.acquire(blocking=False):
+                continue
+            try:
+                dest = archive_run(run)
+            finally:
+                lock.release()
+            log.warning("%s: made with %s's earlier best settings (trial %s); the best is now trial %s: "
+                        "archived to %s", run, method, old.get("trial"), info.get("trial"), dest)
+            moved.append(dest)
+    return moved
+
+
 def tuned_config(suite: Suite, cfg: RunConfig) -> RunConfig:
     """A planned run's config with its method's tuned run keys and ``tuned`` record (what
     ``suite.expand`` does for a :class:`TunedSuite`; identity for any other suite)."""
