@@ -30,11 +30,11 @@ TEMP_SUFFIX = ".tmp"
 
 
 class CorruptFileError(DMLBenchError):
-    """A result or cache file that exists but cannot be read back."""
+    """A result or cache file that exists but cannot be read back; ``fix`` says what to do."""
 
-    def __init__(self, path: Path, why: str):
+    def __init__(self, path: Path, why: str, fix: str = ""):
         self.path = Path(path)
-        super().__init__(f"{path} is corrupt or not a dmlbench file ({why})")
+        super().__init__(f"{path} is corrupt or not a dmlbench file ({why})" + (f"; {fix}" if fix else ""))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -91,31 +91,63 @@ def read_json(path: Path, expect: type = dict) -> Any:
     return value
 
 
-def read_npy(path: Path) -> np.ndarray:
+NPY_MAGIC, ZIP_MAGIC = b"\x93NUMPY", b"PK\x03\x04"
+
+
+def _array_file_problem(path: Path, magic: bytes, kind: str, e: Exception) -> str:
+    """What is wrong with an array file numpy could not read, in words (numpy's own message for a
+    file that is not an array file talks of unpickling, which dmlbench never does)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(magic))
+    except OSError as err:
+        return f"{type(err).__name__}: {err}"
+    if head != magic:
+        return f"not a {kind} file"
+    if "pickled" in str(e) or "allow_pickle" in str(e):
+        return "it holds Python objects, which dmlbench never unpickles"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {first[:160]}" if first else f"cut off or damaged ({type(e).__name__})"
+
+
+def read_npy(path: Path, fix: str = "") -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
-        raise CorruptFileError(path, f"{type(e).__name__}: {e}") from None
+        raise CorruptFileError(path, _array_file_problem(path, NPY_MAGIC, ".npy", e), fix) from None
 
 
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every array of an .npz, read without unpickling."""
+def read_npz(path: Path, fix: str = "", require: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Every array of an .npz, read without unpickling; ``require``: arrays it must hold."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            arrays = {k: z[k] for k in z.files}
     except Exception as e:  # zipfile.BadZipFile, ValueError (object arrays), OSError, EOFError
-        raise CorruptFileError(path, f"{type(e).__name__}: {e}") from None
+        raise CorruptFileError(path, _array_file_problem(path, ZIP_MAGIC, ".npz (zip)", e), fix) from None
+    missing = [k for k in require if k not in arrays]
+    if missing:
+        raise CorruptFileError(path, f"no {', '.join(missing)} array", fix)
+    return arrays
+
+
+def read_metrics(path: Path) -> dict[str, float]:
+    """A run's metrics.json: a non-empty object of numbers (null for a metric without a value)."""
+    m = read_json(path)
+    if not m:
+        raise CorruptFileError(path, "holds no metrics")
+    bad = [k for k, v in m.items() if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))]
+    if bad:
+        raise CorruptFileError(path, f"{', '.join(map(repr, bad[:3]))} not a number")
+    return m
 
 
 def torch_load(path: Path, map_location=None) -> Any:
     """A checkpoint loaded with ``weights_only=True``: tensors and plain types only, never code."""
-    import pickle
-
     import torch
 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
+    except Exception as e:  # noqa: BLE001 - a file that is no checkpoint fails in many ways deep in torch/pickle
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CorruptFileError(path, f"{type(e).__name__}: {first[:160]}") from None
 

@@ -24,7 +24,10 @@ import numpy as np
 import pandas as pd
 
 from dmlbench.errors import DMLBenchError
-from dmlbench.io import atomic_write_bytes
+from dmlbench.io import atomic_write_bytes, read_npz
+
+# A run's saved arrays are its own: a damaged one is made again by re-running that run.
+RERUN = "re-run the bench run command that made it (it re-makes a run whose files cannot be read; if it skips the run, delete the run's metrics.json first)"
 
 PROJECTIONS = ("tsne", "pca")
 TSNE_MAX_POINTS = 2000
@@ -138,8 +141,8 @@ def plot_embeddings(runs: pd.DataFrame, path: Path, projection: str = "tsne",
     for r in first.itertuples():
         f = Path(r.run_dir) / "embeddings.npz"
         if f.exists():
-            with np.load(f) as z:
-                panels.append((r.label, r.seed, z["test_emb"], z["test_y"]))
+            z = read_npz(f, RERUN, require=("test_emb", "test_y"))
+            panels.append((r.label, r.seed, z["test_emb"], z["test_y"]))
     if not panels:
         return None
     n = len(panels[0][3])
@@ -188,8 +191,8 @@ def plot_confusions(runs: pd.DataFrame, folder: Path) -> list[Path]:
             mats.append(pd.read_csv(f).to_numpy(dtype=float))
             emb = Path(r.run_dir) / "embeddings.npz"
             if ids is None and emb.exists():
-                with np.load(emb) as z:  # svm_accuracy's labels: the classes of train and test together
-                    ids = np.unique(np.concatenate([z["train_y"], z["test_y"]]))
+                z = read_npz(emb, RERUN, require=("train_y", "test_y"))
+                ids = np.unique(np.concatenate([z["train_y"], z["test_y"]]))  # svm_accuracy's labels: train and test
         if not mats or len({m.shape for m in mats}) != 1:
             continue
         total = np.sum(mats, axis=0)  # pooled over seeds

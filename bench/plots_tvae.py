@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dmlbench.plots import _class_names, _figure, _first_seed, _save, _style
+from dmlbench.io import read_npz
+from dmlbench.plots import RERUN, _class_names, _figure, _first_seed, _save, _style
 
 
 def _as_image(a: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, dict]:
@@ -26,8 +27,8 @@ def plot_reconstructions(runs: pd.DataFrame, path: Path, max_cols: int = 12) -> 
     for r in first.itertuples():
         f = Path(r.run_dir) / "reconstructions.npz"
         if f.exists():
-            with np.load(f) as z:
-                rows.append((r.label, z["x"], z["x_hat"], z["y"]))
+            z = read_npz(f, RERUN, require=("x", "x_hat", "y"))
+            rows.append((r.label, z["x"], z["x_hat"], z["y"]))
     if not rows:
         return None
     x, y = rows[0][1], rows[0][3]

@@ -105,7 +105,8 @@ def device_kind(info: dict) -> str:
 def reuse_key(prov: dict) -> dict:
     """The parts of a provenance that must match for a stored result to be reused."""
     return {"code_hash": prov.get("code_hash"), "device": device_kind(prov.get("device") or {}),
-            "versions": {k: v for k, v in (prov.get("versions") or {}).items() if k in NUMERIC_LIBS}}
+            "versions": {k: v for k, v in (prov.get("versions") or {}).items() if k in NUMERIC_LIBS},
+            "data": prov.get("data")}
 
 
 def differences(old: dict, new: dict) -> list[str]:
@@ -116,6 +117,8 @@ def differences(old: dict, new: dict) -> list[str]:
         out.append(f"code {str(a['code_hash'])[:8]} -> {str(b['code_hash'])[:8]}")
     if a["device"] != b["device"]:
         out.append(f"device {a['device']} -> {b['device']}")
+    if a["data"] != b["data"]:  # the data's fingerprint (Data.fingerprint): files changed, added or removed
+        out.append(f"data {a['data'] or 'unrecorded'} -> {b['data']}")
     for lib in sorted(set(a["versions"]) | set(b["versions"])):
         if a["versions"].get(lib) != b["versions"].get(lib):
             out.append(f"{lib} {a['versions'].get(lib)} -> {b['versions'].get(lib)}")

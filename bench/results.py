@@ -44,7 +44,9 @@ def collect(results_dir: Path, recursive: bool = True) -> pd.DataFrame:
                "torch": (prov.get("versions") or {}).get("torch")}
         try:
             if layout.is_complete(run):
-                row.update(status="done", **read_json(run / layout.METRICS))
+                from dmlbench.runner import check_outputs  # torch-free: reads files only
+
+                row.update(status="done", **check_outputs(run))
             elif (run / layout.FAILED).exists():
                 row.update(status="failed", reason=read_json(run / layout.FAILED).get("reason", "?"))
             else:

@@ -27,7 +27,8 @@ import numpy as np
 from dmlbench import layout
 from dmlbench.config import RunConfig
 from dmlbench.errors import DMLBenchError
-from dmlbench.io import CorruptFileError, read_json, read_npy, write_json, write_npy, write_npz, write_text
+from dmlbench.io import (CorruptFileError, read_json, read_metrics, read_npy, read_npz, write_json, write_npy,
+                         write_npz, write_text)
 from dmlbench.locks import Lock
 
 log = logging.getLogger("dmlbench")
@@ -95,7 +96,7 @@ def stored_test_triplets(data, cfg: RunConfig, suite: Path) -> np.ndarray | None
     path = triplets_path(suite, cfg, len(y))
     if not path.exists():
         return None
-    t = read_npy(path)
+    t = read_npy(path, fix="delete it to draw new triplets")
     ok = t.ndim == 2 and t.shape == (cfg.test_triplets, 3) and 0 <= t.min() and t.max() < len(y)
     if ok:
         yt = y[t]
@@ -114,10 +115,11 @@ def test_triplets(data, cfg: RunConfig, suite: Path) -> np.ndarray:
         return t
     import torch
 
-    from dmlbench.sampling import random_triplets
+    from dmlbench.sampling import ClassIndex, random_triplets
 
     gen = torch.Generator().manual_seed(cfg.triplet_seed)
-    t = random_triplets(torch.from_numpy(data.test.y), cfg.test_triplets, gen).numpy()
+    y = torch.from_numpy(data.test.y)
+    t = random_triplets(y, cfg.test_triplets, gen, ClassIndex(y, "test")).numpy()
     write_npy(triplets_path(suite, cfg, len(data.test.y)), t)
     return t
 
@@ -136,6 +138,24 @@ def build_method(cfg: RunConfig, data):
 
 
 # ----------------------------------------------------------------------------- one run
+
+
+def check_outputs(run: Path) -> dict:
+    """A complete run's metrics, after checking its array files can be read back (a corrupt one
+    makes the run unfinished: it is re-run). Raises CorruptFileError naming the file."""
+    import zipfile
+
+    metrics = read_metrics(run / layout.METRICS)
+    if (run / layout.PER_QUERY).exists():
+        read_npz(run / layout.PER_QUERY)
+    emb = run / layout.EMBEDDINGS
+    if emb.exists():  # up to hundreds of MB: only its zip directory is read here
+        try:
+            with zipfile.ZipFile(emb) as z:
+                z.namelist()
+        except (zipfile.BadZipFile, OSError) as e:
+            raise CorruptFileError(emb, f"not a .npz (zip) file ({type(e).__name__})") from None
+    return metrics
 
 
 def _stale(run: Path, prov: dict) -> list[str]:
@@ -160,7 +180,7 @@ def archive_run(run: Path) -> Path:
 
 def _archive(run: Path, why: list[str]) -> Path:
     dest = archive_run(run)
-    log.warning("%s was made by other code or libraries (%s): archived to %s and re-run", run, "; ".join(why), dest)
+    log.warning("%s cannot be reused (%s): archived to %s and re-run", run, "; ".join(why), dest)
     return dest
 
 
@@ -185,16 +205,27 @@ def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool
     from dmlbench.runtime import resolve_device, set_determinism
 
     run = layout.run_dir(suite, cfg.method, cfg.seed, cfg.run_id())
+    try:  # a device this process cannot use fails the run before its folder (or an old result) is touched
+        resolve_device(cfg.device)
+    except DMLBenchError as e:
+        return RunResult(cfg, run, "failed", reason=str(e))
     run.mkdir(parents=True, exist_ok=True)
     lock = _lock(run)
     try:
         import torch
 
-        prov = provenance(cfg.device, torch.get_num_threads())
+        try:  # the data is part of what a stored result must match (its fingerprint)
+            data = data if data is not None else load_data(cfg)
+        except Exception as e:  # noqa: BLE001 - reported as this run's failure, like a crash in training
+            reason = str(e) if isinstance(e, DMLBenchError) else f"{type(e).__name__}: {e}"
+            if not layout.is_complete(run):
+                write_json(run / layout.FAILED, {"reason": reason, "type": type(e).__name__})
+            return RunResult(cfg, run, "failed", reason=reason)
+        prov = {**provenance(cfg.device, torch.get_num_threads()), "data": data.fingerprint}
         if layout.is_complete(run):
             why = _stale(run, prov)
             try:
-                stored = read_json(run / layout.METRICS)
+                stored = check_outputs(run)
             except CorruptFileError as e:  # a corrupt result is no result: the run is made again
                 log.warning("%s; re-running this run", e)
                 why, stored = [str(e)], None

@@ -54,7 +54,7 @@ class Layout:
 class ClassIndex:
     """Indices grouped by class (a sorted order plus per-class start/count) for O(1) draws."""
 
-    def __init__(self, labels: torch.Tensor):
+    def __init__(self, labels: torch.Tensor, split: str = "training"):
         labels = torch.as_tensor(labels).cpu().long()
         self.n = len(labels)
         self.order = torch.argsort(labels, stable=True)
@@ -65,15 +65,16 @@ class ClassIndex:
         rank[self.order] = torch.arange(self.n) - self.starts.repeat_interleave(self.counts)
         self.rank = rank
         if len(self.classes) < 2:
-            raise DMLBenchError(f"training has {len(self.classes)} class; pairs and triplets need at least 2")
+            raise DMLBenchError(f"the {split} split has {len(self.classes)} class; pairs and triplets need at least 2")
         # Anchors (and their positives) come from classes with a second image.
         self.usable = self.counts[self.slot] >= 2
         small = int((self.counts < 2).sum())
         if small == len(self.classes):
-            raise DMLBenchError("no training class has 2 images, so no positive pair exists")
+            raise DMLBenchError(f"no {split} class has 2 images, so no positive pair exists"
+                                + ("; give more images per class" if split == "test" else ""))
         if small:
-            log.warning("%d of %d training classes have a single image: they are left out of positive draws "
-                        "(they still serve as negatives)", small, len(self.classes))
+            log.warning("%d of %d %s classes have a single image: they are left out of positive draws "
+                        "(they still serve as negatives)", small, len(self.classes), split)
         self.anchor_pool = torch.nonzero(self.usable).squeeze(1) if small else None
 
     def same(self, anchors: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

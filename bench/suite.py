@@ -229,6 +229,11 @@ def check_before_data(suite: Suite) -> None:
         dataclasses.replace(base, seed=seed).check()
     for name in suite.methods:
         apply_overrides(get_method(name).Params(), suite.method_sets.get(name, {}), name)
+    for device in dict.fromkeys([base.device, *suite.devices]):
+        if str(device).startswith("cuda"):  # before any run folder is touched (torch only for CUDA)
+            from dmlbench.runtime import resolve_device
+
+            resolve_device(str(device))
     trained = [m for m in suite.methods if get_method(m).trainable]
     shape = planned_shape(base.dataset, base.data_dir or None, base.data_options)
     if shape is not None and trained:

@@ -13,6 +13,7 @@ sees"); test labels may include classes training never sees (class-disjoint prot
 from __future__ import annotations
 
 import functools
+import hashlib
 import mmap
 import os
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from dmlbench.registry import Registry
 
 DATA_DIR_ENV = "DMLBENCH_DATA_DIR"
 DEFAULT_DATA_DIR = Path("~/.cache/dmlbench").expanduser()
+FINGERPRINT_FULL_BYTES = 256 * 2**20  # a part up to this size is hashed whole (MNIST: 47 MB)
+FINGERPRINT_ROWS = 4096              # else this many evenly spaced images, and the labels in full
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -178,6 +181,30 @@ class Data:
     def num_train_classes(self) -> int:
         """The classes training sees: its labels are exactly 0..num_train_classes-1."""
         return int(self.train.y.max()) + 1 if len(self.train) else 0
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A short hash of what results depend on: the labels, sizes, shapes and class names of both
+        parts, query/gallery, and the pixels (every byte up to FINGERPRINT_FULL_BYTES a part, else
+        FINGERPRINT_ROWS evenly spaced images and the last). Runs record it; a stored result whose
+        data differs is not reused. Cheap enough once a process (MNIST: about 0.1 s)."""
+        h = hashlib.sha256(repr((self.name, self.split, self.classes, self.scale, self.norm)).encode())
+        for part in (self.train, self.test):
+            if part is None:
+                h.update(b"-")
+                continue
+            h.update(repr((len(part), part.image_shape, str(part.x.dtype))).encode())
+            h.update(np.ascontiguousarray(part.y).tobytes())
+            n = len(part)
+            if part.nbytes <= FINGERPRINT_FULL_BYTES:
+                idx = np.arange(n)
+            else:
+                idx = np.unique(np.r_[np.linspace(0, n - 1, FINGERPRINT_ROWS).astype(np.int64), n - 1])
+            for s in range(0, len(idx), 4096):
+                h.update(np.ascontiguousarray(part.images(idx[s:s + 4096])).tobytes())
+        for a in (self.query, self.gallery):
+            h.update(b"-" if a is None else np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:16]
 
     @property
     def has_query_gallery(self) -> bool:

@@ -120,6 +120,92 @@ def test_corrupt_test_triplets_file_is_a_one_line_error(done_suite):
     assert_one_line_error(bench("run", "--methods", "raw", "--out", out, *FAST), npy.name)
 
 
+def test_test_triplets_that_are_not_an_npy_file_say_so_and_the_fix(done_suite):
+    out, _ = done_suite
+    (npy,) = (out / "digits").glob("test_triplets-*.npy")
+    npy.write_text("garbage")
+    result = bench("run", "--methods", "raw", "--out", out, *FAST)
+    assert_one_line_error(result, npy.name, "not a .npy file", "delete it to draw new triplets")
+    assert "pickle" not in result.stderr  # numpy's message talks of unpickling, which never happens here
+
+
+@pytest.mark.parametrize("content, why", [("{}", "holds no metrics"), ('{"map@r": "abc"}', "'map@r' not a number")])
+def test_metrics_json_without_numbers_is_corrupt_and_rerun(done_suite, content, why):
+    out, runs = done_suite
+    (runs["raw"] / "metrics.json").write_text(content)
+    table = bench("table", out)
+    assert table.exit_code == 0 and why in table.stderr and "Failed runs" in table.stdout
+    result = bench("run", "--methods", "siamese", "--steps", "3", "--out", out, *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert why in result.stderr and "raw seed 0: done" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["per_query.npz", "embeddings.npz"])
+def test_a_corrupt_array_file_of_a_complete_run_makes_it_rerun(done_suite, name):
+    out, runs = done_suite
+    (runs["siamese"] / name).write_text("garbage")
+    plot = bench("plot", out, "--projection", "pca")
+    assert plot.exit_code == 0 and f"{name} is corrupt" in plot.stderr and "not a .npz (zip) file" in plot.stderr
+    result = bench("run", "--methods", "siamese", "--steps", "3", "--out", out, *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert "siamese seed 0: done" in result.stderr and "pickle" not in result.stderr
+    np.load(runs["siamese"] / name).close()   # made again
+
+
+def test_an_npz_missing_its_arrays_is_one_line_under_bench_plot(done_suite):
+    out, runs = done_suite
+    np.savez(runs["siamese"] / "embeddings.npz", other=np.zeros(3))
+    assert_one_line_error(bench("plot", out, "--projection", "pca"), "embeddings.npz", "no test_emb, test_y array")
+
+
+def test_a_checkpoint_that_is_not_one_restarts_the_run(done_suite):
+    out, runs = done_suite
+    run = runs["siamese"]
+    (run / "metrics.json").unlink()
+    (run / "checkpoint.pt").write_text("junk")
+    result = bench("run", "--methods", "siamese", "--steps", "3", "--out", out, *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert "checkpoint.pt" in result.stderr and "afresh" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_unusable_device_moves_no_result(done_suite):
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here: the device is usable")
+    out, runs = done_suite
+    before = {k: (v / "metrics.json").read_bytes() for k, v in runs.items()}
+    assert_one_line_error(bench("run", "--methods", "siamese", "--steps", "3", "--device", "cuda", "--out", out, *FAST),
+                          "CUDA is not available")
+    assert {k: (v / "metrics.json").read_bytes() for k, v in runs.items()} == before
+    assert not (out / "digits" / ".stale").exists()
+
+
+def test_changed_images_make_a_stored_result_stale(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "img"
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    args = ["run", "--dataset", f"folder:{root}", "--methods", "raw", "--set", "data.resize=8", "--out",
+            tmp_path / "r", *FAST]
+    first = bench(*args)
+    assert first.exit_code == 0, first.stderr
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(root / "cat" / "0.png")   # same names, other pixels
+    os.utime(root / "cat" / "0.png", (time.time() + 5, time.time() + 5))
+    from dmlbench import runner
+
+    runner._load.cache_clear()   # each bench command is a fresh process; here they share one
+    result = bench(*args)
+    assert result.exit_code == 0, result.stderr
+    assert "cannot be reused (data " in result.stderr and "raw seed 0: done" in result.stderr
+    assert "raw seed 0: skipped" in bench(*args).stderr   # unchanged data: reused
+
+
 def test_planted_pickle_checkpoint_is_refused_not_executed(done_suite, tmp_path):
     import pickle
 
