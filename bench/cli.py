@@ -212,6 +212,9 @@ def table(
     from dmlbench.metrics import METRICS
     from dmlbench.table import aggregate, collect, format_table
 
+    if results_dir.exists() and not results_dir.is_dir():
+        raise DMLBenchError(f"{results_dir} is a file, not a results folder; give the folder bench run wrote "
+                            "(e.g. results/digits)")
     if not results_dir.is_dir():
         raise DMLBenchError(f"results folder {results_dir} does not exist; run `bench run` first or give its path")
     names = None
@@ -227,7 +230,7 @@ def table(
     text = format_table(aggregate(runs, names), format, names)
     fails = failures(runs)
     if fails and format == "markdown":
-        text += "\nFailed runs:\n" + "".join(f"- {f}\n" for f in fails)
+        text += "\nRuns left out (failed or unreadable):\n" + "".join(f"- {f}\n" for f in fails)
     elif fails:
         err(f"{len(fails)} run(s) failed or unreadable, left out of the table: " + "; ".join(fails))
     typer.echo(text)

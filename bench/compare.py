@@ -54,7 +54,9 @@ def compare(results_dir: Path, metric: str = "map@r", alpha: float = 0.05, n_boo
         raise DMLBenchError(f"unknown metric {metric!r}; known: {', '.join(METRICS.names())}")
     if not Path(results_dir).is_dir():
         raise DMLBenchError(f"results folder {results_dir} does not exist; run `bench run` first or give its path")
-    done = label_runs(collect(results_dir))
+    runs = collect(results_dir)
+    done = label_runs(runs)
+    left_out = runs[runs["status"] != "done"] if len(runs) else runs
     if metric not in done.columns:
         raise DMLBenchError(f"no run under {results_dir} has {metric}")
     hib = higher_is_better(metric)
@@ -88,7 +90,9 @@ def compare(results_dir: Path, metric: str = "map@r", alpha: float = 0.05, n_boo
         pairs["significant"] = np.where(pairs["seeds"] >= 2, by_seeds, by_queries)
         pairs["verdict"] = [_verdict(r, hib, alpha) for r in pairs.itertuples()]
     out = {"metric": metric, "higher_is_better": hib, "ranking": pd.DataFrame(rankings), "pairs": pairs,
-           "friedman": None}
+           "friedman": None,
+           "left_out": [f"{r.method} seed {r.seed}: {r.status}" + (f" ({r.reason})" if isinstance(getattr(r, "reason", None), str) else "")
+                        for r in left_out.itertuples()]}
     scores = done.groupby(["dataset", "label"])[metric].mean().unstack("label")
     # Friedman ranks within each dataset, so it takes the methods every dataset has.
     complete = scores.dropna(axis=1)
@@ -141,6 +145,9 @@ def format_compare(result: dict) -> str:
     if fr is not None:
         lines += ["", f"Friedman over {fr['n_blocks']} datasets: p = {fr['p_value']:.3g}; Nemenyi CD = {fr['cd']:.3f}",
                   "average ranks: " + ", ".join(f"{m} {fr['avg_ranks'][m]:.2f}" for m in fr["methods"])]
+    if result.get("left_out"):
+        lines += ["", "Runs left out (not complete; a re-run of their bench run command makes them):"]
+        lines += [f"- {x}" for x in result["left_out"]]
     if result.get("friedman_left_out") and len(result["ranking"]["dataset"].unique()) >= 2:
         lines += [f"left out of the Friedman test (not run on every dataset): {', '.join(result['friedman_left_out'])}"]
     return "\n".join(lines) + "\n"

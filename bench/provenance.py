@@ -106,7 +106,7 @@ def reuse_key(prov: dict) -> dict:
     """The parts of a provenance that must match for a stored result to be reused."""
     return {"code_hash": prov.get("code_hash"), "device": device_kind(prov.get("device") or {}),
             "versions": {k: v for k, v in (prov.get("versions") or {}).items() if k in NUMERIC_LIBS},
-            "data": prov.get("data")}
+            "data": prov.get("data"), "test_triplets": prov.get("test_triplets")}
 
 
 def differences(old: dict, new: dict) -> list[str]:
@@ -119,6 +119,8 @@ def differences(old: dict, new: dict) -> list[str]:
         out.append(f"device {a['device']} -> {b['device']}")
     if a["data"] != b["data"]:  # the data's fingerprint (Data.fingerprint): files changed, added or removed
         out.append(f"data {a['data'] or 'unrecorded'} -> {b['data']}")
+    if a["test_triplets"] != b["test_triplets"]:  # the suite's stored test triplets were replaced
+        out.append(f"test triplets {a['test_triplets'] or 'unrecorded'} -> {b['test_triplets']}")
     for lib in sorted(set(a["versions"]) | set(b["versions"])):
         if a["versions"].get(lib) != b["versions"].get(lib):
             out.append(f"{lib} {a['versions'].get(lib)} -> {b['versions'].get(lib)}")

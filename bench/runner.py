@@ -214,14 +214,16 @@ def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool
     try:
         import torch
 
-        try:  # the data is part of what a stored result must match (its fingerprint)
+        try:  # the data and the fixed test triplets are part of what a stored result must match
             data = data if data is not None else load_data(cfg)
+            triplets = test_triplets(data, cfg, run.parent.parent)
         except Exception as e:  # noqa: BLE001 - reported as this run's failure, like a crash in training
             reason = str(e) if isinstance(e, DMLBenchError) else f"{type(e).__name__}: {e}"
             if not layout.is_complete(run):
                 write_json(run / layout.FAILED, {"reason": reason, "type": type(e).__name__})
             return RunResult(cfg, run, "failed", reason=reason)
-        prov = {**provenance(cfg.device, torch.get_num_threads()), "data": data.fingerprint}
+        prov = {**provenance(cfg.device, torch.get_num_threads()), "data": data.fingerprint,
+                "test_triplets": hashlib.sha256(np.ascontiguousarray(triplets).tobytes()).hexdigest()[:16]}
         if layout.is_complete(run):
             why = _stale(run, prov)
             try:
@@ -242,7 +244,8 @@ def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool
         write_json(run / layout.CONFIG, {**cfg.to_dict(), "run_id": cfg.run_id(), "group_id": cfg.group_id(),
                                          "variant": variant, "provenance": prov})
         try:
-            return _train_and_evaluate(cfg, run, variant, prov, data, callbacks, metrics, resolve_device, set_determinism)
+            return _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metrics, resolve_device,
+                                       set_determinism)
         except Exception as e:  # noqa: BLE001 - one broken run must not take the suite down with it
             reason = str(e) if isinstance(e, DMLBenchError) else f"{type(e).__name__}: {e}"
             if not isinstance(e, DMLBenchError):
@@ -253,7 +256,8 @@ def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool
         lock.release()
 
 
-def _train_and_evaluate(cfg, run, variant, prov, data, callbacks, metrics, resolve_device, set_determinism) -> RunResult:
+def _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metrics, resolve_device,
+                        set_determinism) -> RunResult:
     import pandas as pd
     import torch
 
@@ -263,8 +267,6 @@ def _train_and_evaluate(cfg, run, variant, prov, data, callbacks, metrics, resol
 
     device = resolve_device(cfg.device)
     set_determinism(cfg.deterministic, device)
-    data = data if data is not None else load_data(cfg)
-    triplets = test_triplets(data, cfg, run.parent.parent)
     method = build_method(cfg, data)
     write_json(run / layout.CONFIG, {**cfg.to_dict(), "run_id": cfg.run_id(), "group_id": cfg.group_id(),
                                      "variant": variant, "data": data.info(), "provenance": prov,

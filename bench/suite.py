@@ -225,6 +225,9 @@ def check_before_data(suite: Suite) -> None:
 
     base = suite.base.resolved()
     base.check()
+    repeated = sorted({s for s in suite.seeds if list(suite.seeds).count(s) > 1})
+    if repeated:
+        raise DMLBenchError(f"seeds repeat ({', '.join(map(str, repeated))}); give each seed once")
     for seed in suite.seeds:
         dataclasses.replace(base, seed=seed).check()
     for name in suite.methods:

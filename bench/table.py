@@ -165,7 +165,7 @@ def write_tables(results_dir: Path, metrics: list[str] | None = None) -> str:
         md += "Made by " + "; ".join(prov) + "\n"
     fails = failures(runs)
     if fails:
-        md += "\nFailed runs:\n" + "".join(f"- {f}\n" for f in fails)
+        md += "\nRuns left out (failed or unreadable):\n" + "".join(f"- {f}\n" for f in fails)
     write_text(Path(results_dir) / layout.TABLE_MD, md)
     write_text(Path(results_dir) / layout.TABLE_CSV, format_table(agg, "csv", metrics))
     return md

@@ -370,7 +370,7 @@ def test_failed_run_is_recorded_and_the_suite_goes_on(tmp_path):
     _, rows = md_rows(result.stdout)
     assert set(rows) == {"triplet-hinge", "raw"}
     md = (out / "digits" / "table.md").read_text()
-    assert "Failed runs:" in md and "vae seed 0" in md
+    assert "Runs left out (failed or unreadable):" in md and "vae seed 0" in md
 
 
 # --------------------------------------------------------------------------------------------
@@ -600,7 +600,7 @@ def test_a_crashing_method_is_recorded_and_the_suite_goes_on(tmp_path):
     assert len(failed) == 1 and json.loads(failed[0].read_text())["reason"]
     for method in ("triplet-hinge", "raw"):
         assert list((out / "digits" / method).glob("*/metrics.json")), method
-    assert "Failed runs" in (out / "digits" / "table.md").read_text()
+    assert "Runs left out" in (out / "digits" / "table.md").read_text()
 
 
 def test_generative_methods_refuse_standardised_pixels(tmp_path):

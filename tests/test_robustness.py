@@ -42,6 +42,7 @@ FAST = ["--threads", "1", "--test-triplets", "60"]
     (["--embedding-dim", "1000000000"], "embedding_dim=1000000000 is too large"),
     (["--seeds", "4294967296"], "seed=4294967296"),
     (["--seeds", "-1"], "seeds must be integers >= 0"),
+    (["--seeds", "0,1,0"], "seeds repeat (0); give each seed once"),
     (["--lr", "nan"], "lr=nan must be a finite number"),
     (["--steps", "5", "--epochs", "2"], "steps or epochs, not both"),
     (["--device", "tpu"], "device='tpu'"),
@@ -51,6 +52,12 @@ def test_bad_values_are_refused_before_anything_runs(tmp_path, args, needle):
     result = bench("run", "--methods", "siamese", "--out", tmp_path / "r", *FAST, *args)
     assert_one_line_error(result, needle)
     assert not list((tmp_path / "r").rglob("metrics.json"))
+
+
+def test_bench_table_on_a_file_says_it_is_a_file(tmp_path):
+    f = tmp_path / "afile.txt"
+    f.write_text("x")
+    assert_one_line_error(bench("table", f), "is a file, not a results folder")
 
 
 def test_out_pointing_at_a_file(tmp_path):
@@ -96,7 +103,7 @@ def test_corrupt_config_json_is_reported_by_name_not_dropped(done_suite):
     result = bench("table", out)
     assert result.exit_code == 0
     assert str(runs["siamese"] / "config.json") in result.stderr
-    assert "siamese" in result.stdout and "Failed runs" in result.stdout  # listed, not silently gone
+    assert "siamese" in result.stdout and "Runs left out" in result.stdout  # listed, not silently gone
 
 
 def test_corrupt_failed_json_and_checkpoint(done_suite):
@@ -134,7 +141,7 @@ def test_metrics_json_without_numbers_is_corrupt_and_rerun(done_suite, content, 
     out, runs = done_suite
     (runs["raw"] / "metrics.json").write_text(content)
     table = bench("table", out)
-    assert table.exit_code == 0 and why in table.stderr and "Failed runs" in table.stdout
+    assert table.exit_code == 0 and why in table.stderr and "Runs left out" in table.stdout
     result = bench("run", "--methods", "siamese", "--steps", "3", "--out", out, *FAST)
     assert result.exit_code == 0, result.stderr
     assert why in result.stderr and "raw seed 0: done" in result.stderr
@@ -204,6 +211,16 @@ def test_changed_images_make_a_stored_result_stale(tmp_path):
     assert result.exit_code == 0, result.stderr
     assert "cannot be reused (data " in result.stderr and "raw seed 0: done" in result.stderr
     assert "raw seed 0: skipped" in bench(*args).stderr   # unchanged data: reused
+
+
+def test_replaced_test_triplets_make_stored_results_stale(done_suite):
+    out, runs = done_suite
+    (npy,) = (out / "digits").glob("test_triplets-*.npy")
+    t = np.load(npy)
+    np.save(npy, t[::-1].copy())   # other, still valid triplets
+    result = bench("run", "--methods", "raw", "--out", out, *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert "cannot be reused (test triplets " in result.stderr and "raw seed 0: done" in result.stderr
 
 
 def test_planted_pickle_checkpoint_is_refused_not_executed(done_suite, tmp_path):
@@ -293,3 +310,11 @@ def test_uint8_images_stay_uint8(tmp_path):
 
     d = load_dataset("digits")
     assert d.train.x.dtype == np.uint8 and d.scale == pytest.approx(1 / 16)
+
+
+def test_bench_compare_lists_the_runs_it_left_out(done_suite):
+    out, runs = done_suite
+    (runs["raw"] / "metrics.json").write_text("{broken")
+    result = bench("compare", out, "--metric", "map@r")
+    assert result.exit_code == 0, result.stderr
+    assert "Runs left out" in result.stdout and "raw seed 0: corrupt" in result.stdout
