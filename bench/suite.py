@@ -125,7 +125,11 @@ def resolve_suite(file_values: dict, flags: dict) -> Suite:
     flag_owners = set(parse_set(list(flags.get("set") or [])))
     for owner in list(by_owner):
         if owner != "data" and owner not in methods:
-            get_method(owner)
+            try:
+                get_method(owner)
+            except DMLBenchError as e:
+                raise DMLBenchError(f"set {owner}.KEY: {e}; or data.KEY for a dataset option "
+                                    "(bench list datasets)") from None
             if owner in flag_owners:
                 raise DMLBenchError(f"set names {owner!r}, which is not among the methods being run "
                                     f"({', '.join(methods)})")
@@ -264,12 +268,25 @@ def check_out(folder: Path) -> None:
 
 def prepare(suite: Suite):
     """Check the suite, load its data once, expand it; returns (data, planned runs)."""
+    check_before_data(suite)
+    made = [p for p in (suite.dir, *suite.dir.parents) if not p.exists()]
+    check_out(suite.dir)
+    try:
+        return _prepare(suite)
+    except BaseException:
+        for folder in made:  # a suite that could not start leaves no empty folder it made behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _prepare(suite: Suite):
     from dmlbench.encoders import check_input
     from dmlbench.methods import GenerativeMethod, get_method
     from dmlbench.runner import input_shape, load_data, stored_test_triplets
 
-    check_before_data(suite)
-    check_out(suite.dir)
     if getattr(suite, "tuned", None):  # bench run --tuned: earlier best settings' runs leave the table
         from dmlbench.tune.tuned import archive_superseded
 

@@ -43,6 +43,7 @@ FAST = ["--threads", "1", "--test-triplets", "60"]
     (["--seeds", "4294967296"], "seed=4294967296"),
     (["--seeds", "-1"], "seeds must be integers >= 0"),
     (["--seeds", "0,1,0"], "seeds repeat (0); give each seed once"),
+    (["--set", "nonsense.key=1"], "unknown method 'nonsense'"),
     (["--lr", "nan"], "lr=nan must be a finite number"),
     (["--steps", "5", "--epochs", "2"], "steps or epochs, not both"),
     (["--device", "tpu"], "device='tpu'"),
@@ -318,3 +319,10 @@ def test_bench_compare_lists_the_runs_it_left_out(done_suite):
     result = bench("compare", out, "--metric", "map@r")
     assert result.exit_code == 0, result.stderr
     assert "Runs left out" in result.stdout and "raw seed 0: corrupt" in result.stdout
+
+
+def test_a_suite_that_cannot_load_its_data_leaves_no_empty_folder(tmp_path):
+    out = tmp_path / "new" / "results"
+    assert_one_line_error(bench("run", "--dataset", "cub200", "--data-dir", tmp_path / "nowhere", "--out", out, *FAST),
+                          "CUB_200_2011")
+    assert not (tmp_path / "new").exists() and tmp_path.exists()
