@@ -49,14 +49,14 @@ def compare(results_dir: Path, metric: str = "map@r", alpha: float = 0.05, n_boo
     """Ranks, pairwise tests and (over several datasets) the Friedman/Nemenyi result."""
     from dmlbench.results import label_runs, collect
     from dmlbench.stats import friedman_nemenyi, holm, paired_bootstrap, paired_t
+    from dmlbench.table import failures
 
     if metric not in METRICS.names():
         raise DMLBenchError(f"unknown metric {metric!r}; known: {', '.join(METRICS.names())}")
     if not Path(results_dir).is_dir():
         raise DMLBenchError(f"results folder {results_dir} does not exist; run `bench run` first or give its path")
-    runs = collect(results_dir)
-    done = label_runs(runs)
-    left_out = runs[runs["status"] != "done"] if len(runs) else runs
+    all_runs = collect(results_dir)
+    done = label_runs(all_runs)
     if metric not in done.columns:
         raise DMLBenchError(f"no run under {results_dir} has {metric}")
     hib = higher_is_better(metric)
@@ -91,8 +91,7 @@ def compare(results_dir: Path, metric: str = "map@r", alpha: float = 0.05, n_boo
         pairs["verdict"] = [_verdict(r, hib, alpha) for r in pairs.itertuples()]
     out = {"metric": metric, "higher_is_better": hib, "ranking": pd.DataFrame(rankings), "pairs": pairs,
            "friedman": None,
-           "left_out": [f"{r.method} seed {r.seed}: {r.status}" + (f" ({r.reason})" if isinstance(getattr(r, "reason", None), str) else "")
-                        for r in left_out.itertuples()]}
+           "left_out": failures(all_runs)}
     scores = done.groupby(["dataset", "label"])[metric].mean().unstack("label")
     # Friedman ranks within each dataset, so it takes the methods every dataset has.
     complete = scores.dropna(axis=1)
@@ -105,7 +104,7 @@ def compare(results_dir: Path, metric: str = "map@r", alpha: float = 0.05, n_boo
 def _verdict(r, higher_is_better: bool, alpha: float) -> str:
     """One cell: the seeds' verdict, then what the query bootstrap of one seed adds."""
     sign = 1 if higher_is_better else -1
-    better, worse = (r.a, r.b) if sign * r.diff >= 0 else (r.b, r.a)
+    better = r.a if sign * r.diff >= 0 else r.b
     if r.seeds >= 2:
         text = f"yes, {better} better" if r.p_seeds_holm < alpha else "no"
     else:
@@ -146,7 +145,7 @@ def format_compare(result: dict) -> str:
         lines += ["", f"Friedman over {fr['n_blocks']} datasets: p = {fr['p_value']:.3g}; Nemenyi CD = {fr['cd']:.3f}",
                   "average ranks: " + ", ".join(f"{m} {fr['avg_ranks'][m]:.2f}" for m in fr["methods"])]
     if result.get("left_out"):
-        lines += ["", "Runs left out (not complete; a re-run of their bench run command makes them):"]
+        lines += ["", "Runs left out (failed or unreadable):"]
         lines += [f"- {x}" for x in result["left_out"]]
     if result.get("friedman_left_out") and len(result["ranking"]["dataset"].unique()) >= 2:
         lines += [f"left out of the Friedman test (not run on every dataset): {', '.join(result['friedman_left_out'])}"]

@@ -640,15 +640,7 @@ def test_table_ignores_foreign_config_files(tmp_path):
 @pytest.mark.parametrize("argv", [["list"], ["list", "methods"], ["plot", "--help"], ["run", "--help"],
                                   ["tune", "--help"], ["table", "RESULTS"], ["compare", "RESULTS", "--metric", "recall@1"]])
 def test_commands_that_train_nothing_import_neither_torch_nor_faiss(argv, suite):
-    import subprocess
-    import sys
+    from helpers_cli import run_fresh
 
     out, _ = suite
-    argv = [str(out) if a == "RESULTS" else a for a in argv]
-    code = ("import sys; from dmlbench.cli import app\n"
-            f"sys.argv = ['bench'] + {argv!r}\n"
-            "try:\n    app()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            "bad = [m for m in ('torch', 'faiss', 'sklearn') if m in sys.modules]\n"
-            "assert not bad, bad\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
+    run_fresh([str(out) if a == "RESULTS" else a for a in argv], forbidden=("torch", "faiss", "sklearn"), timeout=120)

@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dmlbench.cli import app
+from helpers_cli import run_fresh
 
 ARGS = ["--methods", "siamese,triplet-hinge", "--steps", "6", "--epoch-size", "256", "--test-triplets", "100",
         "--threads", "2"]
@@ -43,13 +44,7 @@ def sequential(tmp_path_factory):
 
 def test_a_worker_pool_gives_the_sequential_metrics_and_its_driver_imports_no_torch(sequential, tmp_path):
     # The driver runs in a fresh interpreter: it must not pay a third `import torch` beside its workers'.
-    argv = ["bench", "run", *ARGS, "--workers", "2", "--out", str(tmp_path)]
-    code = ("import sys; from dmlbench.cli import app\n"
-            f"sys.argv = {argv!r}\n"
-            "try:\n    app()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            "assert 'torch' not in sys.modules, 'the driver imported torch'\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    run_fresh(["run", *ARGS, "--workers", "2", "--out", str(tmp_path)], forbidden=("torch",))
     assert metrics(tmp_path) == sequential  # bitwise: CPU runs are deterministic, whatever the worker
     assert len(list((tmp_path / "digits").glob("test_triplets-*.npy"))) == 1   # drawn by a worker, once
 

@@ -451,17 +451,10 @@ def test_two_worker_processes_share_one_study_and_its_budget(tmp_path):
 
 def test_a_pool_of_tune_workers_has_a_driver_without_torch(tmp_path):
     """Trials run in the workers; the driver (a fresh interpreter here) must not import torch."""
-    import subprocess
-    import sys
+    from helpers_cli import run_fresh
 
-    argv = ["bench", "tune", "--methods", "siamese,triplet-hinge", "--trials", "1", "--folds", "1", "--steps", "3",
-            "--test-triplets", "50", "--workers", "2", "--threads", "2", "--out", str(tmp_path)]
-    code = ("import sys; from dmlbench.cli import app\n"
-            f"sys.argv = {argv!r}\n"
-            "try:\n    app()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            "assert 'torch' not in sys.modules, 'the driver imported torch'\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    run_fresh(["tune", "--methods", "siamese,triplet-hinge", "--trials", "1", "--folds", "1", "--steps", "3",
+               "--test-triplets", "50", "--workers", "2", "--threads", "2", "--out", str(tmp_path)], forbidden=("torch",))
     assert all(len(s.get_trials()) == 1 for s in studies(tmp_path / "digits" / "tune").values())
 
 
