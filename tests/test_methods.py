@@ -131,6 +131,18 @@ def test_a_loss_term_without_a_weight_is_an_error_when_built():
     assert "test-mismatch" not in METHODS
 
 
+@pytest.mark.parametrize("encoder", ["mlp", "convnet"])
+def test_embeddings_do_not_depend_on_the_embedding_block(encoder, digits):
+    # The CPU's block (512 images) was chosen for speed only: what it computes must not depend on it.
+    cls = get_method("triplet-hinge")
+    torch.manual_seed(0)
+    m = cls(cls.Params(), input_shape=digits.input_shape, embedding_dim=6, encoder=encoder, num_classes=10)
+    pipe = InputPipeline(digits)
+    ref = embed_part(m, digits.test, pipe, "cpu", block=len(digits.test))
+    for block in (None, 7, 100):
+        np.testing.assert_allclose(embed_part(m, digits.test, pipe, "cpu", block=block), ref, rtol=1e-6, atol=1e-6)
+
+
 def test_raw_embeds_flattened_input(digits):
     cls = get_method("raw")
     m = cls(cls.Params(), input_shape=digits.input_shape, embedding_dim=20, encoder="mlp", num_classes=10)

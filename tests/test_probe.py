@@ -214,3 +214,17 @@ def test_threaded_fits_hold_bounded_copies(monkeypatch):
     assert probe._pool_size(8, 10, rows=1000, dim=20) == 2      # two liblinear copies fit in the budget
     assert probe._pool_size(8, 1, rows=10, dim=20) == 1         # never more threads than fits
     assert probe._pool_size(None, 10, rows=10**7, dim=20) == 1  # at least one, whatever the size
+
+
+def test_small_lbfgs_cv_fits_run_together_and_change_nothing(digits_split, monkeypatch):
+    # The raw floor's CV fits (L-BFGS, small enough for one thread each) run `threads` at once; the
+    # numbers are those of running them one after another.
+    xtr, xte, ytr, yte = digits_split
+    one = linear_probe(xtr, ytr, xte, yte, seed=0, threads=1, solver="lbfgs")
+    pools = []
+    real = probe.ThreadPoolExecutor
+    monkeypatch.setattr(probe, "ThreadPoolExecutor", lambda n: pools.append(n) or real(n))
+    two = linear_probe(xtr, ytr, xte, yte, seed=0, threads=2, solver="lbfgs")
+    assert pools == [2]
+    assert one.cv_accuracy == two.cv_accuracy and one.lam == two.lam
+    np.testing.assert_array_equal(one.correct, two.correct)
