@@ -208,7 +208,8 @@ def table(
     format: Annotated[str, typer.Option("--format", help="markdown, csv or latex.")] = "markdown",
     metrics: Annotated[Optional[str], typer.Option(help="Comma-separated metric names, or 'all'. [default: triplet_acc, triplet_acc_margin, recall@1, map@r, knn_acc, svm_acc, recon_error]")] = None,
 ):
-    """Aggregate run folders: one row per (dataset, method), mean ± std over seeds."""
+    """Aggregate run folders: one row per (dataset, method), the mean over seeds ± the half-width of
+    its 95% t-interval (table.csv holds the std and the interval bounds too)."""
     from dmlbench.metrics import METRICS
     from dmlbench.table import aggregate, collect, format_table
 
@@ -247,7 +248,16 @@ def compare(
     """Rank the methods and say, for each pair, whether the difference is significant."""
     from dmlbench.compare import compare as run_compare
     from dmlbench.compare import format_compare
+    from dmlbench.metrics import METRICS
 
+    if not 0 < alpha < 1:
+        raise DMLBenchError(f"--alpha {alpha} must lie between 0 and 1 (e.g. 0.05)")
+    if metric in METRICS.names() and not METRICS.get(metric).comparable:
+        raise DMLBenchError(f"{metric} depends on a setting (not on the method alone) and is never ranked; "
+                            "compare on another metric, e.g. --metric map@r")
+    if results_dir.is_file():
+        raise DMLBenchError(f"{results_dir} is a file, not a results folder; give the folder bench run wrote "
+                            "(e.g. results/digits)")
     result = run_compare(results_dir, metric, alpha)
     typer.echo(format_compare(result))
     if cd_plot is not None:

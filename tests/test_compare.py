@@ -65,6 +65,13 @@ def test_compare_cli_and_cd_diagram(results, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     res = CliRunner().invoke(app, ["compare", str(root), "--metric", "nope"])
     assert res.exit_code == 2 and "unknown metric 'nope'" in res.stderr
+    for args, why in ((["--alpha", "2"], "between 0 and 1"), (["--alpha", "0"], "between 0 and 1"),
+                      (["--metric", "triplet_acc_margin"], "never ranked")):
+        res = CliRunner().invoke(app, ["compare", str(root), *args])
+        assert res.exit_code == 2 and why in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    some_file = next(root.rglob("metrics.json"))
+    res = CliRunner().invoke(app, ["compare", str(some_file)])
+    assert res.exit_code == 2 and "is a file" in res.stderr
 
 
 def test_compare_verdict_keeps_the_two_tests_apart(tmp_path):

@@ -139,3 +139,70 @@ def test_a_killed_ray_worker_is_retried_and_resumes_to_bitwise_equal_metrics(tmp
     r = bench("run", *args, "--out", fresh)
     assert r.exit_code == 0, r.stderr
     assert metrics(killed)[("siamese", run.name)] == metrics(fresh)[("siamese", run.name)]
+
+
+def _pool_run(out: Path) -> tuple[subprocess.Popen, list[int]]:
+    """A 2-worker suite long enough to interrupt (4 runs of 4,000 steps), started in its own session
+    (a `&` in a shell would ignore SIGINT); returns the driver and its workers' pids once both
+    workers have taken a run."""
+    args = ["run", "--methods", "siamese,triplet-hinge", "--seeds", "0,1", "--steps", "4000", "--epoch-size", "256",
+            "--test-triplets", "100", "--threads", "2", "--workers", "2", "--out", str(out)]
+    p = subprocess.Popen([sys.executable, "-m", "dmlbench.cli", *args], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    pids, lines = [], []
+    deadline = time.time() + 120
+    while len(pids) < 2 and time.time() < deadline:
+        line = p.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "  started " in line:
+            pids.append(int(line.split("(worker ")[1].split(",")[0]))
+    assert len(pids) == 2, "".join(lines)
+    return p, pids
+
+
+def _gone(pids: list[int], seconds: float) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        if not alive:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_an_interrupt_to_the_driver_alone_stops_the_pool_at_once(tmp_path):
+    p, pids = _pool_run(tmp_path)
+    time.sleep(1.0)
+    os.kill(p.pid, signal.SIGINT)   # the driver only: it must pass the interrupt on
+    t0 = time.time()
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and time.time() - t0 < 20, err
+    assert "interrupted" in err and "started siamese seed 1" not in err.split("interrupted")[1]
+    assert _gone(pids, 5)
+    assert not list((tmp_path / "digits").glob("*/s*-*/metrics.json"))  # nothing ran on after the interrupt
+
+
+def test_workers_of_a_killed_driver_do_not_run_on(tmp_path):
+    p, pids = _pool_run(tmp_path)
+    os.kill(p.pid, signal.SIGKILL)  # no cleanup in the driver
+    p.wait()
+    assert _gone(pids, 10)
+
+
+def test_a_bad_ray_address_is_a_one_line_error(tmp_path):
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    for cmd in ("run", "tune"):
+        r = bench(cmd, "--methods", "siamese", "--executor", "ray", "--ray-address", "notahost:abc",
+                  "--out", tmp_path)
+        if cmd == "tune" and "dmlbench[tune]" in r.stderr:
+            continue
+        assert r.exit_code == 2 and "notahost:abc" in r.stderr and "ray start --head" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and "error: cannot start or reach" in r.stderr.strip().splitlines()[-1]

@@ -166,6 +166,26 @@ def test_sampler_replays_and_resumes_deterministically_past_the_random_start():
     assert params_by_number(c)[0] != params_by_number(a)[0]
 
 
+def test_a_requeued_interrupted_trial_does_not_shift_the_later_proposals():
+    """An interrupted trial is failed and re-queued as a copy with a trial number of its own; the
+    trials proposed after it are still those of an uninterrupted study (issue: a resumed tune must
+    replay the same trials)."""
+    n = T.N_STARTUP + 3
+    a = _study(3)
+    a.optimize(_fake_objective, n_trials=n)
+    storage = optuna.storages.InMemoryStorage()
+    b = _study(3, storage)
+    b.optimize(_fake_objective, n_trials=2)
+    cut = b.ask()
+    _fake_objective(cut)  # proposes its parameters, then the tune is interrupted
+    b.tell(cut, state=optuna.trial.TrialState.FAIL)
+    T.storage._retry_callback()(b, storage.get_trial(cut._trial_id))
+    _study(3, storage).optimize(_fake_objective, n_trials=n - 2)  # the copy, then the rest
+    done = [t.params for t in optuna.load_study(study_name="m", storage=storage).get_trials()
+            if t.state == optuna.trial.TrialState.COMPLETE]
+    assert done == [t.params for t in a.get_trials()]
+
+
 # ----------------------------------------------------------------------------- kill and resume
 
 

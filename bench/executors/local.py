@@ -2,15 +2,23 @@
 
 Each worker gets ``threads // workers`` threads for torch, faiss and BLAS (at least one), so the
 pool never oversubscribes the cores; workers load the data once each (memory-mapped photo caches
-are shared through the page cache). Ctrl-C stops the pool; every finished run is on disk and a
-re-run resumes the rest.
+are shared through the page cache). At most one run per worker is handed out at a time, so a
+Ctrl-C (to the whole terminal group or to the driver alone) stops the pool within seconds: the
+driver passes the interrupt on to its workers and ends any that do not stop. Every finished run
+is on disk, checkpoints and locks survive a killed worker, and a re-run resumes the rest. A
+worker whose driver dies (SIGKILL) exits too, instead of running on as an orphan.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import os
+import signal
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from pathlib import Path
 
 from dmlbench.runtime import default_threads
@@ -18,23 +26,77 @@ from dmlbench.runtime import default_threads
 log = logging.getLogger("dmlbench")
 
 
-def _init_worker(threads: int, level: int) -> None:
+STOP_GRACE_S = 10.0   # what a worker gets to stop after an interrupt before it is terminated
+_BUSY = False        # in a worker: inside a task (an interrupt then raises there, else it exits)
+
+
+def _on_interrupt(signum, frame):
+    if _BUSY:
+        raise KeyboardInterrupt
+    os._exit(130)    # idle between tasks: nothing to save, and no traceback from the pool's loop
+
+
+def _watch_parent(ppid: int) -> None:
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != ppid:   # the driver died (a SIGKILL runs no cleanup): do not run on orphaned
+            os._exit(1)
+
+
+def init_worker_process(threads: int, level: int) -> None:
+    """A pool worker's start (the local executor's and bench tune's): its share of the threads,
+    logging, quiet interrupts, and exit with its driver."""
     from dmlbench.runtime import log_to_stderr, set_threads
 
     set_threads(threads)
     log_to_stderr(level)
+    signal.signal(signal.SIGINT, _on_interrupt)
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+
+
+@contextmanager
+def busy():
+    """Mark a worker as inside a task: an interrupt raises KeyboardInterrupt there (so a tune's
+    running trial is re-queued) instead of ending the process at once."""
+    global _BUSY
+    _BUSY = True
+    try:
+        yield
+    finally:
+        _BUSY = False
+
+
+def stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool now: pass the interrupt on (a SIGINT to the driver alone does not reach them),
+    give the workers STOP_GRACE_S to stop, terminate the rest, and cancel what is queued."""
+    procs = [p for p in list(getattr(pool, "_processes", {}).values()) if p.is_alive()]
+    for p in procs:
+        try:
+            os.kill(p.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + STOP_GRACE_S
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _run(planned, suite_dir: Path, reuse_stale: bool):
-    import os
     import sys
 
     from dmlbench.runner import run_one
 
     cfg = planned.config
-    # One line per run as a worker takes it up; the driver prints one as each finishes.
+    # One line per run as a worker takes it up (a worker is handed a run only when it is free);
+    # the driver prints one as each finishes.
     print(f"  started {cfg.method} seed {cfg.seed} (worker {os.getpid()}, {cfg.device})", file=sys.stderr, flush=True)
-    return run_one(cfg, suite_dir, variant=planned.variant, reuse_stale=reuse_stale)
+    try:
+        return run_one(cfg, suite_dir, variant=planned.variant, reuse_stale=reuse_stale)
+    except KeyboardInterrupt:
+        os._exit(130)  # its checkpoint and lock need nothing more; the driver is stopping the pool
 
 
 class LocalExecutor:
@@ -62,21 +124,35 @@ class LocalExecutor:
         # spawn: a fresh interpreter per worker, never a fork of a process holding torch's threads.
         ctx = mp.get_context("spawn")
         results: dict[int, object] = {}
-        pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+        pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=init_worker_process,
                                    initargs=(self.threads, logging.getLogger("dmlbench").level))
         from tqdm import tqdm
 
         bar = tqdm(total=len(planned), desc="suite", unit="run", disable=None, leave=False)  # on a terminal only
+        queue = iter(enumerate(planned))
+        running: dict = {}
+
+        def hand_out() -> None:
+            for i, p in queue:
+                running[pool.submit(_run, p, suite_dir, reuse_stale)] = i
+                return
+
         try:
-            futures = {pool.submit(_run, p, suite_dir, reuse_stale): i for i, p in enumerate(planned)}
-            for fut in as_completed(futures):
-                r = fut.result()
-                results[futures[fut]] = r
-                bar.update()
-                if on_result:
-                    on_result(r)
+            # One run per worker at a time, in the planned order: nothing waits in the pool's queue
+            # that an interrupt would have to withdraw.
+            for _ in range(self.workers):
+                hand_out()
+            while running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in sorted(finished, key=running.get):
+                    r = fut.result()
+                    results[running.pop(fut)] = r
+                    bar.update()
+                    if on_result:
+                        on_result(r)
+                    hand_out()
         except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+            stop_pool(pool)
             raise
         finally:
             bar.close()

@@ -34,6 +34,27 @@ def import_ray():
     return ray
 
 
+def connect(ray, address: str, num_cpus: int, gpus_per_run: float = 0.0) -> None:
+    """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local instance; a bad address,
+    or GPUs asked of a cluster that has none, is a one-line error (not a traceback, not a task that
+    waits forever for a GPU)."""
+    address = address or os.environ.get("RAY_ADDRESS", "")
+    if not ray.is_initialized():
+        try:
+            if address:
+                ray.init(address=address, log_to_driver=True)
+            else:
+                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, ValueError, RuntimeError...
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            where = f"Ray cluster at {address!r}" if address else "a local Ray instance"
+            raise DMLBenchError(f"cannot start or reach {where}: {first}; start one with `ray start --head` and "
+                                "give --ray-address auto or HOST:PORT (or leave it out for a local instance)") from None
+    if gpus_per_run > 0 and not ray.cluster_resources().get("GPU", 0):
+        raise DMLBenchError(f"--gpus-per-run {gpus_per_run:g}: the Ray cluster has no GPU; give --gpus-per-run 0 "
+                            "(CPU runs), or join a cluster with GPUs")
+
+
 def _task(planned, suite_dir: str, reuse_stale: bool, threads: int):
     from dmlbench.runner import run_one
     from dmlbench.runtime import set_threads
@@ -52,11 +73,7 @@ class RayExecutor:
 
     def run(self, planned: list, suite_dir: Path, *, reuse_stale: bool = False, on_result=None, data=None) -> list:
         ray = self.ray
-        if not ray.is_initialized():
-            if self.address:
-                ray.init(address=self.address, log_to_driver=True)
-            else:
-                ray.init(num_cpus=self.workers * self.threads, include_dashboard=False, log_to_driver=True)
+        connect(ray, self.address, self.workers * self.threads, self.gpus_per_run)
         remote = ray.remote(num_cpus=self.threads, num_gpus=self.gpus_per_run, max_retries=MAX_RETRIES,
                             retry_exceptions=False)(_task)
         suite_dir = str(Path(suite_dir).resolve())

@@ -47,7 +47,7 @@ def trial_seed(seed: int, method: str, number: int) -> int:
 
 
 def make_sampler(seed: int, method: str):
-    """TPE whose random state is re-seeded from (seed, method, trial number) before every trial.
+    """TPE whose random state is re-seeded from (seed, method, trial's place) before every trial.
 
     Its first ``N_STARTUP`` trials are random, whatever the budget, so that a study extended with
     a larger ``--trials`` proposes what a fresh one with that budget would."""
@@ -55,7 +55,12 @@ def make_sampler(seed: int, method: str):
 
     class SeededTPESampler(optuna.samplers.TPESampler):
         def before_trial(self, study, trial):
-            s = trial_seed(seed, method, trial.number)
+            # Seeded by the trial's place among the trials that are not re-queued copies of an
+            # interrupted or killed one: a resumed study then proposes what an uninterrupted one
+            # did (a copy takes a trial number of its own, which would shift every later seed).
+            place = sum(1 for t in study.get_trials(deepcopy=False)
+                        if t.number < trial.number and "failed_trial" not in t.system_attrs)
+            s = trial_seed(seed, method, place)
             try:
                 self._rng.rng.seed(s)
                 self._random_sampler._rng.rng.seed(s)

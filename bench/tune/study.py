@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import platform
 import time
 from pathlib import Path
@@ -176,14 +175,18 @@ def _run_local(job: Job, workers: int, threads: int, level: int) -> None:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
+    from dmlbench.executors.local import init_worker_process, stop_pool
+
     ctx = mp.get_context("spawn")  # a fresh interpreter per worker, as the local executor does
-    pool = ProcessPoolExecutor(workers, mp_context=ctx)
+    # The local executor's worker start: interrupts re-queue the running trials, and workers exit
+    # with their driver.
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker_process, initargs=(threads, level))
     try:
         futures = [pool.submit(_work_entry, job, threads, level) for _ in range(workers)]
         for fut in futures:
             fut.result()
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
+        stop_pool(pool)
         raise
     pool.shutdown()
 
@@ -194,13 +197,12 @@ def _run_ray(job: Job, workers: int, threads: int, level: int) -> None:
     ray = import_ray()
     if job.storage_url.startswith("sqlite:///") or job.storage_url.startswith("journal:"):
         log.info("ray: the study file must be on a file system every node sees")
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
-        else:
-            ray.init(num_cpus=workers * threads, include_dashboard=False, log_to_driver=True)
+    from dmlbench.executors.ray import connect
+
+    gpus = job.suite.gpus_per_run
+    connect(ray, job.suite.ray_address, workers * threads, gpus)
     job = dataclasses.replace(job, suite_dir=Path(job.suite_dir).resolve())
-    remote = ray.remote(num_cpus=threads, max_retries=MAX_RETRY)(_work_entry)
+    remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=MAX_RETRY)(_work_entry)
     refs = [remote.remote(job, threads, level) for _ in range(workers)]
     try:
         ray.get(refs)

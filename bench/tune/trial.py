@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import sys
 import time
 import warnings
@@ -233,4 +234,10 @@ def _log_to_stderr(level: int) -> None:
 
 
 def _work_entry(job: Job, threads: int, level: int) -> int:
-    return work(job, threads=threads, level=level)
+    from dmlbench.executors.local import busy
+
+    try:
+        with busy():  # an interrupt raises in the trial, which is then re-queued
+            return work(job, threads=threads, level=level)
+    except KeyboardInterrupt:
+        os._exit(130)  # the trial is back in the queue; the driver is stopping the pool
