@@ -306,7 +306,7 @@ def cross_validate(x: np.ndarray, y: np.ndarray, lambdas: Sequence[float], *, so
         rows = len(y) - min((len(va) for _, _, va in tasks), default=0)
         small = str(device) == "cpu" and rows * (x.shape[1] + 1) < SMALL_LBFGS
         pool = int(max(1, min(jobs or 1, len(tasks)))) if small else 1
-    with _quiet(), _torch_threads(1 if pool > 1 and used == "lbfgs" else None):
+    with _quiet(), _threads(1 if pool > 1 and used == "lbfgs" else None, torch_too=True):
         if pool > 1:
             with ThreadPoolExecutor(pool) as ex:
                 counts = list(ex.map(right, tasks))
@@ -328,23 +328,6 @@ def choose_lambda(cv_accuracy: dict[float, float]) -> float:
         if best is None or (not np.isnan(acc) and acc > best_acc):
             best, best_acc = lam, (acc if not np.isnan(acc) else -np.inf)
     return float(best)
-
-
-@contextmanager
-def _torch_threads(n: int | None):
-    """torch's intra-op threads set to ``n`` for the block (nothing when None). Set once around a
-    pool of fits, never inside them: the setting is process-wide."""
-    if n is None:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @contextmanager

@@ -93,10 +93,8 @@ def _run(planned, suite_dir: Path, reuse_stale: bool):
     # One line per run as a worker takes it up (a worker is handed a run only when it is free);
     # the driver prints one as each finishes.
     print(f"  started {cfg.method} seed {cfg.seed} (worker {os.getpid()}, {cfg.device})", file=sys.stderr, flush=True)
-    try:
-        return run_one(cfg, suite_dir, variant=planned.variant, reuse_stale=reuse_stale)
-    except KeyboardInterrupt:
-        os._exit(130)  # its checkpoint and lock need nothing more; the driver is stopping the pool
+    # An interrupt ends this worker at once (_on_interrupt): its checkpoint and lock need nothing more.
+    return run_one(cfg, suite_dir, variant=planned.variant, reuse_stale=reuse_stale)
 
 
 class LocalExecutor:
