@@ -207,9 +207,12 @@ def table(
     results_dir: Annotated[Path, typer.Argument(help="A results folder (all datasets) or one dataset's folder.")] = Path("results"),
     format: Annotated[str, typer.Option("--format", help="markdown, csv or latex.")] = "markdown",
     metrics: Annotated[Optional[str], typer.Option(help="Comma-separated metric names, or 'all'. [default: triplet_acc, triplet_acc_margin, recall@1, map@r, knn_acc, svm_acc, recon_error]")] = None,
+    spread: Annotated[str, typer.Option(help="What follows each mean: ci (± half-width of the 95% t-interval), std "
+                                             "(± standard deviation), interval ([low, high] of the 95% t-interval) "
+                                             "or none.")] = "ci",
 ):
     """Aggregate run folders: one row per (dataset, method), the mean over seeds ± the half-width of
-    its 95% t-interval (table.csv holds the std and the interval bounds too)."""
+    its 95% t-interval (--spread for another; the csv format holds the std and half-width)."""
     from dmlbench.metrics import METRICS
     from dmlbench.table import aggregate, collect, format_table
 
@@ -228,7 +231,13 @@ def table(
     from dmlbench.table import failures
 
     runs = collect(results_dir)
-    text = format_table(aggregate(runs, names), format, names)
+    from dmlbench.table import SPREADS, legend
+
+    if spread not in SPREADS:
+        raise DMLBenchError(f"--spread {spread!r} is not one of: {', '.join(SPREADS)}")
+    text = format_table(aggregate(runs, names), format, names, spread=spread)
+    if format == "markdown":
+        text += "\n" + legend(spread) + "\n"
     fails = failures(runs)
     if fails and format == "markdown":
         text += "\nRuns left out (failed or unreadable):\n" + "".join(f"- {f}\n" for f in fails)
@@ -300,16 +309,21 @@ def list_(what: Annotated[str, typer.Argument(help="methods, datasets, metrics, 
         from dmlbench.methods import get_method, method_names
 
         typer.echo("Methods (also pml:<LossName> for any pytorch-metric-learning loss):")
+        from dmlbench.space import describe
+
         for name in method_names():
             d = get_method(name).describe()
-            from dmlbench.space import describe
-
             typer.echo(f"  {name}\n    paper:    {d['paper']}\n    loss:     {d['formula']}\n"
                        f"    defaults: {json.dumps(d['defaults'])}"
                        + (f"\n    space:    {describe(d['space'])}" if d["space"] else ""))
-        from dmlbench.methods.pml import pml_loss_names
+        from dmlbench.methods.pml import MAIN_PARAMS
+        from dmlbench.space import LR
 
-        typer.echo("  pml:<LossName>, LossName one of: " + ", ".join(pml_loss_names()))
+        typer.echo("  pml:<LossName>: any of these pytorch-metric-learning losses; space: lr, plus its main parameters")
+        typer.echo(f"    lr ~ {LR['lr']}")
+        width = max(map(len, MAIN_PARAMS))
+        for loss, space in sorted(MAIN_PARAMS.items()):
+            typer.echo(f"    pml:{loss:{width}s} {describe(space) if space else '(lr only)'}")
     if what in ("datasets", "all"):
         from dmlbench.data import DATASETS, resolve_data_dir
 
@@ -379,6 +393,7 @@ def tune_(**kw):
     `bench run --tuned SUITE_DIR` tests the best settings."""
     from dmlbench.suite import read_toml, resolve_suite
     from dmlbench.tune import TuneOptions, summary_table, tune
+    from dmlbench.tune.study import failed_methods
 
     for p in kw.pop("plugin") or []:
         load_plugin(p)
@@ -396,6 +411,12 @@ def tune_(**kw):
         err("interrupted; finished trials are stored: re-run the same command to run the missing ones")
         raise typer.Exit(130) from None
     typer.echo(summary_table(doc))
+    failed = failed_methods(doc)
+    if failed:
+        for name, why in failed.items():
+            err(f"error: {name}: {why}; it has no settings to test. Fix the cause (see fail_reason in the study, "
+                f"the runs under {Path(doc['suite_dir']) / 'trials'}) and tune it again with a new --suite")
+        raise typer.Exit(1)
 
 
 def _tune_parameters() -> list[inspect.Parameter]:

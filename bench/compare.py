@@ -105,6 +105,9 @@ def _verdict(r, higher_is_better: bool, alpha: float) -> str:
     """One cell: the seeds' verdict, then what the query bootstrap of one seed adds."""
     sign = 1 if higher_is_better else -1
     better = r.a if sign * r.diff >= 0 else r.b
+    if r.seeds == 0:
+        return "not compared: no seed in common (a paired test needs the same seeds)"
+    seed = _seed(r.query_seed)
     if r.seeds >= 2:
         text = f"yes, {better} better" if r.p_seeds_holm < alpha else "no"
     else:
@@ -112,13 +115,18 @@ def _verdict(r, higher_is_better: bool, alpha: float) -> str:
     if not np.isnan(r.p_queries_holm) and r.p_queries_holm < alpha:
         q_better = r.a if sign * r.query_diff > 0 else r.b
         if r.seeds >= 2:
-            text += (f"; seed {r.query_seed}: beyond test noise" if q_better == better
-                     else f"; seed {r.query_seed} alone favours {q_better}")
+            text += (f"; seed {seed}: beyond test noise" if q_better == better
+                     else f"; seed {seed} alone favours {q_better}")
         else:
             text = f"yes, {q_better} better (one seed: test-query noise only)"
     elif r.seeds < 2:
         text = "no (one seed: test-query noise only)"
     return text
+
+
+def _seed(value) -> str:
+    """A seed as written on the command line (pandas keeps a column with gaps as floats)."""
+    return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else str(int(value))
 
 
 def format_compare(result: dict) -> str:
@@ -130,6 +138,10 @@ def format_compare(result: dict) -> str:
                   for r in g.itertuples()]
         lines.append("")
     pairs = result["pairs"]
+    lone = [ds for ds, g in rk.groupby("dataset", sort=False) if len(g) == 1]
+    if lone:
+        lines += [f"{ds}: one method only, nothing to compare it with; give a folder with several methods' runs"
+                  for ds in lone] + [""]
     if len(pairs):
         lines.append("Significant: by the paired t-test over seeds (as the table's bold); the query bootstrap, on "
                      "one seed's test queries, says whether that run's difference exceeds test-set noise.")
@@ -137,7 +149,7 @@ def format_compare(result: dict) -> str:
         lines.append("pair | mean diff | seeds | p (paired t, Holm) | p (query bootstrap, Holm) | 95% CI of the query diff | significant")
         lines.append("--- | --- | --- | --- | --- | --- | ---")
         for r in pairs.itertuples():
-            ci = f"{r.query_ci} (seed {r.query_seed})" if r.query_ci else "—"
+            ci = f"{r.query_ci} (seed {_seed(r.query_seed)})" if r.query_ci else "—"
             lines.append(f"{r.a} vs {r.b} ({r.dataset}) | {r.diff:+.4f} | {r.seeds} | {r.p_seeds_holm:.3g} | "
                          f"{r.p_queries_holm:.3g} | {ci} | {r.verdict}")
     fr = result["friedman"]

@@ -119,7 +119,8 @@ def test_triplets(data, cfg: RunConfig, suite: Path) -> np.ndarray:
 
     gen = torch.Generator().manual_seed(cfg.triplet_seed)
     y = torch.from_numpy(data.test.y)
-    t = random_triplets(y, cfg.test_triplets, gen, ClassIndex(y, "test")).numpy()
+    part = "validation" if data.split == "validation" else "test"  # a tune's fold scores on validation
+    t = random_triplets(y, cfg.test_triplets, gen, ClassIndex(y, part)).numpy()
     write_npy(triplets_path(suite, cfg, len(data.test.y)), t)
     return t
 

@@ -139,6 +139,8 @@ def resolve_suite(file_values: dict, flags: dict) -> Suite:
     base = apply_overrides(RunConfig(), run_values, "run")
     base = dataclasses.replace(base, data_options=data_options)
     devices = _as_list(values.get("devices", []), "devices")
+    if not devices and values.get("devices") not in (None, "", []):
+        raise DMLBenchError(f"devices={values.get('devices')!r} names no device; give e.g. --devices cuda:0,cuda:1")
     for d in devices:
         dataclasses.replace(base, device=d).check()
     if devices:
@@ -312,12 +314,14 @@ def run_suite(suite: Suite, on_result=None, on_start=None):
     """Run every planned run of the suite with its executor; returns the RunResults in plan order."""
     from dmlbench.executors import get_executor
 
+    executor = get_executor(suite.executor, workers=suite.workers, threads=suite.base.threads,
+                            address=suite.ray_address, gpus_per_run=suite.gpus_per_run)
+    if hasattr(executor, "connect"):  # an unreachable cluster is refused before any folder is made
+        executor.connect()
     data, planned = prepare(suite)
     if on_start is not None:
         on_start(suite, data, planned)
     if len(suite.devices) > 1:  # spread over the devices, round robin (the device is not in the run id)
         planned = [Planned(dataclasses.replace(p.config, device=suite.devices[i % len(suite.devices)]), p.variant)
                    for i, p in enumerate(planned)]
-    executor = get_executor(suite.executor, workers=suite.workers, threads=suite.base.threads,
-                            address=suite.ray_address, gpus_per_run=suite.gpus_per_run)
     return executor.run(planned, suite.dir, reuse_stale=suite.reuse_stale, on_result=on_result, data=data)

@@ -19,6 +19,14 @@ from dmlbench.errors import DMLBenchError
 from dmlbench.metrics import METRICS, default_metrics, higher_is_better
 from dmlbench.results import collect, label_runs  # noqa: F401 - re-exported: table readers' entry points
 FORMATS = ("markdown", "csv", "latex")
+# What follows a mean in a cell (``bench table --spread``): the default is the 95% t-interval's
+# half-width, the statistic the bold's tests and `bench compare` use.
+SPREADS = {
+    "ci": "± half-width of the 95% t-interval",
+    "std": "± sample standard deviation",
+    "interval": "[low, high] of the 95% t-interval",
+    "none": "alone",
+}
 
 
 def aggregate(runs: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
@@ -81,9 +89,24 @@ def label_order(labels, methods) -> dict[str, int]:
     return {label: i for i, (label, _) in enumerate(pairs)}
 
 
-def format_table(agg: pd.DataFrame, fmt: str = "markdown", metrics: list[str] | None = None) -> str:
+def _cell(v: float, sd: float, half: float, spread: str) -> str:
+    digits = 4 if abs(v) < 10 else 1
+    mean = f"{v:.{digits}f}"
+    if pd.isna(half) or spread == "none":  # one seed: a lone value, never "± 0"
+        return mean
+    if spread == "std":
+        return f"{mean} ± {sd:.{digits}f}"
+    if spread == "interval":
+        return f"{mean} [{v - half:.{digits}f}, {v + half:.{digits}f}]"
+    return f"{mean} ± {half:.{digits}f}"
+
+
+def format_table(agg: pd.DataFrame, fmt: str = "markdown", metrics: list[str] | None = None,
+                 spread: str = "ci") -> str:
     if fmt not in FORMATS:
         raise DMLBenchError(f"unknown table format {fmt!r}; use one of: {', '.join(FORMATS)}")
+    if spread not in SPREADS:
+        raise DMLBenchError(f"unknown spread {spread!r}; use one of: {', '.join(SPREADS)}")
     metrics = [m for m in (metrics or default_metrics()) if m in agg.columns]
     if fmt == "csv":
         cols = ["dataset", "label", "n", "seeds"] + [c for m in metrics for c in (m, m + "_std", m + "_ci", m + "_best")]
@@ -91,12 +114,11 @@ def format_table(agg: pd.DataFrame, fmt: str = "markdown", metrics: list[str] | 
     cells = pd.DataFrame({"dataset": agg["dataset"], "method": agg["label"], "seeds": agg["n"]})
     for m in metrics:
         text = []
-        for v, half, best in zip(agg[m], agg[m + "_ci"], agg[m + "_best"]):
+        for v, sd, half, best in zip(agg[m], agg[m + "_std"], agg[m + "_ci"], agg[m + "_best"]):
             if pd.isna(v):
                 text.append("—")
                 continue
-            digits = 4 if abs(v) < 10 else 1
-            t = f"{v:.{digits}f}" if pd.isna(half) else f"{v:.{digits}f} ± {half:.{digits}f}"
+            t = _cell(v, sd, half, spread)
             if best:
                 t = f"**{t}**" if fmt == "markdown" else rf"\textbf{{{t}}}"
             text.append(t)
@@ -112,9 +134,14 @@ def format_table(agg: pd.DataFrame, fmt: str = "markdown", metrics: list[str] | 
     return cells.to_markdown(index=False) if _has_tabulate() else _markdown(cells)
 
 
-LEGEND = ("Mean over seeds ± half-width of the 95% t-interval (one seed: the value alone). Bold: not significantly "
-          "worse than the best row (paired t-test over seeds, Holm-corrected, alpha 0.05); with one seed only "
-          "the best is bold. Rows not marked [tuned...] run at the method's defaults (or the [options] shown), untuned.")
+def legend(spread: str = "ci") -> str:
+    return (f"Mean over seeds {SPREADS[spread]} (one seed: the value alone). Bold: not significantly "
+            "worse than the best row (paired t-test over seeds, Holm-corrected, alpha 0.05); with one seed only "
+            "the best is bold. Rows not marked [tuned...] run at the method's defaults (or the [options] shown), "
+            "untuned.")
+
+
+LEGEND = legend()
 
 
 def provenance_lines(runs: pd.DataFrame) -> list[str]:

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from dmlbench.cli import app
 from dmlbench.metrics import METRICS
 from dmlbench.methods import BUILTIN
+from dmlbench.table import SPREADS
 
 N_TEST, N_TRAIN = 540, 1257  # digits: 1797 images, stratified 70/30 split
 N_TRIPLETS = 300
@@ -439,6 +440,14 @@ def test_list_methods_datasets_metrics():
     listed = [ln.strip() for ln in result.stdout.splitlines() if ln.startswith("  ") and not ln.startswith("    ")]
     assert set(BUILTIN) | {"raw"} <= set(listed)
     assert "Datasets" not in result.stdout
+    # Every pml: loss with its search space (the main parameters bench tune samples besides lr).
+    from dmlbench.methods.pml import pml_loss_names, pml_method
+    from dmlbench.space import describe
+
+    spaces = {ln.split()[0]: ln.split(None, 1)[1] for ln in result.stdout.splitlines() if ln.startswith("    pml:")}
+    assert set(spaces) == {f"pml:{n}" for n in pml_loss_names()}
+    space = {k: d for k, d in pml_method("pml:TripletMarginLoss").Params.space.items() if k != "lr"}
+    assert spaces["pml:TripletMarginLoss"] == describe(space)
 
     result = bench("list", "datasets")
     assert result.exit_code == 0
@@ -535,6 +544,20 @@ def test_table_on_known_numbers(toy_results):
 
     result = bench("table", toy_results, "--format", "latex", "--metrics", "recall@1,recon_error")
     assert rf"\textbf{{0.7000 ± {0.2 * ci_a:.4f}}}" in result.stdout and r"recon\_error" in result.stdout
+
+
+def test_table_spread_is_selectable(toy_results):
+    ci_a = scipy.stats.t.ppf(0.975, 2) / math.sqrt(3) * 0.2
+    cells = {"ci": f"0.7000 ± {ci_a:.4f}", "std": "0.7000 ± 0.2000",
+             "interval": f"0.7000 [{0.7 - ci_a:.4f}, {0.7 + ci_a:.4f}]", "none": "0.7000"}
+    for spread, cell in cells.items():
+        result = bench("table", toy_results, "--metrics", "recall@1", "--spread", spread)
+        assert result.exit_code == 0, result.stderr
+        header, rows = md_rows(result.stdout)
+        assert rows["alpha"][3] == f"**{cell}**", spread
+        assert SPREADS[spread] in result.stdout  # the legend says what follows the mean
+    result = bench("table", toy_results, "--spread", "sem")
+    assert result.exit_code == 2 and "--spread 'sem' is not one of: ci, std, interval, none" in result.stderr
 
 
 def test_table_single_seed_is_a_lone_value_and_missing_folder_errors(tmp_path):

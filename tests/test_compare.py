@@ -98,3 +98,23 @@ def test_compare_verdict_keeps_the_two_tests_apart(tmp_path):
     assert res.exit_code == 0, res.stderr
     assert "(seed 0) | yes, a better; seed 0 alone favours b" in res.stdout
     assert "left out of the Friedman test (not run on every dataset): a, b, c, e" in res.stdout
+
+
+def test_compare_says_when_there_is_nothing_to_pair_or_compare(tmp_path):
+    # x and y share no seed: no paired test exists, and the verdict says why (not "one seed").
+    for s in (0, 1):
+        _run(tmp_path, "d", "x", s, 0.8 + 0.01 * s)
+        _run(tmp_path, "d", "y", s + 2, 0.7 + 0.01 * s)
+    # z has one seed (3) shared with y, whose seeds then have gaps: seeds still print as integers.
+    _run(tmp_path, "d", "z", 3, 0.75, np.linspace(0, 1, 50))
+    np.savez(tmp_path / "d" / "y" / "s3-y3" / "per_query.npz", **{"retrieval_map@r": np.linspace(0, 1, 50) - 0.1})
+    _run(tmp_path, "lone", "w", 0, 0.5)
+    r = compare(tmp_path, "map@r")
+    pairs = r["pairs"].set_index(["a", "b"])
+    xy = pairs.loc[("x", "y")]
+    assert xy["seeds"] == 0 and not xy["significant"]
+    assert xy["verdict"] == "not compared: no seed in common (a paired test needs the same seeds)"
+    res = CliRunner().invoke(app, ["compare", str(tmp_path), "--metric", "map@r"])
+    assert res.exit_code == 0, res.stderr
+    assert "(seed 3) |" in res.stdout and "seed 3.0" not in res.stdout
+    assert "lone: one method only, nothing to compare it with" in res.stdout

@@ -206,3 +206,39 @@ def test_a_bad_ray_address_is_a_one_line_error(tmp_path):
             continue
         assert r.exit_code == 2 and "notahost:abc" in r.stderr and "ray start --head" in r.stderr, r.stderr
         assert "Traceback" not in r.stderr and "error: cannot start or reach" in r.stderr.strip().splitlines()[-1]
+
+
+def test_a_ray_address_where_nothing_listens_is_refused_at_once_and_leaves_no_folder(tmp_path):
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there now
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for cmd in ("run", "tune"):
+        t0 = time.monotonic()
+        r = bench(cmd, "--methods", "siamese", "--executor", "ray", "--ray-address", f"127.0.0.1:{port}",
+                  "--out", tmp_path / "out")
+        if cmd == "tune" and "dmlbench[tune]" in r.stderr:
+            continue
+        assert r.exit_code == 2 and time.monotonic() - t0 < 30, r.stderr
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"error: nothing answers at the Ray address 127.0.0.1:{port}") and "ray start --head" in last
+        assert not (tmp_path / "out").exists()  # a refused start leaves no empty results folder
+
+
+def test_a_pool_starts_no_more_workers_than_runs_and_splits_the_threads_between_them(caplog):
+    from dmlbench.executors.local import LocalExecutor
+
+    ex = LocalExecutor(workers=4, threads=8)
+    ex._fit(2)
+    assert (ex.workers, ex.threads) == (2, 4)
+    ex = LocalExecutor(workers=999, threads=2)
+    ex._fit(10)
+    assert (ex.workers, ex.threads) == (10, 1)
+    assert "--workers 10 is more than the 2 threads to share" in caplog.text and "--workers auto" in caplog.text
+
+
+def test_an_empty_device_list_is_refused():
+    r = bench("run", "--methods", "siamese", "--devices", ",,")
+    assert r.exit_code == 2 and "devices=',,' names no device" in r.stderr

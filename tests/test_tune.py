@@ -256,8 +256,12 @@ def test_failed_trial_is_fail_not_zero_and_the_study_goes_on(tmp_path, monkeypat
 def test_nan_loss_fails_every_trial_and_tuned_json_says_so(tmp_path):
     space = tmp_path / "space.toml"
     space.write_text("[siamese]\nlr = {low = 1e8, high = 1e9, log = true}\n")
-    result = ok(bench("tune", "--methods", "siamese", "--trials", 2, "--space", space, "--out", tmp_path, *SMALL))
-    assert result.stderr.count("non-finite") == 2
+    result = bench("tune", "--methods", "siamese", "--trials", 2, "--space", space, "--out", tmp_path, *SMALL)
+    # A method with nothing to test fails the command (after the summary), naming the cause.
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: siamese: none of its 2 trials completed (first failure: ") and "non-finite" in last
+    assert result.stderr.count("non-finite") == 3
     suite_dir = tmp_path / "digits" / "tune"
     doc = json.loads((suite_dir / "tuned.json").read_text())["methods"]["siamese"]
     assert doc["best_trial"] is None and doc["best_value"] is None and doc["states"]["FAIL"] == 2
@@ -272,8 +276,10 @@ def test_prune_reports_each_epoch_and_stops_the_trial(tmp_path, monkeypatch):
     # work() looks _pruner up in dmlbench.tune.trial, so it is patched there.
     monkeypatch.setattr(T.trial, "_pruner", lambda prune: optuna.pruners.ThresholdPruner(lower=2.0))
     args = [a if a != "1" else "2" for a in SMALL]  # 2 epochs: a report after the first
-    result = ok(bench("tune", "--methods", "siamese", "--trials", 2, "--prune", "--out", tmp_path, *args))
+    result = bench("tune", "--methods", "siamese", "--trials", 2, "--prune", "--out", tmp_path, *args)
     assert result.stderr.count("pruned at epoch 1") == 2 and "Traceback" not in result.stderr
+    # Every trial pruned: nothing to test, so the command fails after its summary.
+    assert result.exit_code == 1 and "error: siamese: none of its 2 trials completed;" in result.stderr
     suite_dir = tmp_path / "digits" / "tune"
     trials = studies(suite_dir)["siamese"].get_trials()
     assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
@@ -311,6 +317,18 @@ def test_space_file_overrides_and_is_validated_like_set(tmp_path):
     assert r.exit_code == 2 and r.stderr.startswith("error: unknown option siamese.margn")
     r = bench("tune", "--methods", "siamese", "--trials", 1, "--objective", "svm_acc", "--out", tmp_path, *SMALL)
     assert r.exit_code == 2 and "retrieval metric" in r.stderr
+    r = bench("tune", "--methods", "siamese,vae", "--trials", 1, "--objective", "recon_error", "--out", tmp_path,
+              *SMALL)
+    assert r.exit_code == 2 and "recon_error is measured only for methods that reconstruct" in r.stderr
+    assert "siamese has none" in r.stderr
+    # A TOML list is not a space, and says how to write one; an unquoted dotted key is the option.
+    f.write_text("[siamese]\nmargin = [0.5, 1.0]\n")
+    r = bench("tune", "--methods", "siamese", "--trials", 1, "--space", f, "--out", tmp_path, *SMALL)
+    assert r.exit_code == 2 and "write margin = {choices = [0.5, 1.0]}" in r.stderr
+    f.write_text("[tvae]\nweights.triplet = {low = 1, high = 30}\n")
+    assert T.read_space_file(f) == {"tvae": {"weights.triplet": {"low": 1, "high": 30}}}
+    f.write_text('[tvae]\n"weights.triplet" = {choices = [1, 2]}\nweights.kl = 0.5\n')
+    assert T.read_space_file(f) == {"tvae": {"weights.triplet": {"choices": [1, 2]}, "weights.kl": 0.5}}
     assert not (tmp_path / "digits").exists()  # every check before any data or study
 
 
@@ -376,11 +394,19 @@ def test_tune_on_full_mnist_without_test_files(data_dir, tmp_path):
 def test_apply_tuned_gives_each_method_its_best_settings(tiny, tmp_path, caplog):
     suite_dir, _ = tiny
     doc = json.loads((suite_dir / "tuned.json").read_text())
-    suite = resolve_suite({}, {"methods": "siamese,triplet-hinge,vae", "dataset": "digits",
-                               "set": ["siamese.margin=3.5"]})
+    suite = resolve_suite({}, {"methods": "siamese,triplet-hinge,vae", "dataset": "digits"})
     tuned = T.apply_tuned(suite, suite_dir)
     assert tuned.methods == ["siamese", "triplet-hinge", "raw"]  # vae was not tuned; raw trains nothing
-    assert "vae not tuned" in caplog.text and "override" in caplog.text
+    assert "vae not tuned" in caplog.text and "unequal" not in caplog.text
+    # A setting that the tuned one would silently replace is refused, method key or run key.
+    margin = doc["methods"]["siamese"]["method_params"]["margin"]
+    for flags, match in ((({"set": ["siamese.margin=3.5"]}), rf"--set siamese.margin=3.5 \(tuned: {margin}\)"),
+                         ({"lr": 0.5}, r"--lr 0.5 \(tuned: ")):
+        clash = resolve_suite({}, {"methods": "siamese", "dataset": "digits", **flags})
+        with pytest.raises(DMLBenchError, match=match):
+            T.apply_tuned(clash, suite_dir)
+    same = resolve_suite({}, {"methods": "siamese", "dataset": "digits", "set": [f"siamese.margin={margin}"]})
+    assert T.apply_tuned(same, suite_dir).method_sets["siamese"]["margin"] == margin
     assert tuned.seeds == [0, 1, 2, 3, 4]
     for name in ("siamese", "triplet-hinge"):
         m = doc["methods"][name]
@@ -486,7 +512,7 @@ def test_timeout_stops_starting_trials_and_a_rerun_evens_the_budget(tmp_path):
     counts = {name: m["trials"] for name, m in doc["methods"].items()}
     assert max(counts.values()) < 40 and doc["trials"] == 40
     assert max(counts.values()) - min(counts.values()) <= 1  # the method furthest behind goes next
-    assert "the --timeout stopped the tune at" in cut.stderr and "re-run the same command" in cut.stderr.lower()
+    assert "warning: the tune stopped at" in cut.stderr and "re-run the same command" in cut.stderr.lower()
     # Every trial that started finished: nothing is left running for a resume to re-queue.
     assert all(t.state.name == "COMPLETE" for st in studies(suite_dir).values() for t in st.get_trials())
     top = max(max(counts.values()), 1)
@@ -498,3 +524,75 @@ def test_timeout_stops_starting_trials_and_a_rerun_evens_the_budget(tmp_path):
 def test_timeout_must_be_positive(tmp_path):
     result = bench("tune", "--methods", "siamese", "--out", tmp_path, "--timeout", 0, *SMALL)
     assert result.exit_code != 0 and "timeout=0" in result.stderr and "positive" in result.stderr
+
+
+def test_a_tune_of_some_methods_keeps_the_others_and_warns_of_unequal_budgets(tiny, tmp_path, caplog):
+    suite_dir = tmp_path / "digits" / "tune"
+    shutil.copytree(tiny[0], suite_dir)
+    before = json.loads((suite_dir / "tuned.json").read_text())["methods"]["triplet-hinge"]
+    r = ok(bench("tune", "--methods", "siamese", "--trials", 4, "--out", tmp_path, *SMALL))
+    assert "warning: the methods had unequal tuning budgets (triplet-hinge 3, siamese 4 trials)" in r.stderr
+    assert "--trials 4 to even them" in r.stderr
+    doc = json.loads((suite_dir / "tuned.json").read_text())
+    assert doc["methods"]["triplet-hinge"] == before and doc["methods"]["siamese"]["trials"] == 4
+    suite = resolve_suite({}, {"methods": "siamese,triplet-hinge", "dataset": "digits"})
+    T.apply_tuned(suite, suite_dir)
+    assert "unequal tuning budgets" in caplog.text
+    caplog.clear()
+    T.apply_tuned(resolve_suite({}, {"methods": "siamese", "dataset": "digits"}), suite_dir)
+    assert "unequal" not in caplog.text  # one method alone is compared with nothing
+
+
+def test_folds_too_small_to_score_are_refused_before_any_trial(tmp_path):
+    r = bench("tune", "--methods", "siamese", "--trials", 1, "--folds", 99, "--out", tmp_path, *SMALL)
+    assert r.exit_code == 2, r.stderr
+    line = r.stderr.strip()
+    assert line.startswith("error: --folds 99: validation fold ") and "use fewer --folds (at most " in line
+    assert len(line.splitlines()) == 1 and not (tmp_path / "digits").exists()
+
+
+def test_tune_minutes_count_the_time_trials_ran_not_the_gaps_between_sessions():
+    from datetime import datetime, timedelta
+
+    from dmlbench.tune.study import _busy_seconds
+
+    t0 = datetime(2026, 12, 1, 9)
+    m = timedelta(minutes=1)
+    # Two overlapping trials (9:00-9:02, 9:01-9:03), then a resume a day later (one 2-minute trial).
+    spans = [(t0 + m, t0 + 3 * m), (t0, t0 + 2 * m), (t0 + timedelta(days=1), t0 + timedelta(days=1) + 2 * m)]
+    assert _busy_seconds(spans) == 5 * 60
+    assert _busy_seconds([]) == 0
+
+
+def test_a_storage_that_refuses_the_study_leaves_no_folder_or_folds(tmp_path):
+    r = bench("tune", "--methods", "siamese", "--trials", 1, "--storage", "bogus://x", "--out", tmp_path, *SMALL)
+    assert r.exit_code == 2 and r.stderr.startswith("error: cannot open the study storage bogus://x")
+    assert not (tmp_path / "digits").exists()
+
+
+def test_two_tunes_share_one_postgresql_study_and_its_budget(tmp_path):
+    """Two `bench tune` processes (two machines, here one) on one PostgreSQL study: each method gets
+    exactly --trials trials, numbered once, and both processes ran trials."""
+    import subprocess
+    import sys
+
+    from helpers_postgres import postgres_server
+
+    with postgres_server() as url:
+        cmd = [sys.executable, "-m", "dmlbench.cli", "tune", "--methods", "siamese,triplet-hinge", "--trials", "3",
+               "--storage", url, "--out", str(tmp_path), "--dataset", "digits", "--steps", "20",
+               "--test-triplets", "100", "--threads", "1"]
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        outs = [p.communicate(timeout=600) for p in procs]
+        for p, (_, err) in zip(procs, outs):
+            assert p.returncode == 0, err[-3000:]
+        ran = [len(trial_lines(err)) for _, err in outs]
+        assert sum(ran) == 6 and min(ran) >= 1, ran  # the budget split between them, no trial twice
+        storage = optuna.storages.RDBStorage(url)
+        for name in ("siamese", "triplet-hinge"):
+            trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+            assert sorted(t.number for t in trials) == [0, 1, 2]
+            assert all(t.state.name == "COMPLETE" for t in trials)
+        doc = json.loads((tmp_path / "digits" / "tune" / "tuned.json").read_text())
+        assert doc["storage"] == url and {m["trials"] for m in doc["methods"].values()} == {3}
+        assert not (tmp_path / "digits" / "tune" / "study.db").exists()  # the study is in PostgreSQL only

@@ -100,17 +100,24 @@ def _run(planned, suite_dir: Path, reuse_stale: bool):
 class LocalExecutor:
     def __init__(self, workers: int = 1, threads: int | None = None):
         self.workers = max(1, workers)
-        total = threads or default_threads()
-        self.threads = max(1, total // self.workers)
-        if self.workers > total:
-            log.warning("%d workers on %d threads: each worker gets 1 thread and the cores are oversubscribed",
-                        self.workers, total)
+        self.total = threads or default_threads()
+        self.threads = max(1, self.total // self.workers)
+
+    def _fit(self, runs: int) -> None:
+        """No more workers than runs, and the thread budget split between those that start."""
+        self.workers = max(1, min(self.workers, runs))
+        self.threads = max(1, self.total // self.workers)
+        if self.workers > self.total:
+            log.warning("--workers %d is more than the %d threads to share (--threads, default: this machine's "
+                        "cores): each worker gets 1 thread and they compete for the cores; --workers auto picks a "
+                        "number for the device", self.workers, self.total)
 
     def run(self, planned: list, suite_dir: Path, *, reuse_stale: bool = False, on_result=None, data=None) -> list:
         from dmlbench.runner import run_one
         from dmlbench.runtime import set_threads
 
-        if self.workers == 1 or len(planned) == 1:
+        self._fit(len(planned))
+        if self.workers == 1:
             set_threads(self.threads)
             results = []
             for p in planned:

@@ -40,6 +40,7 @@ def connect(ray, address: str, num_cpus: int, gpus_per_run: float = 0.0) -> None
     waits forever for a GPU)."""
     address = address or os.environ.get("RAY_ADDRESS", "")
     if not ray.is_initialized():
+        _check_listening(address)
         try:
             if address:
                 ray.init(address=address, log_to_driver=True)
@@ -53,6 +54,23 @@ def connect(ray, address: str, num_cpus: int, gpus_per_run: float = 0.0) -> None
     if gpus_per_run > 0 and not ray.cluster_resources().get("GPU", 0):
         raise DMLBenchError(f"--gpus-per-run {gpus_per_run:g}: the Ray cluster has no GPU; give --gpus-per-run 0 "
                             "(CPU runs), or join a cluster with GPUs")
+
+
+def _check_listening(address: str, timeout: float = 5.0) -> None:
+    """A HOST:PORT where nothing listens: Ray would retry its connection for minutes before it
+    fails, so the port is tried first (a closed port answers at once, a dead host in ``timeout``)."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or "://" in address:
+        return  # auto, ray://..., or a form Ray itself reports on
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise DMLBenchError(f"nothing answers at the Ray address {address} ({e.strerror or type(e).__name__}); start the "
+                            "head node there with `ray start --head --port "
+                            f"{port}`, or give --ray-address auto or the address `ray start` printed") from None
 
 
 def _task(planned, suite_dir: str, reuse_stale: bool, threads: int):
@@ -71,9 +89,12 @@ class RayExecutor:
         self.address = address or os.environ.get("RAY_ADDRESS", "")
         self.gpus_per_run = gpus_per_run
 
+    def connect(self) -> None:
+        connect(self.ray, self.address, self.workers * self.threads, self.gpus_per_run)
+
     def run(self, planned: list, suite_dir: Path, *, reuse_stale: bool = False, on_result=None, data=None) -> list:
         ray = self.ray
-        connect(ray, self.address, self.workers * self.threads, self.gpus_per_run)
+        self.connect()
         remote = ray.remote(num_cpus=self.threads, num_gpus=self.gpus_per_run, max_retries=MAX_RETRIES,
                             retry_exceptions=False)(_task)
         suite_dir = str(Path(suite_dir).resolve())

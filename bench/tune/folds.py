@@ -64,3 +64,22 @@ def check_folds(suite_dir: Path, kind: str, k: int, seed: int, assignment: np.nd
             f"{path} holds other folds ({old['kind']}, folds={old['k']}, seed={old['seed']}) than this tune "
             f"({kind}, folds={k}, seed={seed}{', other data' if old['assignment'] != doc['assignment'] else ''}); "
             "give the same options, or another --suite or --out for a new study")
+
+
+def check_fold_sizes(data, kind: str, assignment: np.ndarray, folds: list[int], k: int) -> None:
+    """Refuse folds whose validation part cannot be scored before any trial runs (every trial would
+    fail): retrieval needs classes with 2 validation images, and 2 classes."""
+    y = data.train.y
+    n_classes = data.num_train_classes
+    for f in folds:
+        val_classes = np.flatnonzero(assignment == f) if kind == "classes" else None
+        counts = (np.bincount(y[np.isin(y, val_classes)], minlength=n_classes)[val_classes] if kind == "classes"
+                  else np.bincount(y[assignment == f], minlength=n_classes))
+        counts = counts[counts > 0]
+        if len(counts) < 2 or (counts >= 2).sum() == 0:
+            per_class = np.bincount(y, minlength=n_classes)
+            most = int(per_class[per_class > 0].min()) // 2 if kind == "samples" else None
+            hint = (f"use fewer --folds (at most {max(1, most)} give every class 2 validation images)"
+                    if most is not None else "use fewer --folds or --validation samples")
+            raise DMLBenchError(f"--folds {k}: validation fold {f} has {int(counts.sum())} image(s) of {len(counts)} "
+                                f"class(es), too few to score retrieval (a class needs 2 images); {hint}")

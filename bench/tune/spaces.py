@@ -24,11 +24,32 @@ def read_space_file(path: Path | None) -> dict[str, dict]:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise DMLBenchError(f"space file {path} is not valid TOML ({e})") from None
+    out = {}
     for key, value in data.items():
         if not isinstance(value, dict):
             raise DMLBenchError(f"space file {path}: {key} = {value!r} is not a [METHOD] table; write e.g. "
                                 '[tvae] then "weights.triplet" = {low = 1, high = 300, log = true}')
-    return data
+        out[key] = _flatten(value)
+        for k, v in out[key].items():
+            if isinstance(v, list):
+                raise DMLBenchError(f"space file {path}: {key}.{k} = {v!r} is a list; write {k} = {{choices = {v!r}}} "
+                                    "to search over these values, or a single value to fix it")
+    return out
+
+
+DIST_KEYS = {"low", "high", "log", "int", "choices"}
+
+
+def _flatten(table: dict, prefix: str = "") -> dict:
+    """``weights.triplet = {...}`` unquoted is a nested table in TOML; as a key it means the
+    method option ``weights.triplet`` (as it does quoted), so nested tables become dotted keys."""
+    out = {}
+    for k, v in table.items():
+        if isinstance(v, dict) and v and not set(v) & DIST_KEYS:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _check_run_value(key: str, value) -> None:

@@ -130,17 +130,33 @@ def open_storage(url: str):
         kw = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite") else {}
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=grace,
-                                              heartbeat_stale_trial_callback=_retry_callback(), **kw)
-        except TypeError:  # optuna < 4.9 names the callback failed_trial_callback
-            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=grace,
-                                              failed_trial_callback=_retry_callback(), **kw)
+        for attempt in range(SCHEMA_TRIES):
+            try:
+                return _rdb_storage(optuna, url, heartbeat, grace, kw)
+            except Exception as e:  # noqa: BLE001 - only a lost schema race is retried
+                # Workers that open a new database at once all create Optuna's tables; the losers
+                # see "duplicate key" or "already exists", and the tables are there when they retry.
+                text = str(e).lower()
+                if attempt + 1 == SCHEMA_TRIES or not ("duplicate" in text or "already exists" in text):
+                    raise
+                time.sleep(0.2 + 0.3 * attempt)
     except DMLBenchError:
         raise
     except Exception as e:  # noqa: BLE001 - a bad URL, a missing driver, an unreachable server
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise DMLBenchError(f"cannot open the study storage {redact(url)}: {type(e).__name__}: {first}") from None
+
+
+SCHEMA_TRIES = 5
+
+
+def _rdb_storage(optuna, url: str, heartbeat: int, grace: int, kw: dict):
+    try:
+        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=grace,
+                                          heartbeat_stale_trial_callback=_retry_callback(), **kw)
+    except TypeError:  # optuna < 4.9 names the callback failed_trial_callback
+        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=grace,
+                                          failed_trial_callback=_retry_callback(), **kw)
 
 
 def _is_journal(storage) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import platform
@@ -12,7 +13,7 @@ from dmlbench.errors import DMLBenchError
 from dmlbench.io import write_json
 from dmlbench.space import describe
 from dmlbench.suite import Suite
-from dmlbench.tune.folds import check_folds, choose_validation, fold_data, load_training_data
+from dmlbench.tune.folds import check_fold_sizes, check_folds, choose_validation, fold_data, load_training_data
 from dmlbench.tune.options import (
     DEFAULT_SUITE, EXTRA_METRICS, MAX_RETRY, TUNED_FILE, Job, MethodPlan, TuneOptions,
 )
@@ -45,7 +46,23 @@ def plan_tune(suite: Suite, opts: TuneOptions) -> tuple[list[MethodPlan], list[s
         plans.append(method_plan(name, file_space.get(name), suite.method_sets.get(name, {})))
     if not plans:
         raise DMLBenchError(f"nothing to tune: {', '.join(suite.methods)} train nothing; give --methods")
+    _check_objective(opts.objective, [p.name for p in plans])
     return plans, skipped
+
+
+def _check_objective(objective: str, names: list[str]) -> None:
+    """A generative objective (recon_error) exists only for methods that decode: every trial of
+    another method would fail, so the tune is refused before it starts."""
+    from dmlbench.methods import GenerativeMethod, get_method
+    from dmlbench.metrics import METRICS
+
+    if METRICS.get(objective).kind != "generative":
+        return
+    blind = [n for n in names if not issubclass(get_method(n), GenerativeMethod)]
+    if blind:
+        raise DMLBenchError(f"objective {objective} is measured only for methods that reconstruct (vae, tvae); "
+                            f"{', '.join(blind)} {'has' if len(blind) == 1 else 'have'} none: tune them with a "
+                            "retrieval objective such as map@r, or leave them out")
 
 
 def _fingerprint(job: Job, plan: MethodPlan) -> dict:
@@ -113,8 +130,14 @@ def tune(suite: Suite, opts: TuneOptions, echo=_echo) -> dict:
     if suite.executor not in ("local", "ray"):
         raise DMLBenchError(f"executor {suite.executor!r} is not one of: local, ray")
     limit_threads(base.threads)  # torch's threads are set where trials run: a pool's driver imports no torch
+    _optuna()  # a missing extra, or an unreachable cluster, stops the tune before it writes anything
+    workers = max(1, suite.workers)
+    threads = max(1, (base.threads or default_threads()) // workers)
+    if suite.executor == "ray":
+        from dmlbench.executors.ray import connect, import_ray
+
+        connect(import_ray(), suite.ray_address, workers * threads, suite.gpus_per_run)
     suite_dir = suite.dir
-    suite_dir.mkdir(parents=True, exist_ok=True)
     storage_url = opts.storage or default_storage(suite_dir)
 
     data = load_training_data(base)
@@ -126,14 +149,16 @@ def tune(suite: Suite, opts: TuneOptions, echo=_echo) -> dict:
                             f"[{lo:.3g}, {hi:.3g}]; use normalize=unit or leave the generative methods out")
     kind, why = choose_validation(data, opts.folds, opts.validation)
     assignment = fold_assignment(data, kind, opts.folds, opts.tune_seed)
-    check_folds(suite_dir, kind, opts.folds, opts.tune_seed, assignment, base.dataset)
+    check_fold_sizes(data, kind, assignment, list(range(opts.folds)), opts.folds)
     parts = n_partitions(opts.folds)
     fold_ids = list(range(opts.folds))
     metrics = list(dict.fromkeys([opts.objective, *EXTRA_METRICS]))
     # A wall-clock deadline: workers are processes (or Ray tasks) that share the clock, not a timer.
     deadline = time.time() + opts.timeout if opts.timeout else None
     job = Job(suite, plans, opts, kind, assignment, storage_url, suite_dir, metrics, fold_ids, deadline)
-    create_studies(job)
+    with _undo_if_refused(suite_dir):  # a storage that refuses the study leaves no folder or folds.json
+        check_folds(suite_dir, kind, opts.folds, opts.tune_seed, assignment, base.dataset)
+        create_studies(job)
 
     example = fold_data(data, kind, assignment, 0, "unit")
     steps = trial_config(base, len(example.train), plans[0], {}, opts.tune_seed, {}).steps
@@ -150,8 +175,6 @@ def tune(suite: Suite, opts: TuneOptions, echo=_echo) -> dict:
                                                    if p.fixed or p.fixed_run else ""))
     echo(f"study storage {redact(storage_url)} -> {suite_dir}")
 
-    workers = max(1, suite.workers)
-    threads = max(1, (base.threads or default_threads()) // workers)
     level = logging.getLogger("dmlbench").level
     if suite.executor == "ray":
         _run_ray(job, workers, threads, level)
@@ -160,15 +183,84 @@ def tune(suite: Suite, opts: TuneOptions, echo=_echo) -> dict:
     else:
         _run_local(job, workers, threads, level)
     doc = summarize(job, time.perf_counter() - t_start, workers)
+    doc["methods"] = {**_other_methods(suite_dir / TUNED_FILE, doc), **doc["methods"]}
     write_json(suite_dir / TUNED_FILE, doc)
-    done = sorted({m["trials"] for m in doc["methods"].values()})
-    if done[0] < opts.trials:
-        counts = f"{done[0]}" if len(done) == 1 else f"{done[0]} to {done[-1]}"
-        echo(f"the --timeout stopped the tune at {counts} of {opts.trials} trials per method; the settings below are "
-             "the best so far. Re-run the same command to finish the budget (the studies resume)"
-             + ("" if len(done) == 1 else f", or give --trials {done[-1]} to even the counts now"))
+    for line in budget_warnings(doc, opts.trials):
+        echo(f"warning: {line}")
+    if failed_methods(doc):
+        return doc  # the CLI reports the methods that have no setting to test
     echo(f"best settings written to {suite_dir / TUNED_FILE}; test them with: bench run --tuned {suite_dir}")
     return doc
+
+
+def _other_methods(path: Path, doc: dict) -> dict:
+    """The entries of an earlier tuned.json for methods this tune left out (``--methods`` a subset
+    of an earlier tune of the same suite), so that tuned.json keeps every method tuned there."""
+    from dmlbench.io import CorruptFileError, read_json
+
+    if not path.is_file():
+        return {}
+    try:
+        old = read_json(path)
+    except CorruptFileError as e:
+        log.warning("%s; it is rewritten with the methods of this tune only", e)
+        return {}
+    if (old.get("dataset"), old.get("objective")) != (doc["dataset"], doc["objective"]):
+        return {}
+    return {k: v for k, v in (old.get("methods") or {}).items() if k not in doc["methods"]}
+
+
+def failed_methods(doc: dict) -> dict[str, str]:
+    """{method: why} for the methods of tuned.json without a complete trial (nothing to test)."""
+    out = {}
+    for name, m in doc["methods"].items():
+        if m.get("best_trial") is None:
+            reasons = m.get("fail_reasons") or []
+            out[name] = (f"none of its {m['trials']} trials completed"
+                         + (f" (first failure: {reasons[0]})" if reasons else ""))
+    return out
+
+
+def budget_warnings(doc: dict, asked: int | None = None) -> list[str]:
+    """Lines saying when the methods of a tuned.json did not get an equal or full budget."""
+    counts = {name: m["trials"] for name, m in doc["methods"].items()}
+    if not counts:
+        return []
+    lo, hi = min(counts.values()), max(counts.values())
+    asked = asked if asked is not None else doc.get("trials")
+    each = ", ".join(f"{n} {c}" for n, c in counts.items())
+    if asked and hi < asked:
+        return [f"the tune stopped at {lo if lo == hi else f'{lo} to {hi}'} of {asked} trials per method (the --timeout "
+                "or an interrupt); the settings are the best so far: re-run the same command to finish the budget "
+                "(the studies resume)" + ("" if lo == hi else f", or give --trials {hi} to even the counts now ({each})")]
+    if lo != hi:
+        return [f"the methods had unequal tuning budgets ({each} trials), so their comparison is not equal-budget; "
+                f"give --trials {hi} to even them (the studies resume)"]
+    return []
+
+
+@contextlib.contextmanager
+def _undo_if_refused(suite_dir: Path):
+    """Make the suite folder; if the block raises, remove what it made (folds.json, the SQLite
+    file of a study that could not be made, the empty folders), never anything that was there."""
+    from dmlbench import layout
+    from dmlbench.tune.options import FOLDS_FILE
+
+    suite_dir = Path(suite_dir)
+    made = [p for p in (suite_dir, *suite_dir.parents) if not p.exists()]
+    new_files = [suite_dir / n for n in (FOLDS_FILE, layout.STUDY) if not (suite_dir / n).exists()]
+    suite_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except DMLBenchError:  # a refusal (not an interrupt, not a crash that might be another tune's race)
+        for f in new_files:
+            f.unlink(missing_ok=True)
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def _run_local(job: Job, workers: int, threads: int, level: int) -> None:
@@ -241,11 +333,12 @@ def summarize(job: Job, wall_seconds: float, workers: int) -> dict:
             entry.update(best_trial=best.number, best_value=best.value, params=dict(best.params),
                          method_params={**plan.fixed, **method_keys}, run_params={**plan.fixed_run, **run_keys},
                          fold_values={k: v for k, v in best.user_attrs.items() if k.startswith("fold")})
-        starts = [t.datetime_start for t in finished if t.datetime_start]
-        ends = [t.datetime_complete for t in finished if t.datetime_complete]
+        reasons = [t.user_attrs.get("fail_reason") for t in finished if t.state == TrialState.FAIL]
+        entry["fail_reasons"] = list(dict.fromkeys(r for r in reasons if r))[:3]  # the distinct first few
         entry["trial_seconds"] = round(sum((t.datetime_complete - t.datetime_start).total_seconds()
                                            for t in finished if t.datetime_start and t.datetime_complete), 3)
-        entry["wall_seconds"] = round((max(ends) - min(starts)).total_seconds(), 3) if starts and ends else 0.0
+        entry["wall_seconds"] = round(_busy_seconds([(t.datetime_start, t.datetime_complete) for t in finished
+                                                      if t.datetime_start and t.datetime_complete]), 3)
         methods[plan.name] = entry
     base = job.suite.base.resolved()
     return {
@@ -257,6 +350,20 @@ def summarize(job: Job, wall_seconds: float, workers: int) -> dict:
         "methods": methods, "wall_seconds": round(wall_seconds, 3),
         "where": {"host": platform.node(), "executor": job.suite.executor, "workers": workers, "device": base.device},
     }
+
+
+def _busy_seconds(spans: list) -> float:
+    """Wall time during which at least one of the spans ran: the union of the intervals, so the
+    hours between two sessions of a resumed tune do not count."""
+    total, end = 0.0, None
+    for a, b in sorted(spans):
+        if end is None or a > end:
+            total += (b - a).total_seconds()
+            end = b
+        elif b > end:
+            total += (b - end).total_seconds()
+            end = b
+    return total
 
 
 def summary_table(doc: dict) -> str:

@@ -71,6 +71,8 @@ def apply_tuned(suite: Suite, tuned_dir: Path, *, seeds_given: bool | None = Non
     if dropped:
         log.warning("--tuned %s: %s not tuned there, left out", path, ", ".join(dropped))
     method_sets, run_sets, tuned = dict(suite.method_sets), {}, {}
+    cfg = doc.get("config") or {}  # the run config the tune had
+    here = suite.base.resolved()
     for name in keep:
         if name not in tuned_methods:
             continue
@@ -79,9 +81,15 @@ def apply_tuned(suite: Suite, tuned_dir: Path, *, seeds_given: bool | None = Non
             raise DMLBenchError(f"{path}: no trial of {name} completed (states {m.get('states')}); tune it again "
                                 "or leave it out with --methods")
         mine = suite.method_sets.get(name, {})
-        clash = {k for k in mine if k in m["method_params"] and str(mine[k]) != str(m["method_params"][k])}
+        clash = [f"--set {name}.{k}={mine[k]} (tuned: {m['method_params'][k]})" for k in sorted(mine)
+                 if k in m["method_params"] and str(mine[k]) != str(m["method_params"][k])]
+        # A tuned run key (lr, ...) asked for with another value than the tune had: the user's value
+        # would be replaced without a word, so refuse it instead.
+        clash += [f"--{k.replace('_', '-')} {getattr(here, k)} (tuned: {v})" for k, v in sorted(m["run_params"].items())
+                  if k in cfg and hasattr(here, k) and str(cfg[k]) != str(getattr(here, k))]
         if clash:
-            log.warning("--tuned: %s's tuned %s override(s) the --set value(s)", name, ", ".join(sorted(clash)))
+            raise DMLBenchError(f"--tuned {path} runs {name} with its tuned settings, but this command asks for "
+                                f"{'; '.join(clash)}; leave those out, or run without --tuned")
         overrides = {**mine, **m["method_params"]}
         apply_overrides(get_method(name).Params(), overrides, name)  # a tuned.json from other code fails here
         apply_overrides(suite.base, m["run_params"], "run")
@@ -91,13 +99,16 @@ def apply_tuned(suite: Suite, tuned_dir: Path, *, seeds_given: bool | None = Non
                        "objective": doc.get("objective"), "params": m.get("params", {}),
                        "storage": m.get("storage", doc.get("storage")), "validation": doc.get("validation"),
                        "from": str(path)}
-    cfg = doc.get("config") or {}
-    here = suite.base.resolved()
     differ = [k for k in ("encoder", "embedding_dim", "epochs", "steps", "batch_size", "optimizer", "lr_schedule",
                           "augment", "normalize", "split") if k in cfg and cfg[k] != getattr(here, k)]
     if differ:
         log.warning("--tuned: tuned with other %s than this run (%s)", ", ".join(differ),
                     ", ".join(f"{k} {cfg[k]} -> {getattr(here, k)}" for k in differ))
+    from dmlbench.tune.study import budget_warnings
+
+    kept = {**doc, "methods": {n: m for n, m in tuned_methods.items() if n in keep}}
+    for line in budget_warnings(kept):
+        log.warning("--tuned %s: %s", path, line)
     if seeds_given is None:
         seeds_given = suite.seeds != [0]
     seeds = list(suite.seeds) if seeds_given else list(DEFAULT_TEST_SEEDS)
