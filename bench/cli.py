@@ -393,7 +393,7 @@ def tune_(**kw):
     `bench run --tuned SUITE_DIR` tests the best settings."""
     from dmlbench.suite import read_toml, resolve_suite
     from dmlbench.tune import TuneOptions, summary_table, tune
-    from dmlbench.tune.study import failed_methods
+    from dmlbench.tune.summary import failed_methods
 
     for p in kw.pop("plugin") or []:
         load_plugin(p)

@@ -260,7 +260,6 @@ def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool
 def _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metrics, resolve_device,
                         set_determinism) -> RunResult:
     import pandas as pd
-    import torch
 
     from dmlbench.evaluate import evaluate
     from dmlbench.methods import GenerativeMethod

@@ -17,7 +17,7 @@ and positive draws (with a warning) but still serve as negatives.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch

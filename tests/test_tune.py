@@ -554,7 +554,7 @@ def test_folds_too_small_to_score_are_refused_before_any_trial(tmp_path):
 def test_tune_minutes_count_the_time_trials_ran_not_the_gaps_between_sessions():
     from datetime import datetime, timedelta
 
-    from dmlbench.tune.study import _busy_seconds
+    from dmlbench.tune.summary import _busy_seconds
 
     t0 = datetime(2026, 12, 1, 9)
     m = timedelta(minutes=1)

@@ -59,7 +59,8 @@ The package, by step:
 - :mod:`.spaces`: search spaces;
 - :mod:`.folds`: the training data and the validation folds;
 - :mod:`.trial`: a trial, and the worker loop (:func:`~.trial.work`);
-- :mod:`.study`: running a tune (:func:`~.study.tune`) and its results;
+- :mod:`.study`: running a tune (:func:`~.study.tune`);
+- :mod:`.summary`: its results (tuned.json, the summary table, the budget's warnings);
 - :mod:`.tuned`: from tuning to the table (``bench run --tuned``).
 """
 
@@ -96,7 +97,8 @@ from dmlbench.tune.storage import (
     redact,
     trial_seed,
 )
-from dmlbench.tune.study import create_studies, plan_tune, summarize, summary_table, tune
+from dmlbench.tune.study import create_studies, plan_tune, tune
+from dmlbench.tune.summary import budget_warnings, failed_methods, summarize, summary_table
 from dmlbench.tune.trial import TrialFailed, run_trial, trial_config, work
 from dmlbench.tune.tuned import TunedSuite, apply_tuned, read_tuned, tuned_config
 
@@ -104,8 +106,8 @@ __all__ = [
     "DEFAULT_SUITE", "DEFAULT_TEST_SEEDS", "EXTRA_METRICS", "FOLD_PARTS", "FOLDS_FILE", "GRACE_ENV", "HEARTBEAT_ENV",
     "MAX_RETRY", "N_STARTUP", "POLL_S", "TRIALS_DIR", "TUNE_LOCK", "TUNED_FILE",
     "Job", "MethodPlan", "TuneOptions", "TrialFailed", "TunedSuite",
-    "apply_tuned", "budget", "check_folds", "choose_validation", "create_studies", "default_storage",
-    "fail_stale_trials", "fold_data", "heartbeat_settings", "load_training_data", "make_sampler", "method_plan",
+    "apply_tuned", "budget", "budget_warnings", "check_folds", "choose_validation", "create_studies", "default_storage",
+    "fail_stale_trials", "failed_methods", "fold_data", "heartbeat_settings", "load_training_data", "make_sampler", "method_plan",
     "objective_direction", "open_storage", "plan_tune", "read_space_file", "read_tuned", "redact", "run_trial",
     "split_params", "suggest", "summarize", "summary_table", "trial_config", "trial_seed", "tune", "tuned_config",
     "work",

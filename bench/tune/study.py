@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import platform
 import time
 from pathlib import Path
 
@@ -17,8 +16,9 @@ from dmlbench.tune.folds import check_fold_sizes, check_folds, choose_validation
 from dmlbench.tune.options import (
     DEFAULT_SUITE, EXTRA_METRICS, MAX_RETRY, TUNED_FILE, Job, MethodPlan, TuneOptions,
 )
-from dmlbench.tune.spaces import method_plan, read_space_file, split_params
-from dmlbench.tune.storage import _optuna, budget, default_storage, objective_direction, open_storage, redact
+from dmlbench.tune.spaces import method_plan, read_space_file
+from dmlbench.tune.storage import _optuna, default_storage, objective_direction, open_storage, redact
+from dmlbench.tune.summary import _other_methods, budget_warnings, failed_methods, summarize
 from dmlbench.tune.trial import _echo, _fmt_params, _work_entry, trial_config, work
 
 log = logging.getLogger("dmlbench")
@@ -193,52 +193,6 @@ def tune(suite: Suite, opts: TuneOptions, echo=_echo) -> dict:
     return doc
 
 
-def _other_methods(path: Path, doc: dict) -> dict:
-    """The entries of an earlier tuned.json for methods this tune left out (``--methods`` a subset
-    of an earlier tune of the same suite), so that tuned.json keeps every method tuned there."""
-    from dmlbench.io import CorruptFileError, read_json
-
-    if not path.is_file():
-        return {}
-    try:
-        old = read_json(path)
-    except CorruptFileError as e:
-        log.warning("%s; it is rewritten with the methods of this tune only", e)
-        return {}
-    if (old.get("dataset"), old.get("objective")) != (doc["dataset"], doc["objective"]):
-        return {}
-    return {k: v for k, v in (old.get("methods") or {}).items() if k not in doc["methods"]}
-
-
-def failed_methods(doc: dict) -> dict[str, str]:
-    """{method: why} for the methods of tuned.json without a complete trial (nothing to test)."""
-    out = {}
-    for name, m in doc["methods"].items():
-        if m.get("best_trial") is None:
-            reasons = m.get("fail_reasons") or []
-            out[name] = (f"none of its {m['trials']} trials completed"
-                         + (f" (first failure: {reasons[0]})" if reasons else ""))
-    return out
-
-
-def budget_warnings(doc: dict, asked: int | None = None) -> list[str]:
-    """Lines saying when the methods of a tuned.json did not get an equal or full budget."""
-    counts = {name: m["trials"] for name, m in doc["methods"].items()}
-    if not counts:
-        return []
-    lo, hi = min(counts.values()), max(counts.values())
-    asked = asked if asked is not None else doc.get("trials")
-    each = ", ".join(f"{n} {c}" for n, c in counts.items())
-    if asked and hi < asked:
-        return [f"the tune stopped at {lo if lo == hi else f'{lo} to {hi}'} of {asked} trials per method (the --timeout "
-                "or an interrupt); the settings are the best so far: re-run the same command to finish the budget "
-                "(the studies resume)" + ("" if lo == hi else f", or give --trials {hi} to even the counts now ({each})")]
-    if lo != hi:
-        return [f"the methods had unequal tuning budgets ({each} trials), so their comparison is not equal-budget; "
-                f"give --trials {hi} to even them (the studies resume)"]
-    return []
-
-
 @contextlib.contextmanager
 def _undo_if_refused(suite_dir: Path):
     """Make the suite folder; if the block raises, remove what it made (folds.json, the SQLite
@@ -302,82 +256,3 @@ def _run_ray(job: Job, workers: int, threads: int, level: int) -> None:
         for ref in refs:
             ray.cancel(ref, force=True)
         raise
-
-
-# ----------------------------------------------------------------------------- results
-
-
-def summarize(job: Job, wall_seconds: float, workers: int) -> dict:
-    """tuned.json: per method its best settings (method keys and run keys apart), value, trial,
-    counts by state and seconds."""
-    from optuna.trial import TrialState
-
-    optuna = _optuna()
-    storage = open_storage(job.storage_url)
-    methods = {}
-    for plan in job.plans:
-        study = optuna.load_study(study_name=plan.name, storage=storage)
-        finished, running, waiting = budget(study)
-        trials = study.get_trials(deepcopy=False)
-        states = {s.name: sum(t.state == s for t in finished) for s in (TrialState.COMPLETE, TrialState.PRUNED,
-                                                                          TrialState.FAIL)}
-        states.update(RUNNING=len(running), WAITING=len(waiting), RETRIED=len(trials) - len(finished) - len(running)
-                      - len(waiting))
-        complete = [t for t in finished if t.state == TrialState.COMPLETE]
-        entry = {"study": plan.name, "storage": redact(job.storage_url), "trials": len(finished), "states": states,
-                 "space": {k: str(d) for k, d in plan.space.items()}, "best_trial": None, "best_value": None,
-                 "params": {}, "method_params": dict(plan.fixed), "run_params": dict(plan.fixed_run)}
-        if complete:
-            best = study.best_trial
-            method_keys, run_keys = split_params(best.params)
-            entry.update(best_trial=best.number, best_value=best.value, params=dict(best.params),
-                         method_params={**plan.fixed, **method_keys}, run_params={**plan.fixed_run, **run_keys},
-                         fold_values={k: v for k, v in best.user_attrs.items() if k.startswith("fold")})
-        reasons = [t.user_attrs.get("fail_reason") for t in finished if t.state == TrialState.FAIL]
-        entry["fail_reasons"] = list(dict.fromkeys(r for r in reasons if r))[:3]  # the distinct first few
-        entry["trial_seconds"] = round(sum((t.datetime_complete - t.datetime_start).total_seconds()
-                                           for t in finished if t.datetime_start and t.datetime_complete), 3)
-        entry["wall_seconds"] = round(_busy_seconds([(t.datetime_start, t.datetime_complete) for t in finished
-                                                      if t.datetime_start and t.datetime_complete]), 3)
-        methods[plan.name] = entry
-    base = job.suite.base.resolved()
-    return {
-        "dataset": base.dataset, "suite_dir": str(job.suite_dir), "storage": redact(job.storage_url),
-        "objective": job.opts.objective, "direction": objective_direction(job.opts.objective),
-        "validation": job.kind, "folds": job.opts.folds, "trials": job.opts.trials, "tune_seed": job.opts.tune_seed,
-        "prune": job.opts.prune, "config": {k: v for k, v in base.to_dict().items()
-                                            if k not in ("method", "seed", "method_params", "tuned")},
-        "methods": methods, "wall_seconds": round(wall_seconds, 3),
-        "where": {"host": platform.node(), "executor": job.suite.executor, "workers": workers, "device": base.device},
-    }
-
-
-def _busy_seconds(spans: list) -> float:
-    """Wall time during which at least one of the spans ran: the union of the intervals, so the
-    hours between two sessions of a resumed tune do not count."""
-    total, end = 0.0, None
-    for a, b in sorted(spans):
-        if end is None or a > end:
-            total += (b - a).total_seconds()
-            end = b
-        elif b > end:
-            total += (b - end).total_seconds()
-            end = b
-    return total
-
-
-def summary_table(doc: dict) -> str:
-    obj = doc["objective"]
-    head = ["method", f"best {obj}", "trial", "complete", "pruned", "failed", "minutes", "best settings"]
-    rows = []
-    for name, m in doc["methods"].items():
-        s = m["states"]
-        value = "-" if m["best_value"] is None else f"{m['best_value']:.4f}"
-        trial = "-" if m["best_trial"] is None else str(m["best_trial"])
-        settings = ("(no complete trial)" if m["best_trial"] is None
-                    else _fmt_params({**m["method_params"], **m["run_params"]}) or "(defaults)")
-        rows.append([name, value, trial, str(s["COMPLETE"]), str(s["PRUNED"]), str(s["FAIL"]),
-                     f"{m['wall_seconds'] / 60:.1f}", settings])
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])

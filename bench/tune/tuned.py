@@ -104,7 +104,7 @@ def apply_tuned(suite: Suite, tuned_dir: Path, *, seeds_given: bool | None = Non
     if differ:
         log.warning("--tuned: tuned with other %s than this run (%s)", ", ".join(differ),
                     ", ".join(f"{k} {cfg[k]} -> {getattr(here, k)}" for k in differ))
-    from dmlbench.tune.study import budget_warnings
+    from dmlbench.tune.summary import budget_warnings
 
     kept = {**doc, "methods": {n: m for n, m in tuned_methods.items() if n in keep}}
     for line in budget_warnings(kept):
