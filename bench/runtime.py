@@ -8,6 +8,11 @@ import random
 from dmlbench.errors import DMLBenchError
 
 
+# A pool worker's line for its progress bar (1, 2, ...; the driver's overall bar is line 0); None
+# outside a pool, where a run's bar is the only one.
+BAR_POSITION: int | None = None
+
+
 def default_threads() -> int:
     try:
         n = len(os.sched_getaffinity(0))

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dmlbench import runtime
 from dmlbench.config import RunConfig
 from dmlbench.data import Data
 from dmlbench.errors import DMLBenchError, NonFiniteLossError
@@ -165,7 +166,7 @@ class Trainer:
         check_every = 1 if self.device.type == "cpu" else 25
         names = list(method.terms)
         bar = tqdm(total=cfg.steps, initial=self.steps_done, disable=None, file=sys.stderr, leave=False,
-                   desc=f"{method.name} s{cfg.seed}", unit="step", dynamic_ncols=True)
+                   desc=f"{method.name} s{cfg.seed}", unit="step", dynamic_ncols=True, position=runtime.BAR_POSITION)
         try:
             for epoch in range(start, len(plan)):
                 steps = plan[epoch]

@@ -242,3 +242,23 @@ def test_a_pool_starts_no_more_workers_than_runs_and_splits_the_threads_between_
 def test_an_empty_device_list_is_refused():
     r = bench("run", "--methods", "siamese", "--devices", ",,")
     assert r.exit_code == 2 and "devices=',,' names no device" in r.stderr
+
+
+def _bar_position(_):
+    from dmlbench import runtime
+
+    time.sleep(0.5)  # both workers take a task
+    return os.getpid(), runtime.BAR_POSITION
+
+
+def test_each_pool_worker_draws_its_progress_on_its_own_line():
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from dmlbench.executors.local import init_worker_process
+
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(2, mp_context=ctx, initializer=init_worker_process,
+                             initargs=(1, 30, ctx.Value("i", 0), 2)) as pool:
+        seen = dict(pool.map(_bar_position, range(4)))
+    assert sorted(seen.values()) == [1, 2]  # line 0 is the driver's overall bar

@@ -43,13 +43,18 @@ def _watch_parent(ppid: int) -> None:
             os._exit(1)
 
 
-def init_worker_process(threads: int, level: int) -> None:
+def init_worker_process(threads: int, level: int, slots=None, workers: int = 1) -> None:
     """A pool worker's start (the local executor's and bench tune's): its share of the threads,
-    logging, quiet interrupts, and exit with its driver."""
-    from dmlbench.runtime import log_to_stderr, set_threads
+    logging, quiet interrupts, exit with its driver, and (with ``slots``, a shared counter) its own
+    progress-bar line under the driver's overall bar, so N workers draw N lines, not one."""
+    from dmlbench import runtime
 
-    set_threads(threads)
-    log_to_stderr(level)
+    runtime.set_threads(threads)
+    runtime.log_to_stderr(level)
+    if slots is not None:
+        with slots.get_lock():
+            runtime.BAR_POSITION = 1 + slots.value % max(1, workers)
+            slots.value += 1
     signal.signal(signal.SIGINT, _on_interrupt)
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
 
@@ -130,10 +135,12 @@ class LocalExecutor:
         ctx = mp.get_context("spawn")
         results: dict[int, object] = {}
         pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=init_worker_process,
-                                   initargs=(self.threads, logging.getLogger("dmlbench").level))
+                                   initargs=(self.threads, logging.getLogger("dmlbench").level, ctx.Value("i", 0),
+                                             self.workers))
         from tqdm import tqdm
 
-        bar = tqdm(total=len(planned), desc="suite", unit="run", disable=None, leave=False)  # on a terminal only
+        # On a terminal only: the overall bar on the first line, each worker's run on its own below.
+        bar = tqdm(total=len(planned), desc="suite", unit="run", disable=None, leave=False, position=0)
         queue = iter(enumerate(planned))
         running: dict = {}
 

@@ -226,7 +226,8 @@ def _run_local(job: Job, workers: int, threads: int, level: int) -> None:
     ctx = mp.get_context("spawn")  # a fresh interpreter per worker, as the local executor does
     # The local executor's worker start: interrupts re-queue the running trials, and workers exit
     # with their driver.
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker_process, initargs=(threads, level))
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker_process,
+                               initargs=(threads, level, ctx.Value("i", 0), workers))
     try:
         futures = [pool.submit(_work_entry, job, threads, level) for _ in range(workers)]
         for fut in futures:
