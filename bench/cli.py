@@ -50,7 +50,11 @@ def load_plugin(spec: str) -> None:
             path = Path(spec)
             if not path.is_file():
                 raise DMLBenchError(f"plugin file {spec} does not exist")
-            mod_spec = importlib.util.spec_from_file_location(f"dmlbench_plugin_{path.stem}", path)
+            name = f"dmlbench_plugin_{path.stem}"
+            loaded = sys.modules.get(name)
+            if loaded is not None and Path(getattr(loaded, "__file__", "")).resolve() == path.resolve():
+                return  # already imported in this process (its methods are registered)
+            mod_spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(mod_spec)
             sys.modules[mod_spec.name] = module
             mod_spec.loader.exec_module(module)
@@ -140,6 +144,14 @@ def _run_parameters() -> list[inspect.Parameter]:
     return params
 
 
+def given_run_flags(flags: dict) -> dict:
+    """The tunable run keys (lr, ...) given on the command line: a tune fixes them, and a tuned
+    run refuses one that its tuned value would replace."""
+    from dmlbench.space import RUN_KEYS
+
+    return {k: flags[k] for k in RUN_KEYS if flags.get(k) is not None}
+
+
 def run(**kw):
     """Train and evaluate each (method, seed) on one dataset, then print the results table."""
     from dmlbench.runtime import limit_threads
@@ -159,7 +171,8 @@ def run(**kw):
     if tuned is not None:
         from dmlbench.tune import apply_tuned
 
-        suite = apply_tuned(suite, tuned, seeds_given=flags.get("seeds") is not None or "seeds" in file_values)
+        suite = apply_tuned(suite, tuned, seeds_given=flags.get("seeds") is not None or "seeds" in file_values,
+                            run_flags=given_run_flags(flags))
     suite.base.resolved().check()  # bad values fail here, before any thread pool or data is touched
     # The driver imports no torch: the executor sets each run's threads where it runs (in this
     # process for one worker), so a pool's workers do not wait for a third `import torch`.
@@ -268,10 +281,11 @@ def compare(
         raise DMLBenchError(f"{results_dir} is a file, not a results folder; give the folder bench run wrote "
                             "(e.g. results/digits)")
     result = run_compare(results_dir, metric, alpha)
+    if cd_plot is not None and result["friedman"] is None:  # refused before anything is printed
+        raise DMLBenchError("a critical-difference diagram needs at least 2 datasets and 3 methods that every "
+                            "dataset has; leave out --cd-plot")
     typer.echo(format_compare(result))
     if cd_plot is not None:
-        if result["friedman"] is None:
-            raise DMLBenchError("a critical-difference diagram needs at least 2 datasets and 3 methods")
         from dmlbench.plots_stats import cd_diagram
 
         cd_diagram(result["friedman"], cd_plot, title=f"{metric}: average ranks")
@@ -299,10 +313,14 @@ def plot(
 
 @app.command("list")
 @user_errors
-def list_(what: Annotated[str, typer.Argument(help="methods, datasets, metrics, encoders, presets or all.")] = "all"):
+def list_(what: Annotated[str, typer.Argument(help="methods, datasets, metrics, encoders, presets or all.")] = "all",
+          plugin: Annotated[Optional[list[str]], typer.Option(help="A Python file or module to import first (its "
+                                                                   "methods are listed too); repeatable.")] = None):
     """List the registered methods, datasets, metrics, encoders and presets."""
     if what not in LIST_WHAT:
         raise DMLBenchError(f"cannot list {what!r}; use one of: {', '.join(LIST_WHAT)}")
+    for p in plugin or []:
+        load_plugin(p)
     import json
 
     if what in ("methods", "all"):
@@ -405,6 +423,7 @@ def tune_(**kw):
         flags["out"] = str(flags["out"])
     flags["reuse_stale"] = flags["reuse_stale"] or None
     suite = resolve_suite(read_toml(config, preset), flags)
+    opts.run_flags = given_run_flags(flags)
     try:
         doc = tune(suite, opts, echo=err)
     except KeyboardInterrupt:

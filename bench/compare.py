@@ -30,8 +30,9 @@ from dmlbench import layout
 from dmlbench.errors import DMLBenchError
 from dmlbench.metrics import METRICS, higher_is_better
 
-PER_QUERY_KEY = {"recall@1": "retrieval_recall@1", "map@r": "retrieval_map@r", "r_precision": "retrieval_r_precision",
-                 "triplet_acc": "triplet_correct", "knn_acc": "knn_correct", "svm_acc": "svm_correct"}
+PER_QUERY_KEY = {**{f"recall@{k}": f"retrieval_recall@{k}" for k in (1, 2, 4, 8)}, "map@r": "retrieval_map@r",
+                 "r_precision": "retrieval_r_precision", "triplet_acc": "triplet_correct", "knn_acc": "knn_correct",
+                 "svm_acc": "svm_correct"}
 
 
 def _per_query(run_dir: str, metric: str) -> np.ndarray | None:
@@ -70,7 +71,10 @@ def compare(results_dir: Path, metric: str = "map@r", alpha: float = 0.05, n_boo
         dirs = runs.set_index(["label", "seed"])["run_dir"]
         for a, b in itertools.combinations(means.index, 2):
             shared = by_label.loc[[a, b]].dropna(axis=1).columns
-            row = {"dataset": ds, "a": a, "b": b, "diff": means[a] - means[b], "seeds": len(shared),
+            # The difference the paired test is about: on the seeds both have (the ranking's means
+            # may include seeds only one of them has).
+            diff = (by_label.loc[a, shared] - by_label.loc[b, shared]).mean() if len(shared) else means[a] - means[b]
+            row = {"dataset": ds, "a": a, "b": b, "diff": diff, "seeds": len(shared),
                    "p_seeds": paired_t(by_label.loc[a, shared], by_label.loc[b, shared]) if len(shared) else np.nan,
                    "p_queries": np.nan, "query_ci": "", "query_seed": None, "query_diff": np.nan}
             if len(shared):
@@ -124,6 +128,11 @@ def _verdict(r, higher_is_better: bool, alpha: float) -> str:
     return text
 
 
+def _p(value) -> str:
+    """A p-value, or a dash where there is no test (one seed, no per-query values)."""
+    return "—" if value is None or np.isnan(value) else f"{value:.3g}"
+
+
 def _seed(value) -> str:
     """A seed as written on the command line (pandas keeps a column with gaps as floats)."""
     return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else str(int(value))
@@ -146,12 +155,13 @@ def format_compare(result: dict) -> str:
         lines.append("Significant: by the paired t-test over seeds (as the table's bold); the query bootstrap, on "
                      "one seed's test queries, says whether that run's difference exceeds test-set noise.")
         lines.append("")
-        lines.append("pair | mean diff | seeds | p (paired t, Holm) | p (query bootstrap, Holm) | 95% CI of the query diff | significant")
+        lines.append("pair | mean diff (shared seeds) | seeds | p (paired t, Holm) | p (query bootstrap, Holm) | "
+                     "95% CI of the query diff | significant")
         lines.append("--- | --- | --- | --- | --- | --- | ---")
         for r in pairs.itertuples():
             ci = f"{r.query_ci} (seed {_seed(r.query_seed)})" if r.query_ci else "—"
-            lines.append(f"{r.a} vs {r.b} ({r.dataset}) | {r.diff:+.4f} | {r.seeds} | {r.p_seeds_holm:.3g} | "
-                         f"{r.p_queries_holm:.3g} | {ci} | {r.verdict}")
+            lines.append(f"{r.a} vs {r.b} ({r.dataset}) | {r.diff:+.4f} | {r.seeds} | {_p(r.p_seeds_holm)} | "
+                         f"{_p(r.p_queries_holm)} | {ci} | {r.verdict}")
     fr = result["friedman"]
     if fr is not None:
         lines += ["", f"Friedman over {fr['n_blocks']} datasets: p = {fr['p_value']:.3g}; Nemenyi CD = {fr['cd']:.3f}",

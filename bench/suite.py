@@ -111,6 +111,9 @@ def resolve_suite(file_values: dict, flags: dict) -> Suite:
     values = {**file_values, **given}
     sets = list(file_sets) + list(flags.get("set") or [])
     methods = _as_list(values.get("methods", list(BUILTIN)), "methods")
+    if not methods:
+        raise DMLBenchError(f"methods={values.get('methods')!r} names no method; give e.g. --methods siamese,tvae "
+                            "(bench list methods), or leave it out for all")
     if "raw" not in methods:
         methods.append("raw")  # every table gets the raw-pixel floor row
     try:

@@ -127,6 +127,9 @@ def format_table(agg: pd.DataFrame, fmt: str = "markdown", metrics: list[str] | 
         def tex(text: str) -> str:
             return str(text).replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("#", r"\#").replace("%", r"\%")
 
+        for m in metrics:  # plain ASCII LaTeX: any engine, any font
+            cells[m] = cells[m].str.replace(" ± ", r" $\pm$ ", regex=False)
+
         cells.columns = [tex(c) for c in cells.columns]
         for c in ("dataset", "method"):
             cells[c] = cells[c].map(tex)

@@ -231,7 +231,7 @@ def test_table_latex_and_metric_selection(suite):
     assert "recall@1" in tex and r"knn\_acc" in tex and "map@r" not in tex
     v = _seed_values(out, "triplet-hinge", "knn_acc")
     half = scipy.stats.t.ppf(0.975, 1) * np.std(v, ddof=1) / np.sqrt(2)
-    assert f"{np.mean(v):.4f} ± {half:.4f}" in tex
+    assert rf"{np.mean(v):.4f} $\pm$ {half:.4f}" in tex and "±" not in tex
 
     result = bench("table", out / "digits", "--metrics", "map@r")
     header, rows = md_rows(result.stdout)
@@ -543,7 +543,7 @@ def test_table_on_known_numbers(toy_results):
     assert rows["beta"][2] == "2"
 
     result = bench("table", toy_results, "--format", "latex", "--metrics", "recall@1,recon_error")
-    assert rf"\textbf{{0.7000 ± {0.2 * ci_a:.4f}}}" in result.stdout and r"recon\_error" in result.stdout
+    assert rf"\textbf{{0.7000 $\pm$ {0.2 * ci_a:.4f}}}" in result.stdout and r"recon\_error" in result.stdout
 
 
 def test_table_spread_is_selectable(toy_results):

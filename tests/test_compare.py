@@ -118,3 +118,27 @@ def test_compare_says_when_there_is_nothing_to_pair_or_compare(tmp_path):
     assert res.exit_code == 0, res.stderr
     assert "(seed 3) |" in res.stdout and "seed 3.0" not in res.stdout
     assert "lone: one method only, nothing to compare it with" in res.stdout
+
+
+def test_the_printed_difference_is_the_one_the_paired_test_is_about(tmp_path):
+    # a: seeds 0,1,2; b: seeds 1,2,3. Ranked by all their seeds; compared on seeds 1 and 2.
+    for s, v in zip((0, 1, 2), (0.60, 0.80, 0.82)):
+        _run(tmp_path, "d", "a", s, v, np.full(20, v))
+    for s, v in zip((1, 2, 3), (0.70, 0.71, 0.90)):
+        _run(tmp_path, "d", "b", s, v, np.full(20, v))
+    r = compare(tmp_path, "map@r")
+    ba = r["pairs"].iloc[0]  # b ranks first (0.770 against 0.740 over all seeds), but trails on the shared ones
+    assert (ba["a"], ba["b"], ba["seeds"]) == ("b", "a", 2)
+    assert ba["diff"] == pytest.approx(((0.70 - 0.80) + (0.71 - 0.82)) / 2)
+    assert ba["p_seeds"] == pytest.approx(scipy.stats.ttest_rel([0.70, 0.71], [0.80, 0.82]).pvalue)
+    res = CliRunner().invoke(app, ["compare", str(tmp_path), "--metric", "map@r"])
+    assert "b vs a (d) | -0.1050 | 2 |" in res.stdout
+
+
+def test_one_seed_shows_a_dash_for_the_seed_test_and_a_cd_plot_is_refused_first(tmp_path):
+    _run(tmp_path, "d", "a", 0, 0.8, np.linspace(0.5, 1, 40))
+    _run(tmp_path, "d", "b", 0, 0.7, np.linspace(0.4, 0.9, 40))
+    res = CliRunner().invoke(app, ["compare", str(tmp_path), "--metric", "map@r"])
+    assert "a vs b (d) | +0.1000 | 1 | — |" in res.stdout and "nan" not in res.stdout
+    res = CliRunner().invoke(app, ["compare", str(tmp_path), "--cd-plot", str(tmp_path / "cd.png")])
+    assert res.exit_code == 2 and res.stdout == "" and "leave out --cd-plot" in res.stderr

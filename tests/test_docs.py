@@ -58,4 +58,6 @@ def test_doc_example_runs_as_written(page, filename, tmp_path, monkeypatch, regi
         assert r.exit_code == 0, (argv, r.stdout, r.stderr, r.exception)
         if args[0] == "table":
             assert "alignment" in r.stdout
+        if args[0] == "list":
+            assert "center-contrast" in r.stdout and "margin ~ log-uniform[0.1, 4]" in r.stdout
     assert list((tmp_path / "results").rglob("metrics.json"))

@@ -262,3 +262,8 @@ def test_each_pool_worker_draws_its_progress_on_its_own_line():
                              initargs=(1, 30, ctx.Value("i", 0), 2)) as pool:
         seen = dict(pool.map(_bar_position, range(4)))
     assert sorted(seen.values()) == [1, 2]  # line 0 is the driver's overall bar
+
+
+def test_an_empty_method_list_is_refused():
+    r = bench("run", "--methods", "")
+    assert r.exit_code == 2 and "methods='' names no method" in r.stderr

@@ -317,6 +317,9 @@ def test_space_file_overrides_and_is_validated_like_set(tmp_path):
     assert r.exit_code == 2 and r.stderr.startswith("error: unknown option siamese.margn")
     r = bench("tune", "--methods", "siamese", "--trials", 1, "--objective", "svm_acc", "--out", tmp_path, *SMALL)
     assert r.exit_code == 2 and "retrieval metric" in r.stderr
+    r = bench("tune", "--methods", "siamese", "--trials", 1, "--objective", "triplet_acc_margin", "--out", tmp_path,
+              *SMALL)
+    assert r.exit_code == 2 and "is never ranked" in r.stderr
     r = bench("tune", "--methods", "siamese,vae", "--trials", 1, "--objective", "recon_error", "--out", tmp_path,
               *SMALL)
     assert r.exit_code == 2 and "recon_error is measured only for methods that reconstruct" in r.stderr
@@ -404,7 +407,13 @@ def test_apply_tuned_gives_each_method_its_best_settings(tiny, tmp_path, caplog)
                          ({"lr": 0.5}, r"--lr 0.5 \(tuned: ")):
         clash = resolve_suite({}, {"methods": "siamese", "dataset": "digits", **flags})
         with pytest.raises(DMLBenchError, match=match):
-            T.apply_tuned(clash, suite_dir)
+            T.apply_tuned(clash, suite_dir, run_flags={k: v for k, v in flags.items() if k == "lr"})
+    # A base lr from a file or preset is no request: the tuned lr replaces it.
+    lr = doc["methods"]["siamese"]["run_params"]["lr"]
+    assert T.apply_tuned(resolve_suite({"lr": 0.5}, {"methods": "siamese", "dataset": "digits"}),
+                         suite_dir).run_sets["siamese"]["lr"] == lr
+    assert T.apply_tuned(resolve_suite({}, {"methods": "siamese", "dataset": "digits", "lr": lr}), suite_dir,
+                         run_flags={"lr": lr}).run_sets["siamese"]["lr"] == lr
     same = resolve_suite({}, {"methods": "siamese", "dataset": "digits", "set": [f"siamese.margin={margin}"]})
     assert T.apply_tuned(same, suite_dir).method_sets["siamese"]["margin"] == margin
     assert tuned.seeds == [0, 1, 2, 3, 4]
@@ -596,3 +605,143 @@ def test_two_tunes_share_one_postgresql_study_and_its_budget(tmp_path):
         doc = json.loads((tmp_path / "digits" / "tune" / "tuned.json").read_text())
         assert doc["storage"] == url and {m["trials"] for m in doc["methods"].values()} == {3}
         assert not (tmp_path / "digits" / "tune" / "study.db").exists()  # the study is in PostgreSQL only
+
+
+# ----------------------------------------------------------------------------- budgets kept equal
+
+
+def test_a_later_tune_of_other_methods_under_other_conditions_is_refused(tiny, tmp_path):
+    suite_dir = tmp_path / "digits" / "tune"
+    shutil.copytree(tiny[0], suite_dir)
+    args = [a if a != "1" else "2" for a in SMALL]  # --epochs 2: another budget per trial than the others had
+    r = bench("tune", "--methods", "npair", "--trials", 1, "--out", tmp_path, *args)
+    assert r.exit_code == 2 and "was tuned under other conditions (epochs 1 -> 2" in r.stderr
+    assert "every method of a suite is tuned alike" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = bench("tune", "--methods", "npair", "--trials", 1, "--objective", "recall@1", "--out", tmp_path, *SMALL)
+    assert r.exit_code == 2 and "objective map@r -> recall@1" in r.stderr
+    assert "npair" not in studies(suite_dir)  # nothing was made
+
+
+def test_run_flags_fix_run_keys_and_dead_dimensions_are_refused():
+    plan = T.method_plan("siamese", None, {}, {"lr": 0.01}, "adam")
+    assert "lr" not in plan.space and plan.fixed_run == {"lr": 0.01} and "margin" in plan.space
+    assert T.method_plan("siamese", None, {}, {"weight_decay": 0.1}, "adam").fixed_run == {}  # not searched anyway
+    momentum = {"momentum": {"low": 0.0, "high": 0.99}}
+    with pytest.raises(DMLBenchError, match="the adam optimizer has no momentum setting"):
+        T.method_plan("siamese", momentum, {}, {}, "adam")
+    assert "momentum" in T.method_plan("siamese", momentum, {}, {}, "sgd").space
+    with pytest.raises(DMLBenchError, match="fixed twice"):
+        T.method_plan("siamese", {"lr": 0.002}, {}, {"lr": 0.01}, "adam")
+    # A loss's own option named like a run key is the loss's (DynamicSoftMarginLoss's momentum).
+    name = "pml:DynamicSoftMarginLoss"
+    assert "momentum" in T.method_plan(name, None, {}, {}, "adam").space
+    assert T.split_params({"momentum": 0.05, "lr": 0.001}, name) == ({"momentum": 0.05}, {"lr": 0.001})
+    assert T.split_params({"momentum": 0.5, "lr": 0.001}, "siamese") == ({}, {"momentum": 0.5, "lr": 0.001})
+
+
+def test_a_space_table_for_an_untrained_method_is_refused(tmp_path):
+    f = tmp_path / "s.toml"
+    f.write_text("[raw]\nlr = {low = 1e-4, high = 1e-3}\n")
+    r = bench("tune", "--methods", "siamese", "--trials", 1, "--space", f, "--out", tmp_path, *SMALL)
+    assert r.exit_code == 2 and "has a [raw] table, but raw trains nothing" in r.stderr
+
+
+def test_tune_lr_flag_is_fixed_and_its_tuned_run_needs_no_flag(tmp_path):
+    r = ok(bench("tune", "--methods", "siamese", "--trials", 1, "--lr", "0.003", "--out", tmp_path, *SMALL))
+    assert "fixed lr=0.003" in r.stderr
+    suite_dir = tmp_path / "digits" / "tune"
+    m = json.loads((suite_dir / "tuned.json").read_text())["methods"]["siamese"]
+    assert m["run_params"]["lr"] == 0.003 and "lr" not in m["params"]
+    tuned = T.apply_tuned(resolve_suite({}, {"methods": "siamese", "dataset": "digits"}), suite_dir)
+    assert tuned.run_sets["siamese"]["lr"] == 0.003
+
+
+def test_interrupts_never_use_up_a_trial_and_worker_deaths_are_retried_three_times(tmp_path):
+    from dmlbench.tune.storage import _Retry, requeue_interrupted
+
+    storage = T.open_storage(T.default_storage(tmp_path))
+    study = optuna.create_study(study_name="m", storage=storage)
+    for _ in range(T.MAX_RETRY + 3):  # interrupted again and again: re-queued every time
+        trial = study.ask()  # the waiting copy, after the first
+        trial.suggest_float("x", 0.0, 1.0)
+        assert requeue_interrupted(study, trial._trial_id)
+    finished, running, waiting = T.budget(study)
+    assert (len(finished), len(running), len(waiting)) == (0, 0, 1)
+    assert len({t.params["x"] for t in study.get_trials()}) == 1  # the same parameters throughout
+
+    def die(t):  # a worker's death: FAIL, then Optuna's retry callback
+        storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
+        _Retry()(study, storage.get_trial(t._trial_id))
+
+    for _ in range(T.MAX_RETRY):
+        die(study.ask())
+    assert len(T.budget(study)[2]) == 1  # still retried: the interrupts used up none of the 3
+    die(study.ask())
+    finished, running, waiting = T.budget(study)
+    assert (len(finished), len(waiting)) == (1, 0) and finished[0].state.name == "FAIL"
+
+
+def test_a_tune_stopped_before_a_methods_first_trial_is_not_a_failure():
+    doc = {"trials": 4, "methods": {"a": {"trials": 1, "best_trial": 0}, "b": {"trials": 0, "best_trial": None}}}
+    assert T.failed_methods(doc) == {}
+    assert "re-run the same command" in T.budget_warnings(doc)[0]
+    del doc["methods"]["a"]["trials"]  # a hand-edited tuned.json: no traceback
+    assert T.budget_warnings(doc)
+
+
+def test_a_hand_edited_tuned_json_cannot_change_the_steps_or_seed(tiny, tmp_path):
+    suite_dir = tmp_path / "t"
+    shutil.copytree(tiny[0], suite_dir)
+    doc = json.loads((suite_dir / "tuned.json").read_text())
+    doc["methods"]["siamese"]["run_params"]["steps"] = 5
+    (suite_dir / "tuned.json").write_text(json.dumps(doc))
+    with pytest.raises(DMLBenchError, match="run_params set steps, which are not tuned run keys"):
+        T.apply_tuned(resolve_suite({}, {"methods": "siamese", "dataset": "digits"}), suite_dir)
+
+
+def test_ctrl_c_at_the_terminal_requeues_every_running_trial_of_a_worker_pool(tmp_path):
+    """A terminal's Ctrl-C reaches the driver and every worker (a process group), and the driver
+    passes it on again: every running trial must still be re-queued at once, none left RUNNING."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "dmlbench.cli", "tune", "--methods", "siamese,triplet-hinge", "--trials", "2",
+           "--workers", "2", "--threads", "2", "--dataset", "digits", "--steps", "100000", "--test-triplets", "100",
+           "--out", str(tmp_path)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    db = tmp_path / "digits" / "tune" / "study.db"
+    deadline = time.time() + 120
+    running = 0
+    while time.time() < deadline and p.poll() is None:
+        time.sleep(1)
+        if db.exists():
+            try:
+                running = sum(t.state.name == "RUNNING" for s in studies(db.parent).values() for t in s.get_trials())
+            except Exception:  # noqa: BLE001 - the studies are being made
+                continue
+            if running == 2:
+                break
+    assert running == 2, p.stderr.read() if p.poll() is not None else "no two trials running"
+    time.sleep(2)
+    os.killpg(p.pid, signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err[-2000:]
+    trials = [t for s in studies(db.parent).values() for t in s.get_trials()]
+    assert not [t for t in trials if t.state.name == "RUNNING"], err[-2000:]
+    interrupted = [t for t in trials if t.state.name == "FAIL"]
+    assert len(interrupted) == 2 and all(t.user_attrs["fail_reason"] == "interrupted" for t in interrupted)
+    assert sum(t.state.name == "WAITING" for t in trials) == 2
+
+
+def test_a_train_only_npz_file_can_be_tuned_but_not_tested(tmp_path):
+    rng = np.random.default_rng(0)
+    f = tmp_path / "train_only.npz"
+    np.savez(f, x_train=rng.integers(0, 255, (200, 8, 8), dtype=np.uint8), y_train=np.repeat(np.arange(10), 20))
+    args = ["--methods", "siamese", "--dataset", f"npz:{f}", "--steps", "5", "--test-triplets", "50", "--threads", "1",
+            "--out", tmp_path]
+    r = ok(bench("tune", *args, "--trials", 1, "--prune"))
+    assert "with --trials 1 it prunes nothing" in r.stderr
+    r = bench("run", *args)
+    assert r.exit_code == 2 and "lacks array(s) x_test, y_test" in r.stderr

@@ -32,6 +32,9 @@ _BUSY = False        # in a worker: inside a task (an interrupt then raises ther
 
 def _on_interrupt(signum, frame):
     if _BUSY:
+        # A terminal's Ctrl-C reaches a worker twice (the terminal's, then the driver's passed on):
+        # the second must not break off what the first is saving (a tune re-queues its trial).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         raise KeyboardInterrupt
     os._exit(130)    # idle between tasks: nothing to save, and no traceback from the pool's loop
 

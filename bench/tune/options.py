@@ -33,6 +33,7 @@ class TuneOptions:
     prune: bool = False
     tune_seed: int = 0
     timeout: float | None = None  # seconds after which no new trial starts (running ones finish)
+    run_flags: dict = field(default_factory=dict)  # run keys given as flags (--lr): fixed, not searched
 
     def check(self) -> None:
         from dmlbench.config import MAX_SEED
@@ -76,3 +77,4 @@ class Job:
     metrics: list[str]
     folds: list[int]
     deadline: float | None = None  # time.time() after which workers start no trial (--timeout)
+    run_id: str = ""  # this tune (driver), tagged on the trials its workers run

@@ -59,10 +59,22 @@ def _check_run_value(key: str, value) -> None:
     cfg.check()
 
 
-def method_plan(name: str, file_space: dict | None, set_options: dict) -> MethodPlan:
+def is_run_key(name: str, key: str) -> bool:
+    """A space key tunes the run (lr, ...) unless the method has an option of that name
+    (pml:DynamicSoftMarginLoss's ``momentum`` is the loss's, not the optimiser's)."""
+    from dmlbench.methods import get_method
+    from dmlbench.params import option_keys
+
+    return key in RUN_KEYS and key not in option_keys(get_method(name).Params())
+
+
+def method_plan(name: str, file_space: dict | None, set_options: dict, run_flags: dict | None = None,
+                optimizer: str | None = None) -> MethodPlan:
     """The method's space (its ``Params.space``, keys overridden by its [METHOD] table of --space;
     a plain value there fixes the key), checked like --set: every key an option of the method or a
-    run key, every bound and choice a valid value. Keys fixed by --set leave the space."""
+    run key, every bound and choice a valid value. Keys fixed by --set, and run keys given as flags
+    (``run_flags``: ``--lr 0.01`` fixes lr), leave the space. A run key the optimiser ignores
+    (momentum without sgd) is refused: the trials would spend their budget on a dead dimension."""
     from dmlbench.methods import get_method
     from dmlbench.params import apply_overrides, option_keys
 
@@ -77,12 +89,24 @@ def method_plan(name: str, file_space: dict | None, set_options: dict) -> Method
                 raise DMLBenchError(f"{name}.{key} is fixed twice: --set {name}.{key}={set_options[key]} and "
                                     f"{key} = {value!r} in the search space; keep one")
             space.pop(key, None)
-            (fixed_run if key in RUN_KEYS else fixed)[key] = value
+            (fixed_run if is_run_key(name, key) else fixed)[key] = value
+    for key, value in (run_flags or {}).items():
+        if not is_run_key(name, key):
+            continue
+        if key in fixed_run and str(fixed_run[key]) != str(value):
+            raise DMLBenchError(f"{key} is fixed twice for {name}: --{key.replace('_', '-')} {value} and {key} = "
+                                f"{fixed_run[key]!r} in the search space; keep one")
+        if key in space or key in fixed_run:
+            space.pop(key, None)
+            fixed_run[key] = value
     known = option_keys(cls.Params())
     for key in list(space) + list(fixed_run):
         if key not in RUN_KEYS and key not in known:
             raise DMLBenchError(f"unknown option {name}.{key} in the search space; {name} options are: "
                                 f"{', '.join(known) or '(none)'}, and the run keys {', '.join(RUN_KEYS)}")
+    if optimizer and optimizer != "sgd" and "momentum" in space and is_run_key(name, "momentum"):
+        raise DMLBenchError(f"{name}: momentum is searched, but the {optimizer} optimizer has no momentum setting "
+                            "(only sgd uses it); leave momentum out of the space, or give --optimizer sgd")
     for key in set_options:
         space.pop(key, None)
     apply_overrides(cls.Params(), fixed, name)
@@ -91,7 +115,7 @@ def method_plan(name: str, file_space: dict | None, set_options: dict) -> Method
     for key, dist in space.items():
         values = dist.choices if isinstance(dist, Choice) else (dist.low, dist.high)
         for v in values:
-            if key in RUN_KEYS:
+            if is_run_key(name, key):
                 _check_run_value(key, v)
             else:
                 apply_overrides(cls.Params(), {**fixed, key: v}, name)
@@ -110,6 +134,7 @@ def suggest(trial, space: dict[str, Dist]) -> dict:
     return out
 
 
-def split_params(params: dict) -> tuple[dict, dict]:
-    """(method keys, run keys) of a trial's parameters."""
-    return ({k: v for k, v in params.items() if k not in RUN_KEYS}, {k: v for k, v in params.items() if k in RUN_KEYS})
+def split_params(params: dict, name: str) -> tuple[dict, dict]:
+    """(method keys, run keys) of a trial's parameters for method ``name``."""
+    run = {k for k in params if is_run_key(name, k)}
+    return {k: v for k, v in params.items() if k not in run}, {k: v for k, v in params.items() if k in run}

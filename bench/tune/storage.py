@@ -38,6 +38,9 @@ def objective_direction(name: str) -> str:
     spec = METRICS.get(name)
     if spec.kind not in ("embedding", "generative"):
         raise DMLBenchError(f"objective {name!r} is a {spec.kind} metric; choose a retrieval metric such as map@r")
+    if not spec.comparable:  # what the table and bench compare never rank is no objective either
+        raise DMLBenchError(f"objective {name!r} depends on a setting (the embedding's scale), not on the method "
+                            "alone, and is never ranked; choose a retrieval metric such as map@r")
     return "maximize" if spec.higher_is_better else "minimize"
 
 
@@ -72,11 +75,47 @@ def make_sampler(seed: int, method: str):
     return SeededTPESampler(seed=trial_seed(seed, method, -1), n_startup_trials=N_STARTUP)
 
 
-def _retry_callback():
-    from optuna import storages
+INTERRUPTS = "dmlbench:interrupts"  # a trial's system attr: how many of its re-queues were interrupts
+RUN_TAG = "dmlbench:run"  # a trial's system attr: the tune (driver) whose worker runs it
 
-    cls = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
-    return cls(max_retry=MAX_RETRY)
+
+class _Retry:
+    """Optuna's retry callback (re-queue a failed trial with the same parameters), except that an
+    interrupt never uses up a retry: only a worker that died (``MAX_RETRY`` times) ends a trial
+    as FAIL, so Ctrl-C, however often, never costs a method one of its trials."""
+
+    def __init__(self, interrupted: bool = False):
+        self.interrupted = interrupted
+
+    def __call__(self, study, trial) -> None:
+        from optuna import storages
+
+        cls = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
+        retries = len(trial.system_attrs.get("retry_history", []))
+        crashes = retries - int(trial.system_attrs.get(INTERRUPTS, 0))  # an interrupt counted itself already
+        if self.interrupted or crashes < MAX_RETRY:
+            cls(max_retry=None)(study, trial)
+
+
+def _retry_callback(interrupted: bool = False):
+    return _Retry(interrupted)
+
+
+def requeue_interrupted(study, trial_id: int) -> bool:
+    """Fail a RUNNING trial as interrupted and re-queue it (same parameters, no retry used up);
+    False if it had finished meanwhile."""
+    optuna = _optuna()
+    storage = study._storage
+    try:
+        frozen = storage.get_trial(trial_id)
+        storage.set_trial_system_attr(trial_id, INTERRUPTS, int(frozen.system_attrs.get(INTERRUPTS, 0)) + 1)
+        storage.set_trial_user_attr(trial_id, "fail_reason", "interrupted")
+        if not storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    _Retry(interrupted=True)(study, storage.get_trial(trial_id))
+    return True
 
 
 def _env_seconds(name: str, default: int) -> int:
@@ -144,7 +183,10 @@ def open_storage(url: str):
         raise
     except Exception as e:  # noqa: BLE001 - a bad URL, a missing driver, an unreachable server
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise DMLBenchError(f"cannot open the study storage {redact(url)}: {type(e).__name__}: {first}") from None
+        fix = ("if the file is damaged, move it aside and re-run: trials whose runs are complete under trials/ "
+               "are not trained again" if url.startswith("sqlite") or url.startswith("journal:")
+               else "check the URL, the driver (pip install 'dmlbench[tune-postgres]' for PostgreSQL) and the server")
+        raise DMLBenchError(f"cannot open the study storage {redact(url)}: {type(e).__name__}: {first}; {fix}") from None
 
 
 SCHEMA_TRIES = 5

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import uuid
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from dmlbench.tune.options import (
 from dmlbench.tune.spaces import method_plan, read_space_file
 from dmlbench.tune.storage import _optuna, default_storage, objective_direction, open_storage, redact
 from dmlbench.tune.summary import _other_methods, budget_warnings, failed_methods, summarize
-from dmlbench.tune.trial import _echo, _fmt_params, _work_entry, trial_config, work
+from dmlbench.tune.trial import PRUNE_STARTUP, _echo, _fmt_params, _work_entry, trial_config, work
 
 log = logging.getLogger("dmlbench")
 
@@ -33,17 +34,18 @@ def plan_tune(suite: Suite, opts: TuneOptions) -> tuple[list[MethodPlan], list[s
 
     opts.check()
     file_space = read_space_file(opts.space)
+    tuned = [m for m in suite.methods if get_method(m).trainable]
     for owner in file_space:
-        get_method(owner)  # a name that is no method at all is an error
-        if owner not in suite.methods:
+        if not get_method(owner).trainable:  # (a name that is no method at all is an error there)
+            raise DMLBenchError(f"--space {opts.space} has a [{owner}] table, but {owner} trains nothing and is "
+                                "never tuned; leave that table out")
+        if owner not in tuned:
             raise DMLBenchError(f"--space {opts.space} names {owner!r}, which is not among the methods being tuned "
-                                f"({', '.join(suite.methods)})")
-    plans, skipped = [], []
-    for name in suite.methods:
-        if not get_method(name).trainable:
-            skipped.append(name)
-            continue
-        plans.append(method_plan(name, file_space.get(name), suite.method_sets.get(name, {})))
+                                f"({', '.join(tuned)})")
+    base = suite.base.resolved()
+    plans = [method_plan(name, file_space.get(name), suite.method_sets.get(name, {}), opts.run_flags, base.optimizer)
+             for name in tuned]
+    skipped = [m for m in suite.methods if m not in tuned]
     if not plans:
         raise DMLBenchError(f"nothing to tune: {', '.join(suite.methods)} train nothing; give --methods")
     _check_objective(opts.objective, [p.name for p in plans])
@@ -78,33 +80,59 @@ def _fingerprint(job: Job, plan: MethodPlan) -> dict:
             "prune": job.opts.prune, "config": config}
 
 
+SUITE_CONDITIONS = ("dataset", "objective", "validation", "folds", "tune_seed", "prune", "config")
+
+
+def _diffs(have: dict, want: dict) -> list[str]:
+    diffs = []
+    for k in sorted(set(have) | set(want)):
+        old, new = have.get(k), want.get(k)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict) and k == "config":
+            diffs += [f"{c} {old.get(c)} -> {new.get(c)}" for c in sorted(set(old) | set(new)) if old.get(c) != new.get(c)]
+        else:
+            diffs.append(f"{k} {old} -> {new}")
+    return diffs
+
+
 def create_studies(job: Job) -> None:
-    """Create each method's study, or check a resumed one was made under the same conditions."""
+    """Create each method's study, or check a resumed one was made under the same conditions; and
+    check that every other method's study in the storage was tuned under the same suite-wide
+    conditions (data, objective, folds, steps, ...), so that a later tune of some of the methods
+    cannot give them another budget than the rest of the suite's."""
     import json
 
     optuna = _optuna()
     storage = open_storage(job.storage_url)
     direction = objective_direction(job.opts.objective)
+    wants = {p.name: json.loads(json.dumps(_fingerprint(job, p), default=str)) for p in job.plans}
+    suite_want = {k: next(iter(wants.values()))[k] for k in SUITE_CONDITIONS}
+    existing = {s.study_name: s.user_attrs.get("dmlbench")
+                for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+
+    def check_own(name: str, have) -> None:
+        if have is not None and have != wants[name]:
+            raise DMLBenchError(f"study {name!r} in {redact(job.storage_url)} was made under other conditions "
+                                f"({'; '.join(_diffs(have, wants[name]))}); give the same options to resume it, or "
+                                "another --suite/--storage for a new study")
+
+    for name in wants:  # a resumed study first: its own message is the more precise
+        check_own(name, existing.get(name))
+    for name, have in existing.items():
+        if name in wants or not isinstance(have, dict):
+            continue
+        diffs = _diffs({k: have.get(k) for k in SUITE_CONDITIONS}, suite_want)
+        if diffs:
+            raise DMLBenchError(f"study {name!r} in {redact(job.storage_url)} was tuned under other conditions "
+                                f"({'; '.join(diffs)}); every method of a suite is tuned alike: give the same "
+                                "options, or another --suite/--storage for a new comparison")
     for plan in job.plans:
         study = optuna.create_study(study_name=plan.name, storage=storage, direction=direction, load_if_exists=True)
-        want = json.loads(json.dumps(_fingerprint(job, plan), default=str))
         have = study.user_attrs.get("dmlbench")
         if have is None:
-            study.set_user_attr("dmlbench", want)
-        elif have != want:
-            diffs = []
-            for k in sorted(set(have) | set(want)):
-                old, new = have.get(k), want.get(k)
-                if old == new:
-                    continue
-                if isinstance(old, dict) and isinstance(new, dict) and k == "config":
-                    diffs += [f"{c} {old.get(c)} -> {new.get(c)}" for c in sorted(set(old) | set(new))
-                              if old.get(c) != new.get(c)]
-                else:
-                    diffs.append(f"{k} {old} -> {new}")
-            raise DMLBenchError(f"study {plan.name!r} in {redact(job.storage_url)} was made under other conditions "
-                                f"({'; '.join(diffs)}); give the same options to resume it, or another "
-                                "--suite/--storage for a new study")
+            study.set_user_attr("dmlbench", wants[plan.name])
+        check_own(plan.name, have)  # (another tune may have made it since)
         if study.direction.name.lower() != direction:
             raise DMLBenchError(f"study {plan.name!r} in {redact(job.storage_url)} {study.direction.name.lower()}s, "
                                 f"but {job.opts.objective} needs {direction}")
@@ -155,7 +183,8 @@ def tune(suite: Suite, opts: TuneOptions, echo=_echo) -> dict:
     metrics = list(dict.fromkeys([opts.objective, *EXTRA_METRICS]))
     # A wall-clock deadline: workers are processes (or Ray tasks) that share the clock, not a timer.
     deadline = time.time() + opts.timeout if opts.timeout else None
-    job = Job(suite, plans, opts, kind, assignment, storage_url, suite_dir, metrics, fold_ids, deadline)
+    job = Job(suite, plans, opts, kind, assignment, storage_url, suite_dir, metrics, fold_ids, deadline,
+              uuid.uuid4().hex)
     with _undo_if_refused(suite_dir):  # a storage that refuses the study leaves no folder or folds.json
         check_folds(suite_dir, kind, opts.folds, opts.tune_seed, assignment, base.dataset)
         create_studies(job)
@@ -174,14 +203,23 @@ def tune(suite: Suite, opts: TuneOptions, echo=_echo) -> dict:
         echo(f"  {p.name}: {describe(p.space)}" + (f"; fixed {_fmt_params({**p.fixed, **p.fixed_run})}"
                                                    if p.fixed or p.fixed_run else ""))
     echo(f"study storage {redact(storage_url)} -> {suite_dir}")
+    if opts.prune and opts.trials <= PRUNE_STARTUP:
+        echo(f"warning: --prune compares a trial with the median of the earlier ones after {PRUNE_STARTUP} trials of "
+             f"a method; with --trials {opts.trials} it prunes nothing")
 
     level = logging.getLogger("dmlbench").level
-    if suite.executor == "ray":
-        _run_ray(job, workers, threads, level)
-    elif workers == 1:
-        work(job, threads=threads, data=data)
-    else:
-        _run_local(job, workers, threads, level)
+    try:
+        if suite.executor == "ray":
+            _run_ray(job, workers, threads, level)
+        elif workers == 1:
+            work(job, threads=threads, data=data)
+        else:
+            _run_local(job, workers, threads, level)
+    except KeyboardInterrupt:
+        # The workers are stopped; a trial one of them could not re-queue (a Ray task killed, a
+        # worker terminated) is re-queued here, so a resume need not wait for its heartbeat to lapse.
+        _requeue_own(job)
+        raise
     doc = summarize(job, time.perf_counter() - t_start, workers)
     doc["methods"] = {**_other_methods(suite_dir / TUNED_FILE, doc), **doc["methods"]}
     write_json(suite_dir / TUNED_FILE, doc)
@@ -191,6 +229,18 @@ def tune(suite: Suite, opts: TuneOptions, echo=_echo) -> dict:
         return doc  # the CLI reports the methods that have no setting to test
     echo(f"best settings written to {suite_dir / TUNED_FILE}; test them with: bench run --tuned {suite_dir}")
     return doc
+
+
+def _requeue_own(job: Job) -> None:
+    from dmlbench.tune.storage import RUN_TAG, requeue_interrupted
+
+    optuna = _optuna()
+    storage = open_storage(job.storage_url)
+    for plan in job.plans:
+        study = optuna.load_study(study_name=plan.name, storage=storage)
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if t.system_attrs.get(RUN_TAG) == job.run_id:
+                requeue_interrupted(study, t._trial_id)
 
 
 @contextlib.contextmanager
@@ -254,6 +304,9 @@ def _run_ray(job: Job, workers: int, threads: int, level: int) -> None:
     try:
         ray.get(refs)
     except BaseException:
+        for ref in refs:  # an interrupt in each task first: its trial re-queues itself
+            ray.cancel(ref)
+        ray.wait(refs, num_returns=len(refs), timeout=10)
         for ref in refs:
             ray.cancel(ref, force=True)
         raise

@@ -37,7 +37,7 @@ def summarize(job: Job, wall_seconds: float, workers: int) -> dict:
                  "params": {}, "method_params": dict(plan.fixed), "run_params": dict(plan.fixed_run)}
         if complete:
             best = study.best_trial
-            method_keys, run_keys = split_params(best.params)
+            method_keys, run_keys = split_params(best.params, plan.name)
             entry.update(best_trial=best.number, best_value=best.value, params=dict(best.params),
                          method_params={**plan.fixed, **method_keys}, run_params={**plan.fixed_run, **run_keys},
                          fold_values={k: v for k, v in best.user_attrs.items() if k.startswith("fold")})
@@ -112,7 +112,8 @@ def failed_methods(doc: dict) -> dict[str, str]:
     """{method: why} for the methods of tuned.json without a complete trial (nothing to test)."""
     out = {}
     for name, m in doc["methods"].items():
-        if m.get("best_trial") is None:
+        # No trial yet (a --timeout before its first) is a budget to finish, not a failure.
+        if m.get("best_trial") is None and m.get("trials"):
             reasons = m.get("fail_reasons") or []
             out[name] = (f"none of its {m['trials']} trials completed"
                          + (f" (first failure: {reasons[0]})" if reasons else ""))
@@ -121,7 +122,7 @@ def failed_methods(doc: dict) -> dict[str, str]:
 
 def budget_warnings(doc: dict, asked: int | None = None) -> list[str]:
     """Lines saying when the methods of a tuned.json did not get an equal or full budget."""
-    counts = {name: m["trials"] for name, m in doc["methods"].items()}
+    counts = {name: int(m.get("trials") or 0) for name, m in doc["methods"].items()}
     if not counts:
         return []
     lo, hi = min(counts.values()), max(counts.values())

@@ -19,10 +19,12 @@ from dmlbench.tune.folds import fold_data, load_training_data
 from dmlbench.tune.options import POLL_S, TRIALS_DIR, TUNE_LOCK, Job, MethodPlan
 from dmlbench.tune.spaces import split_params, suggest
 from dmlbench.tune.storage import (
-    _Heartbeat, _optuna, _retry_callback, budget, fail_stale_trials, heartbeat_settings, make_sampler, open_storage,
+    RUN_TAG, _Heartbeat, _optuna, budget, fail_stale_trials, heartbeat_settings, make_sampler, open_storage,
+    requeue_interrupted,
 )
 
 log = logging.getLogger("dmlbench")
+PRUNE_STARTUP = 5  # trials of a method before the median pruner compares (Optuna's default)
 
 
 # ----------------------------------------------------------------------------- a trial
@@ -48,7 +50,7 @@ def trial_config(base: RunConfig, n_train: int, plan: MethodPlan, params: dict, 
     from dmlbench.params import apply_overrides
     from dmlbench.runner import with_method
 
-    method_keys, run_keys = split_params(params)
+    method_keys, run_keys = split_params(params, plan.name)
     cls = get_method(plan.name)
     method_params = apply_overrides(cls.Params(), {**plan.fixed, **method_keys}, plan.name)
     cfg = apply_overrides(base.with_budget(n_train), {**plan.fixed_run, **run_keys}, "run")
@@ -143,10 +145,8 @@ def _one_trial(study, job: Job, plan: MethodPlan, folds: dict, trial) -> None:
             _echo(f"  {name}: pruned ({e}) [{time.perf_counter() - t0:.1f} s]")
             return
         except KeyboardInterrupt:
-            # Not the method's failure: failed and re-queued, so a resume runs it again.
-            trial.set_user_attr("fail_reason", "interrupted")
-            study.tell(trial, state=TrialState.FAIL)
-            _retry_callback()(study, study._storage.get_trial(trial._trial_id))
+            # Not the method's failure: failed and re-queued (no retry used up), so a resume runs it.
+            requeue_interrupted(study, trial._trial_id)
             raise
         except Exception as e:  # noqa: BLE001 - a failed trial is recorded as FAIL and the study goes on
             reason = str(e) if isinstance(e, DMLBenchError) else f"{type(e).__name__}: {e}"
@@ -209,6 +209,8 @@ def work(job: Job, threads: int | None = None, data=None, level: int | None = No
                 with warnings.catch_warnings():  # "heartbeat ... with Study.optimize": this loop beats itself
                     warnings.simplefilter("ignore", UserWarning)
                     trial = studies[plan.name].ask()
+                # Which tune runs it: an interrupted driver re-queues its own running trials at once.
+                storage.set_trial_system_attr(trial._trial_id, RUN_TAG, job.run_id)
         if trial is not None:
             _one_trial(studies[plan.name], job, plan, folds, trial)
             ran += 1
@@ -224,7 +226,8 @@ def work(job: Job, threads: int | None = None, data=None, level: int | None = No
 
 def _pruner(prune: bool):
     optuna = _optuna()
-    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1) if prune else optuna.pruners.NopPruner()
+    return (optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP, n_warmup_steps=1) if prune
+            else optuna.pruners.NopPruner())
 
 
 def _log_to_stderr(level: int) -> None:

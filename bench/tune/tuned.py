@@ -10,6 +10,7 @@ from pathlib import Path
 from dmlbench.config import RunConfig
 from dmlbench.errors import DMLBenchError
 from dmlbench.io import CorruptFileError, read_json
+from dmlbench.space import RUN_KEYS
 from dmlbench.suite import Suite
 from dmlbench.tune.options import DEFAULT_TEST_SEEDS, TUNED_FILE
 
@@ -47,7 +48,8 @@ def read_tuned(tuned_dir: Path) -> tuple[Path, dict]:
     return path, doc
 
 
-def apply_tuned(suite: Suite, tuned_dir: Path, *, seeds_given: bool | None = None) -> TunedSuite:
+def apply_tuned(suite: Suite, tuned_dir: Path, *, seeds_given: bool | None = None,
+                run_flags: dict | None = None) -> TunedSuite:
     """The suite with each tuned method at its best validation settings (``bench run --tuned``).
 
     Methods of the suite that were not tuned are left out (with a warning), except untrained ones
@@ -83,16 +85,20 @@ def apply_tuned(suite: Suite, tuned_dir: Path, *, seeds_given: bool | None = Non
         mine = suite.method_sets.get(name, {})
         clash = [f"--set {name}.{k}={mine[k]} (tuned: {m['method_params'][k]})" for k in sorted(mine)
                  if k in m["method_params"] and str(mine[k]) != str(m["method_params"][k])]
-        # A tuned run key (lr, ...) asked for with another value than the tune had: the user's value
+        # A run key (lr, ...) given as a flag with another value than the tuned one: the user's value
         # would be replaced without a word, so refuse it instead.
-        clash += [f"--{k.replace('_', '-')} {getattr(here, k)} (tuned: {v})" for k, v in sorted(m["run_params"].items())
-                  if k in cfg and hasattr(here, k) and str(cfg[k]) != str(getattr(here, k))]
+        clash += [f"--{k.replace('_', '-')} {run_flags[k]} (tuned: {v})" for k, v in sorted(m["run_params"].items())
+                  if k in (run_flags or {}) and str(run_flags[k]) != str(v)]
         if clash:
             raise DMLBenchError(f"--tuned {path} runs {name} with its tuned settings, but this command asks for "
                                 f"{'; '.join(clash)}; leave those out, or run without --tuned")
         overrides = {**mine, **m["method_params"]}
         apply_overrides(get_method(name).Params(), overrides, name)  # a tuned.json from other code fails here
-        apply_overrides(suite.base, m["run_params"], "run")
+        unknown = sorted(set(m["run_params"]) - set(RUN_KEYS))
+        if unknown:  # a hand-edited tuned.json must not change the steps, the seed or the data
+            raise CorruptFileError(path, f"{name}'s run_params set {', '.join(unknown)}, which are not tuned run keys "
+                                         f"({', '.join(RUN_KEYS)})")
+        apply_overrides(suite.base, m["run_params"], "run").check()
         method_sets[name] = overrides
         run_sets[name] = dict(m["run_params"])
         tuned[name] = {"study": m.get("study", name), "trial": m["best_trial"], "value": m.get("best_value"),
