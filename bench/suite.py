@@ -300,6 +300,7 @@ def _prepare(suite: Suite):
     data = load_data(base)
     if any(get_method(m).trainable for m in suite.methods):
         check_input(base.encoder, input_shape(base, data.input_shape))
+    check_batch_sizes(suite, base.batch_size, data.train.y)
     generative = [m for m in suite.methods if issubclass(get_method(m), GenerativeMethod)]
     lo, hi = data.value_range()
     if generative and (lo < 0 or hi > 1):
@@ -311,6 +312,22 @@ def _prepare(suite: Suite):
     # processes does not import.
     stored_test_triplets(data, planned[0].config, suite.dir)
     return data, planned
+
+
+def check_batch_sizes(suite: Suite, batch_size: int, train_labels, params: dict | None = None) -> None:
+    """Every trained method's batch kind gets a full step from ``batch_size`` (torch-free, once,
+    before any run: else every run of the method would fail alike). ``params``: per method, its
+    options (default: the suite's --set over the method's defaults)."""
+    from dmlbench.batches import check_batch_size
+    from dmlbench.methods import get_method
+    from dmlbench.params import apply_overrides
+
+    for name in suite.methods:
+        cls = get_method(name)
+        if not cls.trainable:
+            continue
+        p = (params or {}).get(name) or apply_overrides(cls.Params(), suite.method_sets.get(name, {}), name)
+        check_batch_size(name, cls, p, batch_size, train_labels)
 
 
 def run_suite(suite: Suite, on_result=None, on_start=None):

@@ -1,6 +1,6 @@
 """The one trainer, in the manner of minGPT's: it knows no method.
 
-A method declares its batch kind (:mod:`dmlbench.sampling`) and returns named loss terms; the
+A method declares its batch kind (:mod:`dmlbench.batches`) and returns named loss terms; the
 trainer draws each epoch's indices in one vectorised call, gathers the uint8 images by index on the
 run's device, turns them into float there (:mod:`dmlbench.inputs`), sums the terms with the
 method's weights and steps the optimiser.

@@ -1,7 +1,7 @@
 """The method contract and the method registry.
 
 A method owns its networks and a loss. The trainer asks for its :attr:`Method.batch_kind`, hands
-it each :class:`~dmlbench.sampling.Batch`, and gets back a dict of named loss terms
+it each :class:`~dmlbench.batches.Batch`, and gets back a dict of named loss terms
 (:meth:`Method.loss_terms`), which it sums with ``params.weights``. Evaluation calls only
 :meth:`Method.embed` (and, for a :class:`GenerativeMethod`, :meth:`~GenerativeMethod.reconstruct`
 and :meth:`~GenerativeMethod.generative_metrics`).
@@ -26,7 +26,7 @@ from dmlbench.space import LR, Dist
 if TYPE_CHECKING:
     import torch
 
-    from dmlbench.sampling import Batch, BatchKind
+    from dmlbench.batches import Batch, BatchKind
 
 
 @dataclass
@@ -94,8 +94,8 @@ class Method:
 
     @property
     def batch_kind(self) -> BatchKind:
-        """The batches this method trains on (:mod:`dmlbench.sampling`); default: plain."""
-        from dmlbench.sampling import PLAIN
+        """The batches this method trains on (:mod:`dmlbench.batches`); default: plain."""
+        from dmlbench.batches import PLAIN
 
         return PLAIN
 

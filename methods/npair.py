@@ -40,7 +40,7 @@ class NPair(Method):
 
     @property
     def batch_kind(self):
-        from dmlbench.sampling import Balanced
+        from dmlbench.batches import Balanced
 
         return Balanced(m=2, classes_per_group=-1)  # every training class in each tuple
 

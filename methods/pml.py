@@ -135,7 +135,7 @@ class PMLMethod(Method):
 
     @property
     def batch_kind(self):
-        from dmlbench.sampling import Balanced
+        from dmlbench.batches import Balanced
 
         return Balanced(m=self.params.m_per_class)
 

@@ -43,7 +43,7 @@ class Siamese(Method):
 
     @property
     def batch_kind(self):
-        from dmlbench.sampling import PAIRS
+        from dmlbench.batches import PAIRS
 
         return PAIRS
 

@@ -55,7 +55,7 @@ class TripletHinge(Method):
 
     @property
     def batch_kind(self):
-        from dmlbench.sampling import TRIPLETS, Balanced
+        from dmlbench.batches import TRIPLETS, Balanced
 
         return TRIPLETS if self.params.mining == "random" else Balanced(m=self.params.m)
 

@@ -35,7 +35,7 @@ class TripletSoftmax(Method):
 
     @property
     def batch_kind(self):
-        from dmlbench.sampling import TRIPLETS
+        from dmlbench.batches import TRIPLETS
 
         return TRIPLETS
 

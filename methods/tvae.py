@@ -44,7 +44,7 @@ class TVAE(VAE):
 
     @property
     def batch_kind(self):
-        from dmlbench.sampling import TRIPLETS
+        from dmlbench.batches import TRIPLETS
 
         return TRIPLETS
 

@@ -281,3 +281,37 @@ def test_single_image_classes_are_negatives_only(caplog):
     assert 2 not in t[:, :2].tolist() and 2 in t[:, 2].tolist()
     bal = Balanced(m=2).epoch_indices(index, len(y), Layout(4, 4), 30, gen(0))
     assert 2 not in bal.tolist()
+
+
+@pytest.mark.parametrize("name", ["siamese", "triplet-softmax", "triplet-hinge", "npair", "vae", "tvae",
+                                  "pml:MultiSimilarityLoss"])
+def test_a_methods_batch_kind_is_known_from_its_options_alone(name):
+    """The torch-free batch-size check reads each method's kind without building it: the same kind
+    as the built method's, for every option that changes it."""
+    from dmlbench.batches import method_batch_kind
+    from dmlbench.methods import get_method
+    from dmlbench.params import apply_overrides
+
+    cls = get_method(name)
+    options = [{}] + ([{"mining": "all"}] if name == "triplet-hinge" else []) + \
+        ([{"m_per_class": 4}] if name.startswith("pml:") else [])
+    for opts in options:
+        params = apply_overrides(cls.Params(), opts, name)
+        built = cls(params, input_shape=(1, 8, 8), embedding_dim=4, encoder="mlp", num_classes=10)
+        assert method_batch_kind(cls, params) == built.batch_kind, (name, opts)
+
+
+def test_a_batch_too_small_for_a_methods_batches_is_refused_before_any_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from dmlbench.cli import app
+
+    cases = [("run", "siamese", 1, "siamese: batch_size=1 is too small for pairs batches; use 2 or more"),
+             ("run", "npair", 12, "npair: batch_size=12 is smaller than one group of 10 classes x 2; use a batch size "
+                                  "of 20 or more"),
+             ("tune", "triplet-hinge", 2, "triplet-hinge: batch_size=2 is too small for triplets batches; use 3 or more")]
+    for cmd, method, batch, message in cases:
+        r = CliRunner().invoke(app, [cmd, "--methods", method, "--dataset", "digits", "--batch-size", str(batch),
+                                     "--out", str(tmp_path)])
+        assert r.exit_code == 2 and r.stderr.strip() == f"error: {message}", r.stderr
+    assert not any(tmp_path.iterdir())  # no run folder, no study

@@ -146,7 +146,8 @@ def tune(suite: Suite, opts: TuneOptions, echo=_echo) -> dict:
     from dmlbench.methods import GenerativeMethod, get_method
     from dmlbench.runner import input_shape
     from dmlbench.runtime import default_threads, limit_threads
-    from dmlbench.suite import check_before_data
+    from dmlbench.params import apply_overrides
+    from dmlbench.suite import check_batch_sizes, check_before_data
 
     t_start = time.perf_counter()
     if not suite.name:
@@ -175,6 +176,8 @@ def tune(suite: Suite, opts: TuneOptions, echo=_echo) -> dict:
     if generative and (lo < 0 or hi > 1):
         raise DMLBenchError(f"{', '.join(generative)} decode pixels in [0, 1], but this data spans "
                             f"[{lo:.3g}, {hi:.3g}]; use normalize=unit or leave the generative methods out")
+    check_batch_sizes(dataclasses.replace(suite, methods=[p.name for p in plans]), base.batch_size, data.train.y,
+                      {p.name: apply_overrides(get_method(p.name).Params(), p.fixed, p.name) for p in plans})
     kind, why = choose_validation(data, opts.folds, opts.validation)
     assignment = fold_assignment(data, kind, opts.folds, opts.tune_seed)
     check_fold_sizes(data, kind, assignment, list(range(opts.folds)), opts.folds)
