@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from dmlbench import layout
@@ -38,6 +37,7 @@ def collect(results_dir: Path, recursive: bool = True) -> pd.DataFrame:
         label = cfg["method"] + (f"[{cfg['variant']}]" if cfg.get("variant") else "")
         prov = cfg.get("provenance") or {}
         row = {"dataset": cfg["dataset"], "method": cfg["method"], "label": label, "group_id": cfg["group_id"],
+               "options": {k: v for k, v in cfg.items() if k not in NOT_OPTIONS},
                "seed": cfg["seed"], "run_dir": str(run), "code": prov.get("code_hash"),
                "commit": (prov.get("git_commit") or "")[:10] + ("+dirty" if prov.get("git_dirty") else ""),
                "device": (prov.get("device") or {}).get("gpu") or (prov.get("device") or {}).get("device"),
@@ -58,18 +58,49 @@ def collect(results_dir: Path, recursive: bool = True) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# What a run's config holds besides the options that make its group: ids, provenance, and the
+# settings that never change a result (NOT_IN_ID in dmlbench.config).
+NOT_OPTIONS = ("provenance", "run_id", "group_id", "seed", "variant", "weights_info", "device", "data_dir",
+               "threads", "tuned", "method")
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _distinguish(rows: pd.DataFrame) -> dict[str, str]:
+    """{group_id: suffix} for groups that share a label: the options in which they differ
+    (``lr_schedule=cosine``), else the group id where more than 3 options differ."""
+    import json
+
+    first = rows.drop_duplicates("group_id").set_index("group_id")["options"]
+    opts = {g: (o if isinstance(o, dict) else {}) for g, o in first.items()}
+    keys = sorted({k for o in opts.values() for k in o})
+    differ = [k for k in keys if len({json.dumps(o.get(k), sort_keys=True, default=str) for o in opts.values()}) > 1]
+    if not differ or len(differ) > 3:
+        return {g: f" #{g[:6]}" for g in opts}
+    return {g: " [" + ", ".join(f"{k}={_fmt(o.get(k))}" for k in differ) + "]" for g, o in opts.items()}
+
+
 def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Complete runs, one per (dataset, config, seed), labelled for tables and plots.
 
-    The same config and seed found twice (e.g. in two suite folders) counts once. A label that
-    covers several configs (e.g. other epochs) gets the config id appended.
+    The same config and seed found twice (e.g. in two suite folders) counts once. Configs that
+    share a label (e.g. other epochs) get the options in which they differ appended
+    (``siamese [epochs=8]``), or their config id where many differ.
     """
     done = runs[runs["status"] == "done"] if len(runs) else runs
     if not len(done):
         raise DMLBenchError("no complete runs found; run `bench run` first, or point at the right results folder")
     done = done.drop_duplicates(["dataset", "group_id", "seed"])
-    n_groups = done.groupby(["dataset", "label"])["group_id"].transform("nunique")
-    return done.assign(label=np.where(n_groups > 1, done["label"] + " #" + done["group_id"].str[:6], done["label"]))
+    labels = done["label"].copy()
+    for _, rows in done.groupby(["dataset", "label"]):
+        if rows["group_id"].nunique() > 1 and "options" in rows:
+            suffix = _distinguish(rows)
+            labels.loc[rows.index] = rows["label"] + rows["group_id"].map(suffix)
+        elif rows["group_id"].nunique() > 1:
+            labels.loc[rows.index] = rows["label"] + " #" + rows["group_id"].str[:6]
+    return done.assign(label=labels)
 
 
 def load_runs(results_dir: Path) -> pd.DataFrame:

@@ -667,3 +667,16 @@ def test_commands_that_train_nothing_import_neither_torch_nor_faiss(argv, suite)
 
     out, _ = suite
     run_fresh([str(out) if a == "RESULTS" else a for a in argv], forbidden=("torch", "faiss", "sklearn"), timeout=120)
+
+
+def test_rows_of_one_method_that_differ_in_run_options_say_which(tmp_path):
+    root = tmp_path / "results"
+    for group, options in (("g1", {"lr_schedule": "cosine", "epochs": 4}), ("g2", {"lr_schedule": "none", "epochs": 4})):
+        for seed in (0, 1):
+            d = root / "toy" / "alpha" / f"s{seed}-{group}"
+            d.mkdir(parents=True)
+            (d / "config.json").write_text(json.dumps({"dataset": "toy", "method": "alpha", "variant": "",
+                                                       "group_id": group, "seed": seed, **options}))
+            (d / "metrics.json").write_text(json.dumps({"recall@1": 0.5 + 0.1 * seed}))
+    header, rows = md_rows(bench("table", root, "--metrics", "recall@1").stdout)
+    assert set(rows) == {"alpha [lr_schedule=cosine]", "alpha [lr_schedule=none]"}
