@@ -280,6 +280,9 @@ def compare(
     if results_dir.is_file():
         raise DMLBenchError(f"{results_dir} is a file, not a results folder; give the folder bench run wrote "
                             "(e.g. results/digits)")
+    if cd_plot is not None and (cd_plot.is_dir() or not cd_plot.parent.is_dir()):
+        raise DMLBenchError(f"--cd-plot {cd_plot}: give a PNG file path in an existing folder"
+                            + (" (that is a folder)" if cd_plot.is_dir() else ""))
     result = run_compare(results_dir, metric, alpha)
     if cd_plot is not None and result["friedman"] is None:  # refused before anything is printed
         raise DMLBenchError("a critical-difference diagram needs at least 2 datasets and 3 methods that every "
@@ -334,14 +337,16 @@ def list_(what: Annotated[str, typer.Argument(help="methods, datasets, metrics, 
             typer.echo(f"  {name}\n    paper:    {d['paper']}\n    loss:     {d['formula']}\n"
                        f"    defaults: {json.dumps(d['defaults'])}"
                        + (f"\n    space:    {describe(d['space'])}" if d["space"] else ""))
-        from dmlbench.methods.pml import MAIN_PARAMS
+        from dmlbench.methods.pml import FAILS, MAIN_PARAMS
         from dmlbench.space import LR
 
         typer.echo("  pml:<LossName>: any of these pytorch-metric-learning losses; space: lr, plus its main parameters")
         typer.echo(f"    lr ~ {LR['lr']}")
         width = max(map(len, MAIN_PARAMS))
         for loss, space in sorted(MAIN_PARAMS.items()):
-            typer.echo(f"    pml:{loss:{width}s} {describe(space) if space else '(lr only)'}")
+            what = (f"refused: fails in pytorch-metric-learning 2.9 ({FAILS[loss].split(' (')[0]})" if loss in FAILS
+                    else describe(space) if space else "(lr only)")
+            typer.echo(f"    pml:{loss:{width}s} {what}")
     if what in ("datasets", "all"):
         from dmlbench.data import DATASETS, resolve_data_dir
 

@@ -73,7 +73,7 @@ def compare(results_dir: Path, metric: str = "map@r", alpha: float = 0.05, n_boo
             shared = by_label.loc[[a, b]].dropna(axis=1).columns
             # The difference the paired test is about: on the seeds both have (the ranking's means
             # may include seeds only one of them has).
-            diff = (by_label.loc[a, shared] - by_label.loc[b, shared]).mean() if len(shared) else means[a] - means[b]
+            diff = (by_label.loc[a, shared] - by_label.loc[b, shared]).mean() if len(shared) else np.nan
             row = {"dataset": ds, "a": a, "b": b, "diff": diff, "seeds": len(shared),
                    "p_seeds": paired_t(by_label.loc[a, shared], by_label.loc[b, shared]) if len(shared) else np.nan,
                    "p_queries": np.nan, "query_ci": "", "query_seed": None, "query_diff": np.nan}
@@ -160,7 +160,8 @@ def format_compare(result: dict) -> str:
         lines.append("--- | --- | --- | --- | --- | --- | ---")
         for r in pairs.itertuples():
             ci = f"{r.query_ci} (seed {_seed(r.query_seed)})" if r.query_ci else "—"
-            lines.append(f"{r.a} vs {r.b} ({r.dataset}) | {r.diff:+.4f} | {r.seeds} | {_p(r.p_seeds_holm)} | "
+            diff = "—" if np.isnan(r.diff) else f"{r.diff:+.4f}"
+            lines.append(f"{r.a} vs {r.b} ({r.dataset}) | {diff} | {r.seeds} | {_p(r.p_seeds_holm)} | "
                          f"{_p(r.p_queries_holm)} | {ci} | {r.verdict}")
     fr = result["friedman"]
     if fr is not None:

@@ -247,18 +247,26 @@ def best_set(
     - it shares at least two seeds with the best and either its adjusted p >= ``alpha`` or, on
       the shared seeds, it is not behind the best (a two-sided test cannot make it "worse").
 
-    With fewer than two shared seeds nothing can be tested, so such a method is in the set only if
-    its mean is the best mean: with a single seed per method, only the best is bold. Methods
-    without any value are never in the set.
+    The best is the best mean among the methods with two or more seeds (a lone lucky seed cannot
+    take the bold from every tested row); only where no method has two seeds is it the best mean
+    of all. With fewer than two shared seeds nothing can be tested, so such a method is in the set
+    only if its mean is at least the best's: with a single seed per method, only the best is bold.
+    Methods without any value are never in the set.
     """
     series = {m: _as_series(v, m) for m, v in values_by_method.items()}
     means = {m: float(s.mean()) for m, s in series.items() if len(s)}
     if not means:
         return set()
     sign = 1.0 if higher_is_better else -1.0
-    top = max(sign * v for v in means.values())
-    tied = {m for m, v in means.items() if math.isclose(sign * v, top, rel_tol=1e-12, abs_tol=1e-15)}
-    best = min(tied, key=lambda m: (-len(series[m]), m))  # among ties: the one with most seeds
+    pool = [m for m in means if len(series[m]) >= 2] or list(means)
+    top = max(sign * means[m] for m in pool)
+
+    def at_least_top(m: str) -> bool:
+        v = sign * means[m]
+        return v > top or math.isclose(v, top, rel_tol=1e-12, abs_tol=1e-15)
+
+    tied = {m for m in means if at_least_top(m)}
+    best = min((m for m in pool if at_least_top(m)), key=lambda m: (-len(series[m]), m))  # most seeds first
 
     chosen = set(tied)
     tested: list[str] = []

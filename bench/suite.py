@@ -239,7 +239,10 @@ def check_before_data(suite: Suite) -> None:
         raise DMLBenchError(f"seeds repeat ({', '.join(map(str, repeated))}); give each seed once")
     for seed in suite.seeds:
         dataclasses.replace(base, seed=seed).check()
+    from dmlbench.methods.pml import check_runnable
+
     for name in suite.methods:
+        check_runnable(name)
         apply_overrides(get_method(name).Params(), suite.method_sets.get(name, {}), name)
     for device in dict.fromkeys([base.device, *suite.devices]):
         if str(device).startswith("cuda"):  # before any run folder is touched (torch only for CUDA)
@@ -301,6 +304,9 @@ def _prepare(suite: Suite):
     if any(get_method(m).trainable for m in suite.methods):
         check_input(base.encoder, input_shape(base, data.input_shape))
     check_batch_sizes(suite, base.batch_size, data.train.y)
+    if base.knn_k >= len(data.train):  # a k-NN vote over every training image is a chance-level constant
+        raise DMLBenchError(f"knn_k={base.knn_k} must be below the {len(data.train)} training images of "
+                            f"{base.dataset}; the default is 5")
     generative = [m for m in suite.methods if issubclass(get_method(m), GenerativeMethod)]
     lo, hi = data.value_range()
     if generative and (lo < 0 or hi > 1):

@@ -124,8 +124,11 @@ def format_table(agg: pd.DataFrame, fmt: str = "markdown", metrics: list[str] | 
             text.append(t)
         cells[m] = text
     if fmt == "latex":
+        special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
         def tex(text: str) -> str:
-            return str(text).replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("#", r"\#").replace("%", r"\%")
+            return "".join(special.get(c, c) for c in str(text))
 
         for m in metrics:  # plain ASCII LaTeX: any engine, any font
             cells[m] = cells[m].str.replace(" ± ", r" $\pm$ ", regex=False)
@@ -139,9 +142,9 @@ def format_table(agg: pd.DataFrame, fmt: str = "markdown", metrics: list[str] | 
 
 def legend(spread: str = "ci") -> str:
     return (f"Mean over seeds {SPREADS[spread]} (one seed: the value alone). Bold: not significantly "
-            "worse than the best row (paired t-test over seeds, Holm-corrected, alpha 0.05); with one seed only "
-            "the best is bold. Rows not marked [tuned...] run at the method's defaults (or the [options] shown), "
-            "untuned.")
+            "worse than the best row with 2+ seeds (paired t-test over shared seeds, Holm-corrected, alpha 0.05); "
+            "a row that cannot be tested (under 2 shared seeds) is bold only if its mean is at least the best's. "
+            "Rows not marked [tuned...] run at the method's defaults (or the [options] shown), untuned.")
 
 
 LEGEND = legend()

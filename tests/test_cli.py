@@ -680,3 +680,13 @@ def test_rows_of_one_method_that_differ_in_run_options_say_which(tmp_path):
             (d / "metrics.json").write_text(json.dumps({"recall@1": 0.5 + 0.1 * seed}))
     header, rows = md_rows(bench("table", root, "--metrics", "recall@1").stdout)
     assert set(rows) == {"alpha [lr_schedule=cosine]", "alpha [lr_schedule=none]"}
+
+
+def test_latex_escapes_every_special_character_of_a_label(tmp_path):
+    root = tmp_path / "results"
+    _fake_run(root, "alpha", 0, {"recall@1": 0.5})
+    cfg = root / "toy" / "alpha" / "s0-alp0" / "config.json"
+    cfg.write_text(cfg.read_text().replace('"dataset": "toy"', '"dataset": "npz:/d/a&b~c_{x}$^%#.npz"'))
+    tex = bench("table", root, "--format", "latex", "--metrics", "recall@1").stdout
+    assert (r"npz:/d/a\&b\textasciitilde{}c\_\{x\}\$\textasciicircum{}\%\#.npz & alpha & 1 & 0.5000"
+            in tex), tex

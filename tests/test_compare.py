@@ -142,3 +142,12 @@ def test_one_seed_shows_a_dash_for_the_seed_test_and_a_cd_plot_is_refused_first(
     assert "a vs b (d) | +0.1000 | 1 | — |" in res.stdout and "nan" not in res.stdout
     res = CliRunner().invoke(app, ["compare", str(tmp_path), "--cd-plot", str(tmp_path / "cd.png")])
     assert res.exit_code == 2 and res.stdout == "" and "leave out --cd-plot" in res.stderr
+
+
+def test_no_shared_seed_shows_no_difference_and_a_cd_plot_folder_is_refused(tmp_path):
+    _run(tmp_path, "d", "x", 0, 0.8)
+    _run(tmp_path, "d", "y", 1, 0.7)
+    res = CliRunner().invoke(app, ["compare", str(tmp_path)])
+    assert "x vs y (d) | — | 0 | — |" in res.stdout
+    res = CliRunner().invoke(app, ["compare", str(tmp_path), "--cd-plot", str(tmp_path)])
+    assert res.exit_code == 2 and res.stdout == "" and "(that is a folder)" in res.stderr

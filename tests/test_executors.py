@@ -267,3 +267,14 @@ def test_each_pool_worker_draws_its_progress_on_its_own_line():
 def test_an_empty_method_list_is_refused():
     r = bench("run", "--methods", "")
     assert r.exit_code == 2 and "methods='' names no method" in r.stderr
+
+
+def test_losses_that_fail_in_pml_a_knn_k_over_the_training_set_and_a_bad_port_are_refused(tmp_path):
+    r = bench("run", "--methods", "pml:TupletMarginLoss", "--dataset", "digits", "--out", tmp_path)
+    assert r.exit_code == 2 and "pml:TupletMarginLoss fails in pytorch-metric-learning 2.9" in r.stderr
+    r = bench("run", "--methods", "siamese", "--dataset", "digits", "--knn-k", "5000", "--out", tmp_path)
+    assert r.exit_code == 2 and "knn_k=5000 must be below the 1257 training images" in r.stderr
+    assert not any(tmp_path.iterdir())
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    r = bench("run", "--methods", "siamese", "--executor", "ray", "--ray-address", "127.0.0.1:99999")
+    assert r.exit_code == 2 and "port 99999 is not a port (1-65535)" in r.stderr

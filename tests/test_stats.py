@@ -389,3 +389,12 @@ def test_modules_do_not_import_torch_or_other_package_modules():
         "assert not extra, extra"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)
+
+
+def test_a_lone_lucky_seed_does_not_take_the_bold_from_tested_rows():
+    # a and b: 3 seeds, level within noise; c: one seed, above both. The best is a (best of the
+    # rows with 2+ seeds): b is tested against it, and c, untestable but not behind, is bold too.
+    a, b = [0.62, 0.63, 0.625], [0.61, 0.635, 0.62]
+    assert best_set({"a": a, "b": b, "c": [0.64]}) == {"a", "b", "c"}
+    assert best_set({"a": a, "b": b, "d": [0.60]}) == {"a", "b"}  # untestable and behind: not bold
+    assert best_set({"a": [0.7], "b": [0.6]}) == {"a"}  # no row with 2 seeds: only the best

@@ -630,6 +630,7 @@ def test_run_flags_fix_run_keys_and_dead_dimensions_are_refused():
     with pytest.raises(DMLBenchError, match="the adam optimizer has no momentum setting"):
         T.method_plan("siamese", momentum, {}, {}, "adam")
     assert "momentum" in T.method_plan("siamese", momentum, {}, {}, "sgd").space
+    assert "momentum" in T.method_plan("siamese", momentum, {}, {}, "rmsprop").space
     with pytest.raises(DMLBenchError, match="fixed twice"):
         T.method_plan("siamese", {"lr": 0.002}, {}, {"lr": 0.01}, "adam")
     # A loss's own option named like a run key is the loss's (DynamicSoftMarginLoss's momentum).

@@ -64,6 +64,9 @@ def _check_listening(address: str, timeout: float = 5.0) -> None:
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or "://" in address:
         return  # auto, ray://..., or a form Ray itself reports on
+    if not 0 < int(port) < 65536:
+        raise DMLBenchError(f"--ray-address {address}: port {port} is not a port (1-65535); give the address "
+                            "`ray start --head` printed, or auto")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             pass

@@ -59,6 +59,9 @@ def _check_run_value(key: str, value) -> None:
     cfg.check()
 
 
+MOMENTUM_OPTIMIZERS = ("sgd", "rmsprop")  # the optimizers the trainer gives --momentum
+
+
 def is_run_key(name: str, key: str) -> bool:
     """A space key tunes the run (lr, ...) unless the method has an option of that name
     (pml:DynamicSoftMarginLoss's ``momentum`` is the loss's, not the optimiser's)."""
@@ -104,9 +107,10 @@ def method_plan(name: str, file_space: dict | None, set_options: dict, run_flags
         if key not in RUN_KEYS and key not in known:
             raise DMLBenchError(f"unknown option {name}.{key} in the search space; {name} options are: "
                                 f"{', '.join(known) or '(none)'}, and the run keys {', '.join(RUN_KEYS)}")
-    if optimizer and optimizer != "sgd" and "momentum" in space and is_run_key(name, "momentum"):
+    if optimizer and optimizer not in MOMENTUM_OPTIMIZERS and "momentum" in space and is_run_key(name, "momentum"):
         raise DMLBenchError(f"{name}: momentum is searched, but the {optimizer} optimizer has no momentum setting "
-                            "(only sgd uses it); leave momentum out of the space, or give --optimizer sgd")
+                            f"(only {' and '.join(MOMENTUM_OPTIMIZERS)} use it); leave momentum out of the space, or "
+                            "give --optimizer sgd")
     for key in set_options:
         space.pop(key, None)
     apply_overrides(cls.Params(), fixed, name)

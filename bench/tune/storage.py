@@ -37,7 +37,9 @@ def objective_direction(name: str) -> str:
         raise DMLBenchError(f"objective {name!r} is not a metric; known: {', '.join(METRICS.names())}")
     spec = METRICS.get(name)
     if spec.kind not in ("embedding", "generative"):
-        raise DMLBenchError(f"objective {name!r} is a {spec.kind} metric; choose a retrieval metric such as map@r")
+        article = "an" if spec.kind[:1] in "aeiou" else "a"
+        raise DMLBenchError(f"objective {name!r} is {article} {spec.kind} metric; choose a retrieval metric such as "
+                            "map@r")
     if not spec.comparable:  # what the table and bench compare never rank is no objective either
         raise DMLBenchError(f"objective {name!r} depends on a setting (the embedding's scale), not on the method "
                             "alone, and is never ranked; choose a retrieval metric such as map@r")
