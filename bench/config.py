@@ -134,6 +134,8 @@ class RunConfig:
                 bad(name, "must be a finite number")
             if v < 0 or (name in ("lr", "trunk_lr") and v == 0):
                 bad(name, "must be positive" if name in ("lr", "trunk_lr") else "must be >= 0")
+            if name == "momentum" and v >= 1:  # a momentum of 1 or more makes the steps grow without bound
+                bad(name, "must be below 1 (e.g. 0.9)")
         for name in ("seed", "data_seed", "triplet_seed"):
             v = getattr(self, name)
             if not 0 <= v <= MAX_SEED:

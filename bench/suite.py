@@ -153,6 +153,9 @@ def resolve_suite(file_values: dict, flags: dict) -> Suite:
     if not 0 <= gpus <= 64:
         raise DMLBenchError(f"gpus_per_run={gpus} must be between 0 and 64 (0.25 packs four runs on a GPU)")
     executor = str(values.get("executor", "local"))
+    if gpus and executor != "ray":
+        raise DMLBenchError(f"gpus_per_run={gpus:g} applies to --executor ray only; on one machine give --workers "
+                            "(--workers auto packs 4 runs per GPU)")
     from dmlbench.executors import EXECUTORS
 
     if executor not in EXECUTORS:

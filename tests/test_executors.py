@@ -278,3 +278,12 @@ def test_losses_that_fail_in_pml_a_knn_k_over_the_training_set_and_a_bad_port_ar
     pytest.importorskip("ray", reason="the ray extra is not installed")
     r = bench("run", "--methods", "siamese", "--executor", "ray", "--ray-address", "127.0.0.1:99999")
     assert r.exit_code == 2 and "port 99999 is not a port (1-65535)" in r.stderr
+
+
+def test_settings_that_would_do_nothing_or_diverge_are_refused(tmp_path):
+    r = bench("run", "--methods", "siamese", "--gpus-per-run", "0.5")
+    assert r.exit_code == 2 and "gpus_per_run=0.5 applies to --executor ray only" in r.stderr
+    r = bench("run", "--methods", "siamese", "--optimizer", "sgd", "--momentum", "2")
+    assert r.exit_code == 2 and "momentum" in r.stderr and "must be below 1" in r.stderr
+    r = bench("run", "--methods", "siamese", "--tuned", __file__)
+    assert r.exit_code == 2 and "give the suite folder of a `bench tune`" in r.stderr

@@ -541,7 +541,7 @@ def test_a_tune_of_some_methods_keeps_the_others_and_warns_of_unequal_budgets(ti
     before = json.loads((suite_dir / "tuned.json").read_text())["methods"]["triplet-hinge"]
     r = ok(bench("tune", "--methods", "siamese", "--trials", 4, "--out", tmp_path, *SMALL))
     assert "warning: the methods had unequal tuning budgets (triplet-hinge 3, siamese 4 trials)" in r.stderr
-    assert "--trials 4 to even them" in r.stderr
+    assert "--trials 4 with --methods naming all of them" in r.stderr
     doc = json.loads((suite_dir / "tuned.json").read_text())
     assert doc["methods"]["triplet-hinge"] == before and doc["methods"]["siamese"]["trials"] == 4
     suite = resolve_suite({}, {"methods": "siamese,triplet-hinge", "dataset": "digits"})

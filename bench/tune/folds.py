@@ -59,6 +59,10 @@ def check_folds(suite_dir: Path, kind: str, k: int, seed: int, assignment: np.nd
     old = read_json(path)
     if not {"kind", "k", "seed", "assignment"} <= old.keys():
         raise CorruptFileError(path, "it lacks kind, k, seed or assignment")
+    if (old["kind"], old["k"], old["seed"]) == (kind, k, seed) and old["assignment"] != doc["assignment"]:
+        raise DMLBenchError(f"{path} holds folds of other data than {dataset} has now (the same options, other "
+                            "images or labels): the studies there were tuned on that data; give another --suite or "
+                            "--out for a new study")
     if (old["kind"], old["k"], old["seed"]) != (kind, k, seed) or old["assignment"] != doc["assignment"]:
         raise DMLBenchError(
             f"{path} holds other folds ({old['kind']}, folds={old['k']}, seed={old['seed']}) than this tune "

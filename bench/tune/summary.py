@@ -134,5 +134,5 @@ def budget_warnings(doc: dict, asked: int | None = None) -> list[str]:
                 "(the studies resume)" + ("" if lo == hi else f", or give --trials {hi} to even the counts now ({each})")]
     if lo != hi:
         return [f"the methods had unequal tuning budgets ({each} trials), so their comparison is not equal-budget; "
-                f"give --trials {hi} to even them (the studies resume)"]
+                f"give --trials {hi} with --methods naming all of them to even them (the studies resume)"]
     return []

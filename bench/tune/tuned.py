@@ -34,6 +34,9 @@ def read_tuned(tuned_dir: Path) -> tuple[Path, dict]:
     path = Path(tuned_dir)
     if path.is_dir():
         path = path / TUNED_FILE
+    elif path.is_file() and path.suffix != ".json":
+        raise DMLBenchError(f"--tuned {path}: give the suite folder of a `bench tune` (or its {TUNED_FILE}), not "
+                            f"{path.name}")
     if not path.is_file():
         raise DMLBenchError(f"{path} does not exist; give the suite folder of a finished `bench tune` "
                             "(it holds tuned.json)")
