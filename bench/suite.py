@@ -213,13 +213,19 @@ def expand(suite: Suite, n_train: int) -> list[Planned]:
         overrides = suite.method_sets.get(name, {})
         params = apply_overrides(cls.Params(), overrides, name)
         defaults = cls.Params()
-        variant = ",".join(f"{k}={_fmt(_get_key(params, k))}" for k in sorted(overrides)
-                           if _get_key(params, k) != _get_key(defaults, k))
-        if name in tuned:  # the table marks tuned settings, run keys (lr) included
+        changed = [k for k in sorted(overrides) if _get_key(params, k) != _get_key(defaults, k)]
+        variant = ",".join(f"{k}={_fmt(_get_key(params, k))}" for k in changed)
+        if name in tuned:
+            # The table marks what the tune searched (run keys such as lr first), and apart from it
+            # what was held fixed (a --set or --lr given to the tune, or to this run).
+            searched = set(tuned[name].get("params") or {})
             run_keys = getattr(suite, "run_sets", {}).get(name, {})
-            variant = "tuned" + (":" + ",".join(f"{k}={_fmt(v)}" for k, v in sorted(run_keys.items()))
-                                 if run_keys else "") + \
-                (";" + variant if variant else "")
+            run_t = [f"{k}={_fmt(v)}" for k, v in sorted(run_keys.items()) if k in searched]
+            meth_t = [f"{k}={_fmt(_get_key(params, k))}" for k in changed if k in searched]
+            fixed = [f"{k}={_fmt(v)}" for k, v in sorted(run_keys.items()) if k not in searched] + \
+                    [f"{k}={_fmt(_get_key(params, k))}" for k in changed if k not in searched]
+            variant = "tuned" + (":" + ",".join(run_t) if run_t else "") + (";" + ",".join(meth_t) if meth_t else "") \
+                + (";fixed:" + ",".join(fixed) if fixed else "")
         for seed in suite.seeds:
             cfg = tuned_config(suite, with_method(base, name, seed, dataclasses.asdict(params)))
             planned.append(Planned(cfg, variant))

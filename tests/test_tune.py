@@ -435,13 +435,8 @@ def test_apply_tuned_gives_each_method_its_best_settings(tiny, tmp_path, caplog)
 
 
 def test_expand_applies_tuned_run_keys_and_records_them(tiny):
-    import inspect
-
     from dmlbench import suite as suite_mod
 
-    source = inspect.getsource(suite_mod.expand)
-    if "run_sets" not in source and "tuned_config" not in source:
-        pytest.skip("needs the suite.expand change for per-method run keys (dmlbench.tune.tuned_config)")
     suite_dir, _ = tiny
     doc = json.loads((suite_dir / "tuned.json").read_text())
     tuned = T.apply_tuned(resolve_suite({}, {"methods": "siamese", "dataset": "digits"}), suite_dir)
@@ -452,6 +447,9 @@ def test_expand_applies_tuned_run_keys_and_records_them(tiny):
     assert cfg.lr == pytest.approx(doc["methods"]["siamese"]["run_params"]["lr"])
     assert cfg.tuned["trial"] == doc["methods"]["siamese"]["best_trial"]
     assert by[("raw", 0)].tuned == {}
+    variant = next(p.variant for p in planned if p.config.method == "siamese")
+    m = doc["methods"]["siamese"]
+    assert variant == f"tuned:lr={m['run_params']['lr']:.4g};margin={m['method_params']['margin']:.4g}"
 
 
 def test_bench_run_tuned_runs_the_best_settings(tiny, tmp_path):
@@ -655,6 +653,10 @@ def test_tune_lr_flag_is_fixed_and_its_tuned_run_needs_no_flag(tmp_path):
     assert m["run_params"]["lr"] == 0.003 and "lr" not in m["params"]
     tuned = T.apply_tuned(resolve_suite({}, {"methods": "siamese", "dataset": "digits"}), suite_dir)
     assert tuned.run_sets["siamese"]["lr"] == 0.003
+    from dmlbench.suite import expand
+
+    variant = expand(tuned, 1257)[0].variant  # the label keeps what was held fixed apart from what was tuned
+    assert variant == f"tuned;margin={m['method_params']['margin']:.4g};fixed:lr=0.003"
 
 
 def test_interrupts_never_use_up_a_trial_and_worker_deaths_are_retried_three_times(tmp_path):

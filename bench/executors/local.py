@@ -54,6 +54,12 @@ def init_worker_process(threads: int, level: int, slots=None, workers: int = 1) 
 
     runtime.set_threads(threads)
     runtime.log_to_stderr(level)
+    # tqdm's default lock is a multiprocessing one (a named semaphore per process), which a worker
+    # stopped by an interrupt never unlinks: the exit would warn of leaked semaphores. A worker's
+    # bars need only a thread lock.
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
     if slots is not None:
         with slots.get_lock():
             runtime.BAR_POSITION = 1 + slots.value % max(1, workers)
@@ -89,7 +95,14 @@ def stop_pool(pool: ProcessPoolExecutor) -> None:
     for p in procs:
         if p.is_alive():
             p.terminate()
+    for p in procs:
+        p.join(1.0)
     pool.shutdown(wait=False, cancel_futures=True)
+    # Let the pool's manager thread close its queues (their semaphores), so that the exit does
+    # not end with a "leaked semaphore objects" warning.
+    manager = getattr(pool, "_executor_manager_thread", None)
+    if manager is not None:
+        manager.join(5.0)
 
 
 def _run(planned, suite_dir: Path, reuse_stale: bool):
