@@ -199,6 +199,9 @@ def run(**kw):
     try:
         results = run_suite(suite, on_result=report, on_start=start)
     except KeyboardInterrupt:
+        from dmlbench.runtime import shutdown_ray
+
+        shutdown_ray()  # now, not in Ray's exit hook, where a second Ctrl-C prints a traceback
         err(f"interrupted after {len(done)} run(s); finished runs are saved: re-run the same command to resume")
         raise typer.Exit(130) from None
     typer.echo(write_tables(suite.dir))
@@ -432,6 +435,9 @@ def tune_(**kw):
     try:
         doc = tune(suite, opts, echo=err)
     except KeyboardInterrupt:
+        from dmlbench.runtime import shutdown_ray
+
+        shutdown_ray()
         err("interrupted; finished trials are stored: re-run the same command to run the missing ones")
         raise typer.Exit(130) from None
     typer.echo(summary_table(doc))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import contextmanager
 
 from dmlbench.errors import DMLBenchError
 
@@ -11,6 +12,37 @@ from dmlbench.errors import DMLBenchError
 # A pool worker's line for its progress bar (1, 2, ...; the driver's overall bar is line 0); None
 # outside a pool, where a run's bar is the only one.
 BAR_POSITION: int | None = None
+
+
+@contextmanager
+def interrupts_ignored(exc: BaseException | None = None):
+    """While a Ctrl-C is being handled (``exc`` a KeyboardInterrupt, or None: always), ignore
+    further ones in this (main) thread: a second Ctrl-C would break off the stopping of workers,
+    Ray tasks or Ray itself with a traceback (inside Ray's shutdown, a crash). The clean-up is
+    bounded, and the handler is restored after it."""
+    import signal
+    import threading
+
+    if (exc is not None and not isinstance(exc, KeyboardInterrupt)) or \
+            threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def shutdown_ray() -> None:
+    """Stop this process's Ray connection (and a local instance it started) now, with Ctrl-C
+    ignored, rather than in Ray's exit hook, where a second Ctrl-C prints a traceback."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        with interrupts_ignored():
+            ray.shutdown()
 
 
 def default_threads() -> int:

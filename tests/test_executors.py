@@ -288,3 +288,14 @@ def test_settings_that_would_do_nothing_or_diverge_are_refused(tmp_path):
     assert r.exit_code == 2 and "momentum" in r.stderr and "must be below 1" in r.stderr
     r = bench("run", "--methods", "siamese", "--tuned", __file__)
     assert r.exit_code == 2 and "give the suite folder of a `bench tune`" in r.stderr
+
+
+def test_a_ctrl_c_during_the_clean_up_of_an_interrupt_is_ignored_only_for_that_time():
+    from dmlbench.runtime import interrupts_ignored
+
+    before = signal.getsignal(signal.SIGINT)
+    with interrupts_ignored(KeyboardInterrupt()):
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGINT) is before  # children started later must get Ctrl-C again
+    with interrupts_ignored(ValueError("a crash, not an interrupt")):
+        assert signal.getsignal(signal.SIGINT) is before

@@ -21,7 +21,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 
-from dmlbench.runtime import default_threads
+from dmlbench.runtime import default_threads, interrupts_ignored
 
 log = logging.getLogger("dmlbench")
 
@@ -179,8 +179,9 @@ class LocalExecutor:
                     if on_result:
                         on_result(r)
                     hand_out()
-        except BaseException:
-            stop_pool(pool)
+        except BaseException as e:
+            with interrupts_ignored(e):
+                stop_pool(pool)
             raise
         finally:
             bar.close()

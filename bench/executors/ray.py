@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from dmlbench.errors import DMLBenchError
-from dmlbench.runtime import default_threads
+from dmlbench.runtime import default_threads, interrupts_ignored
 
 log = logging.getLogger("dmlbench")
 
@@ -111,8 +111,9 @@ class RayExecutor:
                 results[refs[done[0]]] = r
                 if on_result:
                     on_result(r)
-        except BaseException:
-            for ref in pending:
-                ray.cancel(ref, force=True)
+        except BaseException as e:
+            with interrupts_ignored(e):
+                for ref in pending:
+                    ray.cancel(ref, force=True)
             raise
         return [results[i] for i in range(len(planned))]

@@ -20,6 +20,7 @@ from dmlbench.tune.options import (
 from dmlbench.tune.spaces import method_plan, read_space_file
 from dmlbench.tune.storage import _optuna, default_storage, objective_direction, open_storage, redact
 from dmlbench.tune.summary import _other_methods, budget_warnings, failed_methods, summarize
+from dmlbench.runtime import interrupts_ignored
 from dmlbench.tune.trial import PRUNE_STARTUP, _echo, _fmt_params, _work_entry, trial_config, work
 
 log = logging.getLogger("dmlbench")
@@ -218,10 +219,11 @@ def tune(suite: Suite, opts: TuneOptions, echo=_echo) -> dict:
             work(job, threads=threads, data=data)
         else:
             _run_local(job, workers, threads, level)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         # The workers are stopped; a trial one of them could not re-queue (a Ray task killed, a
         # worker terminated) is re-queued here, so a resume need not wait for its heartbeat to lapse.
-        _requeue_own(job)
+        with interrupts_ignored(e):
+            _requeue_own(job)
         raise
     doc = summarize(job, time.perf_counter() - t_start, workers)
     doc["methods"] = {**_other_methods(suite_dir / TUNED_FILE, doc), **doc["methods"]}
@@ -285,8 +287,9 @@ def _run_local(job: Job, workers: int, threads: int, level: int) -> None:
         futures = [pool.submit(_work_entry, job, threads, level) for _ in range(workers)]
         for fut in futures:
             fut.result()
-    except BaseException:
-        stop_pool(pool)
+    except BaseException as e:
+        with interrupts_ignored(e):
+            stop_pool(pool)
         raise
     pool.shutdown()
 
@@ -306,10 +309,11 @@ def _run_ray(job: Job, workers: int, threads: int, level: int) -> None:
     refs = [remote.remote(job, threads, level) for _ in range(workers)]
     try:
         ray.get(refs)
-    except BaseException:
-        for ref in refs:  # an interrupt in each task first: its trial re-queues itself
-            ray.cancel(ref)
-        ray.wait(refs, num_returns=len(refs), timeout=10)
-        for ref in refs:
-            ray.cancel(ref, force=True)
+    except BaseException as e:
+        with interrupts_ignored(e):
+            for ref in refs:  # an interrupt in each task first: its trial re-queues itself
+                ray.cancel(ref)
+            ray.wait(refs, num_returns=len(refs), timeout=10)
+            for ref in refs:
+                ray.cancel(ref, force=True)
         raise
