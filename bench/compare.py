@@ -135,7 +135,7 @@ def _p(value) -> str:
 
 def _seed(value) -> str:
     """A seed as written on the command line (pandas keeps a column with gaps as floats)."""
-    return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else str(int(value))
+    return "—" if value is None or (isinstance(value, float) and np.isnan(value)) else str(int(value))
 
 
 def format_compare(result: dict) -> str:

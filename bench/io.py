@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +171,25 @@ def clean_temp_files(folder: Path, older_than_s: float = 3600.0) -> int:
         except OSError:
             pass
     return n
+
+
+@contextmanager
+def undo_if_refused(folder: Path, files: tuple[str, ...] = (), on: type[BaseException] = BaseException):
+    """Run the block with ``folder`` there; if it raises ``on``, remove what this call made: the
+    named ``files`` in the folder that were not there before, then the folders it created while
+    they are empty (a command that could not start leaves nothing behind, and nothing that was
+    there is touched)."""
+    folder = Path(folder)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    new_files = [folder / n for n in files if not (folder / n).exists()]
+    try:
+        yield
+    except on:
+        for f in new_files:
+            f.unlink(missing_ok=True)
+        for p in made:
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        raise

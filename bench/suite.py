@@ -285,18 +285,12 @@ def check_out(folder: Path) -> None:
 
 def prepare(suite: Suite):
     """Check the suite, load its data once, expand it; returns (data, planned runs)."""
+    from dmlbench.io import undo_if_refused
+
     check_before_data(suite)
-    made = [p for p in (suite.dir, *suite.dir.parents) if not p.exists()]
-    check_out(suite.dir)
-    try:
+    with undo_if_refused(suite.dir):  # a suite that could not start leaves no empty folder it made behind
+        check_out(suite.dir)
         return _prepare(suite)
-    except BaseException:
-        for folder in made:  # a suite that could not start leaves no empty folder it made behind
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        raise
 
 
 def _prepare(suite: Suite):
@@ -351,8 +345,7 @@ def run_suite(suite: Suite, on_result=None, on_start=None):
 
     executor = get_executor(suite.executor, workers=suite.workers, threads=suite.base.threads,
                             address=suite.ray_address, gpus_per_run=suite.gpus_per_run)
-    if hasattr(executor, "connect"):  # an unreachable cluster is refused before any folder is made
-        executor.connect()
+    executor.connect()  # an unreachable cluster is refused before any folder is made
     data, planned = prepare(suite)
     if on_start is not None:
         on_start(suite, data, planned)

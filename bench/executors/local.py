@@ -124,6 +124,9 @@ class LocalExecutor:
         self.total = threads or default_threads()
         self.threads = max(1, self.total // self.workers)
 
+    def connect(self) -> None:
+        """Nothing to reach on this machine (the Ray executor joins its cluster here)."""
+
     def _fit(self, runs: int) -> None:
         """No more workers than runs, and the thread budget split between those that start."""
         self.workers = max(1, min(self.workers, runs))

@@ -99,8 +99,8 @@ class _Retry:
             cls(max_retry=None)(study, trial)
 
 
-def _retry_callback(interrupted: bool = False):
-    return _Retry(interrupted)
+def _retry_callback():
+    return _Retry()
 
 
 def requeue_interrupted(study, trial_id: int) -> bool:

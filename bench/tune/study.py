@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import uuid
 import time
+import uuid
 from pathlib import Path
 
+from dmlbench import layout
 from dmlbench.errors import DMLBenchError
-from dmlbench.io import write_json
+from dmlbench.io import undo_if_refused, write_json
+from dmlbench.runtime import interrupts_ignored
 from dmlbench.space import describe
 from dmlbench.suite import Suite
 from dmlbench.tune.folds import check_fold_sizes, check_folds, choose_validation, fold_data, load_training_data
 from dmlbench.tune.options import (
-    DEFAULT_SUITE, EXTRA_METRICS, MAX_RETRY, TUNED_FILE, Job, MethodPlan, TuneOptions,
+    DEFAULT_SUITE, EXTRA_METRICS, FOLDS_FILE, MAX_RETRY, TUNED_FILE, Job, MethodPlan, TuneOptions,
 )
 from dmlbench.tune.spaces import method_plan, read_space_file
 from dmlbench.tune.storage import _optuna, default_storage, objective_direction, open_storage, redact
 from dmlbench.tune.summary import _other_methods, budget_warnings, failed_methods, summarize
-from dmlbench.runtime import interrupts_ignored
 from dmlbench.tune.trial import PRUNE_STARTUP, _echo, _fmt_params, _work_entry, trial_config, work
 
 log = logging.getLogger("dmlbench")
@@ -189,7 +189,10 @@ def tune(suite: Suite, opts: TuneOptions, echo=_echo) -> dict:
     deadline = time.time() + opts.timeout if opts.timeout else None
     job = Job(suite, plans, opts, kind, assignment, storage_url, suite_dir, metrics, fold_ids, deadline,
               uuid.uuid4().hex)
-    with _undo_if_refused(suite_dir):  # a storage that refuses the study leaves no folder or folds.json
+    # A storage that refuses the study leaves no folder, folds.json or study file (an interrupt or
+    # a crash, which might be another tune's race on the same folder, leaves them).
+    with undo_if_refused(suite_dir, (FOLDS_FILE, layout.STUDY), on=DMLBenchError):
+        suite_dir.mkdir(parents=True, exist_ok=True)
         check_folds(suite_dir, kind, opts.folds, opts.tune_seed, assignment, base.dataset)
         create_studies(job)
 
@@ -246,30 +249,6 @@ def _requeue_own(job: Job) -> None:
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             if t.system_attrs.get(RUN_TAG) == job.run_id:
                 requeue_interrupted(study, t._trial_id)
-
-
-@contextlib.contextmanager
-def _undo_if_refused(suite_dir: Path):
-    """Make the suite folder; if the block raises, remove what it made (folds.json, the SQLite
-    file of a study that could not be made, the empty folders), never anything that was there."""
-    from dmlbench import layout
-    from dmlbench.tune.options import FOLDS_FILE
-
-    suite_dir = Path(suite_dir)
-    made = [p for p in (suite_dir, *suite_dir.parents) if not p.exists()]
-    new_files = [suite_dir / n for n in (FOLDS_FILE, layout.STUDY) if not (suite_dir / n).exists()]
-    suite_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        yield
-    except DMLBenchError:  # a refusal (not an interrupt, not a crash that might be another tune's race)
-        for f in new_files:
-            f.unlink(missing_ok=True)
-        for folder in made:
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        raise
 
 
 def _run_local(job: Job, workers: int, threads: int, level: int) -> None:
