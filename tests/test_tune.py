@@ -87,6 +87,9 @@ def test_tiny_study_gives_every_method_the_same_budget(tiny):
         assert set(m["run_params"]) == {"lr"} and "lr" not in m["method_params"]
         assert set(m["method_params"]) | set(m["run_params"]) == set(m["params"])
         assert m["trial_seconds"] > 0
+        assert m["devices"] == {"cpu": 3}  # where the trials ran, from their run folders
+    assert 0 < doc["tune_seconds"] <= doc["wall_seconds"] + 1
+    assert "(trials ran on cpu (6); tuning time " in result.stdout
     # The summary table on stdout, progress on stderr; the choice of validation is said.
     assert "best map@r" in result.stdout and "siamese" in result.stdout
     assert "validation: samples folds" in result.stderr and "the test set is not read" in result.stderr
@@ -569,6 +572,27 @@ def test_tune_minutes_count_the_time_trials_ran_not_the_gaps_between_sessions():
     spans = [(t0 + m, t0 + 3 * m), (t0, t0 + 2 * m), (t0 + timedelta(days=1), t0 + timedelta(days=1) + 2 * m)]
     assert _busy_seconds(spans) == 5 * 60
     assert _busy_seconds([]) == 0
+
+
+def test_trial_devices_finds_the_run_folders_of_a_study_copied_from_another_machine(tmp_path):
+    """A study tuned partly on a GPU machine and copied here: its trials' run folders are found under
+    this suite's trials/ though they recorded the other machine's paths."""
+    from types import SimpleNamespace
+
+    from dmlbench.tune.summary import trial_devices
+
+    def run(name, device):
+        d = tmp_path / "suite" / "trials" / "fold0" / "siamese" / name
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps({"provenance": {"device": device}}))
+        return SimpleNamespace(user_attrs={"run_dir_fold0": f"/elsewhere/suite/trials/fold0/siamese/{name}",
+                                           "fold0": 0.5})
+
+    trials = [run("s0-a", {"device": "cuda", "gpu": "NVIDIA H200"}), run("s0-b", {"device": "cuda:1", "gpu":
+              "NVIDIA H200"}), run("s0-c", {"device": "cpu"}), SimpleNamespace(user_attrs={})]
+    (tmp_path / "suite" / "trials" / "fold0" / "siamese" / "s0-c" / "config.json").write_text("{broken")
+    trials.append(run("s0-d", {"device": "cpu"}))
+    assert trial_devices(trials, tmp_path / "suite") == {"cpu": 1, "cuda:NVIDIA H200": 2, "unknown": 2}
 
 
 def test_a_storage_that_refuses_the_study_leaves_no_folder_or_folds(tmp_path):

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import logging
 import platform
+from collections import Counter
 from pathlib import Path
 
-from dmlbench.tune.options import Job
+from dmlbench.tune.options import TRIALS_DIR, Job
 from dmlbench.tune.spaces import split_params
 from dmlbench.tune.storage import _optuna, budget, objective_direction, open_storage, redact
 from dmlbench.tune.trial import _fmt_params
@@ -22,7 +23,7 @@ def summarize(job: Job, wall_seconds: float, workers: int) -> dict:
 
     optuna = _optuna()
     storage = open_storage(job.storage_url)
-    methods = {}
+    methods, spans = {}, []
     for plan in job.plans:
         study = optuna.load_study(study_name=plan.name, storage=storage)
         finished, running, waiting = budget(study)
@@ -45,8 +46,10 @@ def summarize(job: Job, wall_seconds: float, workers: int) -> dict:
         entry["fail_reasons"] = list(dict.fromkeys(r for r in reasons if r))[:3]  # the distinct first few
         entry["trial_seconds"] = round(sum((t.datetime_complete - t.datetime_start).total_seconds()
                                            for t in finished if t.datetime_start and t.datetime_complete), 3)
-        entry["wall_seconds"] = round(_busy_seconds([(t.datetime_start, t.datetime_complete) for t in finished
-                                                      if t.datetime_start and t.datetime_complete]), 3)
+        own = [(t.datetime_start, t.datetime_complete) for t in finished if t.datetime_start and t.datetime_complete]
+        spans += own
+        entry["wall_seconds"] = round(_busy_seconds(own), 3)
+        entry["devices"] = trial_devices(finished, Path(job.suite_dir))
         methods[plan.name] = entry
     base = job.suite.base.resolved()
     return {
@@ -55,9 +58,36 @@ def summarize(job: Job, wall_seconds: float, workers: int) -> dict:
         "validation": job.kind, "folds": job.opts.folds, "trials": job.opts.trials, "tune_seed": job.opts.tune_seed,
         "prune": job.opts.prune, "config": {k: v for k, v in base.to_dict().items()
                                             if k not in ("method", "seed", "method_params", "tuned")},
-        "methods": methods, "wall_seconds": round(wall_seconds, 3),
+        "methods": methods,
+        # A resumed tune's wall time is the union of all its trials' spans (every session, the gaps
+        # between them left out); this command's own time, and where it ran, apart.
+        "tune_seconds": round(_busy_seconds(spans), 3), "wall_seconds": round(wall_seconds, 3),
         "where": {"host": platform.node(), "executor": job.suite.executor, "workers": workers, "device": base.device},
     }
+
+
+def trial_devices(trials, suite_dir: Path) -> dict[str, int]:
+    """{device: finished trials} from each trial's run folder (its config.json's provenance): a
+    study resumed elsewhere (a GPU, then a CPU) says where its trials ran. A run folder is looked
+    for where the trial recorded it, else under this suite's trials/ (a study copied from another
+    machine); "unknown" where neither holds it (a crash before the run began)."""
+    from dmlbench.io import CorruptFileError, read_json
+    from dmlbench.provenance import device_kind
+
+    counts: Counter = Counter()
+    for t in trials:
+        dirs = [v for k, v in sorted(t.user_attrs.items()) if k.startswith("run_dir_fold")]
+        kind = "unknown"
+        if dirs:
+            p = Path(dirs[0])
+            for cand in (p, suite_dir / TRIALS_DIR / p.parent.parent.name / p.parent.name / p.name):
+                try:
+                    kind = device_kind((read_json(cand / "config.json").get("provenance") or {}).get("device") or {})
+                    break
+                except (CorruptFileError, AttributeError):  # (read_json reports a missing file so too)
+                    continue
+        counts[kind] += 1
+    return dict(sorted(counts.items()))
 
 
 def _busy_seconds(spans: list) -> float:
@@ -88,7 +118,16 @@ def summary_table(doc: dict) -> str:
                      f"{m['wall_seconds'] / 60:.1f}", settings])
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
-    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+    devices: Counter = Counter()
+    for m in doc["methods"].values():
+        devices.update(m.get("devices") or {})
+    footer = []
+    if devices:  # (a tuned.json of an older dmlbench has no devices)
+        footer.append("trials ran on " + ", ".join(f"{d} ({n})" for d, n in sorted(devices.items())))
+    if doc.get("tune_seconds") is not None:
+        footer.append(f"tuning time {doc['tune_seconds'] / 60:.1f} min over all sessions")
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]]
+                     + ([f"({'; '.join(footer)})"] if footer else []))
 
 
 def _other_methods(path: Path, doc: dict) -> dict:
