@@ -141,14 +141,19 @@ def test_a_killed_ray_worker_is_retried_and_resumes_to_bitwise_equal_metrics(tmp
     assert metrics(killed)[("siamese", run.name)] == metrics(fresh)[("siamese", run.name)]
 
 
+def sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _pool_run(out: Path) -> tuple[subprocess.Popen, list[int]]:
     """A 2-worker suite long enough to interrupt (4 runs of 4,000 steps), started in its own session
-    (a `&` in a shell would ignore SIGINT); returns the driver and its workers' pids once both
-    workers have taken a run."""
+    with SIGINT at its default (a test suite started with `&` from a script inherits SIGINT ignored,
+    and so would the driver); returns the driver and its workers' pids once both workers have taken
+    a run."""
     args = ["run", "--methods", "siamese,triplet-hinge", "--seeds", "0,1", "--steps", "4000", "--epoch-size", "256",
             "--test-triplets", "100", "--threads", "2", "--workers", "2", "--out", str(out)]
     p = subprocess.Popen([sys.executable, "-m", "dmlbench.cli", *args], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+                         stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=sigint_default)
     pids, lines = [], []
     deadline = time.time() + 120
     while len(pids) < 2 and time.time() < deadline:

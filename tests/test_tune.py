@@ -737,7 +737,9 @@ def test_ctrl_c_at_the_terminal_requeues_every_running_trial_of_a_worker_pool(tm
     cmd = [sys.executable, "-m", "dmlbench.cli", "tune", "--methods", "siamese,triplet-hinge", "--trials", "2",
            "--workers", "2", "--threads", "2", "--dataset", "digits", "--steps", "100000", "--test-triplets", "100",
            "--out", str(tmp_path)]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # Its own session, with SIGINT at its default (a suite started with `&` inherits it ignored).
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     db = tmp_path / "digits" / "tune" / "study.db"
     deadline = time.time() + 120
     running = 0
