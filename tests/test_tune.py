@@ -708,6 +708,48 @@ def test_interrupts_never_use_up_a_trial_and_worker_deaths_are_retried_three_tim
     assert (len(finished), len(waiting)) == (1, 0) and finished[0].state.name == "FAIL"
 
 
+def test_an_interrupted_trial_whose_worker_died_before_re_queuing_it_is_re_queued_once(tmp_path, monkeypatch):
+    """A pool terminates its other workers as soon as one exits: one can die after failing its
+    trial as interrupted and before adding the copy. Its driver (own trials, once the workers are
+    gone) or a later tune (anyone's, after the grace) adds the copy, once; crashes are not copied."""
+    from dmlbench.tune import storage as S
+
+    study = optuna.create_study(study_name="m", storage=T.open_storage(T.default_storage(tmp_path)))
+
+    def start(run_id):
+        trial = study.ask()
+        trial.suggest_float("x", 0.0, 1.0)
+        study._storage.set_trial_system_attr(trial._trial_id, S.RUN_TAG, run_id)
+        return trial
+
+    def terminated(self, study, trial):  # SIGTERM between the FAIL and the copy
+        raise SystemExit(-15)
+
+    ours, theirs = start("ours"), start("theirs")
+    with monkeypatch.context() as m:
+        m.setattr(S._Retry, "__call__", terminated)
+        for t in (ours, theirs):
+            with pytest.raises(SystemExit):
+                S.requeue_interrupted(study, t._trial_id)
+    crashed = start("ours")
+    study.tell(crashed, state=optuna.trial.TrialState.FAIL)  # the method's own failure: no copy
+    assert [t.state.name for t in study.get_trials()] == ["FAIL", "FAIL", "FAIL"]
+
+    assert S.requeue_orphans(study, min_age_s=120) == 0  # a later tune leaves fresh ones alone
+    assert S.requeue_orphans(study, run_id="ours") == 1  # the driver: its own trial only
+    assert S.requeue_orphans(study, run_id="ours") == 0  # once
+    waiting = T.budget(study)[2]
+    assert len(waiting) == 1 and waiting[0].params == ours.params
+    assert S.requeue_orphans(study) == 1  # a later tune, past the grace: the other tune's
+    assert S.requeue_orphans(study) == 0
+    finished, _, waiting = T.budget(study)
+    assert [t.number for t in finished] == [crashed.number]  # the orphans do not use up trials
+    assert sorted(t.params["x"] for t in waiting) == sorted([ours.params["x"], theirs.params["x"]])
+    copy = study.ask()  # a copy that then crashes is not an orphan
+    study.tell(copy, state=optuna.trial.TrialState.FAIL)
+    assert S.requeue_orphans(study) == 0
+
+
 def test_a_tune_stopped_before_a_methods_first_trial_is_not_a_failure():
     doc = {"trials": 4, "methods": {"a": {"trials": 1, "best_trial": 0}, "b": {"trials": 0, "best_trial": None}}}
     assert T.failed_methods(doc) == {}

@@ -36,6 +36,8 @@ K-way partition.
 Trials send a heartbeat (every ``$DMLBENCH_TUNE_HEARTBEAT`` s, default 60); a RUNNING trial silent
 for ``$DMLBENCH_TUNE_GRACE`` s (default 120) is failed and re-queued with the same parameters
 (Optuna's retry callback) by the next worker that looks, so a killed tune resumes where it stopped.
+An interrupted trial is failed and re-queued by its worker; one whose worker died between the two
+steps is re-queued by its driver, or by the next tune's start once older than the grace.
 
 **Parallel**: ``--workers N`` runs N local processes on the same study storage (the thread budget
 split between them, as ``bench run`` does); ``--executor ray`` runs the workers as Ray tasks

@@ -79,6 +79,9 @@ def make_sampler(seed: int, method: str):
 
 INTERRUPTS = "dmlbench:interrupts"  # a trial's system attr: how many of its re-queues were interrupts
 RUN_TAG = "dmlbench:run"  # a trial's system attr: the tune (driver) whose worker runs it
+# A trial's system attr: its own number, set when an interrupt fails it (a re-queued copy inherits
+# the attrs, with the original's number, so only the failed original matches itself).
+INTERRUPTED = "dmlbench:interrupted"
 
 
 class _Retry:
@@ -112,12 +115,38 @@ def requeue_interrupted(study, trial_id: int) -> bool:
         frozen = storage.get_trial(trial_id)
         storage.set_trial_system_attr(trial_id, INTERRUPTS, int(frozen.system_attrs.get(INTERRUPTS, 0)) + 1)
         storage.set_trial_user_attr(trial_id, "fail_reason", "interrupted")
+        storage.set_trial_system_attr(trial_id, INTERRUPTED, frozen.number)
         if not storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
             return False
     except optuna.exceptions.UpdateFinishedTrialError:
         return False
     _Retry(interrupted=True)(study, storage.get_trial(trial_id))
     return True
+
+
+def requeue_orphans(study, run_id: str | None = None, min_age_s: float = 0.0) -> int:
+    """Re-queue interrupted trials left without their copy: failed as interrupted, but the process
+    re-queuing them died before adding the copy (a pool terminates the other workers as soon as
+    one exits). ``run_id``: only this tune's trials (its driver, once its workers are gone);
+    ``min_age_s``: only trials failed that long ago (a tune's start, for any tune's orphans, never
+    one another process is still re-queuing). Two processes sweeping the same orphan at once would
+    both copy it, so only a driver sweeps, when none of its workers runs. Returns how many."""
+    optuna = _optuna()
+    storage = study._storage
+    trials = study.get_trials(deepcopy=False)
+    copied = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    now = time.time()
+    done = 0
+    for t in trials:
+        if (t.state != optuna.trial.TrialState.FAIL or t.number in copied
+                or t.system_attrs.get(INTERRUPTED) != t.number
+                or (run_id is not None and t.system_attrs.get(RUN_TAG) != run_id)
+                or (min_age_s and (t.datetime_complete is None
+                                   or now - t.datetime_complete.timestamp() < min_age_s))):
+            continue
+        _Retry(interrupted=True)(study, storage.get_trial(t._trial_id))
+        done += 1
+    return done
 
 
 def _env_seconds(name: str, default: int) -> int:

@@ -19,7 +19,9 @@ from dmlbench.tune.options import (
     DEFAULT_SUITE, EXTRA_METRICS, FOLDS_FILE, MAX_RETRY, TUNED_FILE, Job, MethodPlan, TuneOptions,
 )
 from dmlbench.tune.spaces import method_plan, read_space_file
-from dmlbench.tune.storage import _optuna, default_storage, objective_direction, open_storage, redact
+from dmlbench.tune.storage import (
+    _optuna, default_storage, heartbeat_settings, objective_direction, open_storage, redact,
+)
 from dmlbench.tune.summary import _other_methods, budget_warnings, failed_methods, summarize
 from dmlbench.tune.trial import PRUNE_STARTUP, _echo, _fmt_params, _work_entry, trial_config, work
 
@@ -195,6 +197,7 @@ def tune(suite: Suite, opts: TuneOptions, echo=_echo) -> dict:
         suite_dir.mkdir(parents=True, exist_ok=True)
         check_folds(suite_dir, kind, opts.folds, opts.tune_seed, assignment, base.dataset)
         create_studies(job)
+    _requeue_orphans_of_dead_tunes(job)
 
     example = fold_data(data, kind, assignment, 0, "unit")
     steps = trial_config(base, len(example.train), plans[0], {}, opts.tune_seed, {}).steps
@@ -239,8 +242,19 @@ def tune(suite: Suite, opts: TuneOptions, echo=_echo) -> dict:
     return doc
 
 
+def _requeue_orphans_of_dead_tunes(job: Job) -> None:
+    """A tune killed between failing an interrupted trial and re-queuing it left that trial
+    without its copy: re-queued here, once older than the heartbeat grace."""
+    from dmlbench.tune.storage import requeue_orphans
+
+    optuna = _optuna()
+    storage = open_storage(job.storage_url)
+    for plan in job.plans:
+        requeue_orphans(optuna.load_study(study_name=plan.name, storage=storage), min_age_s=heartbeat_settings()[1])
+
+
 def _requeue_own(job: Job) -> None:
-    from dmlbench.tune.storage import RUN_TAG, requeue_interrupted
+    from dmlbench.tune.storage import RUN_TAG, requeue_interrupted, requeue_orphans
 
     optuna = _optuna()
     storage = open_storage(job.storage_url)
@@ -249,6 +263,9 @@ def _requeue_own(job: Job) -> None:
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             if t.system_attrs.get(RUN_TAG) == job.run_id:
                 requeue_interrupted(study, t._trial_id)
+        # A worker terminated between failing its trial and adding the copy (when one worker
+        # exits, the pool terminates the others): the copy is added here.
+        requeue_orphans(study, run_id=job.run_id)
 
 
 def _run_local(job: Job, workers: int, threads: int, level: int) -> None:
