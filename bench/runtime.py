@@ -138,3 +138,12 @@ def log_to_stderr(level: int) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     logger.setLevel(level)
+
+
+def echo_line(msg: str) -> None:
+    """A whole line on stderr in one write: print() writes the text and its newline apart, and the
+    workers of a pool share the driver's stderr, so two of their lines could run into one."""
+    import sys
+
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()

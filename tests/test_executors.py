@@ -304,3 +304,22 @@ def test_a_ctrl_c_during_the_clean_up_of_an_interrupt_is_ignored_only_for_that_t
     assert signal.getsignal(signal.SIGINT) is before  # children started later must get Ctrl-C again
     with interrupts_ignored(ValueError("a crash, not an interrupt")):
         assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_workers_progress_line_is_one_write_so_two_workers_lines_never_run_together(monkeypatch):
+    """The pool's workers share the driver's stderr; print() writes a line's text and its newline
+    apart, so two workers' "started" lines could come out as one (seen under load)."""
+    import io
+
+    from dmlbench.runtime import echo_line
+
+    writes = []
+
+    class Recorder(io.StringIO):
+        def write(self, s):
+            writes.append(s)
+            return len(s)
+
+    monkeypatch.setattr(sys, "stderr", Recorder())
+    echo_line("  started siamese seed 0 (worker 1, cpu)")
+    assert writes == ["  started siamese seed 0 (worker 1, cpu)\n"]

@@ -21,7 +21,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 
-from dmlbench.runtime import default_threads, interrupts_ignored
+from dmlbench.runtime import default_threads, echo_line, interrupts_ignored
 
 log = logging.getLogger("dmlbench")
 
@@ -106,14 +106,12 @@ def stop_pool(pool: ProcessPoolExecutor) -> None:
 
 
 def _run(planned, suite_dir: Path, reuse_stale: bool):
-    import sys
-
     from dmlbench.runner import run_one
 
     cfg = planned.config
     # One line per run as a worker takes it up (a worker is handed a run only when it is free);
     # the driver prints one as each finishes.
-    print(f"  started {cfg.method} seed {cfg.seed} (worker {os.getpid()}, {cfg.device})", file=sys.stderr, flush=True)
+    echo_line(f"  started {cfg.method} seed {cfg.seed} (worker {os.getpid()}, {cfg.device})")
     # An interrupt ends this worker at once (_on_interrupt): its checkpoint and lock need nothing more.
     return run_one(cfg, suite_dir, variant=planned.variant, reuse_stale=reuse_stale)
 

@@ -6,7 +6,6 @@ import dataclasses
 import logging
 import math
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 
 from dmlbench.config import RunConfig
 from dmlbench.errors import DMLBenchError
+from dmlbench.runtime import echo_line
 from dmlbench.tune.folds import fold_data, load_training_data
 from dmlbench.tune.options import POLL_S, TRIALS_DIR, TUNE_LOCK, Job, MethodPlan
 from dmlbench.tune.spaces import split_params, suggest
@@ -124,7 +124,7 @@ def run_trial(trial, job: Job, plan: MethodPlan, folds: dict) -> float:
 
 
 def _echo(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    echo_line(msg)  # one write: the pool's workers share stderr
 
 
 def _fmt_params(params: dict) -> str:
