@@ -123,8 +123,7 @@ def run_trial(trial, job: Job, plan: MethodPlan, folds: dict) -> float:
     return float(np.mean(scores))
 
 
-def _echo(msg: str) -> None:
-    echo_line(msg)  # one write: the pool's workers share stderr
+_echo = echo_line  # one write a line: the pool's workers share stderr
 
 
 def _fmt_params(params: dict) -> str:
