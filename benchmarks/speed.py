@@ -214,11 +214,36 @@ def main() -> None:
 
         with tempfile.TemporaryDirectory() as tmp:
             out["workers"] = workers_part(Path(tmp))
+    dest = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"speed-{args.device.replace(':', '')}.json"
+    out = _merge_parts(dest, out, [p for p in ("train", "eval", "cli", "workers") if p in parts])
     text = json.dumps(out, indent=1)
     print(text)
-    dest = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"speed-{args.device.replace(':', '')}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(text + "\n")
+
+
+def _merge_parts(dest: Path, out: dict, ran: list[str]) -> dict:
+    """Parts not run this time keep their figures from ``dest``; ``measured`` says when and at which
+    commit each part was measured, so figures from different code versions are never mistaken for one."""
+    try:
+        old = json.loads(dest.read_text())
+    except (OSError, ValueError):
+        old = {}
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    stamp = {"commit": commit + ("+changes" if dirty else ""), "date": time.strftime("%Y-%m-%d")}
+    measured = dict(old.get("measured", {}))
+    merged = {"machine": out["machine"]}
+    for part in ("train", "eval", "cli", "workers"):
+        if part in ran:
+            merged[part] = out[part]
+            measured[part] = stamp
+        elif part in old:
+            merged[part] = old[part]
+    merged["measured"] = measured
+    return merged
 
 
 if __name__ == "__main__":

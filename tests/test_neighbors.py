@@ -107,16 +107,46 @@ def test_search_exclude_self_when_own_row_is_not_first():
             assert list(i5[row]) == others[:2], row
 
 
-def test_search_ties_are_ordered_and_cut_by_id():
+@pytest.mark.parametrize("n, dim", [(40, 4), (2100, 64)])
+def test_search_ties_are_ordered_and_cut_by_id(n, dim):
+    # 2,100 x 64-d: faiss's BLAS kernel (which it picks itself from n_query x dim = 128,000) rounds
+    # each pair's distance differently, so copies tie only after the refine step recomputes their
+    # distances pair by pair.
     rng = np.random.default_rng(2)
-    base = rng.normal(size=(40, 4)).astype(np.float32)
-    ref = np.concatenate([base, base, base])          # ids j, j+40, j+80 are identical
-    d, i = search(base, ref, 5)
-    for row in range(len(base)):
-        assert list(i[row, :3]) == [row, row + 40, row + 80]
-        # The 4th and 5th neighbours are two of the three copies of the next point: the lower ids.
-        nxt = i[row, 3] % 40
-        assert list(i[row, 3:]) == [nxt, nxt + 40]
+    base = rng.normal(size=(n, dim)).astype(np.float32)
+    ref = np.concatenate([base, base, base])          # ids j, j+n, j+2n are identical
+    d, i = search(base, ref, 5, block=n)
+    rows = np.arange(n)
+    np.testing.assert_array_equal(i[:, :3], np.stack([rows, rows + n, rows + 2 * n], 1))
+    # The 4th and 5th neighbours are two of the three copies of the next point: the lower ids.
+    nxt = i[:, 3] % n
+    np.testing.assert_array_equal(i[:, 3:], np.stack([nxt, nxt + n], 1))
+
+
+def test_small_dim_blocks_take_faiss_blas_kernel_and_leave_its_setting_alone():
+    # faiss 1.15 scans pair by pair below n_query x dim = 128,000 (any block under 6,400 queries at
+    # 20-d), 3-4x slower; the search lowers the threshold to 20 queries for its own calls only.
+    faiss = pytest.importorskip("faiss")
+    before = faiss.cvar.distance_compute_blas_threshold
+    seen = []
+    real = faiss.IndexRefineFlat.search
+
+    def spy(self, *args, **kwargs):
+        seen.append(faiss.cvar.distance_compute_blas_threshold)
+        return real(self, *args, **kwargs)
+
+    x, _ = clusters(n=260, d=20)
+    q, ref = x[:60], x[60:]
+    try:
+        faiss.IndexRefineFlat.search = spy
+        d, i = search(q, ref, 5, block=25)
+    finally:
+        faiss.IndexRefineFlat.search = real
+    assert seen == [neighbors._FAISS_BLAS_MIN_QUERIES] * 3
+    assert faiss.cvar.distance_compute_blas_threshold == before
+    bd, bi = brute(q, ref)
+    np.testing.assert_array_equal(i, bi[:, :5])
+    np.testing.assert_allclose(d, bd[:, :5], rtol=1e-4, atol=1e-4)
 
 
 def test_search_clamps_k_and_handles_empty():
@@ -131,10 +161,11 @@ def test_search_clamps_k_and_handles_empty():
         search(x[:5], x, 3, exclude_self=True)
 
 
+@pytest.mark.parametrize("dim", [8, 64])
 @pytest.mark.parametrize("exclude_self", [False, True])
-def test_torch_path_agrees_with_faiss(exclude_self):
+def test_torch_path_agrees_with_faiss(exclude_self, dim):
     pytest.importorskip("torch")
-    x, _ = clusters(n=150)
+    x, _ = clusters(n=150, d=dim)
     x = np.concatenate([x, x[:20]])                    # duplicates: exercises the tie handling
     ref = x
     k = 7
@@ -156,7 +187,8 @@ def test_memory_is_bounded_by_blocks(monkeypatch):
         return real(d, i)
 
     monkeypatch.setattr(neighbors, "_canonical", spy)
-    monkeypatch.setattr(neighbors, "_RESULT_BUDGET", 12 * 11 * 25)   # 25 rows of k=11
+    # 25 rows of k=11 and the candidates faiss refines beyond it
+    monkeypatch.setattr(neighbors, "_RESULT_BUDGET", 12 * (11 + neighbors._REFINE_EXTRA) * 25)
     x, _ = clusters(n=100)
     d, i = search(x, x, 11)
     assert max(seen) == 25 and sum(seen) == 100
