@@ -12,3 +12,7 @@ class DMLBenchError(Exception):
 
 class NonFiniteLossError(DMLBenchError):
     """A loss term became NaN or inf during training."""
+
+
+class NonFiniteEmbeddingError(DMLBenchError, ValueError):
+    """Embeddings handed to the evaluation hold NaN or inf values."""

@@ -1,7 +1,7 @@
 """Exact nearest neighbours and the retrieval / k-NN metrics built on them.
 
 Distances are squared Euclidean. On the CPU the search is faiss's exact ``IndexFlatL2`` (its BLAS
-kernel, refined by ``IndexRefineFlat`` to the pair-by-pair distances: see ``_blocks_faiss``); on a GPU
+kernel, with the candidates refined to faiss's pair-by-pair distances: see ``_blocks_faiss``); on a GPU
 (``device="cuda"`` or ``"cuda:N"``) it is a blocked matrix product and ``topk`` in torch, which is
 imported only there, so importing this module never imports torch. Queries are searched in blocks,
 so memory is bounded by ``block x k`` (plus ``block x n_ref`` distances on a GPU), never by
@@ -19,7 +19,7 @@ Reality Check"), with R the number of relevant items of a query. Queries without
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import threading
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -28,16 +28,28 @@ import numpy as np
 _RESULT_BUDGET = 256 * 2**20
 # Float32 entries of one block of the query x reference distance matrix on a GPU.
 _GPU_DIST_BUDGET = 2**28
-# Queries from which a faiss exact search uses its BLAS kernel (see _faiss_blas_search).
+# Queries from which a faiss exact search uses its BLAS kernel (see _faiss_search).
 _FAISS_BLAS_MIN_QUERIES = 20
-# Candidates beyond k whose distances faiss recomputes exactly (see _blocks_faiss).
+_FAISS_LOCK = threading.Lock()
+# Candidates beyond k whose distances are recomputed pair by pair (see _blocks_faiss).
 _REFINE_EXTRA = 16
+# Unit roundoff of float32, and of TF32 (a GPU's matrix products below "highest" precision).
+_F32_UNIT = 2.0**-24
+_TF32_UNIT = 2.0**-11
 
 
 def _as_f32(x: np.ndarray, name: str) -> np.ndarray:
     x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
     if x.ndim != 2:
         raise ValueError(f"{name} must be 2-D (rows x features), got shape {x.shape}")
+    finite = np.isfinite(x).all(1)
+    if not finite.all():
+        # NaN ranks arbitrarily against every distance (and could put a query first in its own list)
+        from dmlbench.errors import NonFiniteEmbeddingError
+
+        raise NonFiniteEmbeddingError(
+            f"{name} has {int((~finite).sum())} row(s) with NaN or infinite values (the first is row "
+            f"{int(np.argmin(finite))}): the model's embeddings diverged; lower the learning rate")
     return x
 
 
@@ -84,96 +96,159 @@ def _drop_self(d: np.ndarray, i: np.ndarray, start: int, k: int) -> tuple[np.nda
     return d[keep].reshape(len(d), k), i[keep].reshape(len(i), k)
 
 
-@contextmanager
-def _faiss_blas_search():
-    """Route every faiss exact search of 20 or more queries through its BLAS kernel.
+def _gamma(n: int, unit: float = _F32_UNIT) -> float:
+    """Higham's gamma_n = n u / (1 - n u): the relative error bound of an n-term float sum or dot product."""
+    return n * unit / (1 - n * unit)
 
-    faiss 1.15 takes the BLAS path only when ``n_query x dim`` reaches its threshold (128,000), and
-    scans pair by pair below it: for the 20-d MNIST embeddings that is any block under 6,400
-    queries, and the scan is about 3x slower at small k (10,000 test rows against 60,000 training
-    rows, k = 5, two threads: 1.5 s against 0.55 s with the refine below). 20 is the threshold
-    faiss used before, in queries. The setting is global to faiss, so it is restored.
+
+def _uncertain(approx_last, exact_kth, q_sq, r_sq_max, dim: int, unit: float = _F32_UNIT) -> np.ndarray:
+    """Rows whose candidates may miss one of the k nearest, so they are searched again pair by pair.
+
+    A matrix-product distance |q|^2 + |r|^2 - 2 q.r is within ``2 gamma_(d+2) (|q|^2 + |r|^2)`` of the
+    true one, whatever the summation order; every reference outside a row's candidates has an
+    estimate at least the last candidate's (``approx_last``). The row is certain when such a
+    reference, at its lowest true distance and rounded pair by pair, still lies beyond the k-th
+    refined distance (``exact_kth``): strictly, so that a tie at the cut is never decided outside.
+    Embeddings far from the origin relative to their spread make the bound wide and send their rows
+    here: the matrix product cancels most of their digits.
+    """
+    bound = 2 * _gamma(dim + 2, unit) * (q_sq + r_sq_max)
+    return (approx_last - bound) * (1 - _gamma(dim, _F32_UNIT)) <= exact_kth
+
+
+def _sq_norms(x: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", x, x, dtype=np.float64)
+
+
+def _faiss_search(index, x: np.ndarray, k: int):
+    """``index.search`` through faiss's matrix-product (BLAS) kernel from 20 queries on.
+
+    faiss 1.15 takes that kernel only when ``n_query x dim`` reaches 128,000 and scans otherwise:
+    for 20-d embeddings any block under 6,400 queries, about 3x slower at small k (10,000 test rows
+    against 60,000 training rows, k = 5, two threads: 1.5 s against 0.6 s). 20 queries is the
+    threshold faiss used before. The setting is global to faiss: a lock keeps two threads from
+    interleaving it, and it is restored after each call.
     """
     import faiss
 
-    before = faiss.cvar.distance_compute_blas_threshold
-    faiss.cvar.distance_compute_blas_threshold = _FAISS_BLAS_MIN_QUERIES
-    try:
-        yield
-    finally:
-        faiss.cvar.distance_compute_blas_threshold = before
+    with _FAISS_LOCK:
+        before = faiss.cvar.distance_compute_blas_threshold
+        faiss.cvar.distance_compute_blas_threshold = _FAISS_BLAS_MIN_QUERIES
+        try:
+            return index.search(x, k)
+        finally:
+            faiss.cvar.distance_compute_blas_threshold = before
+
+
+def _pairwise(q: np.ndarray, ref: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Squared distances from each row of ``q`` to ``ref[ids[row]]``, pair by pair (faiss's
+    ``fvec_L2sqr_by_idx``: a sum of squared differences, so copies tie exactly)."""
+    import faiss
+
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    out = np.empty(ids.shape, np.float32)
+    faiss.fvec_L2sqr_by_idx(faiss.swig_ptr(out), faiss.swig_ptr(q), faiss.swig_ptr(ref), faiss.swig_ptr(ids),
+                            q.shape[1], len(q), ids.shape[1])
+    return out
+
+
+def _nearest_by_pairs(q: np.ndarray, ref: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k of each row's ``ids`` nearest by pair-by-pair distance, ordered by (distance, id)."""
+    exact = _pairwise(q, ref, ids)
+    # Candidates come nearly in order (by their estimates), all references in id order: either way
+    # a stable sort is quick, and _canonical settles the ties by id.
+    order = np.argsort(exact, axis=1, kind="stable")
+    d, i = _canonical(np.take_along_axis(exact, order, 1), np.take_along_axis(ids, order, 1))
+    return d[:, :k], i[:, :k]
 
 
 def _blocks_faiss(query, ref, k, exclude_self, block) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """faiss's BLAS kernel finds ``_REFINE_EXTRA`` more candidates than asked, and ``IndexRefineFlat``
-    recomputes their distances pair by pair and keeps the k nearest. Why both: the BLAS kernel's
-    distances (|q|^2 + |r|^2 - 2 q.r) carry rounding that differs from pair to pair, so exact
-    duplicates no longer tie at 0 and near-ties at the cut can swap; the refined distances are those
-    of faiss's pair-by-pair scan (the same kernel), so the lists are the exact scan's, at the BLAS
-    kernel's speed, unless more than ``_REFINE_EXTRA`` references lie within rounding of the cut."""
+    """faiss's BLAS kernel proposes ``_REFINE_EXTRA`` more candidates than asked; their distances are
+    recomputed pair by pair and the k nearest kept by (distance, id). Rows the rounding bound of
+    :func:`_uncertain` cannot certify are compared with every reference pair by pair. Why: the BLAS
+    kernel's distances carry rounding that differs from pair to pair (copies no longer tie;
+    near-ties at the cut swap) and lose the digits of embeddings far from the origin to
+    cancellation; the lists here are those of the pair-by-pair distances."""
     import faiss
 
-    index = faiss.IndexRefineFlat(faiss.IndexFlatL2(ref.shape[1]))
+    index = faiss.IndexFlatL2(ref.shape[1])
     index.add(ref)
     kk = k + int(exclude_self)
     k_base = min(kk + _REFINE_EXTRA, len(ref))
-    # All k_base candidates come back refined and the cut at kk is made here, after ordering by
-    # (distance, id): faiss's refine keeps its k by distance alone, so of two references at the same
-    # exact distance at the cut it may keep the higher id.
-    index.k_factor = 1.0
+    r_sq_max = float(_sq_norms(ref).max())
     step = _rows_per_block(block, k_base)
+    every = max(1, min(step, _RESULT_BUDGET // (12 * len(ref))))     # rows compared with every reference at once
     for s in range(0, len(query), step):
-        with _faiss_blas_search():
-            d, i = index.search(query[s:s + step], k_base)
-        d, i = _canonical(d, i.astype(np.int64, copy=False))
-        d, i = d[:, :kk], i[:, :kk]
+        qb = query[s:s + step]
+        approx, ids = _faiss_search(index, qb, k_base)
+        d, i = _nearest_by_pairs(qb, ref, ids, kk)
+        if k_base < len(ref):
+            redo = np.flatnonzero(_uncertain(approx[:, -1].astype(np.float64), d[:, -1], _sq_norms(qb),
+                                             r_sq_max, qb.shape[1]))
+            if len(redo):
+                d, i = np.array(d), np.array(i)
+                for c in range(0, len(redo), every):
+                    rows = redo[c:c + every]
+                    all_ids = np.broadcast_to(np.arange(len(ref), dtype=np.int64), (len(rows), len(ref)))
+                    d[rows], i[rows] = _nearest_by_pairs(qb[rows], ref, all_ids, kk)
         if exclude_self:
             d, i = _drop_self(d, i, s, k)
         yield s, d, i
 
 
-def _exact_refine(torch, q, r, ids, k):
-    """The k nearest of each row's candidates ``ids`` by their distances recomputed pair by pair
-    (sum of squared differences, as faiss's refine does), ordered by (distance, id)."""
-    ids, _ = torch.sort(ids, dim=1)                  # by id first, so the stable sort below breaks ties by id
-    chunk = max(1, _GPU_DIST_BUDGET // 16 // max(ids.shape[1] * r.shape[1], 1))   # 64 MiB a temporary
-    exact = torch.cat([((q[c:c + chunk, None, :] - r[ids[c:c + chunk]]) ** 2).sum(-1)
-                       for c in range(0, len(q), chunk)])
-    vals, order = torch.sort(exact, dim=1, stable=True)
-    return vals[:, :k], torch.gather(ids, 1, order[:, :k])
+def _exact_rows_torch(torch, q, r, ids, self_ids=None):
+    """Distances pair by pair (sum of squared differences) from each row of ``q`` to ``r[ids]`` (one id
+    row per query), or to all of ``r`` when ``ids`` is None; each query's own reference
+    (``self_ids``, one per row, with ``ids`` None) is set to infinity."""
+    width = r.shape[0] if ids is None else ids.shape[1]
+    chunk = max(1, _GPU_DIST_BUDGET // 16 // max(width * r.shape[1], 1))   # 64 MiB a temporary
+    out = []
+    for c in range(0, len(q), chunk):
+        other = r[None, :, :] if ids is None else r[ids[c:c + chunk]]
+        out.append(((q[c:c + chunk, None, :] - other) ** 2).sum(-1))
+    exact = torch.cat(out)
+    if self_ids is not None:
+        exact[torch.arange(len(q), device=q.device), self_ids] = float("inf")
+    return exact
 
 
 def _blocks_torch(query, ref, k, exclude_self, block, device) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """A blocked matrix product finds ``_REFINE_EXTRA`` more candidates than asked, whose distances
-    are then recomputed pair by pair, as in :func:`_blocks_faiss` and for the same reason: copies tie
-    exactly and the lists agree with the CPU path's."""
+    """A blocked matrix product proposes ``_REFINE_EXTRA`` more candidates than asked, whose distances
+    are recomputed pair by pair, with rows the bound cannot certify computed pair by pair in full:
+    as :func:`_blocks_faiss`, for the same reasons."""
     import torch
 
     dev = torch.device(device)
     r = torch.from_numpy(ref).to(dev)
     r_sq = (r * r).sum(1)
+    r_sq_max = float(_sq_norms(ref).max())
+    unit = _F32_UNIT if torch.get_float32_matmul_precision() == "highest" else _TF32_UNIT
     n_ref = len(ref)
     kb = min(k + _REFINE_EXTRA, n_ref - int(exclude_self))
     step = max(1, min(_rows_per_block(block, kb), _GPU_DIST_BUDGET // max(n_ref, 1)))
     with torch.inference_mode():
         for s in range(0, len(query), step):
-            q = torch.from_numpy(query[s:s + step]).to(dev)
+            qb = query[s:s + step]
+            q = torch.from_numpy(qb).to(dev)
             dist = torch.addmm(r_sq[None, :], q, r.T, beta=1.0, alpha=-2.0)
             dist.add_((q * q).sum(1, keepdim=True)).clamp_(min=0)
             rows = torch.arange(len(q), device=dev)
             if exclude_self:
                 dist[rows, rows + s] = float("inf")
-            vals, ids = torch.topk(dist, kb, dim=1, largest=False, sorted=True)
-            # Rows where references tied with the last candidate's distance spill over the cut: keep
-            # the lowest ids (a stable sort of the full row orders equal distances by id).
-            spill = (dist <= vals[:, -1:]).sum(1) > kb
-            spilled = torch.nonzero(spill).flatten()
-            for c in range(0, len(spilled), 256):
-                rs = spilled[c:c + 256]
-                v2, i2 = torch.sort(dist[rs], dim=1, stable=True)
-                vals[rs], ids[rs] = v2[:, :kb], i2[:, :kb]
+            approx, ids = torch.topk(dist, kb, dim=1, largest=False, sorted=True)
             del dist
-            vals, ids = _exact_refine(torch, q, r, ids, k)
+            ids, _ = torch.sort(ids, dim=1)          # by id, so the stable sort below breaks ties by id
+            exact = _exact_rows_torch(torch, q, r, ids)
+            vals, order = torch.sort(exact, dim=1, stable=True)
+            vals, ids = vals[:, :k], torch.gather(ids, 1, order[:, :k])
+            if kb < n_ref - int(exclude_self):
+                redo = np.flatnonzero(_uncertain(approx[:, -1].double().cpu().numpy(), vals[:, -1].cpu().numpy(),
+                                                 _sq_norms(qb), r_sq_max, qb.shape[1], unit))
+                for c in range(0, len(redo), 256):
+                    rs = torch.from_numpy(redo[c:c + 256]).to(dev)
+                    full = _exact_rows_torch(torch, q[rs], r, None, (rs + s) if exclude_self else None)
+                    v2, i2 = torch.sort(full, dim=1, stable=True)
+                    vals[rs], ids[rs] = v2[:, :k], i2[:, :k]
             d, i = _canonical(vals.cpu().numpy(), ids.cpu().numpy().astype(np.int64, copy=False))
             yield s, d, i
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dmlbench import neighbors
+from dmlbench.errors import NonFiniteEmbeddingError
 from dmlbench.neighbors import knn_classify, retrieval_metrics, search
 
 
@@ -129,7 +130,7 @@ def test_small_dim_blocks_take_faiss_blas_kernel_and_leave_its_setting_alone():
     faiss = pytest.importorskip("faiss")
     before = faiss.cvar.distance_compute_blas_threshold
     seen = []
-    real = faiss.IndexRefineFlat.search
+    real = faiss.IndexFlatL2.search
 
     def spy(self, *args, **kwargs):
         seen.append(faiss.cvar.distance_compute_blas_threshold)
@@ -138,15 +139,90 @@ def test_small_dim_blocks_take_faiss_blas_kernel_and_leave_its_setting_alone():
     x, _ = clusters(n=260, d=20)
     q, ref = x[:60], x[60:]
     try:
-        faiss.IndexRefineFlat.search = spy
+        faiss.IndexFlatL2.search = spy
         d, i = search(q, ref, 5, block=25)
     finally:
-        faiss.IndexRefineFlat.search = real
+        faiss.IndexFlatL2.search = real
     assert seen == [neighbors._FAISS_BLAS_MIN_QUERIES] * 3
     assert faiss.cvar.distance_compute_blas_threshold == before
     bd, bi = brute(q, ref)
     np.testing.assert_array_equal(i, bi[:, :5])
     np.testing.assert_allclose(d, bd[:, :5], rtol=1e-4, atol=1e-4)
+
+
+def _offset_clusters(n=1500, d=20, seed=3):
+    """Clusters 1e-3 apart around a point 10 units from the origin: the matrix product's distances
+    (|q|^2 + |r|^2 - 2 q.r) lose nearly all their digits to cancellation."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n)
+    x = rng.normal(size=d) * 10 + 1e-3 * rng.normal(size=(10, d))[y] + 3e-4 * rng.normal(size=(n, d))
+    return x.astype(np.float32), y
+
+
+def _both_paths(q, ref, k, exclude_self, block):
+    out = {"faiss": search(q, ref, k, exclude_self=exclude_self, block=block)}
+    if pytest.importorskip("torch"):
+        blocks = list(neighbors._blocks_torch(q, ref, k, exclude_self, block, "cpu"))
+        out["torch"] = (np.concatenate([b[1] for b in blocks]), np.concatenate([b[2] for b in blocks]))
+    return out
+
+
+@pytest.mark.parametrize("block", [37, 4096])
+def test_search_is_exact_for_embeddings_far_from_the_origin(block):
+    # Rows the rounding bound cannot certify are scanned pair by pair: the lists are brute force's,
+    # whatever the block, on both paths.
+    x, y = _offset_clusters()
+    _, bi = brute(x, x, exclude_self=True)
+    for name, (d, i) in _both_paths(x, x, 5, True, block).items():
+        assert (i == bi[:, :5]).mean() > 0.99, name     # pair-by-pair float32 rounding may swap a near-tie
+    assert retrieval_metrics(x, y)[0]["map@r"] == pytest.approx(brute_metrics(x, y)["map@r"], abs=1e-3)
+
+
+@pytest.mark.parametrize("block", [20, 50])
+def test_more_copies_than_the_refine_margin_keep_the_lower_ids(block):
+    rng = np.random.default_rng(6)
+    base = rng.normal(size=(50, 64)).astype(np.float32)
+    ref = np.concatenate([base] * 40)                  # 40 copies each, more than the 16 extra candidates
+    q = (base + 0.3 * rng.normal(size=base.shape)).astype(np.float32)
+    _, bi = brute(q, ref)
+    for name, (d, i) in _both_paths(q, ref, 5, False, block).items():
+        np.testing.assert_array_equal(i, bi[:, :5], err_msg=name)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_embeddings_are_refused_in_one_line(bad):
+    x, y = clusters(n=40)
+    x[3, 1] = bad
+    for call in (lambda: search(x, x, 3, exclude_self=True), lambda: retrieval_metrics(x, y),
+                 lambda: knn_classify(x, y, x[:5], y[:5], 3)):
+        with pytest.raises(NonFiniteEmbeddingError, match=r"1 row\(s\) with NaN or infinite values \(the first is row 3\)"):
+            call()
+
+
+def test_concurrent_searches_leave_faiss_setting_alone():
+    import threading
+
+    faiss = pytest.importorskip("faiss")
+    before = faiss.cvar.distance_compute_blas_threshold
+    x, _ = clusters(n=3000, d=20)
+    want = search(x[:500], x, 5)[1]
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(5):
+                results.append(search(x[:500], x, 5, block=100)[1])
+        except Exception as e:                          # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors and len(results) == 20
+    assert all((r == want).all() for r in results)
+    assert faiss.cvar.distance_compute_blas_threshold == before
 
 
 def test_search_clamps_k_and_handles_empty():
