@@ -2,7 +2,7 @@
 
 It only calls ``method.embed`` (and, for a :class:`~dmlbench.methods.GenerativeMethod`, its
 reconstruction metrics). Embedding passes run blockwise on the run's device from the uint8 images;
-neighbour search is exact L2 (:mod:`dmlbench.neighbors`: faiss on the CPU, blocked torch on a GPU);
+neighbour search is exact L2 (:mod:`dmlbench.exact_search`: faiss on the CPU, blocked torch on a GPU);
 the SVM is :mod:`dmlbench.probe`. Work shared by several metrics is done once per evaluation.
 """
 

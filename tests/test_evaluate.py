@@ -9,19 +9,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dmlbench import evaluate, neighbors, probe
+from dmlbench import evaluate, exact_search, neighbors, probe
 from dmlbench.metrics import RECALL_KS
 
 
 def retrieval_metrics(emb, labels, batch=None):
     """``batch``: search in tiny query blocks (the result budget cut to ~``batch`` rows)."""
-    old = neighbors._RESULT_BUDGET
+    old = exact_search._RESULT_BUDGET
     if batch:
-        neighbors._RESULT_BUDGET = batch * 12 * len(emb)
+        exact_search._RESULT_BUDGET = batch * 12 * len(emb)
     try:
         summary, per_query = neighbors.retrieval_metrics(emb, labels)
     finally:
-        neighbors._RESULT_BUDGET = old
+        exact_search._RESULT_BUDGET = old
     valid = ~np.isnan(per_query["map@r"])
     assert summary["map@r"] == pytest.approx(per_query["map@r"][valid].mean())
     return {k: v for k, v in summary.items() if k not in ("r_precision", "queries_without_positive")}

@@ -1,4 +1,4 @@
-"""dmlbench.neighbors: exact search, retrieval metrics (checked against pytorch-metric-learning and
+"""dmlbench.exact_search and dmlbench.neighbors: exact search, retrieval metrics (checked against pytorch-metric-learning and
 brute force) and k-NN classification (checked against scikit-learn)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from dmlbench import neighbors
+from dmlbench import exact_search, neighbors
 from dmlbench.errors import NonFiniteEmbeddingError
 from dmlbench.neighbors import knn_classify, retrieval_metrics, search
 
@@ -59,7 +59,7 @@ def brute_metrics(query, qy, ref=None, ry=None, ks=(1, 2, 4, 8)):
 
 
 def test_import_does_not_pull_torch():
-    code = "import sys, dmlbench.neighbors, dmlbench.probe; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, dmlbench.neighbors, dmlbench.exact_search, dmlbench.probe; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -143,7 +143,7 @@ def test_small_dim_blocks_take_faiss_blas_kernel_and_leave_its_setting_alone():
         d, i = search(q, ref, 5, block=25)
     finally:
         faiss.IndexFlatL2.search = real
-    assert seen == [neighbors._FAISS_BLAS_MIN_QUERIES] * 3
+    assert seen == [exact_search._FAISS_BLAS_MIN_QUERIES] * 3
     assert faiss.cvar.distance_compute_blas_threshold == before
     bd, bi = brute(q, ref)
     np.testing.assert_array_equal(i, bi[:, :5])
@@ -162,7 +162,7 @@ def _offset_clusters(n=1500, d=20, seed=3):
 def _both_paths(q, ref, k, exclude_self, block):
     out = {"faiss": search(q, ref, k, exclude_self=exclude_self, block=block)}
     if pytest.importorskip("torch"):
-        blocks = list(neighbors._blocks_torch(q, ref, k, exclude_self, block, "cpu"))
+        blocks = list(exact_search._blocks_torch(q, ref, k, exclude_self, block, "cpu"))
         out["torch"] = (np.concatenate([b[1] for b in blocks]), np.concatenate([b[2] for b in blocks]))
     return out
 
@@ -197,6 +197,54 @@ def test_non_finite_embeddings_are_refused_in_one_line(bad):
                  lambda: knn_classify(x, y, x[:5], y[:5], 3)):
         with pytest.raises(NonFiniteEmbeddingError, match=r"1 row\(s\) with NaN or infinite values \(the first is row 3\)"):
             call()
+
+
+def test_embeddings_whose_squares_overflow_float32_are_refused():
+    x, _ = clusters(n=30)
+    x[7] = 1.5e19                                      # finite, but |x|^2 overflows the matrix product's float32
+    with pytest.raises(NonFiniteEmbeddingError, match=r"row 7 has norm .*: squared distances overflow float32"):
+        search(x, x, 3)
+
+
+@pytest.mark.parametrize("scale", [1e-22, 1.0])
+def test_copies_tie_at_subnormal_scales(scale):
+    # Five distinct values, many copies of each: every distance is an exact tie with others. At
+    # 1e-22 the squares are subnormal, where rounding errors are absolute, not relative.
+    rng = np.random.default_rng(1)
+    x = (rng.integers(0, 5, (300, 1)) * scale).astype(np.float32)
+    _, bi = brute(x, x, exclude_self=True)
+    for name, (d, i) in _both_paths(x, x, 3, True, 64).items():
+        np.testing.assert_array_equal(i, bi[:, :3], err_msg=name)
+
+
+def test_one_far_reference_does_not_send_every_query_to_the_full_scan(monkeypatch):
+    # The certificate bounds the estimate's error by the query's norm and the distance itself, not by
+    # the largest reference norm: one outlier costs nothing.
+    seen = []
+    real = exact_search._uncertain
+    monkeypatch.setattr(exact_search, "_uncertain", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x[-1] *= 1000
+    d, i = search(x[:300], x, 10)
+    assert sum(int(u.sum()) for u in seen) == 0
+    np.testing.assert_array_equal(i, brute(x[:300], x)[1][:, :10])
+
+
+def test_matmul_unit_follows_torch_precision(monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
+    assert exact_search._matmul_unit(torch) == (exact_search._F32_UNIT if torch.get_float32_matmul_precision() == "highest"
+                                             else exact_search._TF32_UNIT)
+
+    def per_backend():
+        raise RuntimeError("PyTorch is checking the matmul precision without a specific backend name")
+
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", per_backend)
+    assert exact_search._matmul_unit(torch) == exact_search._BF16_UNIT        # the least precise, to stay sound
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "1")
+    assert exact_search._matmul_unit(torch) == exact_search._TF32_UNIT
 
 
 def test_concurrent_searches_leave_faiss_setting_alone():
@@ -246,7 +294,7 @@ def test_torch_path_agrees_with_faiss(exclude_self, dim):
     ref = x
     k = 7
     fd, fi = search(x, ref, k, exclude_self=exclude_self)
-    blocks = list(neighbors._blocks_torch(x, ref, k, exclude_self, 16, "cpu"))
+    blocks = list(exact_search._blocks_torch(x, ref, k, exclude_self, 16, "cpu"))
     td = np.concatenate([b[1] for b in blocks])
     ti = np.concatenate([b[2] for b in blocks])
     np.testing.assert_array_equal(ti, fi)
@@ -256,15 +304,15 @@ def test_torch_path_agrees_with_faiss(exclude_self, dim):
 def test_memory_is_bounded_by_blocks(monkeypatch):
     # A block never holds more query rows than the result budget allows at this k.
     seen = []
-    real = neighbors._canonical
+    real = exact_search._canonical
 
     def spy(d, i):
         seen.append(len(d))
         return real(d, i)
 
-    monkeypatch.setattr(neighbors, "_canonical", spy)
+    monkeypatch.setattr(exact_search, "_canonical", spy)
     # 25 rows of k=11 and the candidates faiss refines beyond it
-    monkeypatch.setattr(neighbors, "_RESULT_BUDGET", 12 * (11 + neighbors._REFINE_EXTRA) * 25)
+    monkeypatch.setattr(exact_search, "_RESULT_BUDGET", 12 * (11 + exact_search._REFINE_EXTRA) * 25)
     x, _ = clusters(n=100)
     d, i = search(x, x, 11)
     assert max(seen) == 25 and sum(seen) == 100
