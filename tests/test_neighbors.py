@@ -169,13 +169,32 @@ def _both_paths(q, ref, k, exclude_self, block):
 
 @pytest.mark.parametrize("block", [37, 4096])
 def test_search_is_exact_for_embeddings_far_from_the_origin(block):
-    # Rows the rounding bound cannot certify are scanned pair by pair: the lists are brute force's,
-    # whatever the block, on both paths.
+    # Centring on the references' mean and, where the rounding bound still cannot certify a row, the
+    # full pair-by-pair scan: the lists are brute force's, whatever the block, on both paths.
     x, y = _offset_clusters()
     _, bi = brute(x, x, exclude_self=True)
     for name, (d, i) in _both_paths(x, x, 5, True, block).items():
         assert (i == bi[:, :5]).mean() > 0.99, name     # pair-by-pair float32 rounding may swap a near-tie
     assert retrieval_metrics(x, y)[0]["map@r"] == pytest.approx(brute_metrics(x, y)["map@r"], abs=1e-3)
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_uncertified_rows_are_scanned_pair_by_pair(monkeypatch, exclude_self):
+    # Every row sent to the full scan (what an uncertifiable cut does) gives the lists of the
+    # certified candidates, bit for bit (the same pair-by-pair distances), copies and ties by id
+    # included, on both paths; and brute force's up to float32 near-ties.
+    x, _ = clusters(n=200, d=12)
+    x = np.concatenate([x, x[:30], x[:30]])
+    certified = _both_paths(x, x, 7, exclude_self, 64)
+    monkeypatch.setattr(exact_search, "_uncertain", lambda approx_last, *a, **k: np.ones(len(approx_last), bool))
+    _, bi = brute(x, x, exclude_self=exclude_self)
+    for name, (d, i) in _both_paths(x, x, 7, exclude_self, 64).items():
+        np.testing.assert_array_equal(i, certified[name][1], err_msg=name)
+        np.testing.assert_array_equal(d, certified[name][0], err_msg=name)
+        assert (i == bi[:, :7]).mean() > 0.99, name
+        copies = np.arange(200, 230)
+        want = [copies - 200, copies + 30] if exclude_self else [copies - 200, copies, copies + 30]
+        np.testing.assert_array_equal(i[copies, :len(want)], np.stack(want, 1), err_msg=name)
 
 
 @pytest.mark.parametrize("block", [20, 50])
