@@ -4,9 +4,10 @@ are built on.
 Distances are squared Euclidean, computed on the embeddings centred on the references' mean. On
 the CPU, faiss's ``IndexFlatL2`` matrix-product (BLAS) kernel proposes ``_REFINE_EXTRA`` candidates
 beyond k; on a GPU (``device="cuda"`` or ``"cuda:N"``) a blocked matrix product and ``topk`` in torch
-do, and torch is imported only there, so importing this module never imports torch. Either way the candidates' distances are recomputed pair by pair (a sum of
-squared differences), and a query whose cut a rounding bound cannot certify (:func:`_uncertain`) is
-compared with every reference pair by pair: the lists are those of the pair-by-pair distances.
+do, and torch is imported only there, so importing this module never imports torch. Either way the
+candidates' distances are recomputed pair by pair (a sum of squared differences), and a query whose
+cut a rounding bound cannot certify (:func:`_uncertain`) is compared with every reference pair by
+pair: the lists are those of the pair-by-pair distances.
 Queries are searched in blocks, so memory is bounded by ``block x k`` (plus ``block x n_ref``
 distances on a GPU), never by ``n_query x n_ref``.
 
@@ -22,6 +23,8 @@ import threading
 from typing import Iterator
 
 import numpy as np
+
+from dmlbench.errors import NonFiniteEmbeddingError
 
 # Bytes of search results (float32 distance + int64 id per neighbour) one block may hold.
 _RESULT_BUDGET = 256 * 2**20
@@ -49,14 +52,10 @@ def _as_f32(x: np.ndarray, name: str) -> np.ndarray:
     sq = _sq_norms(x)
     bad = ~np.isfinite(sq)   # NaN ranks arbitrarily against every distance (a query could come first in its own list)
     if bad.any():
-        from dmlbench.errors import NonFiniteEmbeddingError
-
         raise NonFiniteEmbeddingError(
             f"{name} has {int(bad.sum())} row(s) with NaN or infinite values (the first is row "
             f"{int(np.argmax(bad))}): the model's embeddings diverged; lower the learning rate")
     if len(sq) and sq.max() > _MAX_SQ_NORM:
-        from dmlbench.errors import NonFiniteEmbeddingError
-
         raise NonFiniteEmbeddingError(
             f"{name} row {int(np.argmax(sq))} has norm {np.sqrt(sq.max()):.3g}: squared distances overflow float32 "
             f"past norms of about {np.sqrt(_MAX_SQ_NORM):.0e}; scale the embeddings down")
@@ -75,8 +74,8 @@ def _rows_per_block(block: int, k: int) -> int:
 
 
 def _canonical(d: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Order every row by (distance, id). Rows already in that order (faiss's usually are) are left
-    alone: only the others are sorted."""
+    """Order every row by (distance, id). Rows already in that order (after a stable sort by distance,
+    all but those with ties out of id order) are left alone: only the others are sorted."""
     if d.shape[1] < 2:
         return d, i
     dl, dr = d[:, :-1], d[:, 1:]

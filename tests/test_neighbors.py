@@ -267,27 +267,14 @@ def test_matmul_unit_follows_torch_precision(monkeypatch):
 
 
 def test_concurrent_searches_leave_faiss_setting_alone():
-    import threading
+    from concurrent.futures import ThreadPoolExecutor
 
     faiss = pytest.importorskip("faiss")
     before = faiss.cvar.distance_compute_blas_threshold
     x, _ = clusters(n=3000, d=20)
     want = search(x[:500], x, 5)[1]
-    results, errors = [], []
-
-    def work():
-        try:
-            for _ in range(5):
-                results.append(search(x[:500], x, 5, block=100)[1])
-        except Exception as e:                          # pragma: no cover - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors and len(results) == 20
+    with ThreadPoolExecutor(4) as pool:                 # a worker's exception is raised here by list()
+        results = list(pool.map(lambda _: search(x[:500], x, 5, block=100)[1], range(20)))
     assert all((r == want).all() for r in results)
     assert faiss.cvar.distance_compute_blas_threshold == before
 
