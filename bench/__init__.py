@@ -7,6 +7,6 @@ shadows Hugging Face's ``datasets``).
 
 __version__ = "0.1.0"
 
-from dmlbench.errors import DMLBenchError
+from dmlbench.core.errors import DMLBenchError
 
 __all__ = ["DMLBenchError", "__version__"]

@@ -12,8 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from dmlbench.config import RunConfig, cli_fields
-from dmlbench.errors import DMLBenchError
+from dmlbench.running.config import RunConfig, cli_fields
+from dmlbench.core.errors import DMLBenchError
 
 app = typer.Typer(help="dmlbench: compare deep metric-learning methods with one trainer and one evaluation suite.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -147,16 +147,16 @@ def _run_parameters() -> list[inspect.Parameter]:
 def given_run_flags(flags: dict) -> dict:
     """The tunable run keys (lr, ...) given on the command line: a tune fixes them, and a tuned
     run refuses one that its tuned value would replace."""
-    from dmlbench.space import RUN_KEYS
+    from dmlbench.core.space import RUN_KEYS
 
     return {k: flags[k] for k in RUN_KEYS if flags.get(k) is not None}
 
 
 def run(**kw):
     """Train and evaluate each (method, seed) on one dataset, then print the results table."""
-    from dmlbench.runtime import limit_threads
-    from dmlbench.suite import read_toml, resolve_suite, run_suite
-    from dmlbench.table import write_tables
+    from dmlbench.core.runtime import limit_threads
+    from dmlbench.running.suite import read_toml, resolve_suite, run_suite
+    from dmlbench.report.table import write_tables
 
     for p in kw.pop("plugin") or []:
         load_plugin(p)
@@ -199,7 +199,7 @@ def run(**kw):
     try:
         results = run_suite(suite, on_result=report, on_start=start)
     except KeyboardInterrupt:
-        from dmlbench.runtime import shutdown_ray
+        from dmlbench.core.runtime import shutdown_ray
 
         shutdown_ray()  # now, not in Ray's exit hook, where a second Ctrl-C prints a traceback
         err(f"interrupted after {len(done)} run(s); finished runs are saved: re-run the same command to resume")
@@ -229,8 +229,8 @@ def table(
 ):
     """Aggregate run folders: one row per (dataset, method), the mean over seeds ± the half-width of
     its 95% t-interval (--spread for another; the csv format holds the std and half-width)."""
-    from dmlbench.metrics import METRICS
-    from dmlbench.table import aggregate, collect, format_table
+    from dmlbench.evaluation.metrics import METRICS
+    from dmlbench.report.table import aggregate, collect, format_table
 
     if results_dir.exists() and not results_dir.is_dir():
         raise DMLBenchError(f"{results_dir} is a file, not a results folder; give the folder bench run wrote "
@@ -244,10 +244,10 @@ def table(
         bad = [m for m in names if m not in known]
         if bad:
             raise DMLBenchError(f"unknown metric(s) {', '.join(bad)}; known: {', '.join(known)}")
-    from dmlbench.table import failures
+    from dmlbench.report.table import failures
 
     runs = collect(results_dir)
-    from dmlbench.table import SPREADS, legend
+    from dmlbench.report.table import SPREADS, legend
 
     if spread not in SPREADS:
         raise DMLBenchError(f"--spread {spread!r} is not one of: {', '.join(SPREADS)}")
@@ -271,9 +271,9 @@ def compare(
     cd_plot: Annotated[Optional[Path], typer.Option(help="Write the critical-difference diagram (several datasets) to this PNG.")] = None,
 ):
     """Rank the methods and say, for each pair, whether the difference is significant."""
-    from dmlbench.compare import compare as run_compare
-    from dmlbench.compare import format_compare
-    from dmlbench.metrics import METRICS
+    from dmlbench.report.compare import compare as run_compare
+    from dmlbench.report.compare import format_compare
+    from dmlbench.evaluation.metrics import METRICS
 
     if not 0 < alpha < 1:
         raise DMLBenchError(f"--alpha {alpha} must lie between 0 and 1 (e.g. 0.05)")
@@ -292,7 +292,7 @@ def compare(
                             "dataset has; leave out --cd-plot")
     typer.echo(format_compare(result))
     if cd_plot is not None:
-        from dmlbench.plots_stats import cd_diagram
+        from dmlbench.report.plots.cd import cd_diagram
 
         cd_diagram(result["friedman"], cd_plot, title=f"{metric}: average ranks")
         err(f"written {cd_plot}")
@@ -307,10 +307,10 @@ def plot(
     threads: Annotated[Optional[int], typer.Option(help="Threads for t-SNE/BLAS. [default: all cores, at most 8]")] = None,
 ):
     """Draw the figures (embeddings, reconstructions, confusion matrices, loss curves, metrics, trade-off) as PNGs."""
-    from dmlbench.plots import plot_results
+    from dmlbench.report.plots.figures import plot_results
     from threadpoolctl import threadpool_limits
 
-    from dmlbench.runtime import default_threads
+    from dmlbench.core.runtime import default_threads
 
     threadpool_limits(threads or default_threads())
     for path in plot_results(results_dir, out, projection):
@@ -333,7 +333,7 @@ def list_(what: Annotated[str, typer.Argument(help="methods, datasets, metrics, 
         from dmlbench.methods import get_method, method_names
 
         typer.echo("Methods (also pml:<LossName> for any pytorch-metric-learning loss):")
-        from dmlbench.space import describe
+        from dmlbench.core.space import describe
 
         for name in method_names():
             d = get_method(name).describe()
@@ -341,7 +341,7 @@ def list_(what: Annotated[str, typer.Argument(help="methods, datasets, metrics, 
                        f"    defaults: {json.dumps(d['defaults'])}"
                        + (f"\n    space:    {describe(d['space'])}" if d["space"] else ""))
         from dmlbench.methods.pml import FAILS, MAIN_PARAMS
-        from dmlbench.space import LR
+        from dmlbench.core.space import LR
 
         typer.echo("  pml:<LossName>: any of these pytorch-metric-learning losses; space: lr, plus its main parameters")
         typer.echo(f"    lr ~ {LR['lr']}")
@@ -359,20 +359,20 @@ def list_(what: Annotated[str, typer.Argument(help="methods, datasets, metrics, 
             typer.echo(f"  {name:14s} {s.description}\n    size {s.size}; classes {s.classes}; input {s.input_shape}; "
                        f"read from {s.where}")
     if what in ("metrics", "all"):
-        from dmlbench.metrics import METRICS
+        from dmlbench.evaluation.metrics import METRICS
 
         typer.echo("Metrics:")
         for m in (METRICS.get(n) for n in METRICS.names()):
             typer.echo(f"  {m.name:20s} {'(lower is better) ' if not m.higher_is_better else ''}{m.description}")
     if what in ("encoders", "all"):
-        from dmlbench.encoders import ENCODERS
+        from dmlbench.training.encoders import ENCODERS
 
         typer.echo("Encoders:")
         for name in ENCODERS.names():
             typer.echo(f"  {name:10s} {ENCODERS.get(name).description}")
     if what in ("presets", "all"):
         typer.echo("Presets (bench run --preset NAME):")
-        from dmlbench.suite import preset_names, preset_text
+        from dmlbench.running.suite import preset_names, preset_text
 
         for name in preset_names():
             text = preset_text(name)
@@ -417,7 +417,7 @@ TUNE_DEFAULTS = {"trials": 30, "folds": 1, "validation": None, "objective": "map
 def tune_(**kw):
     """Tune each method on validation folds of the training set with an equal budget (Optuna TPE), then
     `bench run --tuned SUITE_DIR` tests the best settings."""
-    from dmlbench.suite import read_toml, resolve_suite
+    from dmlbench.running.suite import read_toml, resolve_suite
     from dmlbench.tune import TuneOptions, summary_table, tune
     from dmlbench.tune.summary import failed_methods
 
@@ -435,7 +435,7 @@ def tune_(**kw):
     try:
         doc = tune(suite, opts, echo=err)
     except KeyboardInterrupt:
-        from dmlbench.runtime import shutdown_ray
+        from dmlbench.core.runtime import shutdown_ray
 
         shutdown_ray()
         err("interrupted; finished trials are stored: re-run the same command to run the missing ones")

@@ -1,4 +1,4 @@
-"""Time the linear-SVM probe (dmlbench.probe.linear_probe) at MNIST scale.
+"""Time the linear-SVM probe (dmlbench.evaluation.probe.linear_probe) at MNIST scale.
 
     python benchmarks/probe_speed.py [--mnist DIR] [--threads N]
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmlbench.probe import linear_probe
+from dmlbench.evaluation.probe import linear_probe
 
 
 def clustered(n: int, d: int, classes: int = 10, spread: float = 0.35, seed: int = 0):

@@ -38,7 +38,7 @@ def main() -> None:
     import faiss
 
     faiss.omp_set_num_threads(args.threads)
-    from dmlbench.neighbors import retrieval_metrics
+    from dmlbench.evaluation.neighbors import retrieval_metrics
 
     y = sop_shaped_labels()
     rng = np.random.default_rng(1)

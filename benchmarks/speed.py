@@ -30,12 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def train_part(data_dir: str, device: str, steps: int, methods: list[str]) -> list[dict]:
     import torch
 
-    from dmlbench.config import RunConfig
+    from dmlbench.running.config import RunConfig
     from dmlbench.data import load_dataset
-    from dmlbench.runner import build_method
-    from dmlbench.sampling import ClassIndex
-    from dmlbench.runtime import epoch_generator
-    from dmlbench.trainer import Trainer, make_optimizer
+    from dmlbench.running.runner import build_method
+    from dmlbench.training.sampling import ClassIndex
+    from dmlbench.core.runtime import epoch_generator
+    from dmlbench.training.trainer import Trainer, make_optimizer
 
     data = load_dataset("mnist", data_dir=data_dir)
     rows = []
@@ -79,11 +79,11 @@ def train_part(data_dir: str, device: str, steps: int, methods: list[str]) -> li
 def eval_part(data_dir: str, device: str, reps: int = 3) -> list[dict]:
     import numpy as np
 
-    from dmlbench.config import RunConfig
+    from dmlbench.running.config import RunConfig
     from dmlbench.data import load_dataset
-    from dmlbench.evaluate import evaluate
-    from dmlbench.runner import build_method
-    from dmlbench.sampling import random_triplets
+    from dmlbench.evaluation.evaluate import evaluate
+    from dmlbench.running.runner import build_method
+    from dmlbench.training.sampling import random_triplets
 
     import torch
 
@@ -117,8 +117,8 @@ def _forward_floor(method, data, device: str) -> dict:
     import torch
     from torch import nn
 
-    from dmlbench.evaluate import embed_part
-    from dmlbench.inputs import InputPipeline
+    from dmlbench.evaluation.evaluate import embed_part
+    from dmlbench.training.inputs import InputPipeline
 
     macs = 0
 
@@ -192,7 +192,7 @@ def main() -> None:
     ap.add_argument("--eval-reps", type=int, default=3, help="evaluations per method; the median is reported")
     ap.add_argument("--out", default=None, help="JSON file [default: benchmarks/results/speed-<device>.json]")
     args = ap.parse_args()
-    from dmlbench.runtime import set_threads
+    from dmlbench.core.runtime import set_threads
 
     set_threads(args.threads)
     parts = args.parts.split(",")

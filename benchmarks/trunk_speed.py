@@ -27,13 +27,13 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from dmlbench.augment import train_transform
-    from dmlbench.config import RunConfig
+    from dmlbench.training.augment import train_transform
+    from dmlbench.running.config import RunConfig
     from dmlbench.data import Data, Part
-    from dmlbench.runner import build_method
-    from dmlbench.runtime import epoch_generator, set_threads
-    from dmlbench.sampling import ClassIndex
-    from dmlbench.trainer import Trainer, make_optimizer
+    from dmlbench.running.runner import build_method
+    from dmlbench.core.runtime import epoch_generator, set_threads
+    from dmlbench.training.sampling import ClassIndex
+    from dmlbench.training.trainer import Trainer, make_optimizer
 
     set_threads(args.threads)
     stored = int(args.size * 256 / 224)  # the cache holds larger images; mlrc crops them

@@ -2,7 +2,7 @@
 
 Images stay in their stored type, uint8 (N, C, H, W), in memory or memory-mapped from the decode
 cache; ``scale`` turns stored values into [0, 1] and ``norm`` optionally standardises them. The
-conversion to float happens batch by batch on the run's device (:mod:`dmlbench.inputs`), so a
+conversion to float happens batch by batch on the run's device (:mod:`dmlbench.training.inputs`), so a
 dataset is never materialised as float32.
 
 Labels are int64 class ids into ``classes``. The training labels are always 0..K-1, every one
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dmlbench.errors import DMLBenchError
-from dmlbench.registry import Registry
+from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.registry import Registry
 
 DATA_DIR_ENV = "DMLBENCH_DATA_DIR"
 DEFAULT_DATA_DIR = Path("~/.cache/dmlbench").expanduser()

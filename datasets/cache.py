@@ -29,8 +29,8 @@ import numpy as np
 
 from dmlbench.data.base import resolve_data_dir
 from dmlbench.data.images import DecodeOptions, decode_into
-from dmlbench.errors import DMLBenchError
-from dmlbench.io import _UMASK, write_json
+from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.io import _UMASK, write_json
 
 log = logging.getLogger("dmlbench")
 FORMAT = "dmlbench-image-cache/1"
@@ -118,7 +118,7 @@ class ImageCache:
         """The images of ``files`` (memory-mapped, one row per file) and a mask of the readable ones;
         builds the cache on first use or when stale. ``used``: the rows the caller will read (default
         all); an unreadable file outside them is no error."""
-        from dmlbench.locks import locked
+        from dmlbench.core.locks import locked
 
         t0 = time.perf_counter()
         key = content_key(self.root, files)

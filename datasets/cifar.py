@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from dmlbench.data.base import Data, Part, register_dataset, relabel_train_first
-from dmlbench.errors import DMLBenchError
+from dmlbench.core.errors import DMLBenchError
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TRAIN = [f"data_batch_{i}" for i in range(1, 6)]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from dmlbench.data.base import Data, Part, register_dataset, relabel_train_first
-from dmlbench.errors import DMLBenchError
+from dmlbench.core.errors import DMLBenchError
 
 log = logging.getLogger("dmlbench")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmlbench.errors import DMLBenchError
+from dmlbench.core.errors import DMLBenchError
 
 log = logging.getLogger("dmlbench")
 

@@ -11,7 +11,7 @@ import os
 
 from dmlbench.data.base import DATASETS, Data, DatasetRef, DatasetSpec, check_split_sizes, resolve_data_dir, standardized
 from dmlbench.data.splits import class_disjoint
-from dmlbench.errors import DMLBenchError
+from dmlbench.core.errors import DMLBenchError
 
 SPLITS = ("standard", "classes")
 NORMALIZE = ("unit", "standard")
@@ -19,7 +19,7 @@ NORMALIZE = ("unit", "standard")
 
 def typed_options(spec: DatasetSpec, options: dict) -> dict:
     """``options`` coerced to the loader's keyword types; an unknown key or bad value is an error."""
-    from dmlbench.params import apply_overrides
+    from dmlbench.core.params import apply_overrides
 
     if not options:
         return {}

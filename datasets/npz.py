@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from dmlbench.data.base import Data, Part, register_dataset, relabel_train_first
-from dmlbench.errors import DMLBenchError
+from dmlbench.core.errors import DMLBenchError
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 log = logging.getLogger("dmlbench")

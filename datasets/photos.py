@@ -16,7 +16,7 @@ import numpy as np
 from dmlbench.data.base import PHOTO_DEFAULTS, Data, Part, register_dataset
 from dmlbench.data.cache import ImageCache, cache_dir
 from dmlbench.data.images import DecodeOptions, first_image, image_size, scan
-from dmlbench.errors import DMLBenchError
+from dmlbench.core.errors import DMLBenchError
 
 log = logging.getLogger("dmlbench")
 

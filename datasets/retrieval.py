@@ -22,7 +22,7 @@ import numpy as np
 from dmlbench.data.base import PHOTO_DEFAULTS, register_dataset
 from dmlbench.data.images import DecodeOptions
 from dmlbench.data.photos import photo_data, planned_shape
-from dmlbench.errors import DMLBenchError
+from dmlbench.core.errors import DMLBenchError
 
 BENCH_DEFAULTS = {**PHOTO_DEFAULTS, "embedding_dim": 128, "epochs": 30}
 

@@ -16,7 +16,7 @@ from dataclasses import replace
 import numpy as np
 
 from dmlbench.data.base import Data, Part
-from dmlbench.errors import DMLBenchError
+from dmlbench.core.errors import DMLBenchError
 
 FOLD_KINDS = ("samples", "classes")
 

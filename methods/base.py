@@ -1,7 +1,7 @@
 """The method contract and the method registry.
 
 A method owns its networks and a loss. The trainer asks for its :attr:`Method.batch_kind`, hands
-it each :class:`~dmlbench.batches.Batch`, and gets back a dict of named loss terms
+it each :class:`~dmlbench.training.batches.Batch`, and gets back a dict of named loss terms
 (:meth:`Method.loss_terms`), which it sums with ``params.weights``. Evaluation calls only
 :meth:`Method.embed` (and, for a :class:`GenerativeMethod`, :meth:`~GenerativeMethod.reconstruct`
 and :meth:`~GenerativeMethod.generative_metrics`).
@@ -19,14 +19,14 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from dmlbench.errors import DMLBenchError
-from dmlbench.registry import Registry
-from dmlbench.space import LR, Dist
+from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.registry import Registry
+from dmlbench.core.space import LR, Dist
 
 if TYPE_CHECKING:
     import torch
 
-    from dmlbench.batches import Batch, BatchKind
+    from dmlbench.training.batches import Batch, BatchKind
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Params:
     """Hyperparameters of a method; subclasses add fields. ``weights`` holds one weight per loss term.
 
     ``space`` (a ClassVar) is the method's search space for ``bench tune``: option keys of this
-    class, or run keys such as ``lr`` (:mod:`dmlbench.space`).
+    class, or run keys such as ``lr`` (:mod:`dmlbench.core.space`).
     """
 
     weights: dict[str, float] = field(default_factory=dict)
@@ -94,8 +94,8 @@ class Method:
 
     @property
     def batch_kind(self) -> BatchKind:
-        """The batches this method trains on (:mod:`dmlbench.batches`); default: plain."""
-        from dmlbench.batches import PLAIN
+        """The batches this method trains on (:mod:`dmlbench.training.batches`); default: plain."""
+        from dmlbench.training.batches import PLAIN
 
         return PLAIN
 
@@ -113,7 +113,7 @@ class Method:
         return self.encoder(x)
 
     def make_encoder(self):
-        from dmlbench.encoders import build_encoder
+        from dmlbench.training.encoders import build_encoder
 
         return build_encoder(self.encoder_choice, self.input_shape, self.encoder_out_dim())
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from dmlbench.methods.base import Method, Params, register_method
-from dmlbench.space import LR, Float
+from dmlbench.core.space import LR, Float
 
 
 @dataclass
@@ -40,7 +40,7 @@ class NPair(Method):
 
     @property
     def batch_kind(self):
-        from dmlbench.batches import Balanced
+        from dmlbench.training.batches import Balanced
 
         return Balanced(m=2, classes_per_group=-1)  # every training class in each tuple
 

@@ -18,9 +18,9 @@ import typing
 from dataclasses import field
 from typing import ClassVar
 
-from dmlbench.errors import DMLBenchError
+from dmlbench.core.errors import DMLBenchError
 from dmlbench.methods.base import Method, Params
-from dmlbench.space import LR, Float, Int
+from dmlbench.core.space import LR, Float, Int
 
 PREFIX = "pml:"
 _FILLED = {"num_classes", "embedding_size"}
@@ -154,7 +154,7 @@ class PMLMethod(Method):
 
     @property
     def batch_kind(self):
-        from dmlbench.batches import Balanced
+        from dmlbench.training.batches import Balanced
 
         return Balanced(m=self.params.m_per_class)
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from dmlbench.errors import DMLBenchError
+from dmlbench.core.errors import DMLBenchError
 from dmlbench.methods.base import Method, Params, register_method
-from dmlbench.space import LR, Float
+from dmlbench.core.space import LR, Float
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Siamese(Method):
 
     @property
     def batch_kind(self):
-        from dmlbench.batches import PAIRS
+        from dmlbench.training.batches import PAIRS
 
         return PAIRS
 

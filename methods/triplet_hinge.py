@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from dmlbench.errors import DMLBenchError
+from dmlbench.core.errors import DMLBenchError
 from dmlbench.methods.base import Method, Params, register_method
-from dmlbench.space import LR, Choice, Float
+from dmlbench.core.space import LR, Choice, Float
 
 
 def hinge_triplet_loss(margin: float, normalize: bool = False):
@@ -55,7 +55,7 @@ class TripletHinge(Method):
 
     @property
     def batch_kind(self):
-        from dmlbench.batches import TRIPLETS, Balanced
+        from dmlbench.training.batches import TRIPLETS, Balanced
 
         return TRIPLETS if self.params.mining == "random" else Balanced(m=self.params.m)
 

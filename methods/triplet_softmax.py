@@ -16,7 +16,7 @@ from typing import ClassVar, Literal
 
 from dmlbench.methods.base import Method, Params, register_method
 from dmlbench.methods.losses import l2_distance, softmax_ratio_loss
-from dmlbench.space import LR, Choice
+from dmlbench.core.space import LR, Choice
 
 
 @dataclass
@@ -35,7 +35,7 @@ class TripletSoftmax(Method):
 
     @property
     def batch_kind(self):
-        from dmlbench.batches import TRIPLETS
+        from dmlbench.training.batches import TRIPLETS
 
         return TRIPLETS
 

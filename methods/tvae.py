@@ -16,11 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from dmlbench.errors import DMLBenchError
+from dmlbench.core.errors import DMLBenchError
 from dmlbench.methods.base import register_method
 from dmlbench.methods.triplet_hinge import hinge_triplet_loss
 from dmlbench.methods.vae import VAE, VAEParams
-from dmlbench.space import LR, Float
+from dmlbench.core.space import LR, Float
 
 
 @dataclass
@@ -44,7 +44,7 @@ class TVAE(VAE):
 
     @property
     def batch_kind(self):
-        from dmlbench.batches import TRIPLETS
+        from dmlbench.training.batches import TRIPLETS
 
         return TRIPLETS
 

@@ -9,7 +9,7 @@ With q(z|x) = N(μ(x), diag σ²(x)), z = μ + σ ⊙ ε and p(z) = N(0, I), the
 ``reduction=mean``: both divided by the number of pixels (a per-pixel ELBO). The choice sets how
 strongly any extra term (TVAE's triplet loss) weighs against the ELBO.
 
-On a pretrained timm trunk the VAE is refused (see :mod:`dmlbench.trunks`): its decoder would have
+On a pretrained timm trunk the VAE is refused (see :mod:`dmlbench.training.trunks`): its decoder would have
 to rebuild the image from an ImageNet classifier's pooled features, and its KL term pulls the
 pretrained features towards N(0, I).
 """
@@ -22,7 +22,7 @@ from typing import ClassVar, Literal
 
 from dmlbench.methods.base import GenerativeMethod, Params, register_method
 from dmlbench.methods.losses import gaussian_kl, reconstruction
-from dmlbench.space import LR
+from dmlbench.core.space import LR
 
 
 @dataclass
@@ -41,7 +41,7 @@ class VAE(GenerativeMethod):
     terms = ("recon", "kl")
 
     def build(self) -> None:
-        from dmlbench.encoders import build_decoder
+        from dmlbench.training.encoders import build_decoder
 
         self.decoder = build_decoder(self.encoder_choice, self.input_shape, self.embedding_dim)
         self.n_pixels = math.prod(self.input_shape)

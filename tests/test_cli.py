@@ -19,9 +19,9 @@ import torch
 from typer.testing import CliRunner
 
 from dmlbench.cli import app
-from dmlbench.metrics import METRICS
+from dmlbench.evaluation.metrics import METRICS
 from dmlbench.methods import BUILTIN
-from dmlbench.table import SPREADS
+from dmlbench.report.table import SPREADS
 
 N_TEST, N_TRAIN = 540, 1257  # digits: 1797 images, stratified 70/30 split
 N_TRIPLETS = 300
@@ -275,7 +275,7 @@ RESUME_ARGS = ["--methods", "vae", "--seeds", "0", "--epochs", "4", "--test-trip
 
 
 def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
-    from dmlbench.trainer import Trainer
+    from dmlbench.training.trainer import Trainer
 
     out = tmp_path / "results"
     real_save = Trainer._save
@@ -335,7 +335,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, monkeypatch):
 
 
 def test_stray_files_are_not_results(tmp_path):
-    from dmlbench.table import collect
+    from dmlbench.report.table import collect
 
     out = tmp_path / "results"
     assert bench("run", "--methods", "raw", "--seeds", "0", "--test-triplets", "50", "--out", out).exit_code == 0
@@ -442,7 +442,7 @@ def test_list_methods_datasets_metrics():
     assert "Datasets" not in result.stdout
     # Every pml: loss with its search space (the main parameters bench tune samples besides lr).
     from dmlbench.methods.pml import pml_loss_names, pml_method
-    from dmlbench.space import describe
+    from dmlbench.core.space import describe
 
     spaces = {ln.split()[0]: ln.split(None, 1)[1] for ln in result.stdout.splitlines() if ln.startswith("    pml:")}
     assert set(spaces) == {f"pml:{n}" for n in pml_loss_names()}
@@ -575,7 +575,7 @@ def test_table_single_seed_is_a_lone_value_and_missing_folder_errors(tmp_path):
 
 
 from dmlbench.data import load_dataset  # noqa: E402
-from dmlbench.errors import DMLBenchError  # noqa: E402
+from dmlbench.core.errors import DMLBenchError  # noqa: E402
 
 
 # Regressions from an earlier review (the table)
@@ -583,7 +583,7 @@ from dmlbench.errors import DMLBenchError  # noqa: E402
 def test_table_counts_a_config_once_across_suites_and_bolds_per_dataset(tmp_path):
     import pandas as pd
 
-    from dmlbench.table import aggregate, collect, format_table
+    from dmlbench.report.table import aggregate, collect, format_table
 
     out = tmp_path / "r"
     for suite in ("a", ""):
@@ -653,7 +653,7 @@ def test_bad_toml_types_are_one_line_errors(tmp_path):
 
 
 def test_table_ignores_foreign_config_files(tmp_path):
-    from dmlbench.table import collect
+    from dmlbench.report.table import collect
 
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "config.json").write_text(json.dumps({"something": "else"}))

@@ -11,7 +11,7 @@ import scipy.stats
 from typer.testing import CliRunner
 
 from dmlbench.cli import app
-from dmlbench.compare import compare
+from dmlbench.report.compare import compare
 
 
 def _run(root, dataset, method, seed, value, per_query=None):

@@ -24,12 +24,12 @@ import pytest
 from sklearn.datasets import load_digits as sk_load_digits
 from sklearn.model_selection import train_test_split
 
-from dmlbench.config import RunConfig
+from dmlbench.running.config import RunConfig
 from dmlbench.data import DATASETS, Data, load_dataset
 from dmlbench.data.base import standardized
 from dmlbench.data.cache import CACHE_DIR_ENV
-from dmlbench.errors import DMLBenchError
-from dmlbench.runner import load_data
+from dmlbench.core.errors import DMLBenchError
+from dmlbench.running.runner import load_data
 
 from helpers_data import (CIFAR_TEST, CIFAR_TRAIN, FOLDER_H, FOLDER_W, IDX_NAMES, SPECIAL, SystemCall,
                           cifar_batch, folder_gray_level, idx_bytes, tiny_idx_arrays, write_cifar_bin,
@@ -859,7 +859,7 @@ def test_hf_datasets_is_not_shadowed(tmp_path):
 
 
 from dmlbench.data import load_dataset  # noqa: E402
-from dmlbench.errors import DMLBenchError  # noqa: E402
+from dmlbench.core.errors import DMLBenchError  # noqa: E402
 
 
 # Regressions from an earlier review

@@ -33,7 +33,7 @@ def registries():
     """Leave the registries as they were: a doc example registers a method, dataset or metric."""
     from dmlbench.data.base import DATASETS
     from dmlbench.methods.base import METHODS
-    from dmlbench.metrics import METRICS
+    from dmlbench.evaluation.metrics import METRICS
 
     before = {r: set(r.names()) for r in (DATASETS, METHODS, METRICS)}
     yield

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dmlbench import evaluate, exact_search, neighbors, probe
-from dmlbench.metrics import RECALL_KS
+from dmlbench.evaluation import evaluate, exact_search, neighbors, probe
+from dmlbench.evaluation.metrics import RECALL_KS
 
 
 def retrieval_metrics(emb, labels, batch=None):
@@ -324,7 +324,7 @@ def test_a_metric_registered_from_a_test_module_reaches_metrics_json_and_the_tab
     from typer.testing import CliRunner
 
     from dmlbench.cli import app
-    from dmlbench.metrics import METRICS, register_metric
+    from dmlbench.evaluation.metrics import METRICS, register_metric
 
     @register_metric("mean_norm_test", higher_is_better=False, description="mean embedding norm (test only)")
     def mean_norm(ctx):
@@ -368,7 +368,7 @@ def test_classification_probes_do_not_apply_to_a_class_disjoint_split(tmp_path):
 # Regression: k larger than the training set
 
 def test_knn_k_larger_than_train_set():
-    from dmlbench.neighbors import knn_classify
+    from dmlbench.evaluation.neighbors import knn_classify
 
     train = np.array([[0.0], [1.0], [10.0]], dtype=np.float32)
     acc, correct = knn_classify(train, np.array([0, 0, 1]), np.array([[0.5]], dtype=np.float32), np.array([0]), k=50)

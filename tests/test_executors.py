@@ -251,7 +251,7 @@ def test_an_empty_device_list_is_refused():
 
 
 def _bar_position(_):
-    from dmlbench import runtime
+    from dmlbench.core import runtime
 
     time.sleep(0.5)  # both workers take a task
     return os.getpid(), runtime.BAR_POSITION
@@ -296,7 +296,7 @@ def test_settings_that_would_do_nothing_or_diverge_are_refused(tmp_path):
 
 
 def test_a_ctrl_c_during_the_clean_up_of_an_interrupt_is_ignored_only_for_that_time():
-    from dmlbench.runtime import interrupts_ignored
+    from dmlbench.core.runtime import interrupts_ignored
 
     before = signal.getsignal(signal.SIGINT)
     with interrupts_ignored(KeyboardInterrupt()):
@@ -311,7 +311,7 @@ def test_a_workers_progress_line_is_one_write_so_two_workers_lines_never_run_tog
     apart, so two workers' "started" lines could come out as one (seen under load)."""
     import io
 
-    from dmlbench.runtime import echo_line
+    from dmlbench.core.runtime import echo_line
 
     writes = []
 

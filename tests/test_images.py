@@ -23,7 +23,7 @@ from dmlbench.data import images as images_mod
 from dmlbench.data.cache import CACHE_DIR_ENV, ImageCache, cache_dir
 from dmlbench.data.images import DecodeOptions, decode, decode_into, scan
 from dmlbench.data.splits import fold_assignment
-from dmlbench.errors import DMLBenchError
+from dmlbench.core.errors import DMLBenchError
 
 # The official UT-Zappos50K tree: 4 categories, 21 subcategories.
 ZAPPOS = {
@@ -415,7 +415,7 @@ def test_cache_garbage_npy_is_rebuilt_and_unwritable_folder_is_one_line(tmp_path
     write_zappos(tmp_path, per_sub=2)
     load_dataset("zappos50k", data_dir=tmp_path, options={"resize": 8})
     npy, _ = _cache_files(tmp_path)
-    from dmlbench.io import _UMASK
+    from dmlbench.core.io import _UMASK
 
     assert npy.stat().st_mode & 0o777 == 0o666 & ~_UMASK  # as the umask allows (mkstemp alone gives 0600)
     size = npy.stat().st_size

@@ -1,4 +1,4 @@
-"""dmlbench.io: crash-safe, link-safe writes, and reads that name the corrupt file.
+"""dmlbench.core.io: crash-safe, link-safe writes, and reads that name the corrupt file.
 
 Writes go to an exclusively created temp file in the target folder and are renamed over the
 target: a failure leaves the old file and no temp file, a link planted at the temp name or at the
@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from dmlbench import io
-from dmlbench.errors import DMLBenchError
-from dmlbench.io import CorruptFileError
+from dmlbench.core import io
+from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.io import CorruptFileError
 from helpers_data import SystemCall
 
 

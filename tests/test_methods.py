@@ -12,19 +12,19 @@ import pytest
 import torch
 from torch import nn
 
-from dmlbench.config import RunConfig
-from dmlbench.errors import DMLBenchError
-from dmlbench.evaluate import embed_part
-from dmlbench.inputs import DeviceImages, InputPipeline
+from dmlbench.running.config import RunConfig
+from dmlbench.core.errors import DMLBenchError
+from dmlbench.evaluation.evaluate import embed_part
+from dmlbench.training.inputs import DeviceImages, InputPipeline
 from dmlbench.methods import (BUILTIN, METHODS, GenerativeMethod, Method, Params, get_method, method_names,
                               register_method)
 from dmlbench.methods.pml import installed_pml_loss_names, pml_loss_names, pml_method
-from dmlbench.neighbors import retrieval_metrics
-from dmlbench.params import apply_overrides
-from dmlbench.runner import build_method
-from dmlbench.sampling import Batch, BatchKind, ClassIndex
-from dmlbench.suite import Suite, run_suite
-from dmlbench.trainer import Trainer
+from dmlbench.evaluation.neighbors import retrieval_metrics
+from dmlbench.core.params import apply_overrides
+from dmlbench.running.runner import build_method
+from dmlbench.training.sampling import Batch, BatchKind, ClassIndex
+from dmlbench.running.suite import Suite, run_suite
+from dmlbench.training.trainer import Trainer
 
 CONTRACT = [n for n in method_names() if n != "raw"] + ["pml:MultiSimilarityLoss", "pml:ArcFaceLoss"]
 
@@ -33,7 +33,7 @@ CONTRACT = [n for n in method_names() if n != "raw"] + ["pml:MultiSimilarityLoss
 def one_thread():
     """These models are tiny: a second intra-op thread only adds synchronisation, which on a busy
     machine (other processes on the cores) makes a step 10-20x slower."""
-    from dmlbench.runtime import set_threads
+    from dmlbench.core.runtime import set_threads
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)

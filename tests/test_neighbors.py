@@ -1,4 +1,4 @@
-"""dmlbench.exact_search and dmlbench.neighbors: exact search, retrieval metrics (checked against pytorch-metric-learning and
+"""dmlbench.evaluation.exact_search and dmlbench.evaluation.neighbors: exact search, retrieval metrics (checked against pytorch-metric-learning and
 brute force) and k-NN classification (checked against scikit-learn)."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from dmlbench import exact_search, neighbors
-from dmlbench.errors import NonFiniteEmbeddingError
-from dmlbench.neighbors import knn_classify, retrieval_metrics, search
+from dmlbench.evaluation import exact_search, neighbors
+from dmlbench.core.errors import NonFiniteEmbeddingError
+from dmlbench.evaluation.neighbors import knn_classify, retrieval_metrics, search
 
 
 def clusters(n=300, d=8, classes=6, spread=1.5, seed=0):
@@ -59,7 +59,7 @@ def brute_metrics(query, qy, ref=None, ry=None, ks=(1, 2, 4, 8)):
 
 
 def test_import_does_not_pull_torch():
-    code = "import sys, dmlbench.neighbors, dmlbench.exact_search, dmlbench.probe; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, dmlbench.evaluation.neighbors, dmlbench.evaluation.exact_search, dmlbench.evaluation.probe; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -459,7 +459,7 @@ def test_gpu_search_matches_faiss_where_cuda_exists():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device here: the GPU path is checked against faiss only where one exists")
-    from dmlbench.neighbors import retrieval_metrics, search
+    from dmlbench.evaluation.neighbors import retrieval_metrics, search
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 20, 3000)

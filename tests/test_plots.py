@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from dmlbench.cli import app
-from dmlbench.config import RunConfig
-from dmlbench.suite import Suite, run_suite
+from dmlbench.running.config import RunConfig
+from dmlbench.running.suite import Suite, run_suite
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -31,7 +31,7 @@ def _check_png(path: Path) -> None:
 
 
 def test_plot_writes_every_figure(results, monkeypatch):
-    monkeypatch.setattr("dmlbench.plots.TSNE_MAX_POINTS", 200)  # t-SNE on a small subsample, for speed
+    monkeypatch.setattr("dmlbench.report.plots.figures.TSNE_MAX_POINTS", 200)  # t-SNE on a small subsample, for speed
     r = CliRunner().invoke(app, ["plot", str(results), "--threads", "1"])
     assert r.exit_code == 0, r.output
     folder = results / "digits" / "plots"

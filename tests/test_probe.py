@@ -1,4 +1,4 @@
-"""dmlbench.probe: the linear-SVM probe (one-vs-rest squared hinge, liblinear or L-BFGS)."""
+"""dmlbench.evaluation.probe: the linear-SVM probe (one-vs-rest squared hinge, liblinear or L-BFGS)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from dmlbench import probe
-from dmlbench.probe import LAMBDAS, Scaler, choose_lambda, fit_svm, linear_probe, svm_objective
+from dmlbench.evaluation import probe
+from dmlbench.evaluation.probe import LAMBDAS, Scaler, choose_lambda, fit_svm, linear_probe, svm_objective
 
 
 @pytest.fixture(scope="module")

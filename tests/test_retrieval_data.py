@@ -18,7 +18,7 @@ from PIL import Image
 from dmlbench.data import DATASETS, load_dataset, planned_shape
 from dmlbench.data import images as images_mod
 from dmlbench.data.cache import CACHE_DIR_ENV
-from dmlbench.errors import DMLBenchError
+from dmlbench.core.errors import DMLBenchError
 
 SMALL = {"resize": 8}
 

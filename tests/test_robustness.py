@@ -205,7 +205,7 @@ def test_changed_images_make_a_stored_result_stale(tmp_path):
     assert first.exit_code == 0, first.stderr
     Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(root / "cat" / "0.png")   # same names, other pixels
     os.utime(root / "cat" / "0.png", (time.time() + 5, time.time() + 5))
-    from dmlbench import runner
+    from dmlbench.running import runner
 
     runner._load.cache_clear()   # each bench command is a fresh process; here they share one
     result = bench(*args)
@@ -287,7 +287,7 @@ def test_orphan_temp_files_are_cleaned(done_suite):
 
 def test_gzip_bomb_stops_at_the_announced_length(tmp_path):
     """An IDX .gz that announces 10 images but inflates to 64 MiB is refused without inflating it all."""
-    from dmlbench.errors import DMLBenchError
+    from dmlbench.core.errors import DMLBenchError
 
     folder = tmp_path / "mnist"
     folder.mkdir()

@@ -1,4 +1,4 @@
-"""Batch kinds (dmlbench.sampling): layouts, an epoch's indices, the tuples each kind yields.
+"""Batch kinds (dmlbench.training.sampling): layouts, an epoch's indices, the tuples each kind yields.
 
 A kind owns the images per step and the group size (:meth:`layout`), draws an epoch's indices in
 one call (:meth:`epoch_indices`), and turns a gathered batch into the tuples a method reads
@@ -14,8 +14,8 @@ import logging
 import pytest
 import torch
 
-from dmlbench.errors import DMLBenchError
-from dmlbench.sampling import (PAIRS, PLAIN, TRIPLETS, Balanced, Batch, ClassIndex, Layout, Pairs, Plain, Triplets,
+from dmlbench.core.errors import DMLBenchError
+from dmlbench.training.sampling import (PAIRS, PLAIN, TRIPLETS, Balanced, Batch, ClassIndex, Layout, Pairs, Plain, Triplets,
                                balanced_indices, random_triplets)
 
 
@@ -288,9 +288,9 @@ def test_single_image_classes_are_negatives_only(caplog):
 def test_a_methods_batch_kind_is_known_from_its_options_alone(name):
     """The torch-free batch-size check reads each method's kind without building it: the same kind
     as the built method's, for every option that changes it."""
-    from dmlbench.batches import method_batch_kind
+    from dmlbench.training.batches import method_batch_kind
     from dmlbench.methods import get_method
-    from dmlbench.params import apply_overrides
+    from dmlbench.core.params import apply_overrides
 
     cls = get_method(name)
     options = [{}] + ([{"mining": "all"}] if name == "triplet-hinge" else []) + \

@@ -1,4 +1,4 @@
-"""dmlbench.stats and dmlbench.plots_stats.
+"""dmlbench.report.stats and dmlbench.report.plots.cd.
 
 Expected values come from an independent computation (scipy, the standard library, a brute-force
 reference written here) or from a published worked example, cited where used:
@@ -25,8 +25,8 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
-from dmlbench.plots_stats import cd_cliques, cd_diagram
-from dmlbench.stats import best_set, friedman_nemenyi, holm, nemenyi_q, paired_bootstrap, paired_t, t_interval
+from dmlbench.report.plots.cd import cd_cliques, cd_diagram
+from dmlbench.report.stats import best_set, friedman_nemenyi, holm, nemenyi_q, paired_bootstrap, paired_t, t_interval
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -382,10 +382,10 @@ def test_cd_diagram_writes_png_atomically(tmp_path):
 
 def test_modules_do_not_import_torch_or_other_package_modules():
     code = (
-        "import sys, dmlbench.stats, dmlbench.plots_stats; "
+        "import sys, dmlbench.report.stats, dmlbench.report.plots.cd; "
         "assert 'torch' not in sys.modules, 'torch imported'; "
         "extra = sorted(m for m in sys.modules if m.startswith('dmlbench') and m not in "
-        "{'dmlbench', 'dmlbench.errors', 'dmlbench.io', 'dmlbench.stats', 'dmlbench.plots_stats'}); "
+        "{'dmlbench', 'dmlbench.core', 'dmlbench.report', 'dmlbench.report.plots', 'dmlbench.core.errors', 'dmlbench.core.io', 'dmlbench.report.stats', 'dmlbench.report.plots.cd'}); "
         "assert not extra, extra"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)

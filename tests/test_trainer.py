@@ -14,14 +14,14 @@ import pytest
 import torch
 from torch import nn
 
-from dmlbench.config import RunConfig, untrained
-from dmlbench.errors import DMLBenchError, NonFiniteLossError
-from dmlbench.io import torch_load
+from dmlbench.running.config import RunConfig, untrained
+from dmlbench.core.errors import DMLBenchError, NonFiniteLossError
+from dmlbench.core.io import torch_load
 from dmlbench.methods import METHODS, Method, Params, get_method, register_method
-from dmlbench.runner import build_method
-from dmlbench.runtime import epoch_generator, resolve_device, seed_everything
-from dmlbench.sampling import Batch
-from dmlbench.trainer import Trainer, epoch_plan, lr_factor, make_optimizer
+from dmlbench.running.runner import build_method
+from dmlbench.core.runtime import epoch_generator, resolve_device, seed_everything
+from dmlbench.training.sampling import Batch
+from dmlbench.training.trainer import Trainer, epoch_plan, lr_factor, make_optimizer
 
 N_TRAIN = 1257  # digits: 1797 images, stratified 70/30 split
 

@@ -19,11 +19,12 @@ from typer.testing import CliRunner
 
 optuna = pytest.importorskip("optuna")
 
-from dmlbench import runner, tune as T  # noqa: E402
+from dmlbench.running import runner  # noqa: E402
+from dmlbench import tune as T  # noqa: E402
 from dmlbench.cli import app  # noqa: E402
-from dmlbench.errors import DMLBenchError  # noqa: E402
-from dmlbench.space import Float  # noqa: E402
-from dmlbench.suite import resolve_suite  # noqa: E402
+from dmlbench.core.errors import DMLBenchError  # noqa: E402
+from dmlbench.core.space import Float  # noqa: E402
+from dmlbench.running.suite import resolve_suite  # noqa: E402
 
 # The tests ask trials by hand on a storage with a heartbeat, which Optuna warns about.
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
@@ -438,7 +439,7 @@ def test_apply_tuned_gives_each_method_its_best_settings(tiny, tmp_path, caplog)
 
 
 def test_expand_applies_tuned_run_keys_and_records_them(tiny):
-    from dmlbench import suite as suite_mod
+    from dmlbench.running import suite as suite_mod
 
     suite_dir, _ = tiny
     doc = json.loads((suite_dir / "tuned.json").read_text())
@@ -677,7 +678,7 @@ def test_tune_lr_flag_is_fixed_and_its_tuned_run_needs_no_flag(tmp_path):
     assert m["run_params"]["lr"] == 0.003 and "lr" not in m["params"]
     tuned = T.apply_tuned(resolve_suite({}, {"methods": "siamese", "dataset": "digits"}), suite_dir)
     assert tuned.run_sets["siamese"]["lr"] == 0.003
-    from dmlbench.suite import expand
+    from dmlbench.running.suite import expand
 
     variant = expand(tuned, 1257)[0].variant  # the label keeps what was held fixed apart from what was tuned
     assert variant == f"tuned;margin={m['method_params']['margin']:.4g};fixed:lr=0.003"

@@ -1,5 +1,5 @@
 """Executors: where a suite's runs are made. They sit beside the runner and call
-:func:`dmlbench.runner.run_one` for each planned run; the run folder's lock makes any two of them
+:func:`dmlbench.running.runner.run_one` for each planned run; the run folder's lock makes any two of them
 (two terminals, two machines on shared storage) safe to point at one results folder.
 
 - ``local`` (:mod:`.local`): in this process, or a pool of ``workers`` processes on this machine,
@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from dmlbench.errors import DMLBenchError
+from dmlbench.core.errors import DMLBenchError
 
 EXECUTORS = ("local", "ray")
 

@@ -21,7 +21,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
 
-from dmlbench.runtime import default_threads, echo_line, interrupts_ignored
+from dmlbench.core.runtime import default_threads, echo_line, interrupts_ignored
 
 log = logging.getLogger("dmlbench")
 
@@ -50,7 +50,7 @@ def init_worker_process(threads: int, level: int, slots=None, workers: int = 1) 
     """A pool worker's start (the local executor's and bench tune's): its share of the threads,
     logging, quiet interrupts, exit with its driver, and (with ``slots``, a shared counter) its own
     progress-bar line under the driver's overall bar, so N workers draw N lines, not one."""
-    from dmlbench import runtime
+    from dmlbench.core import runtime
 
     runtime.set_threads(threads)
     runtime.log_to_stderr(level)
@@ -106,7 +106,7 @@ def stop_pool(pool: ProcessPoolExecutor) -> None:
 
 
 def _run(planned, suite_dir: Path, reuse_stale: bool):
-    from dmlbench.runner import run_one
+    from dmlbench.running.runner import run_one
 
     cfg = planned.config
     # One line per run as a worker takes it up (a worker is handed a run only when it is free);
@@ -135,8 +135,8 @@ class LocalExecutor:
                         "number for the device", self.workers, self.total)
 
     def run(self, planned: list, suite_dir: Path, *, reuse_stale: bool = False, on_result=None, data=None) -> list:
-        from dmlbench.runner import run_one
-        from dmlbench.runtime import set_threads
+        from dmlbench.running.runner import run_one
+        from dmlbench.core.runtime import set_threads
 
         self._fit(len(planned))
         if self.workers == 1:

@@ -18,8 +18,8 @@ import logging
 import os
 from pathlib import Path
 
-from dmlbench.errors import DMLBenchError
-from dmlbench.runtime import default_threads, interrupts_ignored
+from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.runtime import default_threads, interrupts_ignored
 
 log = logging.getLogger("dmlbench")
 
@@ -77,8 +77,8 @@ def _check_listening(address: str, timeout: float = 5.0) -> None:
 
 
 def _task(planned, suite_dir: str, reuse_stale: bool, threads: int):
-    from dmlbench.runner import run_one
-    from dmlbench.runtime import set_threads
+    from dmlbench.running.runner import run_one
+    from dmlbench.core.runtime import set_threads
 
     set_threads(threads)
     return run_one(planned.config, Path(suite_dir), variant=planned.variant, reuse_stale=reuse_stale)

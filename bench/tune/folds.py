@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dmlbench.config import RunConfig
-from dmlbench.errors import DMLBenchError
-from dmlbench.io import CorruptFileError, read_json, write_json
+from dmlbench.running.config import RunConfig
+from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.io import CorruptFileError, read_json, write_json
 from dmlbench.tune.options import FOLD_PARTS, FOLDS_FILE
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dmlbench.errors import DMLBenchError
-from dmlbench.space import Dist
-from dmlbench.suite import Suite
+from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.space import Dist
+from dmlbench.running.suite import Suite
 
 TRIALS_DIR, FOLDS_FILE, TUNED_FILE, TUNE_LOCK = "trials", "folds.json", "tuned.json", ".tune.lock"
 DEFAULT_SUITE = "tune"
@@ -36,7 +36,7 @@ class TuneOptions:
     run_flags: dict = field(default_factory=dict)  # run keys given as flags (--lr): fixed, not searched
 
     def check(self) -> None:
-        from dmlbench.config import MAX_SEED
+        from dmlbench.running.config import MAX_SEED
         from dmlbench.data.splits import FOLD_KINDS
         from dmlbench.tune.storage import objective_direction  # storage imports this module
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from dmlbench.config import RunConfig
-from dmlbench.errors import DMLBenchError
-from dmlbench.space import RUN_KEYS, Choice, Dist, Int, from_value
+from dmlbench.running.config import RunConfig
+from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.space import RUN_KEYS, Choice, Dist, Int, from_value
 from dmlbench.tune.options import MethodPlan
 
 
@@ -53,7 +53,7 @@ def _flatten(table: dict, prefix: str = "") -> dict:
 
 
 def _check_run_value(key: str, value) -> None:
-    from dmlbench.params import apply_overrides
+    from dmlbench.core.params import apply_overrides
 
     cfg = apply_overrides(RunConfig(), {key: value}, "run")
     cfg.check()
@@ -66,7 +66,7 @@ def is_run_key(name: str, key: str) -> bool:
     """A space key tunes the run (lr, ...) unless the method has an option of that name
     (pml:DynamicSoftMarginLoss's ``momentum`` is the loss's, not the optimiser's)."""
     from dmlbench.methods import get_method
-    from dmlbench.params import option_keys
+    from dmlbench.core.params import option_keys
 
     return key in RUN_KEYS and key not in option_keys(get_method(name).Params())
 
@@ -79,7 +79,7 @@ def method_plan(name: str, file_space: dict | None, set_options: dict, run_flags
     (``run_flags``: ``--lr 0.01`` fixes lr), leave the space. A run key the optimiser ignores
     (momentum without sgd) is refused: the trials would spend their budget on a dead dimension."""
     from dmlbench.methods import get_method
-    from dmlbench.params import apply_overrides, option_keys
+    from dmlbench.core.params import apply_overrides, option_keys
 
     cls = get_method(name)
     space: dict[str, Dist] = dict(cls.Params.space)

@@ -10,8 +10,8 @@ import time
 import warnings
 from pathlib import Path
 
-from dmlbench import layout
-from dmlbench.errors import DMLBenchError
+from dmlbench.running import layout
+from dmlbench.core.errors import DMLBenchError
 from dmlbench.tune.options import GRACE_ENV, HEARTBEAT_ENV, MAX_RETRY, N_STARTUP
 
 log = logging.getLogger("dmlbench")
@@ -31,7 +31,7 @@ def _optuna():
 
 
 def objective_direction(name: str) -> str:
-    from dmlbench.metrics import METRICS
+    from dmlbench.evaluation.metrics import METRICS
 
     if name not in METRICS.names():
         raise DMLBenchError(f"objective {name!r} is not a metric; known: {', '.join(METRICS.names())}")

@@ -8,12 +8,12 @@ import time
 import uuid
 from pathlib import Path
 
-from dmlbench import layout
-from dmlbench.errors import DMLBenchError
-from dmlbench.io import undo_if_refused, write_json
-from dmlbench.runtime import interrupts_ignored
-from dmlbench.space import describe
-from dmlbench.suite import Suite
+from dmlbench.running import layout
+from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.io import undo_if_refused, write_json
+from dmlbench.core.runtime import interrupts_ignored
+from dmlbench.core.space import describe
+from dmlbench.running.suite import Suite
 from dmlbench.tune.folds import check_fold_sizes, check_folds, choose_validation, fold_data, load_training_data
 from dmlbench.tune.options import (
     DEFAULT_SUITE, EXTRA_METRICS, FOLDS_FILE, MAX_RETRY, TUNED_FILE, Job, MethodPlan, TuneOptions,
@@ -59,7 +59,7 @@ def _check_objective(objective: str, names: list[str]) -> None:
     """A generative objective (recon_error) exists only for methods that decode: every trial of
     another method would fail, so the tune is refused before it starts."""
     from dmlbench.methods import GenerativeMethod, get_method
-    from dmlbench.metrics import METRICS
+    from dmlbench.evaluation.metrics import METRICS
 
     if METRICS.get(objective).kind != "generative":
         return
@@ -72,7 +72,7 @@ def _check_objective(objective: str, names: list[str]) -> None:
 
 def _fingerprint(job: Job, plan: MethodPlan) -> dict:
     """What must not change when a study is resumed: the equal-budget conditions."""
-    from dmlbench.config import NOT_IN_ID
+    from dmlbench.running.config import NOT_IN_ID
 
     base = job.suite.base.resolved()
     config = {k: v for k, v in base.to_dict().items() if k not in NOT_IN_ID + ("method", "seed", "method_params")}
@@ -145,12 +145,12 @@ def tune(suite: Suite, opts: TuneOptions, echo=_echo) -> dict:
     """Tune every trained method of the suite with an equal budget; write and return tuned.json."""
     from dmlbench.data.base import standardized
     from dmlbench.data.splits import fold_assignment, n_partitions
-    from dmlbench.encoders import check_input
+    from dmlbench.training.encoders import check_input
     from dmlbench.methods import GenerativeMethod, get_method
-    from dmlbench.runner import input_shape
-    from dmlbench.runtime import default_threads, limit_threads
-    from dmlbench.params import apply_overrides
-    from dmlbench.suite import check_batch_sizes, check_before_data
+    from dmlbench.running.runner import input_shape
+    from dmlbench.core.runtime import default_threads, limit_threads
+    from dmlbench.core.params import apply_overrides
+    from dmlbench.running.suite import check_batch_sizes, check_before_data
 
     t_start = time.perf_counter()
     if not suite.name:

@@ -71,8 +71,8 @@ def trial_devices(trials, suite_dir: Path) -> dict[str, int]:
     study resumed elsewhere (a GPU, then a CPU) says where its trials ran. A run folder is looked
     for where the trial recorded it, else under this suite's trials/ (a study copied from another
     machine); "unknown" where neither holds it (a crash before the run began)."""
-    from dmlbench.io import CorruptFileError, read_json
-    from dmlbench.provenance import device_kind
+    from dmlbench.core.io import CorruptFileError, read_json
+    from dmlbench.running.provenance import device_kind
 
     counts: Counter = Counter()
     for t in trials:
@@ -133,7 +133,7 @@ def summary_table(doc: dict) -> str:
 def _other_methods(path: Path, doc: dict) -> dict:
     """The entries of an earlier tuned.json for methods this tune left out (``--methods`` a subset
     of an earlier tune of the same suite), so that tuned.json keeps every method tuned there."""
-    from dmlbench.io import CorruptFileError, read_json
+    from dmlbench.core.io import CorruptFileError, read_json
 
     if not path.is_file():
         return {}

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dmlbench.config import RunConfig
-from dmlbench.errors import DMLBenchError
-from dmlbench.runtime import echo_line
+from dmlbench.running.config import RunConfig
+from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.runtime import echo_line
 from dmlbench.tune.folds import fold_data, load_training_data
 from dmlbench.tune.options import POLL_S, TRIALS_DIR, TUNE_LOCK, Job, MethodPlan
 from dmlbench.tune.spaces import split_params, suggest
@@ -47,8 +47,8 @@ def trial_config(base: RunConfig, n_train: int, plan: MethodPlan, params: dict, 
     """The run config of a trial: the suite's base, the budget fixed from the fold's training size,
     the sampled method keys applied like --set and the run keys (lr, ...) onto the run."""
     from dmlbench.methods import get_method
-    from dmlbench.params import apply_overrides
-    from dmlbench.runner import with_method
+    from dmlbench.core.params import apply_overrides
+    from dmlbench.running.runner import with_method
 
     method_keys, run_keys = split_params(params, plan.name)
     cls = get_method(plan.name)
@@ -66,7 +66,7 @@ def _pruning_callback(trial, objective: str, fold, cfg: RunConfig, triplets, ste
     def callback(trainer, row) -> None:
         import torch
 
-        from dmlbench.evaluate import evaluate
+        from dmlbench.evaluation.evaluate import evaluate
 
         rng = torch.get_rng_state()  # evaluating must not change the training that follows
         ctx = evaluate(trainer.method, fold, cfg, triplets, trainer.device, metrics=[objective])
@@ -84,8 +84,8 @@ def _pruning_callback(trial, objective: str, fold, cfg: RunConfig, triplets, ste
 
 def run_trial(trial, job: Job, plan: MethodPlan, folds: dict) -> float:
     """Sample, run each fold, return the mean validation objective (raise for FAIL or PRUNED)."""
-    from dmlbench import runner
-    from dmlbench.trainer import epoch_plan
+    from dmlbench.running import runner
+    from dmlbench.training.trainer import epoch_plan
 
     optuna = _optuna()
     params = suggest(trial, plan.space)
@@ -165,8 +165,8 @@ def work(job: Job, threads: int | None = None, data=None, level: int | None = No
     trials started (so a tune cut short by --timeout or a kill leaves the methods within one trial
     per worker of each other). Several workers (processes, Ray tasks, machines) may run this on one
     storage at once. Returns the number of trials this worker ran."""
-    from dmlbench.locks import Lock
-    from dmlbench.runtime import set_threads
+    from dmlbench.core.locks import Lock
+    from dmlbench.core.runtime import set_threads
 
     optuna = _optuna()
     if level is not None:
@@ -230,7 +230,7 @@ def _pruner(prune: bool):
 
 
 def _log_to_stderr(level: int) -> None:
-    from dmlbench.runtime import log_to_stderr
+    from dmlbench.core.runtime import log_to_stderr
 
     log_to_stderr(level)
 

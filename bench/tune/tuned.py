@@ -7,11 +7,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dmlbench.config import RunConfig
-from dmlbench.errors import DMLBenchError
-from dmlbench.io import CorruptFileError, read_json
-from dmlbench.space import RUN_KEYS
-from dmlbench.suite import Suite
+from dmlbench.running.config import RunConfig
+from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.io import CorruptFileError, read_json
+from dmlbench.core.space import RUN_KEYS
+from dmlbench.running.suite import Suite
 from dmlbench.tune.options import DEFAULT_TEST_SEEDS, TUNED_FILE
 
 log = logging.getLogger("dmlbench")
@@ -24,7 +24,7 @@ log = logging.getLogger("dmlbench")
 class TunedSuite(Suite):
     """A suite whose methods run with tuned settings: method keys in ``method_sets`` (as --set),
     run keys (lr, ...) per method in ``run_sets``, and where they came from in ``tuned`` (for each
-    run's ``RunConfig.tuned``). ``dmlbench.suite.expand`` applies ``run_sets`` and ``tuned``."""
+    run's ``RunConfig.tuned``). ``dmlbench.running.suite.expand`` applies ``run_sets`` and ``tuned``."""
 
     run_sets: dict[str, dict] = field(default_factory=dict)
     tuned: dict[str, dict] = field(default_factory=dict)
@@ -61,7 +61,7 @@ def apply_tuned(suite: Suite, tuned_dir: Path, *, seeds_given: bool | None = Non
     """
     from dmlbench.data import DatasetRef
     from dmlbench.methods import get_method
-    from dmlbench.params import apply_overrides
+    from dmlbench.core.params import apply_overrides
 
     path, doc = read_tuned(tuned_dir)
     if DatasetRef.parse(doc["dataset"]).slug() != DatasetRef.parse(suite.base.dataset).slug():
@@ -131,9 +131,9 @@ def archive_superseded(suite: TunedSuite) -> list[Path]:
     went on and another trial won, or another tune of the method was given) are moved to the
     suite's ``.stale/``, never deleted, so the table has one row per method: its current best.
     Runs of the current best and untuned runs are kept; a run another process holds is left alone."""
-    from dmlbench import layout
-    from dmlbench.locks import Lock
-    from dmlbench.runner import archive_run
+    from dmlbench.running import layout
+    from dmlbench.core.locks import Lock
+    from dmlbench.running.runner import archive_run
 
     moved = []
     for method, info in getattr(suite, "tuned", {}).items():
@@ -163,7 +163,7 @@ def archive_superseded(suite: TunedSuite) -> list[Path]:
 def tuned_config(suite: Suite, cfg: RunConfig) -> RunConfig:
     """A planned run's config with its method's tuned run keys and ``tuned`` record (what
     ``suite.expand`` does for a :class:`TunedSuite`; identity for any other suite)."""
-    from dmlbench.params import apply_overrides
+    from dmlbench.core.params import apply_overrides
 
     run_keys = getattr(suite, "run_sets", {}).get(cfg.method)
     info = getattr(suite, "tuned", {}).get(cfg.method)

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dmlbench import layout
-from dmlbench.errors import DMLBenchError
-from dmlbench.metrics import METRICS, default_metrics, higher_is_better
-from dmlbench.results import collect, label_runs  # noqa: F401 - re-exported: table readers' entry points
+from dmlbench.running import layout
+from dmlbench.core.errors import DMLBenchError
+from dmlbench.evaluation.metrics import METRICS, default_metrics, higher_is_better
+from dmlbench.report.results import collect, label_runs  # noqa: F401 - re-exported: table readers' entry points
 FORMATS = ("markdown", "csv", "latex")
 # What follows a mean in a cell (``bench table --spread``): the default is the 95% t-interval's
 # half-width, the statistic the bold's tests and `bench compare` use.
@@ -32,8 +32,8 @@ SPREADS = {
 def aggregate(runs: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
     """Per (dataset, method config): mean, std, 95% t-interval half-width (``_ci``) over seeds, the
     seed count ``n``, and ``_best``: whether the row is not significantly worse than the best row
-    (paired t-tests over seeds against the best, Holm-corrected; :func:`dmlbench.stats.best_set`)."""
-    from dmlbench.stats import best_set, t_interval
+    (paired t-tests over seeds against the best, Holm-corrected; :func:`dmlbench.report.stats.best_set`)."""
+    from dmlbench.report.stats import best_set, t_interval
 
     done = label_runs(runs)
     metrics = [m for m in (metrics or default_metrics()) if m in done.columns]
@@ -187,7 +187,7 @@ def failures(runs: pd.DataFrame) -> list[str]:
 
 def write_tables(results_dir: Path, metrics: list[str] | None = None) -> str:
     """Aggregate a dataset's results folder, write table.md and table.csv there, return the markdown."""
-    from dmlbench.io import write_text
+    from dmlbench.core.io import write_text
 
     runs = collect(results_dir, recursive=False)
     agg = aggregate(runs, metrics)

@@ -2,8 +2,8 @@
 
 For each dataset, the methods are ranked by their mean over seeds; every pair is compared
 
-- by a paired t-test over the seeds both have (:func:`dmlbench.stats.paired_t`), and
-- by a paired bootstrap over test queries (:func:`dmlbench.stats.paired_bootstrap`) on the
+- by a paired t-test over the seeds both have (:func:`dmlbench.report.stats.paired_t`), and
+- by a paired bootstrap over test queries (:func:`dmlbench.report.stats.paired_bootstrap`) on the
   per-query values of the lowest seed both have (``per_query.npz``; recall@1, MAP@R and
   R-precision have them), which tells whether one training run's difference exceeds the noise of
   the test set;
@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dmlbench import layout
-from dmlbench.errors import DMLBenchError
-from dmlbench.metrics import METRICS, higher_is_better
+from dmlbench.running import layout
+from dmlbench.core.errors import DMLBenchError
+from dmlbench.evaluation.metrics import METRICS, higher_is_better
 
 PER_QUERY_KEY = {**{f"recall@{k}": f"retrieval_recall@{k}" for k in (1, 2, 4, 8)}, "map@r": "retrieval_map@r",
                  "r_precision": "retrieval_r_precision", "triplet_acc": "triplet_correct", "knn_acc": "knn_correct",
@@ -36,7 +36,7 @@ PER_QUERY_KEY = {**{f"recall@{k}": f"retrieval_recall@{k}" for k in (1, 2, 4, 8)
 
 
 def _per_query(run_dir: str, metric: str) -> np.ndarray | None:
-    from dmlbench.io import read_npz
+    from dmlbench.core.io import read_npz
 
     key = PER_QUERY_KEY.get(metric)
     path = Path(run_dir) / layout.PER_QUERY
@@ -48,9 +48,9 @@ def _per_query(run_dir: str, metric: str) -> np.ndarray | None:
 
 def compare(results_dir: Path, metric: str = "map@r", alpha: float = 0.05, n_boot: int = 10_000) -> dict:
     """Ranks, pairwise tests and (over several datasets) the Friedman/Nemenyi result."""
-    from dmlbench.results import label_runs, collect
-    from dmlbench.stats import friedman_nemenyi, holm, paired_bootstrap, paired_t
-    from dmlbench.table import failures
+    from dmlbench.report.results import label_runs, collect
+    from dmlbench.report.stats import friedman_nemenyi, holm, paired_bootstrap, paired_t
+    from dmlbench.report.table import failures
 
     if metric not in METRICS.names():
         raise DMLBenchError(f"unknown metric {metric!r}; known: {', '.join(METRICS.names())}")

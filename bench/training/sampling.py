@@ -1,5 +1,5 @@
 """Drawing batches: the class index, random triplets and the vectorised class-balanced draw that
-the batch kinds (:mod:`dmlbench.batches`, re-exported here) use for an epoch's indices.
+the batch kinds (:mod:`dmlbench.training.batches`, re-exported here) use for an epoch's indices.
 
 Classes with fewer than 2 training images can't give a positive: they are left out of anchor
 and positive draws (with a warning) but still serve as negatives.
@@ -11,10 +11,10 @@ import logging
 
 import torch
 
-from dmlbench.batches import (  # noqa: F401 - the kinds, re-exported: methods and plugins import them here
+from dmlbench.training.batches import (  # noqa: F401 - the kinds, re-exported: methods and plugins import them here
     PAIRS, PLAIN, TRIPLETS, Balanced, Batch, BatchKind, Layout, Pairs, Plain, Triplets,
 )
-from dmlbench.errors import DMLBenchError
+from dmlbench.core.errors import DMLBenchError
 
 log = logging.getLogger("dmlbench")
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dmlbench.encoders import TIMM_PREFIX
-from dmlbench.errors import DMLBenchError
+from dmlbench.training.encoders import TIMM_PREFIX
+from dmlbench.core.errors import DMLBenchError
 
 INSTALL_HINT = "pip install 'dmlbench[vision]' (timm, with a torchvision built for your torch)"
 

@@ -10,7 +10,7 @@ A kind (:class:`Plain`, :class:`Pairs`, :class:`Triplets`, :class:`Balanced`) kn
 A method declares its kind and reads ``batch.pairs``, ``batch.triplets`` or ``batch.groups``; it
 never slices the batch by position. The trainer and the perf benchmark both go through here.
 
-This module imports no torch (the draws live in :mod:`dmlbench.sampling` and are imported when a
+This module imports no torch (the draws live in :mod:`dmlbench.training.sampling` and are imported when a
 run draws), so a driver that starts no training checks every method's batch size against its
 kind before any run or trial starts (:func:`check_batch_size`).
 """
@@ -20,12 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from dmlbench.errors import DMLBenchError
+from dmlbench.core.errors import DMLBenchError
 
 if TYPE_CHECKING:
     import torch
 
-    from dmlbench.sampling import ClassIndex
+    from dmlbench.training.sampling import ClassIndex
 
 
 @dataclass
@@ -84,7 +84,7 @@ class Plain(BatchKind):
         return Layout(batch_size)
 
     def epoch_indices(self, index, n, layout, steps, gen):
-        from dmlbench.sampling import _permutations
+        from dmlbench.training.sampling import _permutations
 
         return _permutations(n, steps * layout.per_step, gen).view(steps, layout.per_step)
 
@@ -110,7 +110,7 @@ class Pairs(BatchKind):
         return torch.cat([a, partner], dim=1)
 
     def batch(self, x, y, layout):
-        from dmlbench.sampling import _arange
+        from dmlbench.training.sampling import _arange
 
         i = _arange(len(x) // 2, x.device)
         return Batch(x, y, pairs=(i, i + len(i)))
@@ -134,7 +134,7 @@ class Triplets(BatchKind):
         return torch.cat([a, index.same(a, gen), index.other(a, gen)], dim=1)
 
     def batch(self, x, y, layout):
-        from dmlbench.sampling import _arange
+        from dmlbench.training.sampling import _arange
 
         i = _arange(len(x) // 3, x.device)
         return Batch(x, y, triplets=(i, i + len(i), i + 2 * len(i)))
@@ -167,12 +167,12 @@ class Balanced(BatchKind):
         return Layout((batch_size // group) * group, group)
 
     def epoch_indices(self, index, n, layout, steps, gen):
-        from dmlbench.sampling import balanced_indices
+        from dmlbench.training.sampling import balanced_indices
 
         return balanced_indices(index, steps, layout.per_step, layout.group, self.m, gen)
 
     def batch(self, x, y, layout):
-        from dmlbench.sampling import _arange
+        from dmlbench.training.sampling import _arange
 
         return Batch(x, y, groups=_arange(len(x), x.device).view(-1, layout.group))
 

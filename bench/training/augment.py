@@ -8,7 +8,7 @@
   the evaluation transform is used for training too.
 
 Crop boxes and flips are drawn on the CPU from the epoch's augmentation generator
-(:func:`dmlbench.runtime.epoch_generator`), so they are seeded, the same on any device, and
+(:func:`dmlbench.core.runtime.epoch_generator`), so they are seeded, the same on any device, and
 resume exactly; the crops of a whole batch are one ``grid_sample`` call (bilinear). Crops are
 taken from the cached images (256 px for the retrieval benchmarks), so a crop is resized by at
 most ~1.1x down and aliasing is negligible.

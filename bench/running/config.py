@@ -15,11 +15,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dmlbench.errors import DMLBenchError
+from dmlbench.core.errors import DMLBenchError
 
 # Fields that do not change the numbers a run produces: left out of the run id, so a run can be
 # resumed with another data folder or thread count. The device is not one of them: it is checked
-# through the run's provenance (dmlbench.provenance), which also covers the code version.
+# through the run's provenance (dmlbench.running.provenance), which also covers the code version.
 NOT_IN_ID = ("device", "data_dir", "threads", "tuned")
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch takes more, but every seed must reach both
 MAX_EMBEDDING_DIM = 65_536

@@ -1,10 +1,10 @@
 """Critical-difference diagram (Demšar 2006, JMLR 7:1-30, Fig. 1-2).
 
-:func:`cd_diagram` draws the result of :func:`dmlbench.stats.friedman_nemenyi`: a rank axis
+:func:`cd_diagram` draws the result of :func:`dmlbench.report.stats.friedman_nemenyi`: a rank axis
 (rank 1, the best, on the left), each method hanging from its average rank with its name and rank,
 the critical difference as a bar above the axis, and thick bars joining the groups of methods whose
 average ranks differ by less than CD (:func:`cd_cliques`, methods not significantly different by
-the Nemenyi test). The PNG is written atomically (:func:`dmlbench.io.atomic_write_bytes`).
+the Nemenyi test). The PNG is written atomically (:func:`dmlbench.core.io.atomic_write_bytes`).
 
 Drawn with matplotlib's object API on the Agg canvas (no pyplot, no global backend).
 """
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dmlbench.io import atomic_write_bytes
+from dmlbench.core.io import atomic_write_bytes
 
 __all__ = ["cd_cliques", "cd_diagram"]
 
@@ -58,7 +58,7 @@ def _fmt_p(p: float) -> str:
 
 def cd_diagram(result: Mapping[str, Any], path: Path | str, title: str = "") -> None:
     """Draw the critical-difference diagram of ``result`` (from
-    :func:`dmlbench.stats.friedman_nemenyi`; it needs ``avg_ranks`` and ``cd``, and shows
+    :func:`dmlbench.report.stats.friedman_nemenyi`; it needs ``avg_ranks`` and ``cd``, and shows
     ``n_blocks``, ``p_value`` and ``alpha`` when present) and write it to ``path`` as a PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

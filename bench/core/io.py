@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from dmlbench.errors import DMLBenchError
+from dmlbench.core.errors import DMLBenchError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -1,5 +1,5 @@
 """The TVAE paper's figures: reconstructions (its Fig. 3) and the triplet-accuracy / reconstruction
-trade-off across triplet weights. Generic figures are in :mod:`dmlbench.plots`."""
+trade-off across triplet weights. Generic figures are in :mod:`dmlbench.report.plots.figures`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dmlbench.io import read_npz
-from dmlbench.plots import RERUN, _class_names, _figure, _first_seed, _save, _style
+from dmlbench.core.io import read_npz
+from dmlbench.report.plots.figures import RERUN, _class_names, _figure, _first_seed, _save, _style
 
 
 def _as_image(a: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, dict]:

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from dmlbench.errors import DMLBenchError
+from dmlbench.core.errors import DMLBenchError
 
 RUN_KEYS = ("lr", "trunk_lr", "weight_decay", "momentum")
 

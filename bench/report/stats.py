@@ -11,7 +11,7 @@ Two levels of pairing occur in a benchmark:
   :func:`paired_bootstrap` resamples queries to give a confidence interval and a p-value of the
   mean difference.
 - *over datasets*: :func:`friedman_nemenyi` ranks methods within each dataset (block) and tests
-  whether the average ranks differ (Demšar 2006, JMLR 7:1-30); :mod:`dmlbench.plots_stats` draws
+  whether the average ranks differ (Demšar 2006, JMLR 7:1-30); :mod:`dmlbench.report.plots.cd` draws
   the critical-difference diagram.
 
 Everything here is numpy/scipy (pandas for tables); nothing imports torch. NaN means "missing":

@@ -1,8 +1,8 @@
 """The one trainer, in the manner of minGPT's: it knows no method.
 
-A method declares its batch kind (:mod:`dmlbench.batches`) and returns named loss terms; the
+A method declares its batch kind (:mod:`dmlbench.training.batches`) and returns named loss terms; the
 trainer draws each epoch's indices in one vectorised call, gathers the uint8 images by index on the
-run's device, turns them into float there (:mod:`dmlbench.inputs`), sums the terms with the
+run's device, turns them into float there (:mod:`dmlbench.training.inputs`), sums the terms with the
 method's weights and steps the optimiser.
 
 The budget is a number of optimiser steps, the same for every method (``cfg.steps``). It is cut
@@ -25,15 +25,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dmlbench import runtime
-from dmlbench.config import RunConfig
+from dmlbench.core import runtime
+from dmlbench.running.config import RunConfig
 from dmlbench.data import Data
-from dmlbench.errors import DMLBenchError, NonFiniteLossError
-from dmlbench.inputs import DeviceImages, InputPipeline
-from dmlbench.io import CorruptFileError, torch_load, torch_save
+from dmlbench.core.errors import DMLBenchError, NonFiniteLossError
+from dmlbench.training.inputs import DeviceImages, InputPipeline
+from dmlbench.core.io import CorruptFileError, torch_load, torch_save
 from dmlbench.methods.base import Method
-from dmlbench.runtime import epoch_generator
-from dmlbench.sampling import ClassIndex
+from dmlbench.core.runtime import epoch_generator
+from dmlbench.training.sampling import ClassIndex
 
 log = logging.getLogger("dmlbench")
 RELEASE_EVERY = 64  # steps between handing a memory-mapped dataset's pages back (Part.release)

@@ -1,6 +1,6 @@
 """Reading results: the run folders under a results folder, as one pandas frame (no torch, no faiss).
 
-The table (:mod:`dmlbench.table`), the plots and ``bench compare`` all read runs through here.
+The table (:mod:`dmlbench.report.table`), the plots and ``bench compare`` all read runs through here.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from dmlbench import layout
-from dmlbench.errors import DMLBenchError
-from dmlbench.io import CorruptFileError, read_json
+from dmlbench.running import layout
+from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.io import CorruptFileError, read_json
 
 log = logging.getLogger("dmlbench")
 
@@ -44,7 +44,7 @@ def collect(results_dir: Path, recursive: bool = True) -> pd.DataFrame:
                "torch": (prov.get("versions") or {}).get("torch")}
         try:
             if layout.is_complete(run):
-                from dmlbench.runner import check_outputs  # torch-free: reads files only
+                from dmlbench.running.runner import check_outputs  # torch-free: reads files only
 
                 row.update(status="done", **check_outputs(run))
             elif (run / layout.FAILED).exists():
@@ -59,7 +59,7 @@ def collect(results_dir: Path, recursive: bool = True) -> pd.DataFrame:
 
 
 # What a run's config holds besides the options that make its group: ids, provenance, and the
-# settings that never change a result (NOT_IN_ID in dmlbench.config).
+# settings that never change a result (NOT_IN_ID in dmlbench.running.config).
 NOT_OPTIONS = ("provenance", "run_id", "group_id", "seed", "variant", "weights_info", "device", "data_dir",
                "threads", "tuned", "method")
 
@@ -106,7 +106,7 @@ def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
 def load_runs(results_dir: Path) -> pd.DataFrame:
     """Complete runs with their config, the table's label per configuration and their suite folder,
     in the table's row order."""
-    from dmlbench.table import label_order
+    from dmlbench.report.table import label_order
 
     results_dir = Path(results_dir)
     if not results_dir.is_dir():

@@ -1,11 +1,11 @@
 """Run one (dataset, method, seed) configuration and keep every result on disk.
 
-The runner only runs: the suite (:mod:`dmlbench.suite`) decides what to run, the executors
-(:mod:`dmlbench.executors`) decide where, the layout (:mod:`dmlbench.layout`) where it is kept.
+The runner only runs: the suite (:mod:`dmlbench.running.suite`) decides what to run, the executors
+(:mod:`dmlbench.executors`) decide where, the layout (:mod:`dmlbench.running.layout`) where it is kept.
 
 A run is done under its folder's lock, so two processes (two terminals, two Ray workers) never
 train the same run at once. A complete run is skipped, unless it was made by other code or on
-another kind of device or other numeric libraries (:mod:`dmlbench.provenance`): then it is
+another kind of device or other numeric libraries (:mod:`dmlbench.running.provenance`): then it is
 archived under ``.stale/`` and re-run, saying why (``reuse_stale=True`` keeps it). An unfinished
 run resumes from its checkpoint. Every failure, in training, evaluation or writing the artefacts,
 is recorded in ``failed.json`` and the suite goes on.
@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from dmlbench import layout
-from dmlbench.config import RunConfig
-from dmlbench.errors import DMLBenchError
-from dmlbench.io import (CorruptFileError, read_json, read_metrics, read_npy, read_npz, write_json, write_npy,
+from dmlbench.running import layout
+from dmlbench.running.config import RunConfig
+from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.io import (CorruptFileError, read_json, read_metrics, read_npy, read_npz, write_json, write_npy,
                          write_npz, write_text)
-from dmlbench.locks import Lock
+from dmlbench.core.locks import Lock
 
 log = logging.getLogger("dmlbench")
 
@@ -68,13 +68,13 @@ def load_data(cfg: RunConfig):
 
 def input_shape(cfg: RunConfig, data_shape: tuple[int, int, int]) -> tuple[int, int, int]:
     """The shape the encoder sees: ``image_size``, else a timm trunk's input size, else the data's."""
-    from dmlbench.encoders import is_timm
+    from dmlbench.training.encoders import is_timm
 
     c = data_shape[0]
     if cfg.image_size:
         return (c, cfg.image_size, cfg.image_size)
     if cfg.encoder and is_timm(cfg.encoder):
-        from dmlbench.trunks import default_input_size
+        from dmlbench.training.trunks import default_input_size
 
         return (c, *default_input_size(cfg.encoder))
     return tuple(data_shape)
@@ -115,7 +115,7 @@ def test_triplets(data, cfg: RunConfig, suite: Path) -> np.ndarray:
         return t
     import torch
 
-    from dmlbench.sampling import ClassIndex, random_triplets
+    from dmlbench.training.sampling import ClassIndex, random_triplets
 
     gen = torch.Generator().manual_seed(cfg.triplet_seed)
     y = torch.from_numpy(data.test.y)
@@ -127,7 +127,7 @@ def test_triplets(data, cfg: RunConfig, suite: Path) -> np.ndarray:
 
 def build_method(cfg: RunConfig, data):
     from dmlbench.methods import EncoderChoice, get_method
-    from dmlbench.runtime import seed_everything
+    from dmlbench.core.runtime import seed_everything
 
     cls = get_method(cfg.method)
     params = cls.Params(**cfg.method_params)
@@ -161,7 +161,7 @@ def check_outputs(run: Path) -> dict:
 
 def _stale(run: Path, prov: dict) -> list[str]:
     """Why a complete run's result may not be reused (empty: it may)."""
-    from dmlbench.provenance import differences
+    from dmlbench.running.provenance import differences
 
     try:
         old = read_json(run / layout.CONFIG).get("provenance") or {}
@@ -202,8 +202,8 @@ def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool
     ``data``: the loaded Data (else loaded from the config, once per process); ``callbacks``: the
     trainer's per-epoch callbacks; ``metrics``: evaluate only these (default: every registered one).
     """
-    from dmlbench.provenance import provenance
-    from dmlbench.runtime import resolve_device, set_determinism
+    from dmlbench.running.provenance import provenance
+    from dmlbench.core.runtime import resolve_device, set_determinism
 
     run = layout.run_dir(suite, cfg.method, cfg.seed, cfg.run_id())
     try:  # a device this process cannot use fails the run before its folder (or an old result) is touched
@@ -261,9 +261,9 @@ def _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metr
                         set_determinism) -> RunResult:
     import pandas as pd
 
-    from dmlbench.evaluate import evaluate
+    from dmlbench.evaluation.evaluate import evaluate
     from dmlbench.methods import GenerativeMethod
-    from dmlbench.trainer import Trainer
+    from dmlbench.training.trainer import Trainer
 
     device = resolve_device(cfg.device)
     set_determinism(cfg.deterministic, device)
@@ -313,7 +313,7 @@ def reconstructions(method, data, pipeline, device) -> dict[str, np.ndarray]:
 
 def with_method(base: RunConfig, method: str, seed: int, params: dict) -> RunConfig:
     """The config of one run of a suite: the base with the method, its parameters and the seed."""
-    from dmlbench.config import untrained
+    from dmlbench.running.config import untrained
     from dmlbench.methods import get_method
 
     cfg = base if get_method(method).trainable else untrained(base)

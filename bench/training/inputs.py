@@ -3,7 +3,7 @@
 :class:`DeviceImages` gathers a batch by index: from a tensor sharing the in-memory array (CPU),
 from the whole dataset uploaded once when it fits the GPU's budget, or from the memory-mapped
 cache otherwise (only the batch is read and sent). :class:`InputPipeline` turns the uint8 batch
-into float on the device: scale, augmentation (:mod:`dmlbench.augment`), normalisation. The
+into float on the device: scale, augmentation (:mod:`dmlbench.training.augment`), normalisation. The
 dataset is never materialised as float32.
 """
 
@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import torch
 
-from dmlbench.augment import eval_transform, train_transform
+from dmlbench.training.augment import eval_transform, train_transform
 from dmlbench.data import Data, Part
 
 GPU_BUDGET_FRACTION = 0.25  # of free GPU memory a dataset may take when uploaded whole

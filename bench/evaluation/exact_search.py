@@ -1,4 +1,4 @@
-"""Exact nearest neighbours: the search the retrieval and k-NN metrics (:mod:`dmlbench.neighbors`)
+"""Exact nearest neighbours: the search the retrieval and k-NN metrics (:mod:`dmlbench.evaluation.neighbors`)
 are built on.
 
 Distances are squared Euclidean, computed on the embeddings centred on the references' mean. On
@@ -24,7 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
-from dmlbench.errors import NonFiniteEmbeddingError
+from dmlbench.core.errors import NonFiniteEmbeddingError
 
 # Bytes of search results (float32 distance + int64 id per neighbour) one block may hold.
 _RESULT_BUDGET = 256 * 2**20

@@ -1,15 +1,15 @@
 """Figures from a results folder: one PNG per kind, per dataset.
 
-``plot_results(results_dir)`` reads the run folders that :mod:`dmlbench.runner` wrote and draws
+``plot_results(results_dir)`` reads the run folders that :mod:`dmlbench.running.runner` wrote and draws
 
 - ``embeddings.png``: 2-D t-SNE (or PCA) of the test embeddings, a panel per method (TVAE Fig. 2);
 - ``reconstructions.png``: test images and their reconstructions by each generative method (TVAE Fig. 3;
-  :mod:`dmlbench.plots_tvae`);
+  :mod:`dmlbench.report.plots.tvae`);
 - ``confusion_<method>.png``: the linear SVM's row-normalised confusion matrix (Hoffer & Ailon Fig. 3);
 - ``loss_curves.png``: every loss term per epoch, mean ± sd over seeds, a panel per method;
 - ``metrics.png``: the main metrics, mean ± sd over seeds, a bar group per method;
 - ``tradeoff.png``: TVAE triplet accuracy against reconstruction error as the triplet weight grows,
-  with the VAE as reference (only where several TVAE triplet weights were run; :mod:`dmlbench.plots_tvae`).
+  with the VAE as reference (only where several TVAE triplet weights were run; :mod:`dmlbench.report.plots.tvae`).
 
 A "method" here is a method configuration, labelled as in the results table (``tvae[weights.triplet=10]``).
 Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no global backend).
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dmlbench.errors import DMLBenchError
-from dmlbench.io import atomic_write_bytes, read_npz
+from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.io import atomic_write_bytes, read_npz
 
 # A run's saved arrays are its own: a damaged one is made again by re-running that run.
 RERUN = "re-run the bench run command that made it (it re-makes a run whose files cannot be read; if it skips the run, delete the run's metrics.json first)"
@@ -61,7 +61,7 @@ def _style():
 
 
 def _slug(text: str) -> str:
-    from dmlbench.layout import slug
+    from dmlbench.running.layout import slug
 
     return slug(text)
 
@@ -78,7 +78,7 @@ def _palette(n: int):
 
 def _bar_metrics() -> list[str]:
     """The registry's default metrics that are fractions in [0, 1] (bars share one axis)."""
-    from dmlbench.metrics import METRICS, default_metrics
+    from dmlbench.evaluation.metrics import METRICS, default_metrics
 
     return [m for m in default_metrics() if METRICS.get(m).higher_is_better and METRICS.get(m).kind != "info"]
 
@@ -89,7 +89,7 @@ def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
 
 
 def _runs(results_dir: Path) -> pd.DataFrame:
-    from dmlbench.results import load_runs
+    from dmlbench.report.results import load_runs
 
     return load_runs(results_dir)
 
@@ -310,7 +310,7 @@ def plot_results(results_dir: Path, out: Path | None = None, projection: str = "
     PNGs go to ``<dataset folder>/plots/``; with ``out``, to ``out`` (one dataset) or
     ``out/<dataset folder name>/`` (several datasets).
     """
-    from dmlbench.plots_tvae import plot_reconstructions, plot_tradeoff
+    from dmlbench.report.plots.tvae import plot_reconstructions, plot_tradeoff
 
     if projection not in PROJECTIONS:
         raise DMLBenchError(f"unknown projection {projection!r}; use one of: {', '.join(PROJECTIONS)}")

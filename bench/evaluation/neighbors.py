@@ -1,4 +1,4 @@
-"""The retrieval and k-NN metrics, on the exact search of :mod:`dmlbench.exact_search`.
+"""The retrieval and k-NN metrics, on the exact search of :mod:`dmlbench.evaluation.exact_search`.
 
 Retrieval metrics follow the usual deep-metric-learning definitions: Recall@K (some same-class item
 among the K nearest), Precision@1, R-Precision and MAP@R (Musgrave et al. 2020, "A Metric Learning
@@ -13,8 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
-from dmlbench import exact_search
-from dmlbench.exact_search import _as_f32, _check, _clamp_k, _search_blocks, search  # noqa: F401 - search is public here too
+from dmlbench.evaluation import exact_search
+from dmlbench.evaluation.exact_search import _as_f32, _check, _clamp_k, _search_blocks, search  # noqa: F401 - search is public here too
 
 def _encode(*label_sets: np.ndarray) -> list[np.ndarray]:
     """Integer codes for labels that share one vocabulary."""

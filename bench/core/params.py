@@ -12,7 +12,7 @@ import types
 import typing
 from typing import Any, Literal, get_args, get_origin
 
-from dmlbench.errors import DMLBenchError
+from dmlbench.core.errors import DMLBenchError
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}

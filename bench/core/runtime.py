@@ -6,7 +6,7 @@ import os
 import random
 from contextlib import contextmanager
 
-from dmlbench.errors import DMLBenchError
+from dmlbench.core.errors import DMLBenchError
 
 
 # A pool worker's line for its progress bar (1, 2, ...; the driver's overall bar is line 0); None

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from dmlbench import layout
-from dmlbench.config import RunConfig
-from dmlbench.errors import DMLBenchError
+from dmlbench.running import layout
+from dmlbench.running.config import RunConfig
+from dmlbench.core.errors import DMLBenchError
 
 log = logging.getLogger("dmlbench")
 
@@ -89,7 +89,7 @@ def _as_list(value, key: str) -> list[str]:
 def resolve_suite(file_values: dict, flags: dict) -> Suite:
     """Defaults <- TOML file/preset <- command-line flags (None = not given)."""
     from dmlbench.methods import BUILTIN, get_method
-    from dmlbench.params import apply_overrides, parse_set
+    from dmlbench.core.params import apply_overrides, parse_set
 
     unknown = set(file_values) - SUITE_KEYS - RUN_KEYS
     if unknown:
@@ -171,7 +171,7 @@ GPU_RUNS_PER_DEVICE = 4  # measured on an H100: 4 MNIST runs at once finish 3.2x
 def auto_workers(value, devices: list[str], threads: int | None) -> int:
     """``workers``: a number, or ``auto``: 4 runs per GPU; on CPU one per 4 cores (small models
     gain nothing from splitting 2 cores, and a worker pays its own start-up)."""
-    from dmlbench.runtime import default_threads
+    from dmlbench.core.runtime import default_threads
 
     if str(value) == "auto":
         gpus = [d for d in devices if d.startswith("cuda")]
@@ -201,8 +201,8 @@ def _get_key(obj, dotted: str):
 def expand(suite: Suite, n_train: int) -> list[Planned]:
     """Every run of the suite, with the step budget fixed from the training-set size."""
     from dmlbench.methods import get_method
-    from dmlbench.params import apply_overrides
-    from dmlbench.runner import with_method
+    from dmlbench.core.params import apply_overrides
+    from dmlbench.running.runner import with_method
     from dmlbench.tune import tuned_config
 
     base = suite.base.resolved().with_budget(n_train)
@@ -236,10 +236,10 @@ def check_before_data(suite: Suite) -> None:
     """Checks that need no decoded image: names, options, values, and the encoder against a known
     image size."""
     from dmlbench.data.load import planned_shape
-    from dmlbench.encoders import check_input
+    from dmlbench.training.encoders import check_input
     from dmlbench.methods import get_method
-    from dmlbench.params import apply_overrides
-    from dmlbench.runner import input_shape
+    from dmlbench.core.params import apply_overrides
+    from dmlbench.running.runner import input_shape
 
     base = suite.base.resolved()
     base.check()
@@ -255,7 +255,7 @@ def check_before_data(suite: Suite) -> None:
         apply_overrides(get_method(name).Params(), suite.method_sets.get(name, {}), name)
     for device in dict.fromkeys([base.device, *suite.devices]):
         if str(device).startswith("cuda"):  # before any run folder is touched (torch only for CUDA)
-            from dmlbench.runtime import resolve_device
+            from dmlbench.core.runtime import resolve_device
 
             resolve_device(str(device))
     trained = [m for m in suite.methods if get_method(m).trainable]
@@ -269,7 +269,7 @@ def check_out(folder: Path) -> None:
     are removed."""
     import os
 
-    from dmlbench.io import clean_temp_files
+    from dmlbench.core.io import clean_temp_files
 
     for parent in [folder, *folder.parents]:
         if parent.exists() and not parent.is_dir():
@@ -285,7 +285,7 @@ def check_out(folder: Path) -> None:
 
 def prepare(suite: Suite):
     """Check the suite, load its data once, expand it; returns (data, planned runs)."""
-    from dmlbench.io import undo_if_refused
+    from dmlbench.core.io import undo_if_refused
 
     check_before_data(suite)
     with undo_if_refused(suite.dir):  # a suite that could not start leaves no empty folder it made behind
@@ -294,9 +294,9 @@ def prepare(suite: Suite):
 
 
 def _prepare(suite: Suite):
-    from dmlbench.encoders import check_input
+    from dmlbench.training.encoders import check_input
     from dmlbench.methods import GenerativeMethod, get_method
-    from dmlbench.runner import input_shape, load_data, stored_test_triplets
+    from dmlbench.running.runner import input_shape, load_data, stored_test_triplets
 
     if getattr(suite, "tuned", None):  # bench run --tuned: earlier best settings' runs leave the table
         from dmlbench.tune.tuned import archive_superseded
@@ -327,9 +327,9 @@ def check_batch_sizes(suite: Suite, batch_size: int, train_labels, params: dict 
     """Every trained method's batch kind gets a full step from ``batch_size`` (torch-free, once,
     before any run: else every run of the method would fail alike). ``params``: per method, its
     options (default: the suite's --set over the method's defaults)."""
-    from dmlbench.batches import check_batch_size
+    from dmlbench.training.batches import check_batch_size
     from dmlbench.methods import get_method
-    from dmlbench.params import apply_overrides
+    from dmlbench.core.params import apply_overrides
 
     for name in suite.methods:
         cls = get_method(name)

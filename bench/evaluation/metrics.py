@@ -1,6 +1,6 @@
 """The metric registry: what each metric means, which way is better, and how it is computed.
 
-A metric is a function of an evaluation context (:class:`dmlbench.evaluate.EvalContext`) that
+A metric is a function of an evaluation context (:class:`dmlbench.evaluation.evaluate.EvalContext`) that
 returns a float, a ``(float, per_query_array)`` pair (per-query values feed the paired
 statistics of ``bench compare``), or ``None`` where it does not apply (a classification probe on a
 class-disjoint split). The context computes shared work once (embeddings, the neighbour search,
@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dmlbench.registry import Registry
+from dmlbench.core.registry import Registry
 
 RECALL_KS = (1, 2, 4, 8)
 

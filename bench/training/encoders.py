@@ -6,7 +6,7 @@
   fc 256, then the embedding layer.
 - ``cifar``: Hoffer & Ailon's embedding net: convolutions {5,3,3,2} with maps {64,128,256,D},
   2x2 max-pooling after the first three, ReLU between layers, no fully connected layer.
-- ``timm:NAME``: any timm model's pooled features, then an embedder (:mod:`dmlbench.trunks`).
+- ``timm:NAME``: any timm model's pooled features, then an embedder (:mod:`dmlbench.training.trunks`).
 
 The registry and each encoder's shape check import no torch: an input size an encoder cannot
 take is refused before any image is decoded.
@@ -18,8 +18,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dmlbench.errors import DMLBenchError
-from dmlbench.registry import Registry
+from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.registry import Registry
 
 Shape = tuple[int, int, int]
 TIMM_PREFIX = "timm:"
@@ -147,7 +147,7 @@ def check_input(name: str, shape: Shape) -> None:
 
 def build_encoder(choice, shape: Shape, out_dim: int):
     if is_timm(choice.name):
-        from dmlbench.trunks import TimmEncoder
+        from dmlbench.training.trunks import TimmEncoder
 
         return TimmEncoder(choice, shape, out_dim)
     check_input(choice.name, shape)

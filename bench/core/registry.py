@@ -11,7 +11,7 @@ import types
 from importlib import metadata
 from typing import Generic, TypeVar
 
-from dmlbench.errors import DMLBenchError
+from dmlbench.core.errors import DMLBenchError
 
 T = TypeVar("T")
 

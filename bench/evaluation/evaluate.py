@@ -1,9 +1,9 @@
-"""One evaluation suite for every method: it loops over the metric registry (:mod:`dmlbench.metrics`).
+"""One evaluation suite for every method: it loops over the metric registry (:mod:`dmlbench.evaluation.metrics`).
 
 It only calls ``method.embed`` (and, for a :class:`~dmlbench.methods.GenerativeMethod`, its
 reconstruction metrics). Embedding passes run blockwise on the run's device from the uint8 images;
-neighbour search is exact L2 (:mod:`dmlbench.exact_search`: faiss on the CPU, blocked torch on a GPU);
-the SVM is :mod:`dmlbench.probe`. Work shared by several metrics is done once per evaluation.
+neighbour search is exact L2 (:mod:`dmlbench.evaluation.exact_search`: faiss on the CPU, blocked torch on a GPU);
+the SVM is :mod:`dmlbench.evaluation.probe`. Work shared by several metrics is done once per evaluation.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from dmlbench.config import RunConfig
+from dmlbench.running.config import RunConfig
 from dmlbench.data import Data, Part
-from dmlbench.inputs import DeviceImages, InputPipeline
+from dmlbench.training.inputs import DeviceImages, InputPipeline
 from dmlbench.methods.base import GenerativeMethod, Method
-from dmlbench.metrics import METRICS, RECALL_KS
+from dmlbench.evaluation.metrics import METRICS, RECALL_KS
 
 log = logging.getLogger("dmlbench")
 
@@ -104,7 +104,7 @@ class EvalContext:
 
     @_once
     def retrieval(self) -> dict[str, float]:
-        from dmlbench.neighbors import retrieval_metrics
+        from dmlbench.evaluation.neighbors import retrieval_metrics
 
         emb, y = self.test_emb(), self.data.test.y
         if self.data.has_query_gallery:
@@ -121,7 +121,7 @@ class EvalContext:
     def knn(self):
         if not self.classifies:
             return None
-        from dmlbench.neighbors import knn_classify
+        from dmlbench.evaluation.neighbors import knn_classify
 
         acc, correct = knn_classify(self.train_emb(), self.data.train.y, self.test_emb(), self.data.test.y,
                                     self.cfg.knn_k, device=str(self.device))
@@ -132,7 +132,7 @@ class EvalContext:
     def probe(self):
         if not self.classifies:
             return None
-        from dmlbench.probe import linear_probe
+        from dmlbench.evaluation.probe import linear_probe
 
         r = linear_probe(self.train_emb(), self.data.train.y, self.test_emb(), self.data.test.y,
                          seed=self.cfg.seed, threads=torch.get_num_threads(), device=str(self.device))
