@@ -44,7 +44,7 @@ def train_part(data_dir: str, device: str, steps: int, methods: list[str]) -> li
                         epoch_size=steps * 128, batch_size=128, device=device).resolved()
         method = build_method(cfg, data)
         t0 = time.perf_counter()
-        Trainer(method, data, cfg, device=device).fit()
+        Trainer(method, data, cfg.train_config(), device=device).fit()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         harness = time.perf_counter() - t0
@@ -57,7 +57,7 @@ def train_part(data_dir: str, device: str, steps: int, methods: list[str]) -> li
         idx = kind.epoch_indices(index, len(data.train), layout, steps, epoch_generator(cfg.seed, 0, 0))
         x = torch.from_numpy(data.train.images()).to(device).float().mul_(data.scale)
         y = torch.from_numpy(data.train.y).to(device)
-        opt = make_optimizer(method, cfg)
+        opt = make_optimizer(method, cfg.train_config())
         method.train()
         t0 = time.perf_counter()
         for s in range(steps):
@@ -96,7 +96,7 @@ def eval_part(data_dir: str, device: str, reps: int = 3) -> list[dict]:
         runs = []
         for _ in range(reps):  # this machine's speed drifts by 10-20% between minutes: the median run
             t0 = time.perf_counter()
-            ctx = evaluate(method, data, cfg, triplets, device)
+            ctx = evaluate(method, data, cfg.eval_config(), triplets, device)
             total = time.perf_counter() - t0
             t = ctx.extras["timings"]
             runs.append({"method": name, "dim": int(ctx.test_emb().shape[1]), "total_s": round(total, 2),

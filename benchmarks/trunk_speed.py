@@ -48,7 +48,7 @@ def main() -> None:
                     device=args.device)
     method = build_method(cfg, data)
     warm = Trainer(build_method(cfg, data), data, RunConfig(**{**cfg.to_dict(), "steps": 3,
-                                                               "epoch_size": 3 * args.batch}), device=args.device)
+                                                               "epoch_size": 3 * args.batch}).train_config(), device=args.device)
     warm.fit()
 
     def sync():
@@ -56,7 +56,7 @@ def main() -> None:
             torch.cuda.synchronize()
 
     t0 = time.perf_counter()
-    Trainer(method, data, cfg, device=args.device).fit()
+    Trainer(method, data, cfg.train_config(), device=args.device).fit()
     sync()
     harness = time.perf_counter() - t0
 
@@ -67,7 +67,7 @@ def main() -> None:
     idx = kind.epoch_indices(index, n, layout, args.steps, epoch_generator(0, 0, 0))
     xs = torch.from_numpy(x).to(args.device)
     ys = torch.from_numpy(y).to(args.device)
-    opt = make_optimizer(method, cfg)
+    opt = make_optimizer(method, cfg.train_config())
     gen = epoch_generator(0, 0, 1)
     method.train()
     t0 = time.perf_counter()

@@ -4,9 +4,17 @@ Each loader is registered by name; importing this package registers the built-in
 here imports torch.
 """
 
-from dmlbench.data.base import (DATA_DIR_ENV, DATASETS, Data, DatasetRef, DatasetSpec, Part, register_dataset,
-                                resolve_data_dir)
 from dmlbench.data import cifar, digits, idx, npz, photos, retrieval  # noqa: F401,I001  (registers the datasets)
+from dmlbench.data.base import (
+    DATA_DIR_ENV,
+    DATASETS,
+    Data,
+    DatasetRef,
+    DatasetSpec,
+    Part,
+    register_dataset,
+    resolve_data_dir,
+)
 from dmlbench.data.load import load_dataset, planned_shape
 from dmlbench.data.splits import class_disjoint, fold_assignment, validation_fold
 

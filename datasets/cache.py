@@ -27,10 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.io import UMASK, write_json
+from dmlbench.core.locks import locked
 from dmlbench.data.base import resolve_data_dir
 from dmlbench.data.images import DecodeOptions, decode_into
-from dmlbench.core.errors import DMLBenchError
-from dmlbench.core.io import _UMASK, write_json
 
 log = logging.getLogger("dmlbench")
 FORMAT = "dmlbench-image-cache/1"
@@ -118,8 +119,6 @@ class ImageCache:
         """The images of ``files`` (memory-mapped, one row per file) and a mask of the readable ones;
         builds the cache on first use or when stale. ``used``: the rows the caller will read (default
         all); an unreadable file outside them is no error."""
-        from dmlbench.core.locks import locked
-
         t0 = time.perf_counter()
         key = content_key(self.root, files)
         h = self._header()
@@ -151,7 +150,7 @@ class ImageCache:
         folder = self.images_path.parent
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{self.images_path.name}.", suffix=".tmp")
         try:
-            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; a shared data folder shares its cache
+            os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes owner-only files; a shared data folder shares its cache
             os.close(fd)
             arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), *shape))
             del arr

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dmlbench.data.base import Data, Part, register_dataset, relabel_train_first
 from dmlbench.core.errors import DMLBenchError
+from dmlbench.data.base import Data, Part, register_dataset, relabel_train_first
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TRAIN = [f"data_batch_{i}" for i in range(1, 6)]

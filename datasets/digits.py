@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dmlbench.data.base import Data, Part, register_dataset
 from dmlbench.core.errors import DMLBenchError
+from dmlbench.data.base import Data, Part, register_dataset
 
 
 @register_dataset("digits", description="scikit-learn's bundled 8x8 digits (UCI optdigits test set)",

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dmlbench.data.base import Data, Part, register_dataset, relabel_train_first
 from dmlbench.core.errors import DMLBenchError
+from dmlbench.data.base import Data, Part, register_dataset, relabel_train_first
 
 log = logging.getLogger("dmlbench")
 
@@ -180,6 +180,8 @@ def load_fashion_mnist(data_dir: Path, seed: int = 0, with_test: bool = True, ve
 
 def download(name: str, data_dir: Path) -> Path:
     """Fetch MNIST / Fashion-MNIST with torchvision into torchvision's layout under data_dir."""
+    if name not in ("mnist", "fashion-mnist"):
+        raise DMLBenchError(f"cannot download {name!r}; bench download knows mnist and fashion-mnist")
     try:
         import torchvision.datasets as tvd
     except Exception as e:  # torchvision is optional and often fails to import next to a CPU torch

@@ -9,9 +9,18 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from dmlbench.data.base import DATASETS, Data, DatasetRef, DatasetSpec, check_split_sizes, resolve_data_dir, standardized
-from dmlbench.data.splits import class_disjoint
 from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.params import apply_overrides
+from dmlbench.data.base import (
+    DATASETS,
+    Data,
+    DatasetRef,
+    DatasetSpec,
+    check_split_sizes,
+    resolve_data_dir,
+    standardized,
+)
+from dmlbench.data.splits import class_disjoint
 
 SPLITS = ("standard", "classes")
 NORMALIZE = ("unit", "standard")
@@ -19,8 +28,6 @@ NORMALIZE = ("unit", "standard")
 
 def typed_options(spec: DatasetSpec, options: dict) -> dict:
     """``options`` coerced to the loader's keyword types; an unknown key or bad value is an error."""
-    from dmlbench.core.params import apply_overrides
-
     if not options:
         return {}
     fields = [(n, t, dataclasses.field(default=d)) for n, t, d in spec.option_fields()]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dmlbench.data.base import Data, Part, register_dataset, relabel_train_first
 from dmlbench.core.errors import DMLBenchError
+from dmlbench.data.base import Data, Part, register_dataset, relabel_train_first
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 log = logging.getLogger("dmlbench")

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dmlbench.core.errors import DMLBenchError
 from dmlbench.data.base import PHOTO_DEFAULTS, Data, Part, register_dataset
 from dmlbench.data.cache import ImageCache, cache_dir
 from dmlbench.data.images import DecodeOptions, first_image, image_size, scan
-from dmlbench.core.errors import DMLBenchError
 
 log = logging.getLogger("dmlbench")
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dmlbench.core.errors import DMLBenchError
 from dmlbench.data.base import PHOTO_DEFAULTS, register_dataset
 from dmlbench.data.images import DecodeOptions
 from dmlbench.data.photos import photo_data, planned_shape
-from dmlbench.core.errors import DMLBenchError
 
 BENCH_DEFAULTS = {**PHOTO_DEFAULTS, "embedding_dim": 128, "epochs": 30}
 

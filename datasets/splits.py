@@ -15,8 +15,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from dmlbench.data.base import Data, Part
 from dmlbench.core.errors import DMLBenchError
+from dmlbench.data.base import Data, Part
 
 FOLD_KINDS = ("samples", "classes")
 

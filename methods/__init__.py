@@ -8,8 +8,11 @@ entry-point group, and ``pml:<LossName>`` wraps any pytorch-metric-learning loss
 from __future__ import annotations
 
 from dmlbench.methods.base import METHODS, EncoderChoice, GenerativeMethod, Method, Params, register_method
+
+# isort: off
 # Import order is the listing order of `bench list methods` and of table rows.
-from dmlbench.methods import siamese, triplet_softmax, triplet_hinge, npair, vae, tvae, raw  # noqa: F401,I001
+from dmlbench.methods import siamese, triplet_softmax, triplet_hinge, npair, vae, tvae, raw  # noqa: F401
+# isort: on
 from dmlbench.methods.pml import PREFIX as PML_PREFIX
 from dmlbench.methods.pml import pml_method
 

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.registry import Registry
 from dmlbench.core.space import LR, Dist
+from dmlbench.training.batches import PLAIN
+from dmlbench.training.encoders import build_encoder
 
 if TYPE_CHECKING:
     import torch
@@ -95,8 +97,6 @@ class Method:
     @property
     def batch_kind(self) -> BatchKind:
         """The batches this method trains on (:mod:`dmlbench.training.batches`); default: plain."""
-        from dmlbench.training.batches import PLAIN
-
         return PLAIN
 
     def build(self) -> None:
@@ -113,8 +113,6 @@ class Method:
         return self.encoder(x)
 
     def make_encoder(self):
-        from dmlbench.training.encoders import build_encoder
-
         return build_encoder(self.encoder_choice, self.input_shape, self.encoder_out_dim())
 
     def encoder_out_dim(self) -> int:

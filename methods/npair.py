@@ -21,8 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from dmlbench.methods.base import Method, Params, register_method
 from dmlbench.core.space import LR, Float
+from dmlbench.methods.base import Method, Params, register_method
+from dmlbench.training.batches import Balanced
 
 
 @dataclass
@@ -40,8 +41,6 @@ class NPair(Method):
 
     @property
     def batch_kind(self):
-        from dmlbench.training.batches import Balanced
-
         return Balanced(m=2, classes_per_group=-1)  # every training class in each tuple
 
     def build(self) -> None:

@@ -19,8 +19,9 @@ from dataclasses import field
 from typing import ClassVar
 
 from dmlbench.core.errors import DMLBenchError
-from dmlbench.methods.base import Method, Params
 from dmlbench.core.space import LR, Float, Int
+from dmlbench.methods.base import Method, Params
+from dmlbench.training.batches import Balanced
 
 PREFIX = "pml:"
 _FILLED = {"num_classes", "embedding_size"}
@@ -154,8 +155,6 @@ class PMLMethod(Method):
 
     @property
     def batch_kind(self):
-        from dmlbench.training.batches import Balanced
-
         return Balanced(m=self.params.m_per_class)
 
     def build(self) -> None:

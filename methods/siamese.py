@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from dmlbench.core.errors import DMLBenchError
-from dmlbench.methods.base import Method, Params, register_method
 from dmlbench.core.space import LR, Float
+from dmlbench.methods.base import Method, Params, register_method
+from dmlbench.methods.losses import hadsell_contrastive_loss
+from dmlbench.training.batches import PAIRS
 
 
 @dataclass
@@ -43,16 +45,12 @@ class Siamese(Method):
 
     @property
     def batch_kind(self):
-        from dmlbench.training.batches import PAIRS
-
         return PAIRS
 
     def build(self) -> None:
         from pytorch_metric_learning.distances import LpDistance
         from pytorch_metric_learning.losses import ContrastiveLoss
         from pytorch_metric_learning.reducers import MeanReducer
-
-        from dmlbench.methods.losses import hadsell_contrastive_loss
 
         p = self.params
         make = hadsell_contrastive_loss if p.squared else ContrastiveLoss

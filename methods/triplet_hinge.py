@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from dmlbench.core.errors import DMLBenchError
-from dmlbench.methods.base import Method, Params, register_method
 from dmlbench.core.space import LR, Choice, Float
+from dmlbench.methods.base import Method, Params, register_method
+from dmlbench.training.batches import TRIPLETS, Balanced
 
 
 def hinge_triplet_loss(margin: float, normalize: bool = False):
@@ -55,8 +56,6 @@ class TripletHinge(Method):
 
     @property
     def batch_kind(self):
-        from dmlbench.training.batches import TRIPLETS, Balanced
-
         return TRIPLETS if self.params.mining == "random" else Balanced(m=self.params.m)
 
     def build(self) -> None:

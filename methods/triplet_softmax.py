@@ -14,9 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from dmlbench.core.space import LR, Choice
 from dmlbench.methods.base import Method, Params, register_method
 from dmlbench.methods.losses import l2_distance, softmax_ratio_loss
-from dmlbench.core.space import LR, Choice
+from dmlbench.training.batches import TRIPLETS
 
 
 @dataclass
@@ -35,8 +36,6 @@ class TripletSoftmax(Method):
 
     @property
     def batch_kind(self):
-        from dmlbench.training.batches import TRIPLETS
-
         return TRIPLETS
 
     def loss_terms(self, batch):

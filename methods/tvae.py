@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.space import LR, Float
 from dmlbench.methods.base import register_method
 from dmlbench.methods.triplet_hinge import hinge_triplet_loss
 from dmlbench.methods.vae import VAE, VAEParams
-from dmlbench.core.space import LR, Float
+from dmlbench.training.batches import TRIPLETS
 
 
 @dataclass
@@ -44,8 +45,6 @@ class TVAE(VAE):
 
     @property
     def batch_kind(self):
-        from dmlbench.training.batches import TRIPLETS
-
         return TRIPLETS
 
     def build(self) -> None:

@@ -20,9 +20,10 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from dmlbench.core.space import LR
 from dmlbench.methods.base import GenerativeMethod, Params, register_method
 from dmlbench.methods.losses import gaussian_kl, reconstruction
-from dmlbench.core.space import LR
+from dmlbench.training.encoders import build_decoder
 
 
 @dataclass
@@ -41,8 +42,6 @@ class VAE(GenerativeMethod):
     terms = ("recon", "kl")
 
     def build(self) -> None:
-        from dmlbench.training.encoders import build_decoder
-
         self.decoder = build_decoder(self.encoder_choice, self.input_shape, self.embedding_dim)
         self.n_pixels = math.prod(self.input_shape)
 

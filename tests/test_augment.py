@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dmlbench.training.augment import SCALE, center_crop, crop_boxes, eval_transform, train_transform
 from dmlbench.core.runtime import epoch_generator
+from dmlbench.training.augment import SCALE, center_crop, crop_boxes, eval_transform, train_transform
 
 
 def _images(n=16, h=40, w=48):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -441,8 +440,8 @@ def test_list_methods_datasets_metrics():
     assert set(BUILTIN) | {"raw"} <= set(listed)
     assert "Datasets" not in result.stdout
     # Every pml: loss with its search space (the main parameters bench tune samples besides lr).
-    from dmlbench.methods.pml import pml_loss_names, pml_method
     from dmlbench.core.space import describe
+    from dmlbench.methods.pml import pml_loss_names, pml_method
 
     spaces = {ln.split()[0]: ln.split(None, 1)[1] for ln in result.stdout.splitlines() if ln.startswith("    pml:")}
     assert set(spaces) == {f"pml:{n}" for n in pml_loss_names()}
@@ -572,10 +571,6 @@ def test_table_single_seed_is_a_lone_value_and_missing_folder_errors(tmp_path):
     assert rows["alpha"][3] == "0.2500" and rows["beta"][3] == "**0.5000**"
     result = bench("table", tmp_path / "nowhere")
     assert result.exit_code == 2 and "does not exist" in result.stderr
-
-
-from dmlbench.data import load_dataset  # noqa: E402
-from dmlbench.core.errors import DMLBenchError  # noqa: E402
 
 
 # Regressions from an earlier review (the table)

@@ -21,19 +21,34 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers_data import (
+    CIFAR_TEST,
+    CIFAR_TRAIN,
+    FOLDER_H,
+    FOLDER_W,
+    IDX_NAMES,
+    SPECIAL,
+    SystemCall,
+    cifar_batch,
+    folder_gray_level,
+    idx_bytes,
+    tiny_idx_arrays,
+    write_cifar_bin,
+    write_cifar_py,
+    write_idx,
+    write_idx_set,
+    write_image_folder,
+    write_zero_idx_gz,
+)
 from sklearn.datasets import load_digits as sk_load_digits
 from sklearn.model_selection import train_test_split
 
-from dmlbench.running.config import RunConfig
+from dmlbench.core.errors import DMLBenchError
 from dmlbench.data import DATASETS, Data, load_dataset
 from dmlbench.data.base import standardized
 from dmlbench.data.cache import CACHE_DIR_ENV
-from dmlbench.core.errors import DMLBenchError
-from dmlbench.running.runner import load_data
-
-from helpers_data import (CIFAR_TEST, CIFAR_TRAIN, FOLDER_H, FOLDER_W, IDX_NAMES, SPECIAL, SystemCall,
-                          cifar_batch, folder_gray_level, idx_bytes, tiny_idx_arrays, write_cifar_bin,
-                          write_cifar_py, write_idx, write_idx_set, write_image_folder, write_zero_idx_gz)
+from dmlbench.running.config import RunConfig
+from dmlbench.running.rundata import load_data
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -205,7 +220,7 @@ def test_idx_without_test_files(tmp_path):
 
 
 def test_mnist_verify_option_through_runner_load_data(tmp_path):
-    """--set data.verify=false reaches load_mnist as a bool through runner.load_data."""
+    """--set data.verify=false reaches load_mnist as a bool through rundata.load_data."""
     arrays = tiny_idx_arrays()
     write_idx_set(tmp_path / "mnist", arrays, gz=True)
     cfg = RunConfig(dataset="mnist", data_dir=str(tmp_path), data_options={"verify": "false"})
@@ -856,10 +871,6 @@ def test_hf_datasets_is_not_shadowed(tmp_path):
     assert lines[0] == "True"
     flag, path = lines[1].split(" ", 1)
     assert flag == "True" and Path(path) == fake / "__init__.py"
-
-
-from dmlbench.data import load_dataset  # noqa: E402
-from dmlbench.core.errors import DMLBenchError  # noqa: E402
 
 
 # Regressions from an earlier review

@@ -32,8 +32,8 @@ def commands(page: str) -> list[list[str]]:
 def registries():
     """Leave the registries as they were: a doc example registers a method, dataset or metric."""
     from dmlbench.data.base import DATASETS
-    from dmlbench.methods.base import METHODS
     from dmlbench.evaluation.metrics import METRICS
+    from dmlbench.methods.base import METHODS
 
     before = {r: set(r.names()) for r in (DATASETS, METHODS, METRICS)}
     yield

@@ -15,13 +15,13 @@ from dmlbench.evaluation.metrics import RECALL_KS
 
 def retrieval_metrics(emb, labels, batch=None):
     """``batch``: search in tiny query blocks (the result budget cut to ~``batch`` rows)."""
-    old = exact_search._RESULT_BUDGET
+    old = exact_search.RESULT_BUDGET
     if batch:
-        exact_search._RESULT_BUDGET = batch * 12 * len(emb)
+        exact_search.RESULT_BUDGET = batch * 12 * len(emb)
     try:
         summary, per_query = neighbors.retrieval_metrics(emb, labels)
     finally:
-        exact_search._RESULT_BUDGET = old
+        exact_search.RESULT_BUDGET = old
     valid = ~np.isnan(per_query["map@r"])
     assert summary["map@r"] == pytest.approx(per_query["map@r"][valid].mean())
     return {k: v for k, v in summary.items() if k not in ("r_precision", "queries_without_positive")}
@@ -40,6 +40,7 @@ def knn_accuracy(train, train_y, test, test_y, k, batch=None):
 def svm_accuracy(train, train_y, test, test_y):
     r = probe.linear_probe(train, train_y, test, test_y, seed=0)
     return r.accuracy, r.confusion
+
 
 RETRIEVAL_KEYS = {f"recall@{k}" for k in RECALL_KS} | {"precision@1", "map@r"}
 
@@ -366,6 +367,7 @@ def test_classification_probes_do_not_apply_to_a_class_disjoint_split(tmp_path):
     assert len(pq["retrieval_map@r"]) == json.loads((run / "config.json").read_text())["data"]["test"]
 
 # Regression: k larger than the training set
+
 
 def test_knn_k_larger_than_train_set():
     from dmlbench.evaluation.neighbors import knn_classify

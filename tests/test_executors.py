@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers_cli import run_fresh
 from typer.testing import CliRunner
 
 from dmlbench.cli import app
-from helpers_cli import run_fresh
 
 ARGS = ["--methods", "siamese,triplet-hinge", "--steps", "6", "--epoch-size", "256", "--test-triplets", "100",
         "--threads", "2"]
@@ -162,7 +162,7 @@ def _pool_run(out: Path) -> tuple[subprocess.Popen, list[int]]:
             break
         lines.append(line)
         if "  started " in line:
-            pids.append(int(line.split("(worker ")[1].split(",")[0]))
+            pids.append(int(line.split("(worker ")[1].split(")")[0]))
     assert len(pids) == 2, "".join(lines)
     return p, pids
 

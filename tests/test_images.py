@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dmlbench.core.errors import DMLBenchError
 from dmlbench.data import DATASETS, load_dataset, planned_shape, validation_fold
 from dmlbench.data import images as images_mod
 from dmlbench.data.cache import CACHE_DIR_ENV, ImageCache, cache_dir
 from dmlbench.data.images import DecodeOptions, decode, decode_into, scan
 from dmlbench.data.splits import fold_assignment
-from dmlbench.core.errors import DMLBenchError
 
 # The official UT-Zappos50K tree: 4 categories, 21 subcategories.
 ZAPPOS = {
@@ -415,9 +415,9 @@ def test_cache_garbage_npy_is_rebuilt_and_unwritable_folder_is_one_line(tmp_path
     write_zappos(tmp_path, per_sub=2)
     load_dataset("zappos50k", data_dir=tmp_path, options={"resize": 8})
     npy, _ = _cache_files(tmp_path)
-    from dmlbench.core.io import _UMASK
+    from dmlbench.core.io import UMASK
 
-    assert npy.stat().st_mode & 0o777 == 0o666 & ~_UMASK  # as the umask allows (mkstemp alone gives 0600)
+    assert npy.stat().st_mode & 0o777 == 0o666 & ~UMASK  # as the umask allows (mkstemp alone gives 0600)
     size = npy.stat().st_size
     npy.write_bytes(np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes())
     caplog.clear()

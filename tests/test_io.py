@@ -17,11 +17,11 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers_data import SystemCall
 
 from dmlbench.core import io
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.io import CorruptFileError
-from helpers_data import SystemCall
 
 
 def files_in(folder) -> list[str]:

@@ -17,7 +17,8 @@ from torch import nn
 
 from dmlbench.methods import get_method, method_names
 from dmlbench.methods.losses import gaussian_kl, reconstruction, softmax_ratio_loss
-from dmlbench.training.sampling import PAIRS, PLAIN, TRIPLETS, Balanced, Batch, ClassIndex, Layout
+from dmlbench.training.batches import PAIRS, PLAIN, TRIPLETS, Balanced, Batch, Layout
+from dmlbench.training.sampling import ClassIndex
 
 
 def dist(a, b) -> float:

@@ -12,18 +12,27 @@ import pytest
 import torch
 from torch import nn
 
-from dmlbench.running.config import RunConfig
 from dmlbench.core.errors import DMLBenchError
-from dmlbench.evaluation.evaluate import embed_part
-from dmlbench.training.inputs import DeviceImages, InputPipeline
-from dmlbench.methods import (BUILTIN, METHODS, GenerativeMethod, Method, Params, get_method, method_names,
-                              register_method)
-from dmlbench.methods.pml import installed_pml_loss_names, pml_loss_names, pml_method
-from dmlbench.evaluation.neighbors import retrieval_metrics
 from dmlbench.core.params import apply_overrides
+from dmlbench.evaluation.evaluate import embed_part
+from dmlbench.evaluation.neighbors import retrieval_metrics
+from dmlbench.methods import (
+    BUILTIN,
+    METHODS,
+    GenerativeMethod,
+    Method,
+    Params,
+    get_method,
+    method_names,
+    register_method,
+)
+from dmlbench.methods.pml import installed_pml_loss_names, pml_loss_names, pml_method
+from dmlbench.running.config import RunConfig
 from dmlbench.running.runner import build_method
-from dmlbench.training.sampling import Batch, BatchKind, ClassIndex
 from dmlbench.running.suite import Suite, run_suite
+from dmlbench.training.batches import Batch, BatchKind
+from dmlbench.training.inputs import DeviceImages, InputPipeline
+from dmlbench.training.sampling import ClassIndex
 from dmlbench.training.trainer import Trainer
 
 CONTRACT = [n for n in method_names() if n != "raw"] + ["pml:MultiSimilarityLoss", "pml:ArcFaceLoss"]
@@ -192,7 +201,7 @@ def test_short_training_beats_random_init(name, digits):
                     **cfg_kw).resolved().with_budget(len(digits.train))
     before = map_r(build_method(cfg, digits), digits)
     method = build_method(cfg, digits)
-    history = Trainer(method, digits, cfg).fit()
+    history = Trainer(method, digits, cfg.train_config()).fit()
     assert [r["epoch"] for r in history] == list(range(1, 11))
     assert history[-1]["step"] == cfg.steps == 10 * (len(digits.train) // cfg.batch_size)
     after = map_r(method, digits)
@@ -413,3 +422,8 @@ def test_images_reach_the_method_as_unit_floats(digits):
                                              embedding_dim=4, encoder="mlp", num_classes=10), digits)
     assert batch.x.dtype == torch.float32 and 0 <= float(batch.x.min()) and float(batch.x.max()) <= 1
     assert float(batch.x.max()) == 1.0
+
+
+def test_methods_are_listed_in_the_papers_order_with_the_raw_floor_last():
+    """The registry's order is the order of `bench list methods` and of every table's rows."""
+    assert method_names()[:7] == [*BUILTIN, "raw"]

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from dmlbench.evaluation import exact_search, neighbors
 from dmlbench.core.errors import NonFiniteEmbeddingError
+from dmlbench.evaluation import exact_search, neighbors
 from dmlbench.evaluation.neighbors import knn_classify, retrieval_metrics, search
 
 
@@ -318,7 +318,7 @@ def test_memory_is_bounded_by_blocks(monkeypatch):
 
     monkeypatch.setattr(exact_search, "_canonical", spy)
     # 25 rows of k=11 and the candidates faiss refines beyond it
-    monkeypatch.setattr(exact_search, "_RESULT_BUDGET", 12 * (11 + exact_search._REFINE_EXTRA) * 25)
+    monkeypatch.setattr(exact_search, "RESULT_BUDGET", 12 * (11 + exact_search._REFINE_EXTRA) * 25)
     x, _ = clusters(n=100)
     d, i = search(x, x, 11)
     assert max(seen) == 25 and sum(seen) == 100

@@ -113,7 +113,8 @@ def test_tvae_beats_vae_on_real_mnist(data_dir, tmp_path):
 
 def test_a_budget_flag_replaces_the_presets_budget():
     from dmlbench.core.errors import DMLBenchError
-    from dmlbench.running.suite import read_toml, resolve_suite
+    from dmlbench.running.presets import read_toml
+    from dmlbench.running.suite import resolve_suite
 
     file_values = read_toml(None, "mnist-all")
     assert file_values["epochs"] == 4

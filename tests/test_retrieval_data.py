@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dmlbench.core.errors import DMLBenchError
 from dmlbench.data import DATASETS, load_dataset, planned_shape
 from dmlbench.data import images as images_mod
 from dmlbench.data.cache import CACHE_DIR_ENV
-from dmlbench.core.errors import DMLBenchError
 
 SMALL = {"resize": 8}
 

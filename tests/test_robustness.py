@@ -12,7 +12,6 @@ import json
 import os
 import struct
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,9 +204,9 @@ def test_changed_images_make_a_stored_result_stale(tmp_path):
     assert first.exit_code == 0, first.stderr
     Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(root / "cat" / "0.png")   # same names, other pixels
     os.utime(root / "cat" / "0.png", (time.time() + 5, time.time() + 5))
-    from dmlbench.running import runner
+    from dmlbench.running import rundata
 
-    runner._load.cache_clear()   # each bench command is a fresh process; here they share one
+    rundata._load.cache_clear()   # each bench command is a fresh process; here they share one
     result = bench(*args)
     assert result.exit_code == 0, result.stderr
     assert "cannot be reused (data " in result.stderr and "raw seed 0: done" in result.stderr

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from dmlbench.core.errors import DMLBenchError
-from dmlbench.training.sampling import (PAIRS, PLAIN, TRIPLETS, Balanced, Batch, ClassIndex, Layout, Pairs, Plain, Triplets,
-                               balanced_indices, random_triplets)
+from dmlbench.training.batches import PAIRS, PLAIN, TRIPLETS, Balanced, Batch, Layout, Pairs, Plain, Triplets
+from dmlbench.training.sampling import ClassIndex, balanced_indices, random_triplets
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -288,9 +288,9 @@ def test_single_image_classes_are_negatives_only(caplog):
 def test_a_methods_batch_kind_is_known_from_its_options_alone(name):
     """The torch-free batch-size check reads each method's kind without building it: the same kind
     as the built method's, for every option that changes it."""
-    from dmlbench.training.batches import method_batch_kind
-    from dmlbench.methods import get_method
     from dmlbench.core.params import apply_overrides
+    from dmlbench.methods import get_method
+    from dmlbench.training.batches import method_batch_kind
 
     cls = get_method(name)
     options = [{}] + ([{"mining": "all"}] if name == "triplet-hinge" else []) + \

@@ -14,14 +14,15 @@ import pytest
 import torch
 from torch import nn
 
-from dmlbench.running.config import RunConfig, untrained
 from dmlbench.core.errors import DMLBenchError, NonFiniteLossError
 from dmlbench.core.io import torch_load
-from dmlbench.methods import METHODS, Method, Params, get_method, register_method
-from dmlbench.running.runner import build_method
 from dmlbench.core.runtime import epoch_generator, resolve_device, seed_everything
-from dmlbench.training.sampling import Batch
-from dmlbench.training.trainer import Trainer, epoch_plan, lr_factor, make_optimizer
+from dmlbench.methods import METHODS, Method, Params, get_method, register_method
+from dmlbench.running.config import RunConfig, untrained
+from dmlbench.running.runner import build_method
+from dmlbench.training.batches import Batch
+from dmlbench.training.config import epoch_plan
+from dmlbench.training.trainer import Trainer, lr_factor, make_optimizer
 
 N_TRAIN = 1257  # digits: 1797 images, stratified 70/30 split
 
@@ -54,7 +55,7 @@ def with_weights(method: str, **weights) -> dict:
 
 def fit(cfg: RunConfig, data, run_dir=None, callbacks=()) -> tuple[Method, Trainer, list[dict]]:
     method = build_method(cfg, data)
-    trainer = Trainer(method, data, cfg, run_dir=run_dir, callbacks=callbacks)
+    trainer = Trainer(method, data, cfg.train_config(), run_dir=run_dir, callbacks=callbacks)
     return method, trainer, trainer.fit()
 
 
@@ -153,7 +154,7 @@ def method_with_trunk(cfg: RunConfig, data) -> Method:
 def test_trunk_lr_is_its_own_param_group(digits):
     cfg = small_cfg("pml:ArcFaceLoss", lr=1e-3, trunk_lr=1e-5)
     method = method_with_trunk(cfg, digits)
-    opt = make_optimizer(method, cfg)
+    opt = make_optimizer(method, cfg.train_config())
     groups = {g["name"]: g for g in opt.param_groups}
     assert set(groups) == {"main", "trunk"}
     assert groups["main"]["lr"] == 1e-3 and groups["trunk"]["lr"] == 1e-5
@@ -165,19 +166,19 @@ def test_trunk_lr_is_its_own_param_group(digits):
     assert any(p is method.loss_fn.W for p in groups["main"]["params"])
 
     # Without trunk_lr the trunk trains at lr, in one group.
-    one = make_optimizer(method, dataclasses.replace(cfg, trunk_lr=None))
+    one = make_optimizer(method, dataclasses.replace(cfg, trunk_lr=None).train_config())
     assert len(one.param_groups) == 1 and one.param_groups[0]["lr"] == 1e-3
     assert len(one.param_groups[0]["params"]) == len(list(method.parameters()))
 
     # A frozen trunk is left out (and its group with it).
     for p in method.encoder.trunk_parameters():
         p.requires_grad_(False)
-    frozen = make_optimizer(method, cfg)
+    frozen = make_optimizer(method, cfg.train_config())
     assert [g["name"] for g in frozen.param_groups] == ["main"]
     for p in method.parameters():
         p.requires_grad_(False)
     with pytest.raises(DMLBenchError, match="nothing to train"):
-        make_optimizer(method, cfg)
+        make_optimizer(method, cfg.train_config())
 
 
 def test_trunk_trains_at_trunk_lr(digits, tmp_path):
@@ -185,7 +186,7 @@ def test_trunk_trains_at_trunk_lr(digits, tmp_path):
     cfg = small_cfg("triplet-hinge", lr=lr, trunk_lr=trunk_lr, lr_schedule="cosine", steps=6)
     method = method_with_trunk(cfg, digits)
     before = {k: v.clone() for k, v in method.state_dict().items()}
-    history = Trainer(method, digits, cfg, run_dir=tmp_path).fit()
+    history = Trainer(method, digits, cfg.train_config(), run_dir=tmp_path).fit()
     assert len(history) == 2
     groups = torch_load(tmp_path / "checkpoint.pt")["optimizer"]["param_groups"]
     assert [(g["name"], g["initial_lr"]) for g in groups] == [("main", lr), ("trunk", trunk_lr)]

@@ -19,11 +19,12 @@ from typer.testing import CliRunner
 
 optuna = pytest.importorskip("optuna")
 
-from dmlbench.running import runner  # noqa: E402
 from dmlbench import tune as T  # noqa: E402
 from dmlbench.cli import app  # noqa: E402
 from dmlbench.core.errors import DMLBenchError  # noqa: E402
 from dmlbench.core.space import Float  # noqa: E402
+from dmlbench.running import runner  # noqa: E402
+from dmlbench.running import suite as T_suite  # noqa: E402
 from dmlbench.running.suite import resolve_suite  # noqa: E402
 
 # The tests ask trials by hand on a storage with a heartbeat, which Optuna warns about.
@@ -58,8 +59,8 @@ def trial_lines(stderr: str) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _fast_heartbeat(monkeypatch):
-    monkeypatch.setenv(T.HEARTBEAT_ENV, "1")
-    monkeypatch.setenv(T.GRACE_ENV, "2")
+    monkeypatch.setenv(T.options.HEARTBEAT_ENV, "1")
+    monkeypatch.setenv(T.options.GRACE_ENV, "2")
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def tiny(tmp_path_factory):
     """The issue's tiny study: 2 methods, 3 trials each, 1 fold."""
     out = tmp_path_factory.mktemp("tune") / "results"
     mp = pytest.MonkeyPatch()
-    mp.setenv(T.HEARTBEAT_ENV, "1")
+    mp.setenv(T.options.HEARTBEAT_ENV, "1")
     result = ok(bench("tune", "--methods", "siamese,triplet-hinge", "--trials", 3, "--out", out, *SMALL))
     mp.undo()
     return out / "digits" / "tune", result
@@ -152,11 +153,11 @@ def _fake_objective(trial):
 
 def _study(seed, storage=None):
     return optuna.create_study(study_name="m", storage=storage or optuna.storages.InMemoryStorage(),
-                               sampler=T.make_sampler(seed, "m"), load_if_exists=True)
+                               sampler=T.storage.make_sampler(seed, "m"), load_if_exists=True)
 
 
 def test_sampler_replays_and_resumes_deterministically_past_the_random_start():
-    n = T.N_STARTUP + 4  # random trials, then TPE
+    n = T.options.N_STARTUP + 4  # random trials, then TPE
     a, b = _study(7), _study(7)
     a.optimize(_fake_objective, n_trials=n)
     b.optimize(_fake_objective, n_trials=n)
@@ -174,7 +175,7 @@ def test_a_requeued_interrupted_trial_does_not_shift_the_later_proposals():
     """An interrupted trial is failed and re-queued as a copy with a trial number of its own; the
     trials proposed after it are still those of an uninterrupted study (issue: a resumed tune must
     replay the same trials)."""
-    n = T.N_STARTUP + 3
+    n = T.options.N_STARTUP + 3
     a = _study(3)
     a.optimize(_fake_objective, n_trials=n)
     storage = optuna.storages.InMemoryStorage()
@@ -201,18 +202,18 @@ def test_killed_tune_resumes_with_only_the_missing_trials(tmp_path, storage):
     url = f"journal:{tmp_path / 'journal.log'}" if storage == "journal" else None
     extra = ["--storage", url] if url else []
     ok(bench("tune", "--methods", "siamese", "--trials", 2, "--out", tmp_path, *extra, *SMALL))
-    study = optuna.load_study(study_name="siamese", storage=T.open_storage(url or T.default_storage(suite_dir)),
-                              sampler=T.make_sampler(0, "siamese"))
+    study = optuna.load_study(study_name="siamese", storage=T.storage.open_storage(url or T.storage.default_storage(suite_dir)),
+                              sampler=T.storage.make_sampler(0, "siamese"))
     killed = study.ask()
-    plan = T.method_plan("siamese", None, {})
-    T.suggest(killed, plan.space)
+    plan = T.spaces.method_plan("siamese", None, {})
+    T.spaces.suggest(killed, plan.space)
     if storage == "sqlite":
         study._storage.record_heartbeat(killed._trial_id)
     time.sleep(3.5)  # > the grace period of 2 s (GRACE env) without a heartbeat
 
     result = ok(bench("tune", "--methods", "siamese", "--trials", 3, "--out", tmp_path, *extra, *SMALL))
     assert len(trial_lines(result.stderr)) == 1
-    storage = T.open_storage(url or T.default_storage(suite_dir))
+    storage = T.storage.open_storage(url or T.storage.default_storage(suite_dir))
     trials = optuna.load_study(study_name="siamese", storage=storage).get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
     assert trials[3].system_attrs["failed_trial"] == 2 and trials[3].params == trials[2].params
@@ -225,11 +226,11 @@ def test_resumed_trial_has_the_parameters_the_uninterrupted_tune_gave_it(tiny, t
     """Same seed, same trial number: the killed trial's re-queued parameters are those trial 2 of the
     uninterrupted tiny study got."""
     suite_dir, _ = tiny
-    s = optuna.create_study(study_name="siamese", storage=T.open_storage(T.default_storage(tmp_path / "s")),
-                            sampler=T.make_sampler(0, "siamese"))
+    s = optuna.create_study(study_name="siamese", storage=T.storage.open_storage(T.storage.default_storage(tmp_path / "s")),
+                            sampler=T.storage.make_sampler(0, "siamese"))
     for _ in range(3):
         t = s.ask()
-        T.suggest(t, T.method_plan("siamese", None, {}).space)
+        T.spaces.suggest(t, T.spaces.method_plan("siamese", None, {}).space)
         s.tell(t, 0.5)  # the random start: the values do not steer the first 3 trials
     assert params_by_number(s) == params_by_number(studies(suite_dir)["siamese"])
 
@@ -299,19 +300,19 @@ def test_prune_reports_each_epoch_and_stops_the_trial(tmp_path, monkeypatch):
 
 def test_space_file_overrides_and_is_validated_like_set(tmp_path):
     good = {"margin": {"low": 0.2, "high": 2.0}, "lr": 0.002, "normalize": True}
-    plan = T.method_plan("siamese", good, {})
+    plan = T.spaces.method_plan("siamese", good, {})
     assert plan.space == {"margin": Float(0.2, 2.0)}  # lr fixed by a plain value
     assert plan.fixed == {"normalize": True} and plan.fixed_run == {"lr": 0.002}
-    assert "margin" not in T.method_plan("siamese", None, {"margin": "0.5"}).space  # --set fixes it
+    assert "margin" not in T.spaces.method_plan("siamese", None, {"margin": "0.5"}).space  # --set fixes it
     bad = [({"margn": {"low": 0.1, "high": 1.0}}, "unknown option siamese.margn"),
            ({"margin": {"low": -1.0, "high": 1.0}}, "margin"),
            ({"margin": {"low": 1.0}}, "expected low, high"),
            ({"mining": {"choices": ["random", "psychic"]}}, "not allowed")]
     for space, match in bad:
         with pytest.raises(DMLBenchError, match=match):
-            T.method_plan("triplet-hinge" if "mining" in space else "siamese", space, {})
+            T.spaces.method_plan("triplet-hinge" if "mining" in space else "siamese", space, {})
     with pytest.raises(DMLBenchError, match="fixed twice"):
-        T.method_plan("siamese", {"margin": 1.0}, {"margin": "0.5"})
+        T.spaces.method_plan("siamese", {"margin": 1.0}, {"margin": "0.5"})
     f = tmp_path / "s.toml"
     f.write_text("[npair]\nlr = {low = 1e-4, high = 1e-3}\n")
     r = bench("tune", "--methods", "siamese", "--trials", 1, "--space", f, "--out", tmp_path, *SMALL)
@@ -333,23 +334,23 @@ def test_space_file_overrides_and_is_validated_like_set(tmp_path):
     r = bench("tune", "--methods", "siamese", "--trials", 1, "--space", f, "--out", tmp_path, *SMALL)
     assert r.exit_code == 2 and "write margin = {choices = [0.5, 1.0]}" in r.stderr
     f.write_text("[tvae]\nweights.triplet = {low = 1, high = 30}\n")
-    assert T.read_space_file(f) == {"tvae": {"weights.triplet": {"low": 1, "high": 30}}}
+    assert T.spaces.read_space_file(f) == {"tvae": {"weights.triplet": {"low": 1, "high": 30}}}
     f.write_text('[tvae]\n"weights.triplet" = {choices = [1, 2]}\nweights.kl = 0.5\n')
-    assert T.read_space_file(f) == {"tvae": {"weights.triplet": {"choices": [1, 2]}, "weights.kl": 0.5}}
+    assert T.spaces.read_space_file(f) == {"tvae": {"weights.triplet": {"choices": [1, 2]}, "weights.kl": 0.5}}
     assert not (tmp_path / "digits").exists()  # every check before any data or study
 
 
 def test_validation_default_follows_the_test_protocol(digits):
     from dmlbench.data.splits import class_disjoint
 
-    kind, why = T.choose_validation(digits.without_test(), 1, None)
+    kind, why = T.folds.choose_validation(digits.without_test(), 1, None)
     assert kind == "samples" and "training classes" in why
     disjoint = class_disjoint(digits)  # 5 training classes: too few for 4 class-disjoint folds
-    assert T.choose_validation(disjoint, 1, None)[0] == "samples"
+    assert T.folds.choose_validation(disjoint, 1, None)[0] == "samples"
     from dataclasses import replace
 
-    assert T.choose_validation(replace(digits, split="classes"), 1, None)[0] == "classes"  # 10 >= 2 x 4
-    assert T.choose_validation(digits, 1, "classes") == ("classes", "--validation asks for them")
+    assert T.folds.choose_validation(replace(digits, split="classes"), 1, None)[0] == "classes"  # 10 >= 2 x 4
+    assert T.folds.choose_validation(digits, 1, "classes") == ("classes", "--validation asks for them")
 
 
 # ----------------------------------------------------------------------------- the test set is never read
@@ -426,7 +427,7 @@ def test_apply_tuned_gives_each_method_its_best_settings(tiny, tmp_path, caplog)
         assert tuned.method_sets[name] == m["method_params"] and tuned.run_sets[name] == m["run_params"]
         assert tuned.tuned[name]["trial"] == m["best_trial"] and tuned.tuned[name]["study"] == name
     assert T.apply_tuned(suite, suite_dir, seeds_given=True).seeds == [0]
-    cfg = T.tuned_config(tuned, runner.with_method(tuned.base, "siamese", 0, {}))
+    cfg = T_suite.tuned_config(tuned, runner.with_method(tuned.base, "siamese", 0, {}))
     assert cfg.lr == pytest.approx(doc["methods"]["siamese"]["run_params"]["lr"]) and cfg.tuned["trial"] is not None
 
     with pytest.raises(DMLBenchError, match="does not exist"):
@@ -646,21 +647,21 @@ def test_a_later_tune_of_other_methods_under_other_conditions_is_refused(tiny, t
 
 
 def test_run_flags_fix_run_keys_and_dead_dimensions_are_refused():
-    plan = T.method_plan("siamese", None, {}, {"lr": 0.01}, "adam")
+    plan = T.spaces.method_plan("siamese", None, {}, {"lr": 0.01}, "adam")
     assert "lr" not in plan.space and plan.fixed_run == {"lr": 0.01} and "margin" in plan.space
-    assert T.method_plan("siamese", None, {}, {"weight_decay": 0.1}, "adam").fixed_run == {}  # not searched anyway
+    assert T.spaces.method_plan("siamese", None, {}, {"weight_decay": 0.1}, "adam").fixed_run == {}  # not searched anyway
     momentum = {"momentum": {"low": 0.0, "high": 0.99}}
     with pytest.raises(DMLBenchError, match="the adam optimizer has no momentum setting"):
-        T.method_plan("siamese", momentum, {}, {}, "adam")
-    assert "momentum" in T.method_plan("siamese", momentum, {}, {}, "sgd").space
-    assert "momentum" in T.method_plan("siamese", momentum, {}, {}, "rmsprop").space
+        T.spaces.method_plan("siamese", momentum, {}, {}, "adam")
+    assert "momentum" in T.spaces.method_plan("siamese", momentum, {}, {}, "sgd").space
+    assert "momentum" in T.spaces.method_plan("siamese", momentum, {}, {}, "rmsprop").space
     with pytest.raises(DMLBenchError, match="fixed twice"):
-        T.method_plan("siamese", {"lr": 0.002}, {}, {"lr": 0.01}, "adam")
+        T.spaces.method_plan("siamese", {"lr": 0.002}, {}, {"lr": 0.01}, "adam")
     # A loss's own option named like a run key is the loss's (DynamicSoftMarginLoss's momentum).
     name = "pml:DynamicSoftMarginLoss"
-    assert "momentum" in T.method_plan(name, None, {}, {}, "adam").space
-    assert T.split_params({"momentum": 0.05, "lr": 0.001}, name) == ({"momentum": 0.05}, {"lr": 0.001})
-    assert T.split_params({"momentum": 0.5, "lr": 0.001}, "siamese") == ({}, {"momentum": 0.5, "lr": 0.001})
+    assert "momentum" in T.spaces.method_plan(name, None, {}, {}, "adam").space
+    assert T.spaces.split_params({"momentum": 0.05, "lr": 0.001}, name) == ({"momentum": 0.05}, {"lr": 0.001})
+    assert T.spaces.split_params({"momentum": 0.5, "lr": 0.001}, "siamese") == ({}, {"momentum": 0.5, "lr": 0.001})
 
 
 def test_a_space_table_for_an_untrained_method_is_refused(tmp_path):
@@ -687,13 +688,13 @@ def test_tune_lr_flag_is_fixed_and_its_tuned_run_needs_no_flag(tmp_path):
 def test_interrupts_never_use_up_a_trial_and_worker_deaths_are_retried_three_times(tmp_path):
     from dmlbench.tune.storage import _Retry, requeue_interrupted
 
-    storage = T.open_storage(T.default_storage(tmp_path))
+    storage = T.storage.open_storage(T.storage.default_storage(tmp_path))
     study = optuna.create_study(study_name="m", storage=storage)
-    for _ in range(T.MAX_RETRY + 3):  # interrupted again and again: re-queued every time
+    for _ in range(T.options.MAX_RETRY + 3):  # interrupted again and again: re-queued every time
         trial = study.ask()  # the waiting copy, after the first
         trial.suggest_float("x", 0.0, 1.0)
         assert requeue_interrupted(study, trial._trial_id)
-    finished, running, waiting = T.budget(study)
+    finished, running, waiting = T.storage.budget(study)
     assert (len(finished), len(running), len(waiting)) == (0, 0, 1)
     assert len({t.params["x"] for t in study.get_trials()}) == 1  # the same parameters throughout
 
@@ -701,11 +702,11 @@ def test_interrupts_never_use_up_a_trial_and_worker_deaths_are_retried_three_tim
         storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
         _Retry()(study, storage.get_trial(t._trial_id))
 
-    for _ in range(T.MAX_RETRY):
+    for _ in range(T.options.MAX_RETRY):
         die(study.ask())
-    assert len(T.budget(study)[2]) == 1  # still retried: the interrupts used up none of the 3
+    assert len(T.storage.budget(study)[2]) == 1  # still retried: the interrupts used up none of the 3
     die(study.ask())
-    finished, running, waiting = T.budget(study)
+    finished, running, waiting = T.storage.budget(study)
     assert (len(finished), len(waiting)) == (1, 0) and finished[0].state.name == "FAIL"
 
 
@@ -715,7 +716,7 @@ def test_an_interrupted_trial_whose_worker_died_before_re_queuing_it_is_re_queue
     gone) or a later tune (anyone's, after the grace) adds the copy, once; crashes are not copied."""
     from dmlbench.tune import storage as S
 
-    study = optuna.create_study(study_name="m", storage=T.open_storage(T.default_storage(tmp_path)))
+    study = optuna.create_study(study_name="m", storage=T.storage.open_storage(T.storage.default_storage(tmp_path)))
 
     def start(run_id):
         trial = study.ask()
@@ -739,11 +740,11 @@ def test_an_interrupted_trial_whose_worker_died_before_re_queuing_it_is_re_queue
     assert S.requeue_orphans(study, min_age_s=120) == 0  # a later tune leaves fresh ones alone
     assert S.requeue_orphans(study, run_id="ours") == 1  # the driver: its own trial only
     assert S.requeue_orphans(study, run_id="ours") == 0  # once
-    waiting = T.budget(study)[2]
+    waiting = T.storage.budget(study)[2]
     assert len(waiting) == 1 and waiting[0].params == ours.params
     assert S.requeue_orphans(study) == 1  # a later tune, past the grace: the other tune's
     assert S.requeue_orphans(study) == 0
-    finished, _, waiting = T.budget(study)
+    finished, _, waiting = T.storage.budget(study)
     assert [t.number for t in finished] == [crashed.number]  # the orphans do not use up trials
     assert sorted(t.params["x"] for t in waiting) == sorted([ours.params["x"], theirs.params["x"]])
     copy = study.ask()  # a copy that then crashes is not an orphan

@@ -25,8 +25,8 @@ import numpy as np
 
 from dmlbench.core.errors import DMLBenchError
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+UMASK = os.umask(0)
+os.umask(UMASK)
 TEMP_SUFFIX = ".tmp"
 
 
@@ -43,7 +43,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; results are meant to be shared
+        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes owner-only files; results are meant to be shared
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -8,7 +8,6 @@ from contextlib import contextmanager
 
 from dmlbench.core.errors import DMLBenchError
 
-
 # A pool worker's line for its progress bar (1, 2, ...; the driver's overall bar is line 0); None
 # outside a pool, where a run's bar is the only one.
 BAR_POSITION: int | None = None
@@ -32,17 +31,6 @@ def interrupts_ignored(exc: BaseException | None = None):
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def shutdown_ray() -> None:
-    """Stop this process's Ray connection (and a local instance it started) now, with Ctrl-C
-    ignored, rather than in Ray's exit hook, where a second Ctrl-C prints a traceback."""
-    import sys
-
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        with interrupts_ignored():
-            ray.shutdown()
 
 
 def default_threads() -> int:

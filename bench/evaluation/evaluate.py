@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from dmlbench.running.config import RunConfig
 from dmlbench.data import Data, Part
-from dmlbench.training.inputs import DeviceImages, InputPipeline
-from dmlbench.methods.base import GenerativeMethod, Method
+from dmlbench.evaluation.config import EvalConfig
 from dmlbench.evaluation.metrics import METRICS, RECALL_KS
+from dmlbench.evaluation.neighbors import knn_classify, retrieval_metrics
+from dmlbench.evaluation.probe import linear_probe
+from dmlbench.methods.base import GenerativeMethod, Method
+from dmlbench.training.inputs import DeviceImages, InputPipeline
 
 log = logging.getLogger("dmlbench")
 
@@ -75,7 +77,7 @@ class EvalContext:
 
     method: Method
     data: Data
-    cfg: RunConfig
+    cfg: EvalConfig
     triplet_rows: np.ndarray
     device: torch.device
     pipeline: InputPipeline
@@ -98,14 +100,12 @@ class EvalContext:
 
     @_once
     def triplets(self) -> dict[str, float]:
-        out, correct = triplet_accuracy(self.test_emb(), self.triplet_rows, self.cfg.eval_margin)
+        out, correct = triplet_accuracy(self.test_emb(), self.triplet_rows, self.cfg.margin)
         self.per_query["triplet_correct"] = correct
         return out
 
     @_once
     def retrieval(self) -> dict[str, float]:
-        from dmlbench.evaluation.neighbors import retrieval_metrics
-
         emb, y = self.test_emb(), self.data.test.y
         if self.data.has_query_gallery:
             q, g = self.data.query, self.data.gallery
@@ -121,7 +121,6 @@ class EvalContext:
     def knn(self):
         if not self.classifies:
             return None
-        from dmlbench.evaluation.neighbors import knn_classify
 
         acc, correct = knn_classify(self.train_emb(), self.data.train.y, self.test_emb(), self.data.test.y,
                                     self.cfg.knn_k, device=str(self.device))
@@ -132,7 +131,6 @@ class EvalContext:
     def probe(self):
         if not self.classifies:
             return None
-        from dmlbench.evaluation.probe import linear_probe
 
         r = linear_probe(self.train_emb(), self.data.train.y, self.test_emb(), self.data.test.y,
                          seed=self.cfg.seed, threads=torch.get_num_threads(), device=str(self.device))
@@ -159,7 +157,7 @@ def generative_metrics(method: GenerativeMethod, part: Part, pipeline: InputPipe
     return {k: v / len(part) for k, v in sums.items()}
 
 
-def evaluate(method: Method, data: Data, cfg: RunConfig, triplets: np.ndarray, device="cpu",
+def evaluate(method: Method, data: Data, cfg: EvalConfig, triplets: np.ndarray, device="cpu",
              metrics: list[str] | None = None) -> EvalContext:
     """Every registered metric (or ``metrics``) of ``method`` on ``data.test``; returns the context,
     whose ``results`` hold the values and ``per_query`` the per-item arrays."""

@@ -27,7 +27,7 @@ import numpy as np
 from dmlbench.core.errors import NonFiniteEmbeddingError
 
 # Bytes of search results (float32 distance + int64 id per neighbour) one block may hold.
-_RESULT_BUDGET = 256 * 2**20
+RESULT_BUDGET = 256 * 2**20
 # Float32 entries of one block of the query x reference distance matrix on a GPU.
 _GPU_DIST_BUDGET = 2**28
 # Queries from which a faiss exact search uses its BLAS kernel (see _faiss_search).
@@ -45,7 +45,7 @@ _F32_TINY = 2.0**-149
 _MAX_SQ_NORM = 1e37
 
 
-def _as_f32(x: np.ndarray, name: str) -> np.ndarray:
+def as_f32(x: np.ndarray, name: str) -> np.ndarray:
     x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
     if x.ndim != 2:
         raise ValueError(f"{name} must be 2-D (rows x features), got shape {x.shape}")
@@ -62,7 +62,7 @@ def _as_f32(x: np.ndarray, name: str) -> np.ndarray:
     return x
 
 
-def _clamp_k(k: int, n_ref: int, exclude_self: bool) -> int:
+def clamp_k(k: int, n_ref: int, exclude_self: bool) -> int:
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
     return max(0, min(int(k), n_ref - int(exclude_self)))
@@ -70,7 +70,7 @@ def _clamp_k(k: int, n_ref: int, exclude_self: bool) -> int:
 
 def _rows_per_block(block: int, k: int) -> int:
     """Query rows per block: at most ``block``, and fewer when k is large."""
-    return max(1, min(int(block), _RESULT_BUDGET // (12 * max(k, 1))))
+    return max(1, min(int(block), RESULT_BUDGET // (12 * max(k, 1))))
 
 
 def _canonical(d: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,7 +192,7 @@ def _blocks_faiss(query, ref, k, exclude_self, block) -> Iterator[tuple[int, np.
     step = _rows_per_block(block, k_base)
     # Rows compared with every reference at once: ids, distances, their order and the sorted copies
     # take about 40 bytes a (row, reference).
-    every = max(1, min(step, _RESULT_BUDGET // (40 * len(ref))))
+    every = max(1, min(step, RESULT_BUDGET // (40 * len(ref))))
     for s in range(0, len(query), step):
         qb = query[s:s + step]
         approx, ids = _faiss_search(index, qb, k_base)
@@ -277,7 +277,7 @@ def _blocks_torch(query, ref, k, exclude_self, block, device) -> Iterator[tuple[
             yield s, d, i
 
 
-def _search_blocks(query, ref, k, exclude_self, device, block) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+def search_blocks(query, ref, k, exclude_self, device, block) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield ``(start_row, distances, ids)`` for consecutive query blocks (k already clamped)."""
     if len(query) == 0 or k == 0:
         for s in range(0, len(query), max(1, block)):
@@ -297,8 +297,8 @@ def _search_blocks(query, ref, k, exclude_self, device, block) -> Iterator[tuple
         yield from _blocks_torch(query, ref, k, exclude_self, block, device)
 
 
-def _check(query, ref, exclude_self):
-    query, ref = _as_f32(query, "query"), _as_f32(ref, "ref")
+def check_inputs(query, ref, exclude_self):
+    query, ref = as_f32(query, "query"), as_f32(ref, "ref")
     if query.shape[1] != ref.shape[1]:
         raise ValueError(f"query has {query.shape[1]} features but ref has {ref.shape[1]}")
     if exclude_self and len(query) != len(ref):
@@ -315,10 +315,10 @@ def search(query: np.ndarray, ref: np.ndarray, k: int, *, exclude_self: bool = F
     is left out of its list. ``k`` is clamped to the neighbours available. ``device`` ``"cpu"`` uses
     faiss; anything else (``"cuda"``, ``"cuda:1"``) a blocked torch search on that device.
     """
-    query, ref = _check(query, ref, exclude_self)
-    k = _clamp_k(k, len(ref), exclude_self)
+    query, ref = check_inputs(query, ref, exclude_self)
+    k = clamp_k(k, len(ref), exclude_self)
     dist = np.empty((len(query), k), np.float32)
     ids = np.empty((len(query), k), np.int64)
-    for s, d, i in _search_blocks(query, ref, k, exclude_self, device, block):
+    for s, d, i in search_blocks(query, ref, k, exclude_self, device, block):
         dist[s:s + len(d)], ids[s:s + len(i)] = d, i
     return dist, ids

@@ -14,7 +14,10 @@ from typing import Sequence
 import numpy as np
 
 from dmlbench.evaluation import exact_search
-from dmlbench.evaluation.exact_search import _as_f32, _check, _clamp_k, _search_blocks, search  # noqa: F401 - search is public here too
+from dmlbench.evaluation.exact_search import as_f32, check_inputs, clamp_k, search, search_blocks
+
+__all__ = ["knn_classify", "retrieval_metrics", "search"]  # search: the exact search, public here too
+
 
 def _encode(*label_sets: np.ndarray) -> list[np.ndarray]:
     """Integer codes for labels that share one vocabulary."""
@@ -48,32 +51,32 @@ def retrieval_metrics(query_emb: np.ndarray, query_y: np.ndarray, gallery_emb: n
     ks = sorted({int(k) for k in ks})
     if any(k < 1 for k in ks):
         raise ValueError(f"every K must be >= 1, got {ks}")
-    query_emb = _as_f32(query_emb, "query_emb")
+    query_emb = as_f32(query_emb, "query_emb")
     if len(query_emb) != len(np.asarray(query_y).reshape(-1)):
         raise ValueError("query_emb and query_y differ in length")
     if loo:
         ref, (qy,) = query_emb, _encode(query_y)
         ry = qy
     else:
-        ref = _as_f32(gallery_emb, "gallery_emb")
+        ref = as_f32(gallery_emb, "gallery_emb")
         if len(ref) != len(np.asarray(gallery_y).reshape(-1)):
             raise ValueError("gallery_emb and gallery_y differ in length")
         qy, ry = _encode(query_y, gallery_y)
-    query_emb, ref = _check(query_emb, ref, loo)
+    query_emb, ref = check_inputs(query_emb, ref, loo)
 
     n = len(query_emb)
     counts = np.bincount(ry, minlength=int(max(qy.max(initial=-1), ry.max(initial=-1))) + 1)
     r = counts[qy] - int(loo) if n else np.zeros(0, np.int64)
     valid = r > 0
-    k = _clamp_k(max([int(r.max(initial=0)), *ks]), len(ref), loo)
+    k = clamp_k(max([int(r.max(initial=0)), *ks]), len(ref), loo)
 
     report_ks = sorted({1, *ks})
     per = {f"recall@{K}": np.full(n, np.nan) for K in report_ks}
     per["map@r"] = np.full(n, np.nan)
     per["r_precision"] = np.full(n, np.nan)
     # ~48 bytes of working arrays per (query, neighbour) below: keep a block near the result budget.
-    rows = max(1, min(4096, exact_search._RESULT_BUDGET // (48 * max(k, 1))))
-    for s, _, ids in _search_blocks(query_emb, ref, k, loo, device, rows):
+    rows = max(1, min(4096, exact_search.RESULT_BUDGET // (48 * max(k, 1))))
+    for s, _, ids in search_blocks(query_emb, ref, k, loo, device, rows):
         e = s + len(ids)
         match = ry[ids] == qy[s:e, None]                      # (b, k) bool
         rb = r[s:e]
@@ -126,15 +129,15 @@ def knn_classify(train_emb: np.ndarray, train_y: np.ndarray, test_emb: np.ndarra
     (ties go to the class with the nearer neighbour). Returns accuracy and per-test-row correctness."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    test_emb, train_emb = _check(test_emb, train_emb, False)
+    test_emb, train_emb = check_inputs(test_emb, train_emb, False)
     if len(train_emb) == 0:
         raise ValueError("knn_classify needs at least one training row")
     ty, sy = _encode(train_y, test_y)
     if len(ty) != len(train_emb) or len(sy) != len(test_emb):
         raise ValueError("embeddings and labels differ in length")
-    k = _clamp_k(k, len(train_emb), False)
+    k = clamp_k(k, len(train_emb), False)
     correct = np.zeros(len(test_emb), bool)
-    for s, _, ids in _search_blocks(test_emb, train_emb, k, False, device, 4096):
+    for s, _, ids in search_blocks(test_emb, train_emb, k, False, device, 4096):
         correct[s:s + len(ids)] = _vote(ty[ids]) == sy[s:s + len(ids)]
     acc = float(correct.mean()) if len(correct) else float("nan")
     return acc, correct

@@ -1,28 +1,18 @@
-"""Executors: where a suite's runs are made. They sit beside the runner and call
-:func:`dmlbench.running.runner.run_one` for each planned run; the run folder's lock makes any two of them
-(two terminals, two machines on shared storage) safe to point at one results folder.
+"""Executors: where a suite's runs and a tune's workers are made, behind one contract
+(:mod:`.base`: the :class:`~.base.Executor` protocol and the registry).
 
 - ``local`` (:mod:`.local`): in this process, or a pool of ``workers`` processes on this machine,
   the thread budget split between them.
 - ``ray`` (:mod:`.ray`): a Ray cluster (``pip install 'dmlbench[ray]'``); a task that dies on a
   lost node is retried, and resumes from its checkpoint.
+
+A new executor is one module with a class registered by :func:`~.base.register_executor`
+(imported below, or through the ``dmlbench.executors`` entry-point group); see docs/add-executor.md.
 """
 
 from __future__ import annotations
 
-from dmlbench.core.errors import DMLBenchError
+from dmlbench.executors import local, ray  # noqa: F401  (registers the built-in executors)
+from dmlbench.executors.base import EXECUTORS, Executor, executor_options, get_executor, option_keys, register_executor
 
-EXECUTORS = ("local", "ray")
-
-
-def get_executor(name: str, *, workers: int = 1, threads: int | None = None, address: str = "",
-                 gpus_per_run: float = 0.0):
-    if name == "local":
-        from dmlbench.executors.local import LocalExecutor
-
-        return LocalExecutor(workers=workers, threads=threads)
-    if name == "ray":
-        from dmlbench.executors.ray import RayExecutor
-
-        return RayExecutor(workers=workers, threads=threads, address=address, gpus_per_run=gpus_per_run)
-    raise DMLBenchError(f"executor {name!r} is not one of: {', '.join(EXECUTORS)}")
+__all__ = ["EXECUTORS", "Executor", "executor_options", "get_executor", "option_keys", "register_executor"]

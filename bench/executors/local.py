@@ -1,4 +1,4 @@
-"""The local executor: runs in this process (``workers=1``) or in a pool of worker processes.
+"""The local executor: jobs run in this process (``workers=1``) or in a pool of worker processes.
 
 Each worker gets ``threads // workers`` threads for torch, faiss and BLAS (at least one), so the
 pool never oversubscribes the cores; workers load the data once each (memory-mapped photo caches
@@ -17,11 +17,16 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
-from pathlib import Path
+from typing import Any
 
-from dmlbench.core.runtime import default_threads, echo_line, interrupts_ignored
+from tqdm import tqdm
+
+from dmlbench.core import runtime
+from dmlbench.core.runtime import default_threads, echo_line, interrupts_ignored, set_threads
+from dmlbench.executors.base import register_executor
 
 log = logging.getLogger("dmlbench")
 
@@ -47,18 +52,14 @@ def _watch_parent(ppid: int) -> None:
 
 
 def init_worker_process(threads: int, level: int, slots=None, workers: int = 1) -> None:
-    """A pool worker's start (the local executor's and bench tune's): its share of the threads,
+    """A pool worker's start: its share of the threads,
     logging, quiet interrupts, exit with its driver, and (with ``slots``, a shared counter) its own
     progress-bar line under the driver's overall bar, so N workers draw N lines, not one."""
-    from dmlbench.core import runtime
-
     runtime.set_threads(threads)
     runtime.log_to_stderr(level)
     # tqdm's default lock is a multiprocessing one (a named semaphore per process), which a worker
     # stopped by an interrupt never unlinks: the exit would warn of leaked semaphores. A worker's
     # bars need only a thread lock.
-    from tqdm import tqdm
-
     tqdm.set_lock(threading.RLock())
     if slots is not None:
         with slots.get_lock():
@@ -105,70 +106,79 @@ def stop_pool(pool: ProcessPoolExecutor) -> None:
         manager.join(5.0)
 
 
-def _run(planned, suite_dir: Path, reuse_stale: bool):
-    from dmlbench.running.runner import run_one
+def _call(fn: Callable[[Any], Any], job: Any) -> Any:
+    """A job in a pool worker: announced by its label (a worker takes a job only when it is free),
+    run as ``busy`` so an interrupt raises inside it (a tune re-queues its trial; a run leaves its
+    checkpoint), after which the worker exits: the driver is stopping the pool."""
+    label = getattr(job, "label", "")
+    if label:
+        echo_line(f"  started {label} (worker {os.getpid()})")
+    try:
+        with busy():
+            return fn(job)
+    except KeyboardInterrupt:
+        os._exit(130)
 
-    cfg = planned.config
-    # One line per run as a worker takes it up (a worker is handed a run only when it is free);
-    # the driver prints one as each finishes.
-    echo_line(f"  started {cfg.method} seed {cfg.seed} (worker {os.getpid()}, {cfg.device})")
-    # An interrupt ends this worker at once (_on_interrupt): its checkpoint and lock need nothing more.
-    return run_one(cfg, suite_dir, variant=planned.variant, reuse_stale=reuse_stale)
 
-
+@register_executor("local")
 class LocalExecutor:
-    def __init__(self, workers: int = 1, threads: int | None = None):
+    """This machine: jobs in this process with one worker, else in a pool of worker processes that
+    share the thread budget (--workers N, --devices).
+
+    Workers are spawned, never forked, and each gets ``threads // workers`` threads."""
+
+    def __init__(self, workers: int = 1, threads: int | None = None, options: Any = None):
         self.workers = max(1, workers)
         self.total = threads or default_threads()
         self.threads = max(1, self.total // self.workers)
 
-    def connect(self) -> None:
+    def start(self) -> None:
         """Nothing to reach on this machine (the Ray executor joins its cluster here)."""
 
-    def _fit(self, runs: int) -> None:
-        """No more workers than runs, and the thread budget split between those that start."""
-        self.workers = max(1, min(self.workers, runs))
+    def shutdown(self) -> None:
+        """Nothing to release: a pool is shut down when its jobs are done or interrupted."""
+
+    def _fit(self, jobs: int) -> None:
+        """No more workers than jobs, and the thread budget split between those that start."""
+        self.workers = max(1, min(self.workers, jobs))
         self.threads = max(1, self.total // self.workers)
         if self.workers > self.total:
             log.warning("--workers %d is more than the %d threads to share (--threads, default: this machine's "
                         "cores): each worker gets 1 thread and they compete for the cores; --workers auto picks a "
                         "number for the device", self.workers, self.total)
 
-    def run(self, planned: list, suite_dir: Path, *, reuse_stale: bool = False, on_result=None, data=None) -> list:
-        from dmlbench.running.runner import run_one
-        from dmlbench.core.runtime import set_threads
-
-        self._fit(len(planned))
+    def map(self, fn: Callable[[Any], Any], jobs: Sequence[Any], *, on_result: Callable[[Any], None] | None = None,
+            progress: str = "") -> list:
+        """Run ``fn`` on every job, here or in the pool, one job per worker at a time, in order."""
+        self._fit(len(jobs))
         if self.workers == 1:
             set_threads(self.threads)
             results = []
-            for p in planned:
-                r = run_one(p.config, suite_dir, variant=p.variant, reuse_stale=reuse_stale, data=data)
-                results.append(r)
+            for job in jobs:
+                results.append(fn(job))
                 if on_result:
-                    on_result(r)
+                    on_result(results[-1])
             return results
         # spawn: a fresh interpreter per worker, never a fork of a process holding torch's threads.
         ctx = mp.get_context("spawn")
-        results: dict[int, object] = {}
+        results: dict[int, Any] = {}
         pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=init_worker_process,
                                    initargs=(self.threads, logging.getLogger("dmlbench").level, ctx.Value("i", 0),
                                              self.workers))
-        from tqdm import tqdm
-
-        # On a terminal only: the overall bar on the first line, each worker's run on its own below.
-        bar = tqdm(total=len(planned), desc="suite", unit="run", disable=None, leave=False, position=0)
-        queue = iter(enumerate(planned))
+        # On a terminal only: the overall bar on the first line, each worker's job on its own below.
+        bar = tqdm(total=len(jobs), desc=progress, unit="run", disable=None if progress else True, leave=False,
+                   position=0)
+        queue = iter(enumerate(jobs))
         running: dict = {}
 
         def hand_out() -> None:
-            for i, p in queue:
-                running[pool.submit(_run, p, suite_dir, reuse_stale)] = i
+            for i, job in queue:
+                running[pool.submit(_call, fn, job)] = i
                 return
 
         try:
-            # One run per worker at a time, in the planned order: nothing waits in the pool's queue
-            # that an interrupt would have to withdraw.
+            # One job per worker at a time, in order: nothing waits in the pool's queue that an
+            # interrupt would have to withdraw.
             for _ in range(self.workers):
                 hand_out()
             while running:
@@ -187,4 +197,4 @@ class LocalExecutor:
         finally:
             bar.close()
         pool.shutdown()
-        return [results[i] for i in range(len(planned))]
+        return [results[i] for i in range(len(jobs))]

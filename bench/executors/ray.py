@@ -1,4 +1,4 @@
-"""The Ray executor: one Ray task per run, on a local or remote Ray cluster.
+"""The Ray executor: one Ray task per job (a run, or a tune's worker), on a local or remote Ray cluster.
 
 Needs the ``ray`` extra (``pip install 'dmlbench[ray]'``). ``RAY_ADDRESS`` (or ``ray start``'s
 cluster) selects the cluster; without one, a local Ray instance with this machine's cores starts.
@@ -16,17 +16,23 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from dmlbench.core.errors import DMLBenchError
-from dmlbench.core.runtime import default_threads, interrupts_ignored
+from dmlbench.core.runtime import default_threads, interrupts_ignored, log_to_stderr, set_threads
+from dmlbench.executors.base import executor_option, register_executor
 
 log = logging.getLogger("dmlbench")
 
-MAX_RETRIES = 3
+MAX_RETRIES = 3  # a task lost with its node (or killed) runs again, resuming from its checkpoint
+CANCEL_GRACE_S = 10.0  # after an interrupt: what a task gets to stop (a tune re-queues its trial) before a kill
 
 
 def import_ray():
+    """The ray module, or a one-line install hint."""
     try:
         import ray
     except ImportError:
@@ -59,8 +65,6 @@ def connect(ray, address: str, num_cpus: int, gpus_per_run: float = 0.0) -> None
 def _check_listening(address: str, timeout: float = 5.0) -> None:
     """A HOST:PORT where nothing listens: Ray would retry its connection for minutes before it
     fails, so the port is tried first (a closed port answers at once, a dead host in ``timeout``)."""
-    import socket
-
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or "://" in address:
         return  # auto, ray://..., or a form Ray itself reports on
@@ -76,33 +80,72 @@ def _check_listening(address: str, timeout: float = 5.0) -> None:
                             f"{port}`, or give --ray-address auto or the address `ray start` printed") from None
 
 
-def _task(planned, suite_dir: str, reuse_stale: bool, threads: int):
-    from dmlbench.running.runner import run_one
-    from dmlbench.core.runtime import set_threads
-
+def _task(fn: Callable[[Any], Any], job: Any, threads: int, level: int) -> Any:
+    """A job in a Ray task: its share of the threads and the driver's log level, then ``fn(job)``."""
     set_threads(threads)
-    return run_one(planned.config, Path(suite_dir), variant=planned.variant, reuse_stale=reuse_stale)
+    log_to_stderr(level)
+    return fn(job)
 
 
+@register_executor("ray")
 class RayExecutor:
-    def __init__(self, workers: int = 1, threads: int | None = None, address: str = "", gpus_per_run: float = 0.0):
+    """A Ray cluster: one task per job, retried on a lost node (--ray-address, --gpus-per-run;
+    pip install 'dmlbench[ray]').
+
+    Tasks take ``threads // workers`` CPUs and ``gpus_per_run`` GPUs each, on the cluster at
+    ``address`` (or ``$RAY_ADDRESS``), else on a local Ray instance."""
+
+    remote = True
+
+    @dataclass
+    class Options:
+        """The Ray executor's options (flags --ray-address, --gpus-per-run)."""
+
+        address: str = executor_option("", "Ray cluster: auto or HOST:PORT. [default: $RAY_ADDRESS, else a local "
+                                           "Ray instance]", key="ray_address")
+        gpus_per_run: float = executor_option(0.0, "GPU fraction per Ray task (0.25 packs four runs on a GPU). "
+                                                   "[default: 0]", key="gpus_per_run",
+                                              hint="on one machine give --workers (--workers auto packs 4 runs per GPU)")
+
+        def validate(self) -> None:
+            """A GPU fraction between 0 and 64."""
+            if not 0 <= self.gpus_per_run <= 64:
+                raise DMLBenchError(f"gpus_per_run={self.gpus_per_run:g} must be between 0 and 64 (0.25 packs four "
+                                    "runs on a GPU)")
+
+    def __init__(self, workers: int = 1, threads: int | None = None, options: Any = None):
+        options = options or self.Options()
         self.ray = import_ray()
         self.workers = max(1, workers)
         self.threads = max(1, (threads or default_threads()) // self.workers)
-        self.address = address or os.environ.get("RAY_ADDRESS", "")
-        self.gpus_per_run = gpus_per_run
+        self.address = options.address or os.environ.get("RAY_ADDRESS", "")
+        self.gpus_per_run = options.gpus_per_run
+        self._started_ray = False
 
-    def connect(self) -> None:
+    def start(self) -> None:
+        """Join the cluster (or start a local instance); a bad address or a GPU-less cluster is refused."""
+        started = not self.ray.is_initialized()
         connect(self.ray, self.address, self.workers * self.threads, self.gpus_per_run)
+        self._started_ray = self._started_ray or started
 
-    def run(self, planned: list, suite_dir: Path, *, reuse_stale: bool = False, on_result=None, data=None) -> list:
+    def shutdown(self) -> None:
+        """Stop the Ray instance this executor started (with Ctrl-C ignored: inside Ray's shutdown a
+        second Ctrl-C would crash it); a cluster the caller had joined is left as it was."""
+        if self._started_ray and self.ray.is_initialized():
+            with interrupts_ignored():
+                self.ray.shutdown()
+            self._started_ray = False
+
+    def map(self, fn: Callable[[Any], Any], jobs: Sequence[Any], *, on_result: Callable[[Any], None] | None = None,
+            progress: str = "") -> list:
+        """One task per job; on an interrupt each task first gets a KeyboardInterrupt, then is killed."""
         ray = self.ray
-        self.connect()
+        self.start()
         remote = ray.remote(num_cpus=self.threads, num_gpus=self.gpus_per_run, max_retries=MAX_RETRIES,
                             retry_exceptions=False)(_task)
-        suite_dir = str(Path(suite_dir).resolve())
-        refs = {remote.remote(p, suite_dir, reuse_stale, self.threads): i for i, p in enumerate(planned)}
-        results: dict[int, object] = {}
+        level = logging.getLogger("dmlbench").level
+        refs = {remote.remote(fn, job, self.threads, level): i for i, job in enumerate(jobs)}
+        results: dict[int, Any] = {}
         pending = list(refs)
         try:
             while pending:
@@ -113,7 +156,11 @@ class RayExecutor:
                     on_result(r)
         except BaseException as e:
             with interrupts_ignored(e):
+                for ref in pending:  # an interrupt in each task first: a tune's trial re-queues itself
+                    ray.cancel(ref)
+                if pending:
+                    ray.wait(pending, num_returns=len(pending), timeout=CANCEL_GRACE_S)
                 for ref in pending:
                     ray.cancel(ref, force=True)
             raise
-        return [results[i] for i in range(len(planned))]
+        return [results[i] for i in range(len(jobs))]

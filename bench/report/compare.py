@@ -26,9 +26,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dmlbench.running import layout
 from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.io import read_npz
 from dmlbench.evaluation.metrics import METRICS, higher_is_better
+from dmlbench.report.plots.cd import cd_diagram
+from dmlbench.report.results import collect, label_runs
+from dmlbench.report.stats import friedman_nemenyi, holm, paired_bootstrap, paired_t
+from dmlbench.report.table import failures
+from dmlbench.running import layout
 
 PER_QUERY_KEY = {**{f"recall@{k}": f"retrieval_recall@{k}" for k in (1, 2, 4, 8)}, "map@r": "retrieval_map@r",
                  "r_precision": "retrieval_r_precision", "triplet_acc": "triplet_correct", "knn_acc": "knn_correct",
@@ -36,8 +41,6 @@ PER_QUERY_KEY = {**{f"recall@{k}": f"retrieval_recall@{k}" for k in (1, 2, 4, 8)
 
 
 def _per_query(run_dir: str, metric: str) -> np.ndarray | None:
-    from dmlbench.core.io import read_npz
-
     key = PER_QUERY_KEY.get(metric)
     path = Path(run_dir) / layout.PER_QUERY
     if key is None or not path.is_file():
@@ -48,12 +51,16 @@ def _per_query(run_dir: str, metric: str) -> np.ndarray | None:
 
 def compare(results_dir: Path, metric: str = "map@r", alpha: float = 0.05, n_boot: int = 10_000) -> dict:
     """Ranks, pairwise tests and (over several datasets) the Friedman/Nemenyi result."""
-    from dmlbench.report.results import label_runs, collect
-    from dmlbench.report.stats import friedman_nemenyi, holm, paired_bootstrap, paired_t
-    from dmlbench.report.table import failures
-
     if metric not in METRICS.names():
         raise DMLBenchError(f"unknown metric {metric!r}; known: {', '.join(METRICS.names())}")
+    if not 0 < alpha < 1:
+        raise DMLBenchError(f"--alpha {alpha} must lie between 0 and 1 (e.g. 0.05)")
+    if not METRICS.get(metric).comparable:
+        raise DMLBenchError(f"{metric} depends on a setting (not on the method alone) and is never ranked; "
+                            "compare on another metric, e.g. --metric map@r")
+    if Path(results_dir).is_file():
+        raise DMLBenchError(f"{results_dir} is a file, not a results folder; give the folder bench run wrote "
+                            "(e.g. results/digits)")
     if not Path(results_dir).is_dir():
         raise DMLBenchError(f"results folder {results_dir} does not exist; run `bench run` first or give its path")
     all_runs = collect(results_dir)
@@ -173,3 +180,19 @@ def format_compare(result: dict) -> str:
     if result.get("friedman_left_out") and len(result["ranking"]["dataset"].unique()) >= 2:
         lines += [f"left out of the Friedman test (not run on every dataset): {', '.join(result['friedman_left_out'])}"]
     return "\n".join(lines) + "\n"
+
+
+def compare_report(results_dir: Path, metric: str = "map@r", alpha: float = 0.05, cd_plot: Path | None = None) -> str:
+    """``bench compare``: the comparison as text, and the critical-difference diagram written to
+    ``cd_plot`` where asked (several datasets); every refusal comes before anything is computed."""
+    if cd_plot is not None and (Path(cd_plot).is_dir() or not Path(cd_plot).parent.is_dir()):
+        raise DMLBenchError(f"--cd-plot {cd_plot}: give a PNG file path in an existing folder"
+                            + (" (that is a folder)" if Path(cd_plot).is_dir() else ""))
+    result = compare(results_dir, metric, alpha)
+    if cd_plot is not None and result["friedman"] is None:  # refused before anything is printed
+        raise DMLBenchError("a critical-difference diagram needs at least 2 datasets and 3 methods that every "
+                            "dataset has; leave out --cd-plot")
+    text = format_compare(result)
+    if cd_plot is not None:
+        cd_diagram(result["friedman"], cd_plot, title=f"{metric}: average ranks")
+    return text

@@ -5,14 +5,17 @@ The table (:mod:`dmlbench.report.table`), the plots and ``bench compare`` all re
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from pathlib import Path
 
 import pandas as pd
 
-from dmlbench.running import layout
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.io import CorruptFileError, read_json
+from dmlbench.methods import method_names
+from dmlbench.running import layout
 
 log = logging.getLogger("dmlbench")
 
@@ -44,9 +47,7 @@ def collect(results_dir: Path, recursive: bool = True) -> pd.DataFrame:
                "torch": (prov.get("versions") or {}).get("torch")}
         try:
             if layout.is_complete(run):
-                from dmlbench.running.runner import check_outputs  # torch-free: reads files only
-
-                row.update(status="done", **check_outputs(run))
+                row.update(status="done", **layout.check_outputs(run))
             elif (run / layout.FAILED).exists():
                 row.update(status="failed", reason=read_json(run / layout.FAILED).get("reason", "?"))
             else:
@@ -71,8 +72,6 @@ def _fmt(v) -> str:
 def _distinguish(rows: pd.DataFrame) -> dict[str, str]:
     """{group_id: suffix} for groups that share a label: the options in which they differ
     (``lr_schedule=cosine``), else the group id where more than 3 options differ."""
-    import json
-
     first = rows.drop_duplicates("group_id").set_index("group_id")["options"]
     opts = {g: (o if isinstance(o, dict) else {}) for g, o in first.items()}
     keys = sorted({k for o in opts.values() for k in o})
@@ -106,8 +105,6 @@ def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
 def load_runs(results_dir: Path) -> pd.DataFrame:
     """Complete runs with their config, the table's label per configuration and their suite folder,
     in the table's row order."""
-    from dmlbench.report.table import label_order
-
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise DMLBenchError(f"results folder {results_dir} does not exist; run `bench run` first or give its path")
@@ -116,3 +113,22 @@ def load_runs(results_dir: Path) -> pd.DataFrame:
     done["config"] = [read_json(Path(r) / layout.CONFIG) for r in done["run_dir"]]
     done["_order"] = done["label"].map(label_order(done["label"], done["method"]))
     return done.sort_values(["_order", "seed"], kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+def _natural(text: str) -> tuple:
+    parts = re.split(r"(\d+(?:\.\d+)?)", text)
+    return tuple((0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts) if p)
+
+
+def label_order(labels, methods) -> dict[str, int]:
+    """Rank of each row label: methods in registry order (plugins after), a method's default
+    configuration before its variants, variants by their options with numbers compared as numbers,
+    and the raw floor last."""
+    registry = {m: i for i, m in enumerate(method_names())}
+
+    def key(pair):
+        label, method = pair
+        return (method == "raw", registry.get(method, len(registry)), method, _natural(label[len(method):]))
+
+    pairs = sorted(dict.fromkeys(zip(labels, methods)), key=key)
+    return {label: i for i, (label, _) in enumerate(pairs)}

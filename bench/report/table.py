@@ -8,16 +8,20 @@ registered ``comparable=False`` is never bold. No torch, no faiss.
 
 from __future__ import annotations
 
-import re
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from dmlbench.running import layout
 from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.io import write_text
 from dmlbench.evaluation.metrics import METRICS, default_metrics, higher_is_better
-from dmlbench.report.results import collect, label_runs  # noqa: F401 - re-exported: table readers' entry points
+from dmlbench.report.results import collect, label_order, label_runs
+from dmlbench.report.stats import best_set, t_interval
+from dmlbench.running import layout
+
+log = logging.getLogger("dmlbench")
 FORMATS = ("markdown", "csv", "latex")
 # What follows a mean in a cell (``bench table --spread``): the default is the 95% t-interval's
 # half-width, the statistic the bold's tests and `bench compare` use.
@@ -33,8 +37,6 @@ def aggregate(runs: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFr
     """Per (dataset, method config): mean, std, 95% t-interval half-width (``_ci``) over seeds, the
     seed count ``n``, and ``_best``: whether the row is not significantly worse than the best row
     (paired t-tests over seeds against the best, Holm-corrected; :func:`dmlbench.report.stats.best_set`)."""
-    from dmlbench.report.stats import best_set, t_interval
-
     done = label_runs(runs)
     metrics = [m for m in (metrics or default_metrics()) if m in done.columns]
     rows = []
@@ -66,27 +68,6 @@ def aggregate(runs: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFr
     order = label_order(out["label"], out["method"])
     out["_order"] = out["label"].map(order)
     return out.sort_values(["dataset", "_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
-
-
-def _natural(text: str) -> tuple:
-    parts = re.split(r"(\d+(?:\.\d+)?)", text)
-    return tuple((0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts) if p)
-
-
-def label_order(labels, methods) -> dict[str, int]:
-    """Rank of each row label: methods in registry order (plugins after), a method's default
-    configuration before its variants, variants by their options with numbers compared as numbers,
-    and the raw floor last."""
-    from dmlbench.methods import method_names
-
-    registry = {m: i for i, m in enumerate(method_names())}
-
-    def key(pair):
-        label, method = pair
-        return (method == "raw", registry.get(method, len(registry)), method, _natural(label[len(method):]))
-
-    pairs = sorted(dict.fromkeys(zip(labels, methods)), key=key)
-    return {label: i for i, (label, _) in enumerate(pairs)}
 
 
 def _cell(v: float, sd: float, half: float, spread: str) -> str:
@@ -187,8 +168,6 @@ def failures(runs: pd.DataFrame) -> list[str]:
 
 def write_tables(results_dir: Path, metrics: list[str] | None = None) -> str:
     """Aggregate a dataset's results folder, write table.md and table.csv there, return the markdown."""
-    from dmlbench.core.io import write_text
-
     runs = collect(results_dir, recursive=False)
     agg = aggregate(runs, metrics)
     md = format_table(agg, "markdown", metrics)
@@ -202,3 +181,34 @@ def write_tables(results_dir: Path, metrics: list[str] | None = None) -> str:
     write_text(Path(results_dir) / layout.TABLE_MD, md)
     write_text(Path(results_dir) / layout.TABLE_CSV, format_table(agg, "csv", metrics))
     return md
+
+
+def table_text(results_dir: Path, fmt: str = "markdown", metrics: str | None = None, spread: str = "ci") -> str:
+    """``bench table``: every run under ``results_dir`` as one table in ``fmt``; ``metrics``:
+    comma-separated names or ``all``; runs that failed or cannot be read are listed under a
+    markdown table, or named in a warning."""
+    results_dir = Path(results_dir)
+    if results_dir.exists() and not results_dir.is_dir():
+        raise DMLBenchError(f"{results_dir} is a file, not a results folder; give the folder bench run wrote "
+                            "(e.g. results/digits)")
+    if not results_dir.is_dir():
+        raise DMLBenchError(f"results folder {results_dir} does not exist; run `bench run` first or give its path")
+    names = None
+    if metrics:
+        known = METRICS.names()
+        names = known if metrics == "all" else [m.strip() for m in metrics.split(",")]
+        bad = [m for m in names if m not in known]
+        if bad:
+            raise DMLBenchError(f"unknown metric(s) {', '.join(bad)}; known: {', '.join(known)}")
+    if spread not in SPREADS:
+        raise DMLBenchError(f"--spread {spread!r} is not one of: {', '.join(SPREADS)}")
+    runs = collect(results_dir)
+    text = format_table(aggregate(runs, names), fmt, names, spread=spread)
+    if fmt == "markdown":
+        text += "\n" + legend(spread) + "\n"
+    fails = failures(runs)
+    if fails and fmt == "markdown":
+        text += "\nRuns left out (failed or unreadable):\n" + "".join(f"- {f}\n" for f in fails)
+    elif fails:
+        log.warning("%d run(s) failed or unreadable, left out of the table: %s", len(fails), "; ".join(fails))
+    return text

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from dmlbench.core.errors import DMLBenchError
+from dmlbench.data.base import DATASETS, DatasetRef
+from dmlbench.evaluation.config import EvalConfig
+from dmlbench.training.config import TrainConfig
 
 # Fields that do not change the numbers a run produces: left out of the run id, so a run can be
 # resumed with another data folder or thread count. The device is not one of them: it is checked
@@ -77,14 +80,11 @@ class RunConfig:
     # ----------------------------------------------------------------------------- resolution
 
     def dataset_name(self) -> str:
-        from dmlbench.data import DatasetRef
-
+        """The registered dataset behind ``dataset`` (``folder`` for ``folder:PATH``)."""
         return DatasetRef.parse(self.dataset).name
 
     def resolved(self) -> RunConfig:
         """Dataset defaults filled in for encoder, embedding size, augmentation and epochs."""
-        from dmlbench.data import DATASETS
-
         d = DATASETS.get(self.dataset_name()).defaults
         epochs = self.epochs if (self.epochs is not None or self.steps is not None) else d["epochs"]
         return dataclasses.replace(
@@ -96,6 +96,7 @@ class RunConfig:
         )
 
     def steps_per_epoch(self) -> int:
+        """Steps between checkpoints (``epoch_size`` must be known: see :meth:`with_budget`)."""
         return max(1, int(self.epoch_size) // self.batch_size)
 
     def with_budget(self, n_train: int) -> RunConfig:
@@ -146,12 +147,25 @@ class RunConfig:
                 (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             bad("device", "is not supported; use cpu, cuda or cuda:N")
 
+    def train_config(self) -> TrainConfig:
+        """What the trainer reads of this (budgeted) config."""
+        return TrainConfig(steps=self.steps or 0, batch_size=self.batch_size, epoch_size=self.epoch_size, lr=self.lr,
+                           trunk_lr=self.trunk_lr, optimizer=self.optimizer, momentum=self.momentum,
+                           weight_decay=self.weight_decay, lr_schedule=self.lr_schedule,
+                           augment=self.augment or "none", seed=self.seed, identity=self.run_id())
+
+    def eval_config(self) -> EvalConfig:
+        """What the evaluation reads of this config."""
+        return EvalConfig(margin=self.eval_margin, knn_k=self.knn_k, seed=self.seed, augment=self.augment or "none")
+
     # ----------------------------------------------------------------------------- identity
 
     def to_dict(self) -> dict:
+        """Every field, as plain JSON-ready values."""
         return dataclasses.asdict(self)
 
     def run_id(self) -> str:
+        """A stable id of everything that changes the numbers (NOT_IN_ID left out): the run's folder name."""
         d = {k: v for k, v in self.to_dict().items() if k not in NOT_IN_ID}
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -174,6 +188,7 @@ TRAINING_FIELDS = ("steps", "epochs", "batch_size", "epoch_size", "lr", "trunk_l
 
 
 def untrained(cfg: RunConfig) -> RunConfig:
+    """The config of a method that trains nothing: training settings held at their defaults."""
     defaults = RunConfig()
     held = {f: getattr(defaults, f) for f in TRAINING_FIELDS}
     held.update(steps=0, epochs=None, encoder="none", embedding_dim=None, augment="none", epoch_size=None)

@@ -17,8 +17,12 @@
 from __future__ import annotations
 
 import re
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from dmlbench.core.io import CorruptFileError, read_metrics, read_npz
+from dmlbench.data.base import DatasetRef
 
 CONFIG, METRICS, FAILED, HISTORY = "config.json", "metrics.json", "failed.json", "history.csv"
 CHECKPOINT, EMBEDDINGS, PER_QUERY = "checkpoint.pt", "embeddings.npz", "per_query.npz"
@@ -35,8 +39,6 @@ def slug(text: str) -> str:
 
 def suite_dir(out: Path | str, dataset: str, suite: str = "") -> Path:
     """Where a suite's runs and tables live: ``<out>/<dataset>[/<suite>]``."""
-    from dmlbench.data.base import DatasetRef
-
     d = Path(out) / DatasetRef.parse(dataset).slug()
     return d / slug(suite) if suite else d
 
@@ -58,3 +60,19 @@ def run_dirs(root: Path | str, recursive: bool = True) -> Iterator[Path]:
 
 def is_complete(run: Path) -> bool:
     return (run / METRICS).is_file()
+
+
+def check_outputs(run: Path) -> dict:
+    """A complete run's metrics, after checking its array files can be read back (a corrupt one
+    makes the run unfinished: it is re-run). Raises CorruptFileError naming the file."""
+    metrics = read_metrics(run / METRICS)
+    if (run / PER_QUERY).exists():
+        read_npz(run / PER_QUERY)
+    emb = run / EMBEDDINGS
+    if emb.exists():  # up to hundreds of MB: only its zip directory is read here
+        try:
+            with zipfile.ZipFile(emb) as z:
+                z.namelist()
+        except (zipfile.BadZipFile, OSError) as e:
+            raise CorruptFileError(emb, f"not a .npz (zip) file ({type(e).__name__})") from None
+    return metrics

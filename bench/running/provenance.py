@@ -18,15 +18,15 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+import dmlbench
+import dmlbench.data
+import dmlbench.methods
+
 # The libraries whose versions can change a result's numbers.
 NUMERIC_LIBS = ("torch", "numpy", "pytorch-metric-learning", "faiss-cpu", "scikit-learn", "timm")
 
 
 def package_dirs() -> list[Path]:
-    import dmlbench
-    import dmlbench.data
-    import dmlbench.methods
-
     return sorted({Path(m.__file__).parent for m in (dmlbench, dmlbench.data, dmlbench.methods)})
 
 
@@ -71,7 +71,6 @@ def _version(dist: str) -> str | None:
 def library_versions() -> dict:
     out = {name: _version(name) for name in NUMERIC_LIBS}
     out = {k: v for k, v in out.items() if v is not None}
-    import dmlbench
 
     out["dmlbench"] = dmlbench.__version__
     out["python"] = platform.python_version()

@@ -14,28 +14,32 @@ is recorded in ``failed.json`` and the suite goes on.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from dmlbench.running import layout
-from dmlbench.running.config import RunConfig
 from dmlbench.core.errors import DMLBenchError
-from dmlbench.core.io import (CorruptFileError, read_json, read_metrics, read_npy, read_npz, write_json, write_npy,
-                         write_npz, write_text)
+from dmlbench.core.io import CorruptFileError, read_json, write_json, write_npz, write_text
 from dmlbench.core.locks import Lock
+from dmlbench.core.runtime import resolve_device, seed_everything, set_determinism
+from dmlbench.methods import EncoderChoice, GenerativeMethod, get_method
+from dmlbench.running import layout
+from dmlbench.running.config import RunConfig, untrained
+from dmlbench.running.provenance import differences, provenance
+from dmlbench.running.rundata import input_shape, load_data, test_triplets
 
 log = logging.getLogger("dmlbench")
 
 
 @dataclass
 class RunResult:
+    """How one run ended: ``done``, ``skipped`` (already complete) or ``failed`` (with the reason)."""
+
     config: RunConfig
     run_dir: Path
     status: str  # done | skipped (already complete) | failed
@@ -43,92 +47,36 @@ class RunResult:
     reason: str = ""
 
 
-# ----------------------------------------------------------------------------- data for a run
+@dataclass
+class Planned:
+    """One run of a suite: its config and the label of its method variant (what differs from defaults)."""
+
+    config: RunConfig
+    variant: str = ""
 
 
-def data_key(cfg: RunConfig) -> tuple:
-    """What identifies the data a run sees (its loaded Data is shared by runs with the same key)."""
-    return (cfg.dataset, cfg.data_dir, cfg.split, cfg.data_seed, json.dumps(cfg.data_options, sort_keys=True),
-            cfg.normalize)
+@dataclass
+class RunJob:
+    """One run as an executor's job: what to run, and the suite folder it goes into."""
+
+    config: RunConfig
+    suite_dir: Path
+    variant: str = ""
+    reuse_stale: bool = False
+
+    @property
+    def label(self) -> str:
+        """How a worker announces the job as it starts."""
+        return f"{self.config.method} seed {self.config.seed} on {self.config.device}"
 
 
-@functools.lru_cache(maxsize=2)
-def _load(key: tuple):
-    from dmlbench.data import load_dataset
-
-    dataset, data_dir, split, seed, options, normalize = key
-    return load_dataset(dataset, data_dir=data_dir or None, split=split, seed=seed, options=json.loads(options),
-                        normalize=normalize)
-
-
-def load_data(cfg: RunConfig):
-    """The run's Data, loaded once per process for every run that shares it."""
-    return _load(data_key(cfg))
-
-
-def input_shape(cfg: RunConfig, data_shape: tuple[int, int, int]) -> tuple[int, int, int]:
-    """The shape the encoder sees: ``image_size``, else a timm trunk's input size, else the data's."""
-    from dmlbench.training.encoders import is_timm
-
-    c = data_shape[0]
-    if cfg.image_size:
-        return (c, cfg.image_size, cfg.image_size)
-    if cfg.encoder and is_timm(cfg.encoder):
-        from dmlbench.training.trunks import default_input_size
-
-        return (c, *default_input_size(cfg.encoder))
-    return tuple(data_shape)
-
-
-def triplets_path(suite: Path, cfg: RunConfig, n_test: int) -> Path:
-    key = f"{cfg.split}-d{cfg.data_seed}-n{cfg.test_triplets}-s{cfg.triplet_seed}-t{n_test}"
-    if ":" in cfg.dataset or cfg.data_options:
-        # User data: two files can share a name and a test size, so the key names the source.
-        src = json.dumps([cfg.dataset, cfg.data_options], sort_keys=True)
-        key += "-" + hashlib.sha1(src.encode()).hexdigest()[:8]
-    return Path(suite) / f"test_triplets-{key}.npy"
-
-
-def stored_test_triplets(data, cfg: RunConfig, suite: Path) -> np.ndarray | None:
-    """The suite's stored test triplets for this dataset and split, checked against it; None when
-    none are stored yet. Imports no torch (a driver checks them before handing out runs)."""
-    y = data.test.y
-    path = triplets_path(suite, cfg, len(y))
-    if not path.exists():
-        return None
-    t = read_npy(path, fix="delete it to draw new triplets")
-    ok = t.ndim == 2 and t.shape == (cfg.test_triplets, 3) and 0 <= t.min() and t.max() < len(y)
-    if ok:
-        yt = y[t]
-        ok = bool(np.all(yt[:, 0] == yt[:, 1]) and np.all(yt[:, 0] != yt[:, 2]))
-    if not ok:
-        raise CorruptFileError(path, "does not match this dataset's test split; delete it to draw new triplets")
-    return t
-
-
-def test_triplets(data, cfg: RunConfig, suite: Path) -> np.ndarray:
-    """The fixed test triplets of this dataset and split, stored in the suite so every run and every
-    re-run scores the same triplets. The first run to need them draws them (seeded; runs that race
-    write the same bytes, atomically)."""
-    t = stored_test_triplets(data, cfg, suite)
-    if t is not None:
-        return t
-    import torch
-
-    from dmlbench.training.sampling import ClassIndex, random_triplets
-
-    gen = torch.Generator().manual_seed(cfg.triplet_seed)
-    y = torch.from_numpy(data.test.y)
-    part = "validation" if data.split == "validation" else "test"  # a tune's fold scores on validation
-    t = random_triplets(y, cfg.test_triplets, gen, ClassIndex(y, part)).numpy()
-    write_npy(triplets_path(suite, cfg, len(data.test.y)), t)
-    return t
+def run_job(job: RunJob) -> RunResult:
+    """An executor's entry point for ``bench run``: :func:`run_one` of the job."""
+    return run_one(job.config, job.suite_dir, variant=job.variant, reuse_stale=job.reuse_stale)
 
 
 def build_method(cfg: RunConfig, data):
-    from dmlbench.methods import EncoderChoice, get_method
-    from dmlbench.core.runtime import seed_everything
-
+    """The run's method, its networks built for the data's input shape, seeded by the run's seed."""
     cls = get_method(cfg.method)
     params = cls.Params(**cfg.method_params)
     params.validate()
@@ -141,28 +89,8 @@ def build_method(cfg: RunConfig, data):
 # ----------------------------------------------------------------------------- one run
 
 
-def check_outputs(run: Path) -> dict:
-    """A complete run's metrics, after checking its array files can be read back (a corrupt one
-    makes the run unfinished: it is re-run). Raises CorruptFileError naming the file."""
-    import zipfile
-
-    metrics = read_metrics(run / layout.METRICS)
-    if (run / layout.PER_QUERY).exists():
-        read_npz(run / layout.PER_QUERY)
-    emb = run / layout.EMBEDDINGS
-    if emb.exists():  # up to hundreds of MB: only its zip directory is read here
-        try:
-            with zipfile.ZipFile(emb) as z:
-                z.namelist()
-        except (zipfile.BadZipFile, OSError) as e:
-            raise CorruptFileError(emb, f"not a .npz (zip) file ({type(e).__name__})") from None
-    return metrics
-
-
 def _stale(run: Path, prov: dict) -> list[str]:
     """Why a complete run's result may not be reused (empty: it may)."""
-    from dmlbench.running.provenance import differences
-
     try:
         old = read_json(run / layout.CONFIG).get("provenance") or {}
     except CorruptFileError as e:
@@ -177,6 +105,37 @@ def archive_run(run: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     run.replace(dest)
     return dest
+
+
+def archive_superseded(suite_dir: Path, tuned: dict[str, dict]) -> list[Path]:
+    """Test runs of a tuned method made with tuned settings other than its current best (the study
+    went on and another trial won, or another tune of the method was given) are moved to the
+    suite's ``.stale/``, never deleted, so the table has one row per method: its current best.
+    Runs of the current best and untuned runs are kept; a run another process holds is left alone.
+    ``tuned``: per method, where its current settings came from (study, trial, params)."""
+    moved = []
+    for method, info in tuned.items():
+        for run in sorted((Path(suite_dir) / layout.slug(method)).glob("s*-*")):
+            if not run.is_dir() or not layout.is_complete(run):
+                continue
+            try:
+                old = read_json(run / layout.CONFIG).get("tuned") or {}
+            except CorruptFileError:
+                continue  # the run itself reports its corrupt file when it is reached
+            if old.get("study") != info.get("study") or (old.get("trial"), old.get("params")) == \
+                    (info.get("trial"), info.get("params")):
+                continue
+            lock = Lock(run / layout.LOCK)
+            if not lock.acquire(blocking=False):
+                continue
+            try:
+                dest = archive_run(run)
+            finally:
+                lock.release()
+            log.warning("%s: made with %s's earlier best settings (trial %s); the best is now trial %s: "
+                        "archived to %s", run, method, old.get("trial"), info.get("trial"), dest)
+            moved.append(dest)
+    return moved
 
 
 def _archive(run: Path, why: list[str]) -> Path:
@@ -202,9 +161,6 @@ def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool
     ``data``: the loaded Data (else loaded from the config, once per process); ``callbacks``: the
     trainer's per-epoch callbacks; ``metrics``: evaluate only these (default: every registered one).
     """
-    from dmlbench.running.provenance import provenance
-    from dmlbench.core.runtime import resolve_device, set_determinism
-
     run = layout.run_dir(suite, cfg.method, cfg.seed, cfg.run_id())
     try:  # a device this process cannot use fails the run before its folder (or an old result) is touched
         resolve_device(cfg.device)
@@ -228,7 +184,7 @@ def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool
         if layout.is_complete(run):
             why = _stale(run, prov)
             try:
-                stored = check_outputs(run)
+                stored = layout.check_outputs(run)
             except CorruptFileError as e:  # a corrupt result is no result: the run is made again
                 log.warning("%s; re-running this run", e)
                 why, stored = [str(e)], None
@@ -245,8 +201,7 @@ def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool
         write_json(run / layout.CONFIG, {**cfg.to_dict(), "run_id": cfg.run_id(), "group_id": cfg.group_id(),
                                          "variant": variant, "provenance": prov})
         try:
-            return _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metrics, resolve_device,
-                                       set_determinism)
+            return _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metrics)
         except Exception as e:  # noqa: BLE001 - one broken run must not take the suite down with it
             reason = str(e) if isinstance(e, DMLBenchError) else f"{type(e).__name__}: {e}"
             if not isinstance(e, DMLBenchError):
@@ -257,12 +212,10 @@ def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool
         lock.release()
 
 
-def _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metrics, resolve_device,
-                        set_determinism) -> RunResult:
-    import pandas as pd
-
+def _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metrics) -> RunResult:
+    # The torch side of a run: imported here, so that a pool's driver (which imports this module
+    # to hand out runs) never imports torch.
     from dmlbench.evaluation.evaluate import evaluate
-    from dmlbench.methods import GenerativeMethod
     from dmlbench.training.trainer import Trainer
 
     device = resolve_device(cfg.device)
@@ -275,12 +228,12 @@ def _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metr
     def save_history(trainer, row) -> None:
         write_text(run / layout.HISTORY, pd.DataFrame(trainer.history).to_csv(index=False))
 
-    trainer = Trainer(method, data, cfg, device=device, run_dir=run, callbacks=(save_history, *callbacks))
+    trainer = Trainer(method, data, cfg.train_config(), device=device, run_dir=run, callbacks=(save_history, *callbacks))
     history = trainer.fit()
     if not history:
         write_text(run / layout.HISTORY, "")
     t0 = time.perf_counter()
-    ctx = evaluate(method, data, cfg, triplets, device, metrics)
+    ctx = evaluate(method, data, cfg.eval_config(), triplets, device, metrics)
     metrics = dict(ctx.results)
     metrics["train_seconds"] = round(sum(r["seconds"] for r in history), 3)  # resumed runs count every epoch
     metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
@@ -313,8 +266,5 @@ def reconstructions(method, data, pipeline, device) -> dict[str, np.ndarray]:
 
 def with_method(base: RunConfig, method: str, seed: int, params: dict) -> RunConfig:
     """The config of one run of a suite: the base with the method, its parameters and the seed."""
-    from dmlbench.running.config import untrained
-    from dmlbench.methods import get_method
-
     cfg = base if get_method(method).trainable else untrained(base)
     return dataclasses.replace(cfg, method=method, seed=seed, method_params=params)

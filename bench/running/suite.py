@@ -1,33 +1,48 @@
 """A suite: which (method, seed) runs to make on one dataset, resolved from defaults, a preset or
 TOML file, and command-line flags (in that order; later wins; unknown keys are errors).
 
-:func:`prepare` checks everything that can be checked before any training (method names and
-options, config values, the encoder against the image size, generative methods against the value
-range) and expands the suite into its run configs; :func:`run_suite` hands them to an executor.
+:func:`prepare` checks everything that can be checked before any training (:mod:`.checks`),
+loads the data once and expands the suite into its runs; :func:`run_suite` hands them to an
+executor (:mod:`dmlbench.executors`). Where the settings come from is :mod:`.presets`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
-from dmlbench.running import layout
-from dmlbench.running.config import RunConfig
 from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.io import undo_if_refused
+from dmlbench.core.params import apply_overrides, parse_set
+from dmlbench.core.runtime import default_threads
+from dmlbench.executors import EXECUTORS, executor_options, get_executor, option_keys
+from dmlbench.methods import BUILTIN, get_method
+from dmlbench.running import layout
+from dmlbench.running.checks import check_before_data, check_data, check_out
+from dmlbench.running.config import RunConfig
+from dmlbench.running.rundata import load_data, stored_test_triplets
+from dmlbench.running.runner import Planned, RunJob, archive_superseded, run_job, with_method
 
 log = logging.getLogger("dmlbench")
 
-SUITE_KEYS = {"methods", "seeds", "out", "set", "suite", "workers", "executor", "reuse_stale", "devices",
-              "ray_address", "gpus_per_run"}
-RUN_KEYS = {f.name for f in dataclasses.fields(RunConfig)} - {"method", "seed", "method_params", "data_options", "tuned"}
+SUITE_KEYS = {"methods", "seeds", "out", "set", "suite", "workers", "executor", "reuse_stale", "devices"}
+# The RunConfig fields a suite file or flag may set (the method, seed and options come otherwise).
+CONFIG_KEYS = {f.name for f in dataclasses.fields(RunConfig)} - {"method", "seed", "method_params", "data_options",
+                                                                  "tuned"}
 
 
 @dataclass
 class Suite:
+    """One dataset's runs: a base config, the methods and seeds, each method's options, where the
+    results go and where the runs are made.
+
+    A tuned suite (``bench run --tuned``) also holds, per method, the tuned run keys (``run_sets``:
+    lr, ...) and where they came from (``tuned``: study, trial, values), which :func:`expand`
+    applies to each run.
+    """
+
     base: RunConfig
     methods: list[str]
     seeds: list[int]
@@ -38,44 +53,19 @@ class Suite:
     executor: str = "local"
     reuse_stale: bool = False
     devices: list[str] = field(default_factory=list)  # runs are spread over these (round robin)
-    ray_address: str = ""
-    gpus_per_run: float = 0.0
+    executor_options: dict = field(default_factory=dict)  # the executor's own options, by suite key
+    run_sets: dict[str, dict] = field(default_factory=dict)  # tuned run keys per method
+    tuned: dict[str, dict] = field(default_factory=dict)  # per method: where its tuned settings came from
 
     @property
     def dir(self) -> Path:
+        """Where the suite's runs and tables live: ``<out>/<dataset>[/<suite>]``."""
         return layout.suite_dir(self.out, self.base.dataset, self.name)
 
-
-@dataclass
-class Planned:
-    """One run of a suite: its config and the label of its method variant (what differs from defaults)."""
-
-    config: RunConfig
-    variant: str = ""
-
-
-def preset_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("dmlbench.presets").iterdir() if p.name.endswith(".toml"))
-
-
-def preset_text(name: str) -> str:
-    return resources.files("dmlbench.presets").joinpath(f"{name}.toml").read_text()
-
-
-def read_toml(path: Path | None = None, preset: str | None = None) -> dict:
-    data: dict = {}
-    if preset:
-        if preset not in preset_names():
-            raise DMLBenchError(f"unknown preset {preset!r}; presets: {', '.join(preset_names())}")
-        data.update(tomllib.loads(preset_text(preset)))
-    if path:
-        if not Path(path).is_file():
-            raise DMLBenchError(f"config file {path} does not exist; give a TOML file with the same keys as the flags")
-        try:
-            data.update(tomllib.loads(Path(path).read_text()))
-        except tomllib.TOMLDecodeError as e:
-            raise DMLBenchError(f"config file {path} is not valid TOML ({e})") from None
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    def make_executor(self):
+        """The suite's executor, with its share of the thread budget and its own options."""
+        return get_executor(self.executor, workers=self.workers, threads=self.base.threads,
+                            options=self.executor_options)
 
 
 def _as_list(value, key: str) -> list[str]:
@@ -88,13 +78,11 @@ def _as_list(value, key: str) -> list[str]:
 
 def resolve_suite(file_values: dict, flags: dict) -> Suite:
     """Defaults <- TOML file/preset <- command-line flags (None = not given)."""
-    from dmlbench.methods import BUILTIN, get_method
-    from dmlbench.core.params import apply_overrides, parse_set
-
-    unknown = set(file_values) - SUITE_KEYS - RUN_KEYS
+    exec_keys = option_keys()
+    unknown = set(file_values) - SUITE_KEYS - CONFIG_KEYS - set(exec_keys)
     if unknown:
         raise DMLBenchError(f"unknown key(s) {', '.join(sorted(unknown))} in the config file; "
-                            f"known: {', '.join(sorted(SUITE_KEYS | RUN_KEYS))}")
+                            f"known: {', '.join(sorted(SUITE_KEYS | CONFIG_KEYS | set(exec_keys)))}")
     for key in ("out", "suite", "dataset"):
         if key in file_values and not isinstance(file_values[key], str):
             raise DMLBenchError(f"{key} in the config file must be a string, got {file_values[key]!r}")
@@ -138,7 +126,7 @@ def resolve_suite(file_values: dict, flags: dict) -> Suite:
                                     f"({', '.join(methods)})")
             del by_owner[owner]
     data_options = by_owner.pop("data", {})
-    run_values = {k: v for k, v in values.items() if k in RUN_KEYS}
+    run_values = {k: v for k, v in values.items() if k in CONFIG_KEYS}
     base = apply_overrides(RunConfig(), run_values, "run")
     base = dataclasses.replace(base, data_options=data_options)
     devices = _as_list(values.get("devices", []), "devices")
@@ -149,20 +137,17 @@ def resolve_suite(file_values: dict, flags: dict) -> Suite:
     if devices:
         base = dataclasses.replace(base, device=devices[0])
     workers = auto_workers(values.get("workers", 1), devices or [base.device], base.threads)
-    gpus = float(values.get("gpus_per_run", 0) or 0)
-    if not 0 <= gpus <= 64:
-        raise DMLBenchError(f"gpus_per_run={gpus} must be between 0 and 64 (0.25 packs four runs on a GPU)")
     executor = str(values.get("executor", "local"))
-    if gpus and executor != "ray":
-        raise DMLBenchError(f"gpus_per_run={gpus:g} applies to --executor ray only; on one machine give --workers "
-                            "(--workers auto packs 4 runs per GPU)")
-    from dmlbench.executors import EXECUTORS
-
     if executor not in EXECUTORS:
-        raise DMLBenchError(f"executor {executor!r} is not one of: {', '.join(EXECUTORS)}")
+        raise DMLBenchError(f"executor {executor!r} is not one of: {', '.join(EXECUTORS.names())}")
+    # An executor's own options (--ray-address, ...): those of another executor are refused when
+    # they ask for something (a default value, as a preset may write, asks for nothing).
+    given_exec = {k: values[k] for k, (owner, f) in exec_keys.items()
+                  if values.get(k) is not None and (owner == executor or values[k] != f.default)}
+    executor_options(executor, given_exec)  # type-checked and validated here, before anything runs
     return Suite(base, methods, seeds, by_owner, Path(values.get("out", layout.DEFAULT_OUT)),
                  str(values.get("suite", "")), workers, executor, bool(values.get("reuse_stale", False)),
-                 devices, str(values.get("ray_address", "") or ""), gpus)
+                 devices, given_exec)
 
 
 GPU_RUNS_PER_DEVICE = 4  # measured on an H100: 4 MNIST runs at once finish 3.2x sooner than in a row
@@ -171,8 +156,6 @@ GPU_RUNS_PER_DEVICE = 4  # measured on an H100: 4 MNIST runs at once finish 3.2x
 def auto_workers(value, devices: list[str], threads: int | None) -> int:
     """``workers``: a number, or ``auto``: 4 runs per GPU; on CPU one per 4 cores (small models
     gain nothing from splitting 2 cores, and a worker pays its own start-up)."""
-    from dmlbench.core.runtime import default_threads
-
     if str(value) == "auto":
         gpus = [d for d in devices if d.startswith("cuda")]
         if gpus:
@@ -200,13 +183,8 @@ def _get_key(obj, dotted: str):
 
 def expand(suite: Suite, n_train: int) -> list[Planned]:
     """Every run of the suite, with the step budget fixed from the training-set size."""
-    from dmlbench.methods import get_method
-    from dmlbench.core.params import apply_overrides
-    from dmlbench.running.runner import with_method
-    from dmlbench.tune import tuned_config
-
     base = suite.base.resolved().with_budget(n_train)
-    tuned = getattr(suite, "tuned", {})
+    tuned = suite.tuned
     planned = []
     for name in suite.methods:
         cls = get_method(name)
@@ -219,7 +197,7 @@ def expand(suite: Suite, n_train: int) -> list[Planned]:
             # The table marks what the tune searched (run keys such as lr first), and apart from it
             # what was held fixed (a --set or --lr given to the tune, or to this run).
             searched = set(tuned[name].get("params") or {})
-            run_keys = getattr(suite, "run_sets", {}).get(name, {})
+            run_keys = suite.run_sets.get(name, {})
             run_t = [f"{k}={_fmt(v)}" for k, v in sorted(run_keys.items()) if k in searched]
             meth_t = [f"{k}={_fmt(_get_key(params, k))}" for k in changed if k in searched]
             fixed = [f"{k}={_fmt(v)}" for k, v in sorted(run_keys.items()) if k not in searched] + \
@@ -232,61 +210,20 @@ def expand(suite: Suite, n_train: int) -> list[Planned]:
     return planned
 
 
-def check_before_data(suite: Suite) -> None:
-    """Checks that need no decoded image: names, options, values, and the encoder against a known
-    image size."""
-    from dmlbench.data.load import planned_shape
-    from dmlbench.training.encoders import check_input
-    from dmlbench.methods import get_method
-    from dmlbench.core.params import apply_overrides
-    from dmlbench.running.runner import input_shape
-
-    base = suite.base.resolved()
-    base.check()
-    repeated = sorted({s for s in suite.seeds if list(suite.seeds).count(s) > 1})
-    if repeated:
-        raise DMLBenchError(f"seeds repeat ({', '.join(map(str, repeated))}); give each seed once")
-    for seed in suite.seeds:
-        dataclasses.replace(base, seed=seed).check()
-    from dmlbench.methods.pml import check_runnable
-
-    for name in suite.methods:
-        check_runnable(name)
-        apply_overrides(get_method(name).Params(), suite.method_sets.get(name, {}), name)
-    for device in dict.fromkeys([base.device, *suite.devices]):
-        if str(device).startswith("cuda"):  # before any run folder is touched (torch only for CUDA)
-            from dmlbench.core.runtime import resolve_device
-
-            resolve_device(str(device))
-    trained = [m for m in suite.methods if get_method(m).trainable]
-    shape = planned_shape(base.dataset, base.data_dir or None, base.data_options)
-    if shape is not None and trained:
-        check_input(base.encoder, input_shape(base, shape))
-
-
-def check_out(folder: Path) -> None:
-    """The suite folder exists (or can be made) and is writable; orphan temp files of killed runs
-    are removed."""
-    import os
-
-    from dmlbench.core.io import clean_temp_files
-
-    for parent in [folder, *folder.parents]:
-        if parent.exists() and not parent.is_dir():
-            raise DMLBenchError(f"results folder {folder}: {parent} is a file, not a folder; choose another out folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DMLBenchError(f"cannot create results folder {folder} ({e.strerror}); choose another out folder") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise DMLBenchError(f"results folder {folder} is not writable; choose another out folder")
-    clean_temp_files(folder, older_than_s=600)  # older: no live writer is about to rename it
+def tuned_config(suite: Suite, cfg: RunConfig) -> RunConfig:
+    """A planned run's config with its method's tuned run keys and ``tuned`` record (identity for a
+    suite that was not tuned)."""
+    run_keys = suite.run_sets.get(cfg.method)
+    info = suite.tuned.get(cfg.method)
+    if run_keys:
+        cfg = apply_overrides(cfg, run_keys, "run")
+    if info:
+        cfg = dataclasses.replace(cfg, tuned=info)
+    return cfg
 
 
 def prepare(suite: Suite):
     """Check the suite, load its data once, expand it; returns (data, planned runs)."""
-    from dmlbench.core.io import undo_if_refused
-
     check_before_data(suite)
     with undo_if_refused(suite.dir):  # a suite that could not start leaves no empty folder it made behind
         check_out(suite.dir)
@@ -294,27 +231,14 @@ def prepare(suite: Suite):
 
 
 def _prepare(suite: Suite):
-    from dmlbench.training.encoders import check_input
-    from dmlbench.methods import GenerativeMethod, get_method
-    from dmlbench.running.runner import input_shape, load_data, stored_test_triplets
-
-    if getattr(suite, "tuned", None):  # bench run --tuned: earlier best settings' runs leave the table
-        from dmlbench.tune.tuned import archive_superseded
-
-        archive_superseded(suite)
+    if suite.tuned:  # bench run --tuned: earlier best settings' runs leave the table
+        archive_superseded(suite.dir, suite.tuned)
     base = suite.base.resolved()
     data = load_data(base)
-    if any(get_method(m).trainable for m in suite.methods):
-        check_input(base.encoder, input_shape(base, data.input_shape))
-    check_batch_sizes(suite, base.batch_size, data.train.y)
+    check_data(suite, data, data.value_range())
     if base.knn_k >= len(data.train):  # a k-NN vote over every training image is a chance-level constant
         raise DMLBenchError(f"knn_k={base.knn_k} must be below the {len(data.train)} training images of "
                             f"{base.dataset}; the default is 5")
-    generative = [m for m in suite.methods if issubclass(get_method(m), GenerativeMethod)]
-    lo, hi = data.value_range()
-    if generative and (lo < 0 or hi > 1):
-        raise DMLBenchError(f"{', '.join(generative)} decode pixels in [0, 1] (a sigmoid output), but this data spans "
-                            f"[{lo:.3g}, {hi:.3g}]; use normalize=unit or leave the generative methods out")
     planned = expand(suite, len(data.train))
     # Stored test triplets are checked here (a corrupt file stops the suite, named); missing ones are
     # drawn by the first run that needs them: drawing needs torch, which a driver of worker
@@ -323,33 +247,19 @@ def _prepare(suite: Suite):
     return data, planned
 
 
-def check_batch_sizes(suite: Suite, batch_size: int, train_labels, params: dict | None = None) -> None:
-    """Every trained method's batch kind gets a full step from ``batch_size`` (torch-free, once,
-    before any run: else every run of the method would fail alike). ``params``: per method, its
-    options (default: the suite's --set over the method's defaults)."""
-    from dmlbench.training.batches import check_batch_size
-    from dmlbench.methods import get_method
-    from dmlbench.core.params import apply_overrides
-
-    for name in suite.methods:
-        cls = get_method(name)
-        if not cls.trainable:
-            continue
-        p = (params or {}).get(name) or apply_overrides(cls.Params(), suite.method_sets.get(name, {}), name)
-        check_batch_size(name, cls, p, batch_size, train_labels)
-
-
-def run_suite(suite: Suite, on_result=None, on_start=None):
+def run_suite(suite: Suite, on_result=None, on_start=None) -> list:
     """Run every planned run of the suite with its executor; returns the RunResults in plan order."""
-    from dmlbench.executors import get_executor
-
-    executor = get_executor(suite.executor, workers=suite.workers, threads=suite.base.threads,
-                            address=suite.ray_address, gpus_per_run=suite.gpus_per_run)
-    executor.connect()  # an unreachable cluster is refused before any folder is made
-    data, planned = prepare(suite)
-    if on_start is not None:
-        on_start(suite, data, planned)
-    if len(suite.devices) > 1:  # spread over the devices, round robin (the device is not in the run id)
-        planned = [Planned(dataclasses.replace(p.config, device=suite.devices[i % len(suite.devices)]), p.variant)
-                   for i, p in enumerate(planned)]
-    return executor.run(planned, suite.dir, reuse_stale=suite.reuse_stale, on_result=on_result, data=data)
+    executor = suite.make_executor()
+    try:
+        executor.start()  # an unreachable cluster is refused before any folder is made
+        data, planned = prepare(suite)
+        if on_start is not None:
+            on_start(suite, data, planned)
+        if len(suite.devices) > 1:  # spread over the devices, round robin (the device is not in the run id)
+            planned = [Planned(dataclasses.replace(p.config, device=suite.devices[i % len(suite.devices)]), p.variant)
+                       for i, p in enumerate(planned)]
+        root = suite.dir.resolve() if executor.remote else suite.dir  # remote workers need absolute paths
+        jobs = [RunJob(p.config, root, p.variant, suite.reuse_stale) for p in planned]
+        return executor.map(run_job, jobs, on_result=on_result, progress="suite")
+    finally:
+        executor.shutdown()

@@ -84,9 +84,9 @@ class Plain(BatchKind):
         return Layout(batch_size)
 
     def epoch_indices(self, index, n, layout, steps, gen):
-        from dmlbench.training.sampling import _permutations
+        from dmlbench.training.sampling import permutations
 
-        return _permutations(n, steps * layout.per_step, gen).view(steps, layout.per_step)
+        return permutations(n, steps * layout.per_step, gen).view(steps, layout.per_step)
 
 
 @dataclass(frozen=True)
@@ -110,9 +110,9 @@ class Pairs(BatchKind):
         return torch.cat([a, partner], dim=1)
 
     def batch(self, x, y, layout):
-        from dmlbench.training.sampling import _arange
+        from dmlbench.training.sampling import cached_arange
 
-        i = _arange(len(x) // 2, x.device)
+        i = cached_arange(len(x) // 2, x.device)
         return Batch(x, y, pairs=(i, i + len(i)))
 
 
@@ -134,9 +134,9 @@ class Triplets(BatchKind):
         return torch.cat([a, index.same(a, gen), index.other(a, gen)], dim=1)
 
     def batch(self, x, y, layout):
-        from dmlbench.training.sampling import _arange
+        from dmlbench.training.sampling import cached_arange
 
-        i = _arange(len(x) // 3, x.device)
+        i = cached_arange(len(x) // 3, x.device)
         return Batch(x, y, triplets=(i, i + len(i), i + 2 * len(i)))
 
 
@@ -172,9 +172,9 @@ class Balanced(BatchKind):
         return balanced_indices(index, steps, layout.per_step, layout.group, self.m, gen)
 
     def batch(self, x, y, layout):
-        from dmlbench.training.sampling import _arange
+        from dmlbench.training.sampling import cached_arange
 
-        return Batch(x, y, groups=_arange(len(x), x.device).view(-1, layout.group))
+        return Batch(x, y, groups=cached_arange(len(x), x.device).view(-1, layout.group))
 
 
 PLAIN, PAIRS, TRIPLETS = Plain(), Pairs(), Triplets()

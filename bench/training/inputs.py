@@ -14,8 +14,8 @@ import warnings
 import numpy as np
 import torch
 
-from dmlbench.training.augment import eval_transform, train_transform
 from dmlbench.data import Data, Part
+from dmlbench.training.augment import eval_transform, train_transform
 
 GPU_BUDGET_FRACTION = 0.25  # of free GPU memory a dataset may take when uploaded whole
 

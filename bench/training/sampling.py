@@ -1,5 +1,5 @@
 """Drawing batches: the class index, random triplets and the vectorised class-balanced draw that
-the batch kinds (:mod:`dmlbench.training.batches`, re-exported here) use for an epoch's indices.
+the batch kinds (:mod:`dmlbench.training.batches`) use for an epoch's indices.
 
 Classes with fewer than 2 training images can't give a positive: they are left out of anchor
 and positive draws (with a warning) but still serve as negatives.
@@ -11,9 +11,6 @@ import logging
 
 import torch
 
-from dmlbench.training.batches import (  # noqa: F401 - the kinds, re-exported: methods and plugins import them here
-    PAIRS, PLAIN, TRIPLETS, Balanced, Batch, BatchKind, Layout, Pairs, Plain, Triplets,
-)
 from dmlbench.core.errors import DMLBenchError
 
 log = logging.getLogger("dmlbench")
@@ -64,11 +61,11 @@ class ClassIndex:
     def anchors(self, total: int, gen: torch.Generator) -> torch.Tensor:
         """``total`` anchors: whole permutations first, so every usable image is an anchor once per pass."""
         pool = self.n if self.anchor_pool is None else len(self.anchor_pool)
-        a = _permutations(pool, total, gen)
+        a = permutations(pool, total, gen)
         return a if self.anchor_pool is None else self.anchor_pool[a]
 
 
-def _permutations(n: int, total: int, gen: torch.Generator) -> torch.Tensor:
+def permutations(n: int, total: int, gen: torch.Generator) -> torch.Tensor:
     reps = -(-total // n)
     return torch.cat([torch.randperm(n, generator=gen) for _ in range(reps)])[:total]
 
@@ -86,7 +83,7 @@ def random_triplets(labels: torch.Tensor, n: int, gen: torch.Generator, index: C
 _ARANGE: dict = {}
 
 
-def _arange(n: int, device) -> torch.Tensor:
+def cached_arange(n: int, device) -> torch.Tensor:
     """A cached arange per (n, device): the tuple indices of a layout are the same every step."""
     key = (n, str(device))
     if key not in _ARANGE:

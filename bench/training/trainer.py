@@ -20,20 +20,23 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from dmlbench.core import runtime
-from dmlbench.running.config import RunConfig
-from dmlbench.data import Data
 from dmlbench.core.errors import DMLBenchError, NonFiniteLossError
-from dmlbench.training.inputs import DeviceImages, InputPipeline
 from dmlbench.core.io import CorruptFileError, torch_load, torch_save
-from dmlbench.methods.base import Method
 from dmlbench.core.runtime import epoch_generator
+from dmlbench.data.base import Data
+from dmlbench.training.config import TrainConfig, epoch_plan
+from dmlbench.training.inputs import DeviceImages, InputPipeline
 from dmlbench.training.sampling import ClassIndex
+
+if TYPE_CHECKING:
+    from dmlbench.methods.base import Method
 
 log = logging.getLogger("dmlbench")
 RELEASE_EVERY = 64  # steps between handing a memory-mapped dataset's pages back (Part.release)
@@ -41,7 +44,7 @@ RELEASE_EVERY = 64  # steps between handing a memory-mapped dataset's pages back
 CHECKPOINT = "checkpoint.pt"
 
 
-def make_optimizer(method: Method, cfg: RunConfig) -> torch.optim.Optimizer:
+def make_optimizer(method: Method, cfg: TrainConfig) -> torch.optim.Optimizer:
     """One optimiser; a pretrained trunk gets its own learning rate (``trunk_lr``) as a param group."""
     trunk_ids: set[int] = set()
     trunk = getattr(method.encoder, "trunk_parameters", None)
@@ -72,12 +75,6 @@ def lr_factor(schedule: str, total_steps: int) -> Callable[[int], float]:
     return lambda step: 1.0
 
 
-def epoch_plan(total_steps: int, steps_per_epoch: int) -> list[int]:
-    """Steps in each epoch: full epochs, then the remainder."""
-    full, rest = divmod(total_steps, steps_per_epoch)
-    return [steps_per_epoch] * full + ([rest] if rest else [])
-
-
 class Trainer:
     """Trains ``method`` on ``data.train`` for ``cfg.steps`` steps; checkpoints into ``run_dir``.
 
@@ -85,7 +82,7 @@ class Trainer:
     row (the runner saves ``history.csv`` there; a tuner reports and prunes there).
     """
 
-    def __init__(self, method: Method, data: Data, cfg: RunConfig, *, device: torch.device | str = "cpu",
+    def __init__(self, method: Method, data: Data, cfg: TrainConfig, *, device: torch.device | str = "cpu",
                  run_dir: Path | None = None, callbacks: tuple = ()):
         self.method, self.data, self.cfg = method, data, cfg
         self.device = torch.device(device)
@@ -110,7 +107,7 @@ class Trainer:
             log.warning("%s; starting this run afresh", e)
             path.replace(path.with_suffix(".corrupt"))
             return 0
-        if ckpt.get("run_id") != self.cfg.run_id():
+        if ckpt.get("run_id") != self.cfg.identity:
             log.warning("%s belongs to another configuration; starting this run afresh", path)
             return 0
         self.method.load_state_dict(ckpt["model"])
@@ -127,7 +124,7 @@ class Trainer:
         if self.checkpoint_path is None:
             return
         torch_save(self.checkpoint_path, {
-            "epoch": epoch, "step": self.steps_done, "run_id": self.cfg.run_id(),
+            "epoch": epoch, "step": self.steps_done, "run_id": self.cfg.identity,
             "model": self.method.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "rng": torch.get_rng_state(), "history": self.history,
             "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,

@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dmlbench.training.encoders import TIMM_PREFIX
 from dmlbench.core.errors import DMLBenchError
 
 INSTALL_HINT = "pip install 'dmlbench[vision]' (timm, with a torchvision built for your torch)"
@@ -41,7 +40,8 @@ def import_timm():
 
 
 def model_name(encoder: str) -> str:
-    return encoder[len(TIMM_PREFIX):]
+    """The timm model name of an encoder name ``timm:NAME``."""
+    return encoder.partition(":")[2]
 
 
 def default_input_size(encoder: str) -> tuple[int, int]:

@@ -68,49 +68,10 @@ The package, by step:
 
 from __future__ import annotations
 
-from dmlbench.tune.folds import check_folds, choose_validation, fold_data, load_training_data
-from dmlbench.tune.options import (
-    DEFAULT_SUITE,
-    DEFAULT_TEST_SEEDS,
-    EXTRA_METRICS,
-    FOLD_PARTS,
-    FOLDS_FILE,
-    GRACE_ENV,
-    HEARTBEAT_ENV,
-    MAX_RETRY,
-    N_STARTUP,
-    POLL_S,
-    TRIALS_DIR,
-    TUNE_LOCK,
-    TUNED_FILE,
-    Job,
-    MethodPlan,
-    TuneOptions,
-)
-from dmlbench.tune.spaces import method_plan, read_space_file, split_params, suggest
-from dmlbench.tune.storage import (
-    budget,
-    default_storage,
-    fail_stale_trials,
-    heartbeat_settings,
-    make_sampler,
-    objective_direction,
-    open_storage,
-    redact,
-    trial_seed,
-)
-from dmlbench.tune.study import create_studies, plan_tune, tune
-from dmlbench.tune.summary import budget_warnings, failed_methods, summarize, summary_table
-from dmlbench.tune.trial import TrialFailed, run_trial, trial_config, work
-from dmlbench.tune.tuned import TunedSuite, apply_tuned, read_tuned, tuned_config
+from dmlbench.tune.options import TuneOptions
+from dmlbench.tune.study import plan_tune, tune
+from dmlbench.tune.summary import budget_warnings, failed_methods, summary_table
+from dmlbench.tune.tuned import apply_tuned, read_tuned
 
-__all__ = [
-    "DEFAULT_SUITE", "DEFAULT_TEST_SEEDS", "EXTRA_METRICS", "FOLD_PARTS", "FOLDS_FILE", "GRACE_ENV", "HEARTBEAT_ENV",
-    "MAX_RETRY", "N_STARTUP", "POLL_S", "TRIALS_DIR", "TUNE_LOCK", "TUNED_FILE",
-    "Job", "MethodPlan", "TuneOptions", "TrialFailed", "TunedSuite",
-    "apply_tuned", "budget", "budget_warnings", "check_folds", "choose_validation", "create_studies", "default_storage",
-    "fail_stale_trials", "failed_methods", "fold_data", "heartbeat_settings", "load_training_data", "make_sampler", "method_plan",
-    "objective_direction", "open_storage", "plan_tune", "read_space_file", "read_tuned", "redact", "run_trial",
-    "split_params", "suggest", "summarize", "summary_table", "trial_config", "trial_seed", "tune", "tuned_config",
-    "work",
-]
+__all__ = ["TuneOptions", "apply_tuned", "budget_warnings", "failed_methods", "plan_tune", "read_tuned",
+           "summary_table", "tune"]

@@ -2,31 +2,36 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from pathlib import Path
 
 import numpy as np
 
-from dmlbench.running.config import RunConfig
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.io import CorruptFileError, read_json, write_json
+from dmlbench.data import load_dataset
+from dmlbench.data.base import standardized
+from dmlbench.data.splits import n_partitions, validation_fold
+from dmlbench.running.config import RunConfig
 from dmlbench.tune.options import FOLD_PARTS, FOLDS_FILE
 
 
-# ----------------------------------------------------------------------------- data and folds
-
-
 def load_training_data(base: RunConfig):
-    """The dataset without its test part (never read), normalised as the run asks."""
-    from dmlbench.data import load_dataset
+    """The dataset without its test part (never read), in [0, 1]; loaded once per process (the
+    driver's checks and an in-process worker share it)."""
+    return _load_training(base.dataset, base.data_dir, base.split, base.data_seed,
+                          json.dumps(base.data_options, sort_keys=True))
 
-    return load_dataset(base.dataset, data_dir=base.data_dir or None, split=base.split, seed=base.data_seed,
-                        options=base.data_options, normalize="unit", with_test=False)
+
+@functools.lru_cache(maxsize=1)
+def _load_training(dataset: str, data_dir: str, split: str, seed: int, options: str):
+    return load_dataset(dataset, data_dir=data_dir or None, split=split, seed=seed, options=json.loads(options),
+                        normalize="unit", with_test=False)
 
 
 def choose_validation(data, k: int, asked: str | None) -> tuple[str, str]:
     """(fold kind, why): see the :mod:`dmlbench.tune` docstring."""
-    from dmlbench.data.splits import n_partitions
-
     parts = n_partitions(k)
     if asked:
         return asked, "--validation asks for them"
@@ -41,9 +46,8 @@ def choose_validation(data, k: int, asked: str | None) -> tuple[str, str]:
 
 
 def fold_data(data, kind: str, assignment: np.ndarray, fold: int, normalize: str):
-    from dmlbench.data.base import standardized
-    from dmlbench.data.splits import validation_fold
-
+    """Fold ``fold``'s training and validation parts, standardised with its training part's
+    statistics where the run asks for ``standard``."""
     d = validation_fold(data, kind, assignment, fold)
     return standardized(d) if normalize == "standard" else d  # statistics of the fold's training part
 

@@ -9,6 +9,9 @@ import numpy as np
 
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.space import Dist
+from dmlbench.data.splits import FOLD_KINDS
+from dmlbench.evaluation.metrics import METRICS
+from dmlbench.running.config import MAX_SEED
 from dmlbench.running.suite import Suite
 
 TRIALS_DIR, FOLDS_FILE, TUNED_FILE, TUNE_LOCK = "trials", "folds.json", "tuned.json", ".tune.lock"
@@ -22,8 +25,30 @@ FOLD_PARTS = 4  # groups of a --folds 1 partition (dmlbench.data.splits.n_partit
 N_STARTUP = 10  # random trials before TPE models the scores (Optuna's default)
 
 
+def objective_direction(name: str) -> str:
+    """``maximize`` or ``minimize`` for a metric that can be an objective; refuse any other."""
+    if name not in METRICS.names():
+        raise DMLBenchError(f"objective {name!r} is not a metric; known: {', '.join(METRICS.names())}")
+    spec = METRICS.get(name)
+    if spec.kind not in ("embedding", "generative"):
+        article = "an" if spec.kind[:1] in "aeiou" else "a"
+        raise DMLBenchError(f"objective {name!r} is {article} {spec.kind} metric; choose a retrieval metric such as "
+                            "map@r")
+    if not spec.comparable:  # what the table and bench compare never rank is no objective either
+        raise DMLBenchError(f"objective {name!r} depends on a setting (the embedding's scale), not on the method "
+                            "alone, and is never ranked; choose a retrieval metric such as map@r")
+    return "maximize" if spec.higher_is_better else "minimize"
+
+
+def fmt_params(params: dict) -> str:
+    """Settings as ``key=value`` pairs, floats to 4 significant digits."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
 @dataclass
 class TuneOptions:
+    """What ``bench tune`` is asked for, beyond the suite (the flags of its own)."""
+
     trials: int = 30
     folds: int = 1
     validation: str | None = None  # samples | classes | None: by the dataset's test protocol
@@ -36,10 +61,7 @@ class TuneOptions:
     run_flags: dict = field(default_factory=dict)  # run keys given as flags (--lr): fixed, not searched
 
     def check(self) -> None:
-        from dmlbench.running.config import MAX_SEED
-        from dmlbench.data.splits import FOLD_KINDS
-        from dmlbench.tune.storage import objective_direction  # storage imports this module
-
+        """Each option in its range, with a one-line error naming it."""
         if not 1 <= self.trials <= 100_000:
             raise DMLBenchError(f"trials={self.trials} must be between 1 and 100,000")
         if not 1 <= self.folds <= 100:

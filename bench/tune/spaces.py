@@ -5,11 +5,12 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from dmlbench.running.config import RunConfig
 from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.params import apply_overrides, option_keys
 from dmlbench.core.space import RUN_KEYS, Choice, Dist, Int, from_value
+from dmlbench.methods import get_method
+from dmlbench.running.config import RunConfig
 from dmlbench.tune.options import MethodPlan
-
 
 # ----------------------------------------------------------------------------- search spaces
 
@@ -53,8 +54,6 @@ def _flatten(table: dict, prefix: str = "") -> dict:
 
 
 def _check_run_value(key: str, value) -> None:
-    from dmlbench.core.params import apply_overrides
-
     cfg = apply_overrides(RunConfig(), {key: value}, "run")
     cfg.check()
 
@@ -65,9 +64,6 @@ MOMENTUM_OPTIMIZERS = ("sgd", "rmsprop")  # the optimizers the trainer gives --m
 def is_run_key(name: str, key: str) -> bool:
     """A space key tunes the run (lr, ...) unless the method has an option of that name
     (pml:DynamicSoftMarginLoss's ``momentum`` is the loss's, not the optimiser's)."""
-    from dmlbench.methods import get_method
-    from dmlbench.core.params import option_keys
-
     return key in RUN_KEYS and key not in option_keys(get_method(name).Params())
 
 
@@ -78,9 +74,6 @@ def method_plan(name: str, file_space: dict | None, set_options: dict, run_flags
     run key, every bound and choice a valid value. Keys fixed by --set, and run keys given as flags
     (``run_flags``: ``--lr 0.01`` fixes lr), leave the space. A run key the optimiser ignores
     (momentum without sgd) is refused: the trials would spend their budget on a dead dimension."""
-    from dmlbench.methods import get_method
-    from dmlbench.core.params import apply_overrides, option_keys
-
     cls = get_method(name)
     space: dict[str, Dist] = dict(cls.Params.space)
     fixed, fixed_run = dict(set_options), {}

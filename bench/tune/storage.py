@@ -10,8 +10,8 @@ import time
 import warnings
 from pathlib import Path
 
-from dmlbench.running import layout
 from dmlbench.core.errors import DMLBenchError
+from dmlbench.running import layout
 from dmlbench.tune.options import GRACE_ENV, HEARTBEAT_ENV, MAX_RETRY, N_STARTUP
 
 log = logging.getLogger("dmlbench")
@@ -20,7 +20,8 @@ log = logging.getLogger("dmlbench")
 # ----------------------------------------------------------------------------- optuna plumbing
 
 
-def _optuna():
+def import_optuna():
+    """Optuna, quiet, or a one-line install hint."""
     try:
         import optuna
     except ImportError:
@@ -28,22 +29,6 @@ def _optuna():
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
-
-
-def objective_direction(name: str) -> str:
-    from dmlbench.evaluation.metrics import METRICS
-
-    if name not in METRICS.names():
-        raise DMLBenchError(f"objective {name!r} is not a metric; known: {', '.join(METRICS.names())}")
-    spec = METRICS.get(name)
-    if spec.kind not in ("embedding", "generative"):
-        article = "an" if spec.kind[:1] in "aeiou" else "a"
-        raise DMLBenchError(f"objective {name!r} is {article} {spec.kind} metric; choose a retrieval metric such as "
-                            "map@r")
-    if not spec.comparable:  # what the table and bench compare never rank is no objective either
-        raise DMLBenchError(f"objective {name!r} depends on a setting (the embedding's scale), not on the method "
-                            "alone, and is never ranked; choose a retrieval metric such as map@r")
-    return "maximize" if spec.higher_is_better else "minimize"
 
 
 def trial_seed(seed: int, method: str, number: int) -> int:
@@ -56,7 +41,7 @@ def make_sampler(seed: int, method: str):
 
     Its first ``N_STARTUP`` trials are random, whatever the budget, so that a study extended with
     a larger ``--trials`` proposes what a fresh one with that budget would."""
-    optuna = _optuna()
+    optuna = import_optuna()
 
     class SeededTPESampler(optuna.samplers.TPESampler):
         def before_trial(self, study, trial):
@@ -109,7 +94,7 @@ def _retry_callback():
 def requeue_interrupted(study, trial_id: int) -> bool:
     """Fail a RUNNING trial as interrupted and re-queue it (same parameters, no retry used up);
     False if it had finished meanwhile."""
-    optuna = _optuna()
+    optuna = import_optuna()
     storage = study._storage
     try:
         frozen = storage.get_trial(trial_id)
@@ -131,7 +116,7 @@ def requeue_orphans(study, run_id: str | None = None, min_age_s: float = 0.0) ->
     ``min_age_s``: only trials failed that long ago (a tune's start, for any tune's orphans, never
     one another process is still re-queuing). Two processes sweeping the same orphan at once would
     both copy it, so only a driver sweeps, when none of its workers runs. Returns how many."""
-    optuna = _optuna()
+    optuna = import_optuna()
     storage = study._storage
     trials = study.get_trials(deepcopy=False)
     copied = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
@@ -184,7 +169,7 @@ def redact(url: str) -> str:
 
 def open_storage(url: str):
     """An Optuna storage: RDB (heartbeat + retry of stale trials) or ``journal:PATH``."""
-    optuna = _optuna()
+    optuna = import_optuna()
     heartbeat, grace = heartbeat_settings()
     try:
         if url.startswith("journal:"):
@@ -236,7 +221,7 @@ def _is_journal(storage) -> bool:
     return type(storage).__name__ == "JournalStorage"
 
 
-class _Heartbeat:
+class Heartbeat:
     """Tells the storage every few seconds that a trial's worker is alive. RDB storages keep it in
     their heartbeat table; a journal file in a trial system attribute (Optuna keeps none there)."""
 
@@ -269,7 +254,7 @@ class _Heartbeat:
 
 def fail_stale_trials(study) -> None:
     """Fail RUNNING trials whose worker stopped beating, and re-queue them (same parameters)."""
-    optuna = _optuna()
+    optuna = import_optuna()
     storage = study._storage
     if not _is_journal(storage):
         with warnings.catch_warnings():

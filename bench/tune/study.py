@@ -3,27 +3,49 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 import uuid
-from pathlib import Path
 
-from dmlbench.running import layout
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.io import undo_if_refused, write_json
-from dmlbench.core.runtime import interrupts_ignored
+from dmlbench.core.params import apply_overrides
+from dmlbench.core.runtime import echo_line, interrupts_ignored, limit_threads
 from dmlbench.core.space import describe
+from dmlbench.data.base import standardized
+from dmlbench.data.splits import fold_assignment, n_partitions
+from dmlbench.evaluation.metrics import METRICS
+from dmlbench.methods import GenerativeMethod, get_method
+from dmlbench.running import layout
+from dmlbench.running.checks import check_before_data, check_data
+from dmlbench.running.config import NOT_IN_ID
 from dmlbench.running.suite import Suite
 from dmlbench.tune.folds import check_fold_sizes, check_folds, choose_validation, fold_data, load_training_data
 from dmlbench.tune.options import (
-    DEFAULT_SUITE, EXTRA_METRICS, FOLDS_FILE, MAX_RETRY, TUNED_FILE, Job, MethodPlan, TuneOptions,
+    DEFAULT_SUITE,
+    EXTRA_METRICS,
+    FOLDS_FILE,
+    TUNED_FILE,
+    Job,
+    MethodPlan,
+    TuneOptions,
+    fmt_params,
+    objective_direction,
 )
 from dmlbench.tune.spaces import method_plan, read_space_file
 from dmlbench.tune.storage import (
-    _optuna, default_storage, heartbeat_settings, objective_direction, open_storage, redact,
+    RUN_TAG,
+    default_storage,
+    heartbeat_settings,
+    import_optuna,
+    open_storage,
+    redact,
+    requeue_interrupted,
+    requeue_orphans,
 )
-from dmlbench.tune.summary import _other_methods, budget_warnings, failed_methods, summarize
-from dmlbench.tune.trial import PRUNE_STARTUP, _echo, _fmt_params, _work_entry, trial_config, work
+from dmlbench.tune.summary import budget_warnings, failed_methods, other_methods, summarize
+from dmlbench.tune.trial import PRUNE_STARTUP, trial_config, work
 
 log = logging.getLogger("dmlbench")
 
@@ -33,8 +55,6 @@ log = logging.getLogger("dmlbench")
 
 def plan_tune(suite: Suite, opts: TuneOptions) -> tuple[list[MethodPlan], list[str]]:
     """(plans of the tuned methods, untrained methods left out); every check before any data."""
-    from dmlbench.methods import get_method
-
     opts.check()
     file_space = read_space_file(opts.space)
     tuned = [m for m in suite.methods if get_method(m).trainable]
@@ -58,9 +78,6 @@ def plan_tune(suite: Suite, opts: TuneOptions) -> tuple[list[MethodPlan], list[s
 def _check_objective(objective: str, names: list[str]) -> None:
     """A generative objective (recon_error) exists only for methods that decode: every trial of
     another method would fail, so the tune is refused before it starts."""
-    from dmlbench.methods import GenerativeMethod, get_method
-    from dmlbench.evaluation.metrics import METRICS
-
     if METRICS.get(objective).kind != "generative":
         return
     blind = [n for n in names if not issubclass(get_method(n), GenerativeMethod)]
@@ -72,8 +89,6 @@ def _check_objective(objective: str, names: list[str]) -> None:
 
 def _fingerprint(job: Job, plan: MethodPlan) -> dict:
     """What must not change when a study is resumed: the equal-budget conditions."""
-    from dmlbench.running.config import NOT_IN_ID
-
     base = job.suite.base.resolved()
     config = {k: v for k, v in base.to_dict().items() if k not in NOT_IN_ID + ("method", "seed", "method_params")}
     return {"dataset": base.dataset, "objective": job.opts.objective, "validation": job.kind, "folds": job.opts.folds,
@@ -104,9 +119,7 @@ def create_studies(job: Job) -> None:
     check that every other method's study in the storage was tuned under the same suite-wide
     conditions (data, objective, folds, steps, ...), so that a later tune of some of the methods
     cannot give them another budget than the rest of the suite's."""
-    import json
-
-    optuna = _optuna()
+    optuna = import_optuna()
     storage = open_storage(job.storage_url)
     direction = objective_direction(job.opts.objective)
     wants = {p.name: json.loads(json.dumps(_fingerprint(job, p), default=str)) for p in job.plans}
@@ -141,56 +154,42 @@ def create_studies(job: Job) -> None:
                                 f"but {job.opts.objective} needs {direction}")
 
 
-def tune(suite: Suite, opts: TuneOptions, echo=_echo) -> dict:
+def tune(suite: Suite, opts: TuneOptions, echo=echo_line) -> dict:
     """Tune every trained method of the suite with an equal budget; write and return tuned.json."""
-    from dmlbench.data.base import standardized
-    from dmlbench.data.splits import fold_assignment, n_partitions
-    from dmlbench.training.encoders import check_input
-    from dmlbench.methods import GenerativeMethod, get_method
-    from dmlbench.running.runner import input_shape
-    from dmlbench.core.runtime import default_threads, limit_threads
-    from dmlbench.core.params import apply_overrides
-    from dmlbench.running.suite import check_batch_sizes, check_before_data
-
     t_start = time.perf_counter()
     if not suite.name:
         suite = dataclasses.replace(suite, name=DEFAULT_SUITE)
     plans, skipped = plan_tune(suite, opts)
     check_before_data(suite)
     base = suite.base.resolved()
-    base.check()
-    if suite.executor not in ("local", "ray"):
-        raise DMLBenchError(f"executor {suite.executor!r} is not one of: local, ray")
     limit_threads(base.threads)  # torch's threads are set where trials run: a pool's driver imports no torch
-    _optuna()  # a missing extra, or an unreachable cluster, stops the tune before it writes anything
-    workers = max(1, suite.workers)
-    threads = max(1, (base.threads or default_threads()) // workers)
-    if suite.executor == "ray":
-        from dmlbench.executors.ray import connect, import_ray
+    import_optuna()  # a missing extra stops the tune before it writes anything
+    executor = suite.make_executor()
+    try:
+        executor.start()  # an unreachable cluster, too
+        return _tune(suite, opts, plans, skipped, executor, echo, t_start)
+    finally:
+        executor.shutdown()
 
-        connect(import_ray(), suite.ray_address, workers * threads, suite.gpus_per_run)
-    suite_dir = suite.dir
+
+def _tune(suite: Suite, opts: TuneOptions, plans: list[MethodPlan], skipped: list[str], executor, echo,
+          t_start: float) -> dict:
+    base = suite.base.resolved()
+    suite_dir = suite.dir.resolve() if executor.remote else suite.dir  # remote workers need absolute paths
     storage_url = opts.storage or default_storage(suite_dir)
-
     data = load_training_data(base)
-    check_input(base.encoder, input_shape(base, data.input_shape))
-    generative = [p.name for p in plans if issubclass(get_method(p.name), GenerativeMethod)]
-    lo, hi = (standardized(data) if base.normalize == "standard" else data).value_range()
-    if generative and (lo < 0 or hi > 1):
-        raise DMLBenchError(f"{', '.join(generative)} decode pixels in [0, 1], but this data spans "
-                            f"[{lo:.3g}, {hi:.3g}]; use normalize=unit or leave the generative methods out")
-    check_batch_sizes(dataclasses.replace(suite, methods=[p.name for p in plans]), base.batch_size, data.train.y,
-                      {p.name: apply_overrides(get_method(p.name).Params(), p.fixed, p.name) for p in plans})
+    tuned_suite = dataclasses.replace(suite, methods=[p.name for p in plans])
+    check_data(tuned_suite, data, (standardized(data) if base.normalize == "standard" else data).value_range(),
+               {p.name: apply_overrides(get_method(p.name).Params(), p.fixed, p.name) for p in plans})
     kind, why = choose_validation(data, opts.folds, opts.validation)
     assignment = fold_assignment(data, kind, opts.folds, opts.tune_seed)
     check_fold_sizes(data, kind, assignment, list(range(opts.folds)), opts.folds)
     parts = n_partitions(opts.folds)
-    fold_ids = list(range(opts.folds))
     metrics = list(dict.fromkeys([opts.objective, *EXTRA_METRICS]))
     # A wall-clock deadline: workers are processes (or Ray tasks) that share the clock, not a timer.
     deadline = time.time() + opts.timeout if opts.timeout else None
-    job = Job(suite, plans, opts, kind, assignment, storage_url, suite_dir, metrics, fold_ids, deadline,
-              uuid.uuid4().hex)
+    job = Job(suite, plans, opts, kind, assignment, storage_url, suite_dir, metrics, list(range(opts.folds)),
+              deadline, uuid.uuid4().hex)
     # A storage that refuses the study leaves no folder, folds.json or study file (an interrupt or
     # a crash, which might be another tune's race on the same folder, leaves them).
     with undo_if_refused(suite_dir, (FOLDS_FILE, layout.STUDY), on=DMLBenchError):
@@ -210,29 +209,26 @@ def tune(suite: Suite, opts: TuneOptions, echo=_echo) -> dict:
          f"partition: {len(example.train)} train / {len(example.test)} validation images), because {why}; "
          "the test set is not read")
     for p in plans:
-        echo(f"  {p.name}: {describe(p.space)}" + (f"; fixed {_fmt_params({**p.fixed, **p.fixed_run})}"
+        echo(f"  {p.name}: {describe(p.space)}" + (f"; fixed {fmt_params({**p.fixed, **p.fixed_run})}"
                                                    if p.fixed or p.fixed_run else ""))
     echo(f"study storage {redact(storage_url)} -> {suite_dir}")
     if opts.prune and opts.trials <= PRUNE_STARTUP:
         echo(f"warning: --prune compares a trial with the median of the earlier ones after {PRUNE_STARTUP} trials of "
              f"a method; with --trials {opts.trials} it prunes nothing")
-
-    level = logging.getLogger("dmlbench").level
+    if executor.remote and (storage_url.startswith("sqlite:///") or storage_url.startswith("journal:")):
+        log.info("the study file must be on a file system every node sees")
     try:
-        if suite.executor == "ray":
-            _run_ray(job, workers, threads, level)
-        elif workers == 1:
-            work(job, threads=threads, data=data)
-        else:
-            _run_local(job, workers, threads, level)
+        # One worker loop per worker: each takes trials of the method furthest behind until the
+        # budget is spent (the executor sets each worker's threads).
+        executor.map(work, [job] * executor.workers)
     except KeyboardInterrupt as e:
         # The workers are stopped; a trial one of them could not re-queue (a Ray task killed, a
         # worker terminated) is re-queued here, so a resume need not wait for its heartbeat to lapse.
         with interrupts_ignored(e):
             _requeue_own(job)
         raise
-    doc = summarize(job, time.perf_counter() - t_start, workers)
-    doc["methods"] = {**_other_methods(suite_dir / TUNED_FILE, doc), **doc["methods"]}
+    doc = summarize(job, time.perf_counter() - t_start, executor.workers)
+    doc["methods"] = {**other_methods(suite_dir / TUNED_FILE, doc), **doc["methods"]}
     write_json(suite_dir / TUNED_FILE, doc)
     for line in budget_warnings(doc, opts.trials):
         echo(f"warning: {line}")
@@ -245,18 +241,15 @@ def tune(suite: Suite, opts: TuneOptions, echo=_echo) -> dict:
 def _requeue_orphans_of_dead_tunes(job: Job) -> None:
     """A tune killed between failing an interrupted trial and re-queuing it left that trial
     without its copy: re-queued here, once older than the heartbeat grace."""
-    from dmlbench.tune.storage import requeue_orphans
-
-    optuna = _optuna()
+    optuna = import_optuna()
     storage = open_storage(job.storage_url)
     for plan in job.plans:
         requeue_orphans(optuna.load_study(study_name=plan.name, storage=storage), min_age_s=heartbeat_settings()[1])
 
 
 def _requeue_own(job: Job) -> None:
-    from dmlbench.tune.storage import RUN_TAG, requeue_interrupted, requeue_orphans
-
-    optuna = _optuna()
+    """After an interrupt: this tune's trials left RUNNING, or failed without their copy, re-queued."""
+    optuna = import_optuna()
     storage = open_storage(job.storage_url)
     for plan in job.plans:
         study = optuna.load_study(study_name=plan.name, storage=storage)
@@ -266,50 +259,3 @@ def _requeue_own(job: Job) -> None:
         # A worker terminated between failing its trial and adding the copy (when one worker
         # exits, the pool terminates the others): the copy is added here.
         requeue_orphans(study, run_id=job.run_id)
-
-
-def _run_local(job: Job, workers: int, threads: int, level: int) -> None:
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    from dmlbench.executors.local import init_worker_process, stop_pool
-
-    ctx = mp.get_context("spawn")  # a fresh interpreter per worker, as the local executor does
-    # The local executor's worker start: interrupts re-queue the running trials, and workers exit
-    # with their driver.
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker_process,
-                               initargs=(threads, level, ctx.Value("i", 0), workers))
-    try:
-        futures = [pool.submit(_work_entry, job, threads, level) for _ in range(workers)]
-        for fut in futures:
-            fut.result()
-    except BaseException as e:
-        with interrupts_ignored(e):
-            stop_pool(pool)
-        raise
-    pool.shutdown()
-
-
-def _run_ray(job: Job, workers: int, threads: int, level: int) -> None:
-    from dmlbench.executors.ray import import_ray
-
-    ray = import_ray()
-    if job.storage_url.startswith("sqlite:///") or job.storage_url.startswith("journal:"):
-        log.info("ray: the study file must be on a file system every node sees")
-    from dmlbench.executors.ray import connect
-
-    gpus = job.suite.gpus_per_run
-    connect(ray, job.suite.ray_address, workers * threads, gpus)
-    job = dataclasses.replace(job, suite_dir=Path(job.suite_dir).resolve())
-    remote = ray.remote(num_cpus=threads, num_gpus=gpus, max_retries=MAX_RETRY)(_work_entry)
-    refs = [remote.remote(job, threads, level) for _ in range(workers)]
-    try:
-        ray.get(refs)
-    except BaseException as e:
-        with interrupts_ignored(e):
-            for ref in refs:  # an interrupt in each task first: its trial re-queues itself
-                ray.cancel(ref)
-            ray.wait(refs, num_returns=len(refs), timeout=10)
-            for ref in refs:
-                ray.cancel(ref, force=True)
-        raise

@@ -8,10 +8,11 @@ import platform
 from collections import Counter
 from pathlib import Path
 
-from dmlbench.tune.options import TRIALS_DIR, Job
+from dmlbench.core.io import CorruptFileError, read_json
+from dmlbench.running.provenance import device_kind
+from dmlbench.tune.options import TRIALS_DIR, Job, fmt_params, objective_direction
 from dmlbench.tune.spaces import split_params
-from dmlbench.tune.storage import _optuna, budget, objective_direction, open_storage, redact
-from dmlbench.tune.trial import _fmt_params
+from dmlbench.tune.storage import budget, import_optuna, open_storage, redact
 
 log = logging.getLogger("dmlbench")
 
@@ -21,7 +22,7 @@ def summarize(job: Job, wall_seconds: float, workers: int) -> dict:
     counts by state and seconds."""
     from optuna.trial import TrialState
 
-    optuna = _optuna()
+    optuna = import_optuna()
     storage = open_storage(job.storage_url)
     methods, spans = {}, []
     for plan in job.plans:
@@ -71,9 +72,6 @@ def trial_devices(trials, suite_dir: Path) -> dict[str, int]:
     study resumed elsewhere (a GPU, then a CPU) says where its trials ran. A run folder is looked
     for where the trial recorded it, else under this suite's trials/ (a study copied from another
     machine); "unknown" where neither holds it (a crash before the run began)."""
-    from dmlbench.core.io import CorruptFileError, read_json
-    from dmlbench.running.provenance import device_kind
-
     counts: Counter = Counter()
     for t in trials:
         dirs = [v for k, v in sorted(t.user_attrs.items()) if k.startswith("run_dir_fold")]
@@ -105,6 +103,7 @@ def _busy_seconds(spans: list) -> float:
 
 
 def summary_table(doc: dict) -> str:
+    """The tune's summary: per method its best value and settings, trial counts and minutes."""
     obj = doc["objective"]
     head = ["method", f"best {obj}", "trial", "complete", "pruned", "failed", "minutes", "best settings"]
     rows = []
@@ -113,7 +112,7 @@ def summary_table(doc: dict) -> str:
         value = "-" if m["best_value"] is None else f"{m['best_value']:.4f}"
         trial = "-" if m["best_trial"] is None else str(m["best_trial"])
         settings = ("(no complete trial)" if m["best_trial"] is None
-                    else _fmt_params({**m["method_params"], **m["run_params"]}) or "(defaults)")
+                    else fmt_params({**m["method_params"], **m["run_params"]}) or "(defaults)")
         rows.append([name, value, trial, str(s["COMPLETE"]), str(s["PRUNED"]), str(s["FAIL"]),
                      f"{m['wall_seconds'] / 60:.1f}", settings])
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
@@ -130,11 +129,9 @@ def summary_table(doc: dict) -> str:
                      + ([f"({'; '.join(footer)})"] if footer else []))
 
 
-def _other_methods(path: Path, doc: dict) -> dict:
+def other_methods(path: Path, doc: dict) -> dict:
     """The entries of an earlier tuned.json for methods this tune left out (``--methods`` a subset
     of an earlier tune of the same suite), so that tuned.json keeps every method tuned there."""
-    from dmlbench.core.io import CorruptFileError, read_json
-
     if not path.is_file():
         return {}
     try:

@@ -5,21 +5,33 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from dmlbench.running.config import RunConfig
 from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.locks import Lock
+from dmlbench.core.params import apply_overrides
 from dmlbench.core.runtime import echo_line
+from dmlbench.methods import get_method
+from dmlbench.running import runner
+from dmlbench.running.config import RunConfig
+from dmlbench.running.rundata import test_triplets
+from dmlbench.training.config import epoch_plan
 from dmlbench.tune.folds import fold_data, load_training_data
-from dmlbench.tune.options import POLL_S, TRIALS_DIR, TUNE_LOCK, Job, MethodPlan
+from dmlbench.tune.options import POLL_S, TRIALS_DIR, TUNE_LOCK, Job, MethodPlan, fmt_params
 from dmlbench.tune.spaces import split_params, suggest
 from dmlbench.tune.storage import (
-    RUN_TAG, _Heartbeat, _optuna, budget, fail_stale_trials, heartbeat_settings, make_sampler, open_storage,
+    RUN_TAG,
+    Heartbeat,
+    budget,
+    fail_stale_trials,
+    heartbeat_settings,
+    import_optuna,
+    make_sampler,
+    open_storage,
     requeue_interrupted,
 )
 
@@ -35,7 +47,7 @@ class TrialFailed(DMLBenchError):
 
 
 def _pruned_error():
-    optuna = _optuna()
+    optuna = import_optuna()
 
     class Pruned(DMLBenchError, optuna.TrialPruned):
         """Raised in the trainer's callback: a DMLBenchError so the runner records it in one line."""
@@ -46,15 +58,11 @@ def _pruned_error():
 def trial_config(base: RunConfig, n_train: int, plan: MethodPlan, params: dict, seed: int, tuned: dict) -> RunConfig:
     """The run config of a trial: the suite's base, the budget fixed from the fold's training size,
     the sampled method keys applied like --set and the run keys (lr, ...) onto the run."""
-    from dmlbench.methods import get_method
-    from dmlbench.core.params import apply_overrides
-    from dmlbench.running.runner import with_method
-
     method_keys, run_keys = split_params(params, plan.name)
     cls = get_method(plan.name)
     method_params = apply_overrides(cls.Params(), {**plan.fixed, **method_keys}, plan.name)
     cfg = apply_overrides(base.with_budget(n_train), {**plan.fixed_run, **run_keys}, "run")
-    cfg = with_method(cfg, plan.name, seed, dataclasses.asdict(method_params))
+    cfg = runner.with_method(cfg, plan.name, seed, dataclasses.asdict(method_params))
     cfg = dataclasses.replace(cfg, tuned=tuned)
     cfg.check()
     return cfg
@@ -69,7 +77,7 @@ def _pruning_callback(trial, objective: str, fold, cfg: RunConfig, triplets, ste
         from dmlbench.evaluation.evaluate import evaluate
 
         rng = torch.get_rng_state()  # evaluating must not change the training that follows
-        ctx = evaluate(trainer.method, fold, cfg, triplets, trainer.device, metrics=[objective])
+        ctx = evaluate(trainer.method, fold, cfg.eval_config(), triplets, trainer.device, metrics=[objective])
         torch.set_rng_state(rng)
         value = ctx.results.get(objective)
         if value is None or not math.isfinite(value):
@@ -84,10 +92,7 @@ def _pruning_callback(trial, objective: str, fold, cfg: RunConfig, triplets, ste
 
 def run_trial(trial, job: Job, plan: MethodPlan, folds: dict) -> float:
     """Sample, run each fold, return the mean validation objective (raise for FAIL or PRUNED)."""
-    from dmlbench.running import runner
-    from dmlbench.training.trainer import epoch_plan
-
-    optuna = _optuna()
+    optuna = import_optuna()
     params = suggest(trial, plan.space)
     base = job.suite.base.resolved()
     seed = job.opts.tune_seed
@@ -101,7 +106,7 @@ def run_trial(trial, job: Job, plan: MethodPlan, folds: dict) -> float:
         fold_dir = Path(job.suite_dir) / TRIALS_DIR / f"fold{f}"
         callbacks, state = (), {}
         if job.opts.prune:
-            triplets = runner.test_triplets(fd, cfg, fold_dir)
+            triplets = test_triplets(fd, cfg, fold_dir)
             callbacks = (_pruning_callback(trial, job.opts.objective, fd, cfg, triplets, step0, state),)
         while True:
             r = runner.run_one(cfg, fold_dir, reuse_stale=job.suite.reuse_stale, data=fd, callbacks=callbacks,
@@ -123,25 +128,18 @@ def run_trial(trial, job: Job, plan: MethodPlan, folds: dict) -> float:
     return float(np.mean(scores))
 
 
-_echo = echo_line  # one write a line: the pool's workers share stderr
-
-
-def _fmt_params(params: dict) -> str:
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-
-
 def _one_trial(study, job: Job, plan: MethodPlan, folds: dict, trial) -> None:
     """Run a trial that was asked, with a heartbeat, and tell the study how it ended."""
-    optuna = _optuna()
+    optuna = import_optuna()
     TrialState = optuna.trial.TrialState
     t0 = time.perf_counter()
     name = f"{plan.name} trial {trial.number}"
-    with _Heartbeat(study._storage, trial._trial_id):
+    with Heartbeat(study._storage, trial._trial_id):
         try:
             value = run_trial(trial, job, plan, folds)
         except optuna.TrialPruned as e:
             study.tell(trial, state=TrialState.PRUNED)
-            _echo(f"  {name}: pruned ({e}) [{time.perf_counter() - t0:.1f} s]")
+            echo_line(f"  {name}: pruned ({e}) [{time.perf_counter() - t0:.1f} s]")
             return
         except KeyboardInterrupt:
             # Not the method's failure: failed and re-queued (no retry used up), so a resume runs it.
@@ -153,29 +151,21 @@ def _one_trial(study, job: Job, plan: MethodPlan, folds: dict, trial) -> None:
                 log.exception("%s crashed", name)
             trial.set_user_attr("fail_reason", reason[:1000])
             study.tell(trial, state=TrialState.FAIL)
-            _echo(f"  {name}: FAILED: {reason} ({_fmt_params(trial.params)})")
+            echo_line(f"  {name}: FAILED: {reason} ({fmt_params(trial.params)})")
             return
     study.tell(trial, value)
     seconds = time.perf_counter() - t0
-    _echo(f"  {name}: {job.opts.objective} {value:.4f} ({_fmt_params(trial.params)}) [{seconds:.1f} s]")
+    echo_line(f"  {name}: {job.opts.objective} {value:.4f} ({fmt_params(trial.params)}) [{seconds:.1f} s]")
 
 
-def work(job: Job, threads: int | None = None, data=None, level: int | None = None) -> int:
-    """A worker: take trials until each study has its budget, always of the method with the fewest
-    trials started (so a tune cut short by --timeout or a kill leaves the methods within one trial
-    per worker of each other). Several workers (processes, Ray tasks, machines) may run this on one
-    storage at once. Returns the number of trials this worker ran."""
-    from dmlbench.core.locks import Lock
-    from dmlbench.core.runtime import set_threads
-
-    optuna = _optuna()
-    if level is not None:
-        _log_to_stderr(level)
-    if threads is not None:
-        set_threads(threads)
+def work(job: Job) -> int:
+    """A worker (an executor's job for ``bench tune``): take trials until each study has its budget,
+    always of the method with the fewest trials started (so a tune cut short by --timeout or a kill
+    leaves the methods within one trial per worker of each other). Several workers (processes, Ray
+    tasks, machines) may run this on one storage at once. Returns the number of trials it ran."""
+    optuna = import_optuna()
     base = job.suite.base.resolved()
-    if data is None:
-        data = load_training_data(base)
+    data = load_training_data(base)
     folds = {f: fold_data(data, job.kind, job.assignment, f, base.normalize) for f in job.folds}
     storage = open_storage(job.storage_url)
     studies = {p.name: optuna.load_study(study_name=p.name, storage=storage,
@@ -187,7 +177,7 @@ def work(job: Job, threads: int | None = None, data=None, level: int | None = No
     announced = False
     while True:
         if job.deadline is not None and time.time() >= job.deadline:
-            _echo(f"  time budget (--timeout) reached: this worker starts no more trials ({ran} run)")
+            echo_line(f"  time budget (--timeout) reached: this worker starts no more trials ({ran} run)")
             return ran
         plan, trial, busy = None, None, 0
         with lock:
@@ -217,29 +207,13 @@ def work(job: Job, threads: int | None = None, data=None, level: int | None = No
         if not busy:
             return ran
         if not announced:
-            _echo(f"  waiting for {busy} running trial(s): another worker's, or left by a killed tune (re-queued "
+            echo_line(f"  waiting for {busy} running trial(s): another worker's, or left by a killed tune (re-queued "
                   f"once silent for {heartbeat_settings()[1]} s)")
             announced = True
         time.sleep(min(POLL_S, heartbeat_settings()[0]))
 
 
 def _pruner(prune: bool):
-    optuna = _optuna()
+    optuna = import_optuna()
     return (optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP, n_warmup_steps=1) if prune
             else optuna.pruners.NopPruner())
-
-
-def _log_to_stderr(level: int) -> None:
-    from dmlbench.core.runtime import log_to_stderr
-
-    log_to_stderr(level)
-
-
-def _work_entry(job: Job, threads: int, level: int) -> int:
-    from dmlbench.executors.local import busy
-
-    try:
-        with busy():  # an interrupt raises in the trial, which is then re-queued
-            return work(job, threads=threads, level=level)
-    except KeyboardInterrupt:
-        os._exit(130)  # the trial is back in the queue; the driver is stopping the pool

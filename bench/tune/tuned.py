@@ -4,30 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from dmlbench.running.config import RunConfig
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.io import CorruptFileError, read_json
+from dmlbench.core.params import apply_overrides
 from dmlbench.core.space import RUN_KEYS
+from dmlbench.data import DatasetRef
+from dmlbench.methods import get_method
 from dmlbench.running.suite import Suite
 from dmlbench.tune.options import DEFAULT_TEST_SEEDS, TUNED_FILE
+from dmlbench.tune.summary import budget_warnings
 
 log = logging.getLogger("dmlbench")
 
 
 # ----------------------------------------------------------------------------- from tuning to the table
-
-
-@dataclass
-class TunedSuite(Suite):
-    """A suite whose methods run with tuned settings: method keys in ``method_sets`` (as --set),
-    run keys (lr, ...) per method in ``run_sets``, and where they came from in ``tuned`` (for each
-    run's ``RunConfig.tuned``). ``dmlbench.running.suite.expand`` applies ``run_sets`` and ``tuned``."""
-
-    run_sets: dict[str, dict] = field(default_factory=dict)
-    tuned: dict[str, dict] = field(default_factory=dict)
 
 
 def read_tuned(tuned_dir: Path) -> tuple[Path, dict]:
@@ -52,17 +44,13 @@ def read_tuned(tuned_dir: Path) -> tuple[Path, dict]:
 
 
 def apply_tuned(suite: Suite, tuned_dir: Path, *, seeds_given: bool | None = None,
-                run_flags: dict | None = None) -> TunedSuite:
+                run_flags: dict | None = None) -> Suite:
     """The suite with each tuned method at its best validation settings (``bench run --tuned``).
 
     Methods of the suite that were not tuned are left out (with a warning), except untrained ones
     (the raw floor). The tuned values apply over the suite's --set. Seeds: 0-4 unless given
     (``seeds_given=None``: the suite's seeds count as not given when they are the default [0]).
     """
-    from dmlbench.data import DatasetRef
-    from dmlbench.methods import get_method
-    from dmlbench.core.params import apply_overrides
-
     path, doc = read_tuned(tuned_dir)
     if DatasetRef.parse(doc["dataset"]).slug() != DatasetRef.parse(suite.base.dataset).slug():
         raise DMLBenchError(f"{path} was tuned on {doc['dataset']}, but this suite runs {suite.base.dataset}; "
@@ -113,7 +101,6 @@ def apply_tuned(suite: Suite, tuned_dir: Path, *, seeds_given: bool | None = Non
     if differ:
         log.warning("--tuned: tuned with other %s than this run (%s)", ", ".join(differ),
                     ", ".join(f"{k} {cfg[k]} -> {getattr(here, k)}" for k in differ))
-    from dmlbench.tune.summary import budget_warnings
 
     kept = {**doc, "methods": {n: m for n, m in tuned_methods.items() if n in keep}}
     for line in budget_warnings(kept):
@@ -121,54 +108,5 @@ def apply_tuned(suite: Suite, tuned_dir: Path, *, seeds_given: bool | None = Non
     if seeds_given is None:
         seeds_given = suite.seeds != [0]
     seeds = list(suite.seeds) if seeds_given else list(DEFAULT_TEST_SEEDS)
-    fields = {f.name: getattr(suite, f.name) for f in dataclasses.fields(Suite)}
-    fields.update(methods=keep, method_sets=method_sets, seeds=seeds)
-    return TunedSuite(**fields, run_sets=run_sets, tuned=tuned)
-
-
-def archive_superseded(suite: TunedSuite) -> list[Path]:
-    """Test runs of a tuned method made with tuned settings other than its current best (the study
-    went on and another trial won, or another tune of the method was given) are moved to the
-    suite's ``.stale/``, never deleted, so the table has one row per method: its current best.
-    Runs of the current best and untuned runs are kept; a run another process holds is left alone."""
-    from dmlbench.running import layout
-    from dmlbench.core.locks import Lock
-    from dmlbench.running.runner import archive_run
-
-    moved = []
-    for method, info in getattr(suite, "tuned", {}).items():
-        for run in sorted((suite.dir / method).glob("s*-*")):
-            if not run.is_dir() or not layout.is_complete(run):
-                continue
-            try:
-                old = read_json(run / layout.CONFIG).get("tuned") or {}
-            except CorruptFileError:
-                continue  # the run itself reports its corrupt file when it is reached
-            if old.get("study") != info.get("study") or (old.get("trial"), old.get("params")) == \
-                    (info.get("trial"), info.get("params")):
-                continue
-            lock = Lock(run / layout.LOCK)
-            if not lock.acquire(blocking=False):
-                continue
-            try:
-                dest = archive_run(run)
-            finally:
-                lock.release()
-            log.warning("%s: made with %s's earlier best settings (trial %s); the best is now trial %s: "
-                        "archived to %s", run, method, old.get("trial"), info.get("trial"), dest)
-            moved.append(dest)
-    return moved
-
-
-def tuned_config(suite: Suite, cfg: RunConfig) -> RunConfig:
-    """A planned run's config with its method's tuned run keys and ``tuned`` record (what
-    ``suite.expand`` does for a :class:`TunedSuite`; identity for any other suite)."""
-    from dmlbench.core.params import apply_overrides
-
-    run_keys = getattr(suite, "run_sets", {}).get(cfg.method)
-    info = getattr(suite, "tuned", {}).get(cfg.method)
-    if run_keys:
-        cfg = apply_overrides(cfg, run_keys, "run")
-    if info:
-        cfg = dataclasses.replace(cfg, tuned=info)
-    return cfg
+    return dataclasses.replace(suite, methods=keep, method_sets=method_sets, seeds=seeds, run_sets=run_sets,
+                               tuned=tuned)

@@ -1,6 +1,6 @@
 """Figures from a results folder: one PNG per kind, per dataset.
 
-``plot_results(results_dir)`` reads the run folders that :mod:`dmlbench.running.runner` wrote and draws
+They read the run folders that :mod:`dmlbench.running.runner` wrote; per dataset:
 
 - ``embeddings.png``: 2-D t-SNE (or PCA) of the test embeddings, a panel per method (TVAE Fig. 2);
 - ``reconstructions.png``: test images and their reconstructions by each generative method (TVAE Fig. 3;
@@ -24,96 +24,26 @@ import numpy as np
 import pandas as pd
 
 from dmlbench.core.errors import DMLBenchError
-from dmlbench.core.io import atomic_write_bytes, read_npz
-
-# A run's saved arrays are its own: a damaged one is made again by re-running that run.
-RERUN = "re-run the bench run command that made it (it re-makes a run whose files cannot be read; if it skips the run, delete the run's metrics.json first)"
+from dmlbench.core.io import read_npz
+from dmlbench.report.plots.common import (
+    NOT_LOSS_COLUMNS,
+    RERUN,
+    bar_metrics,
+    class_names,
+    figure,
+    file_slug,
+    first_seed,
+    grid,
+    method_labels,
+    palette,
+    runs_of,
+    save,
+    style,
+)
+from dmlbench.report.plots.tvae import plot_reconstructions, plot_tradeoff
 
 PROJECTIONS = ("tsne", "pca")
 TSNE_MAX_POINTS = 2000
-NOT_LOSS_COLUMNS = {"epoch", "lr", "seconds", "images_per_s"}
-
-
-# --------------------------------------------------------------------------------------------- helpers
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: Path) -> Path:
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
-
-
-def _style():
-    import seaborn as sns
-
-    return sns.axes_style("whitegrid")
-
-
-def _slug(text: str) -> str:
-    from dmlbench.running.layout import slug
-
-    return slug(text)
-
-
-def _palette(n: int):
-    import seaborn as sns
-
-    if n <= 10:
-        return sns.color_palette("tab10", n)
-    if n <= 20:
-        return sns.color_palette("tab20", n)
-    return sns.color_palette("husl", n)
-
-
-def _bar_metrics() -> list[str]:
-    """The registry's default metrics that are fractions in [0, 1] (bars share one axis)."""
-    from dmlbench.evaluation.metrics import METRICS, default_metrics
-
-    return [m for m in default_metrics() if METRICS.get(m).higher_is_better and METRICS.get(m).kind != "info"]
-
-
-def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
-    cols = min(n, max_cols)
-    return math.ceil(n / cols), cols
-
-
-def _runs(results_dir: Path) -> pd.DataFrame:
-    from dmlbench.report.results import load_runs
-
-    return load_runs(results_dir)
-
-
-def _labels(runs: pd.DataFrame) -> list[str]:
-    return list(dict.fromkeys(runs["label"]))
-
-
-def _first_seed(runs: pd.DataFrame) -> pd.DataFrame:
-    """One run per method configuration: seed 0, or the lowest seed."""
-    return runs.sort_values("seed", kind="stable").groupby("label", sort=False).head(1) \
-        .set_index("label").loc[_labels(runs)].reset_index()
-
-
-def _class_names(runs: pd.DataFrame, labels: np.ndarray) -> list[str]:
-    """Names for class ids, from config.json's data info where it has them, else the ids."""
-    for cfg in runs["config"]:
-        info = cfg.get("data") or {}
-        names = info.get("class_names")
-        if names is None and isinstance(info.get("classes"), list):
-            names = info["classes"]
-        if names:
-            return [str(names[int(c)]) if 0 <= int(c) < len(names) else str(c) for c in labels]
-    return [str(int(c)) for c in labels]
 
 
 # --------------------------------------------------------------------------------------------- figures
@@ -136,7 +66,7 @@ def plot_embeddings(runs: pd.DataFrame, path: Path, projection: str = "tsne",
                     max_points: int | None = None) -> Path | None:
     """A seeded subsample of at most ``max_points`` (default TSNE_MAX_POINTS) test points, the same for every panel."""
     max_points = max_points or TSNE_MAX_POINTS
-    first = _first_seed(runs)
+    first = first_seed(runs)
     panels = []
     for r in first.itertuples():
         f = Path(r.run_dir) / "embeddings.npz"
@@ -149,11 +79,11 @@ def plot_embeddings(runs: pd.DataFrame, path: Path, projection: str = "tsne",
     rng = np.random.default_rng(0)
     sub = np.sort(rng.choice(n, max_points, replace=False)) if n > max_points else np.arange(n)
     classes = np.unique(panels[0][3])
-    names = _class_names(runs, classes)
-    colours = dict(zip(classes, _palette(len(classes))))
-    rows, cols = _grid(len(panels))
-    fig = _figure(3.6 * cols + 1.4, 3.4 * rows + 0.4)
-    with _style():
+    names = class_names(runs, classes)
+    colours = dict(zip(classes, palette(len(classes))))
+    rows, cols = grid(len(panels))
+    fig = figure(3.6 * cols + 1.4, 3.4 * rows + 0.4)
+    with style():
         axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
         for ax, (label, seed, emb, y) in zip(axes, panels):
             xy = _project(np.asarray(emb, dtype=np.float32)[sub], projection)
@@ -174,14 +104,14 @@ def plot_embeddings(runs: pd.DataFrame, path: Path, projection: str = "tsne",
                    ncols=math.ceil(len(classes) / 15))
     what = "t-SNE" if projection == "tsne" else "PCA"
     fig.suptitle(f"{what} of the test embeddings ({len(sub)} of {n} test images, coloured by class)")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_confusions(runs: pd.DataFrame, folder: Path) -> list[Path]:
     import seaborn as sns
 
     out = []
-    for label in _labels(runs):
+    for label in method_labels(runs):
         mine = runs[runs["label"] == label]
         mats, ids = [], None
         for r in mine.itertuples():
@@ -199,10 +129,10 @@ def plot_confusions(runs: pd.DataFrame, folder: Path) -> list[Path]:
         k = len(total)
         if ids is None or len(ids) != k:
             ids = np.arange(k)
-        names = _class_names(runs, ids)
+        names = class_names(runs, ids)
         norm = total / np.maximum(total.sum(1, keepdims=True), 1)
         side = max(5.0, 0.45 * k + 2.5)
-        fig = _figure(side + 1.0, side)
+        fig = figure(side + 1.0, side)
         ax = fig.subplots()
         annot = k <= 15
         sns.heatmap(norm, ax=ax, vmin=0, vmax=1, cmap="Blues", square=True, annot=annot, fmt=".2f",
@@ -215,7 +145,7 @@ def plot_confusions(runs: pd.DataFrame, folder: Path) -> list[Path]:
         acc = np.trace(total) / max(total.sum(), 1)
         ax.set_title(f"{label}: linear SVM on the embeddings\n(row-normalised, {len(mats)} seed(s) pooled, "
                      f"accuracy {acc:.3f})", fontsize=10)
-        out.append(_save(fig, folder / f"confusion_{_slug(label)}.png"))
+        out.append(save(fig, folder / f"confusion_{file_slug(label)}.png"))
     return out
 
 
@@ -234,7 +164,7 @@ def plot_loss_curves(runs: pd.DataFrame, path: Path) -> Path | None:
     import seaborn as sns
 
     panels = []
-    for label in _labels(runs):
+    for label in method_labels(runs):
         frames = []
         for r in runs[runs["label"] == label].itertuples():
             h = _history(r.run_dir)
@@ -249,14 +179,14 @@ def plot_loss_curves(runs: pd.DataFrame, path: Path) -> Path | None:
             panels.append((label, pd.concat(frames, ignore_index=True)))
     if not panels:
         return None
-    rows, cols = _grid(len(panels), 3)
-    fig = _figure(4.3 * cols, 3.3 * rows + 0.3)
-    with _style():
+    rows, cols = grid(len(panels), 3)
+    fig = figure(4.3 * cols, 3.3 * rows + 0.3)
+    with style():
         axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
         for ax, (label, df) in zip(axes, panels):
             terms = list(dict.fromkeys(df["term"]))
             # The weighted total is drawn dashed in black, the terms in colour.
-            colours = dict(zip([t for t in terms if t != "loss"], _palette(len(terms))))
+            colours = dict(zip([t for t in terms if t != "loss"], palette(len(terms))))
             colours["loss"] = (0.15, 0.15, 0.15)
             n_seeds = df["seed"].nunique()
             sns.lineplot(data=df, x="epoch", y="value", hue="term", style="term", ax=ax, palette=colours,
@@ -272,22 +202,22 @@ def plot_loss_curves(runs: pd.DataFrame, path: Path) -> Path | None:
         for ax in axes[len(panels):]:
             ax.set_visible(False)
     fig.suptitle("Training loss terms per epoch ('loss' is the weighted total)")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_metrics(runs: pd.DataFrame, path: Path, metrics: list[str] | None = None) -> Path | None:
     import seaborn as sns
 
-    metrics = [m for m in (metrics or _bar_metrics()) if m in runs.columns and runs[m].notna().any()]
+    metrics = [m for m in (metrics or bar_metrics()) if m in runs.columns and runs[m].notna().any()]
     if not metrics:
         return None
     long = runs.melt(id_vars=["label", "seed"], value_vars=metrics, var_name="metric", value_name="value").dropna()
-    labels = _labels(runs)
-    fig = _figure(max(7.0, 1.25 * len(labels) * max(len(metrics), 3) / 3 + 2.5), 4.6)
-    with _style():
+    labels = method_labels(runs)
+    fig = figure(max(7.0, 1.25 * len(labels) * max(len(metrics), 3) / 3 + 2.5), 4.6)
+    with style():
         ax = fig.subplots()
         sns.barplot(data=long, x="label", y="value", hue="metric", order=labels, hue_order=metrics,
-                    errorbar="sd", capsize=0.08, err_kws={"linewidth": 1}, ax=ax, palette=_palette(len(metrics)))
+                    errorbar="sd", capsize=0.08, err_kws={"linewidth": 1}, ax=ax, palette=palette(len(metrics)))
         ax.set_ylim(0, 1.0)
         ax.set_xlabel("")
         ax.set_ylabel("mean ± sd over seeds")
@@ -299,10 +229,8 @@ def plot_metrics(runs: pd.DataFrame, path: Path, metrics: list[str] | None = Non
     n = runs.groupby("label")["seed"].nunique()
     fig.suptitle(f"Test metrics ({int(n.min())}–{int(n.max())} seeds per method)" if n.min() != n.max()
                  else f"Test metrics ({int(n.min())} seed{'s' if n.min() > 1 else ''} per method)")
-    return _save(fig, path)
+    return save(fig, path)
 
-
-# --------------------------------------------------------------------------------------------- entry
 
 def plot_results(results_dir: Path, out: Path | None = None, projection: str = "tsne") -> list[Path]:
     """Draw every figure for each dataset under results_dir; returns the written PNG paths.
@@ -310,11 +238,9 @@ def plot_results(results_dir: Path, out: Path | None = None, projection: str = "
     PNGs go to ``<dataset folder>/plots/``; with ``out``, to ``out`` (one dataset) or
     ``out/<dataset folder name>/`` (several datasets).
     """
-    from dmlbench.report.plots.tvae import plot_reconstructions, plot_tradeoff
-
     if projection not in PROJECTIONS:
         raise DMLBenchError(f"unknown projection {projection!r}; use one of: {', '.join(PROJECTIONS)}")
-    runs = _runs(Path(results_dir))
+    runs = runs_of(Path(results_dir))
     datasets = list(dict.fromkeys(runs["dataset_dir"]))
     written: list[Path] = []
     for ds in datasets:

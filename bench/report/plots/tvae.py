@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from dmlbench.core.io import read_npz
-from dmlbench.report.plots.figures import RERUN, _class_names, _figure, _first_seed, _save, _style
+from dmlbench.report.plots.common import RERUN, class_names, figure, first_seed, save, style
 
 
 def _as_image(a: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, dict]:
@@ -21,7 +21,7 @@ def _as_image(a: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, dict]:
 
 
 def plot_reconstructions(runs: pd.DataFrame, path: Path, max_cols: int = 12) -> Path | None:
-    first = _first_seed(runs)
+    first = first_seed(runs)
     first = first.iloc[np.argsort(first["method"].to_numpy() != "vae", kind="stable")]  # VAE, then TVAE, ...
     rows = []
     for r in first.itertuples():
@@ -34,10 +34,10 @@ def plot_reconstructions(runs: pd.DataFrame, path: Path, max_cols: int = 12) -> 
     x, y = rows[0][1], rows[0][3]
     k = min(len(x), max_cols)
     lo, hi = float(min(x.min(), 0.0)), float(max(x.max(), 1.0))
-    names = _class_names(runs, y[:k])
+    names = class_names(runs, y[:k])
     grid = [("input", x)] + [(label, x_hat) for label, _, x_hat, _ in rows]
     width = max(1.0 * k + 2.2, 6.0)
-    fig = _figure(width, 1.05 * len(grid) + 0.6)
+    fig = figure(width, 1.05 * len(grid) + 0.6)
     axes = fig.subplots(len(grid), k, squeeze=False)
     for i, (label, imgs) in enumerate(grid):
         for j in range(k):
@@ -53,7 +53,7 @@ def plot_reconstructions(runs: pd.DataFrame, path: Path, max_cols: int = 12) -> 
         axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
     fig.suptitle("Test images (first of each class) and their reconstructions from z = μ (seed "
                  f"{int(first['seed'].min())})", fontsize=10)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _triplet_weight(cfg: dict) -> float | None:
@@ -79,8 +79,8 @@ def plot_tradeoff(runs: pd.DataFrame, path: Path) -> Path | None:
     vae = runs[runs["method"] == "vae"]
     vaeg = vae.groupby("label", sort=False)[cols].agg(["mean", "std"]).fillna(0.0) if len(vae) else None
     ambiguous = tvg["w"].duplicated(keep=False)
-    fig = _figure(5.2 * len(ys) + 0.4, 4.8)
-    with _style():
+    fig = figure(5.2 * len(ys) + 0.4, 4.8)
+    with style():
         axes = np.atleast_1d(fig.subplots(1, len(ys), squeeze=False)).ravel()
         for ax, y in zip(axes, ys):
             ax.plot(tvg["recon_error_mean"], tvg[f"{y}_mean"], color="0.7", linewidth=1, zorder=1)
@@ -105,4 +105,4 @@ def plot_tradeoff(runs: pd.DataFrame, path: Path) -> Path | None:
     seeds = f"{hi} seed{'s' if hi > 1 else ''}" if lo == hi else f"{lo}–{hi} seeds per point"
     fig.suptitle(f"TVAE: triplet accuracy against test reconstruction error for each triplet weight w "
                  f"(mean ± sd over {seeds})", fontsize=10)
-    return _save(fig, path)
+    return save(fig, path)

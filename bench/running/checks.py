@@ -1,0 +1,96 @@
+"""The checks before anything runs, shared by ``bench run`` and ``bench tune``: everything that can
+be refused is refused here, with a one-line error and the fix, before a run or trial starts and,
+where no data is needed, before any image is decoded.
+
+- :func:`check_before_data`: names, options, values, seeds, devices, the encoder against a known
+  image size;
+- :func:`check_out`: the results folder can be made and written;
+- :func:`check_data`: against the loaded training data: the encoder's input, every method's batch
+  size, generative methods against the value range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.io import clean_temp_files
+from dmlbench.core.params import apply_overrides
+from dmlbench.core.runtime import resolve_device
+from dmlbench.data.load import planned_shape
+from dmlbench.methods import GenerativeMethod, get_method
+from dmlbench.methods.pml import check_runnable
+from dmlbench.running.rundata import input_shape
+from dmlbench.training.batches import check_batch_size
+from dmlbench.training.encoders import check_input
+
+if TYPE_CHECKING:  # (the suite module calls these checks)
+    from dmlbench.running.suite import Suite
+
+
+def check_before_data(suite: Suite) -> None:
+    """Checks that need no decoded image: names, options, values, and the encoder against a known
+    image size."""
+    base = suite.base.resolved()
+    base.check()
+    repeated = sorted({s for s in suite.seeds if list(suite.seeds).count(s) > 1})
+    if repeated:
+        raise DMLBenchError(f"seeds repeat ({', '.join(map(str, repeated))}); give each seed once")
+    for seed in suite.seeds:
+        dataclasses.replace(base, seed=seed).check()
+    for name in suite.methods:
+        check_runnable(name)
+        apply_overrides(get_method(name).Params(), suite.method_sets.get(name, {}), name)
+    for device in dict.fromkeys([base.device, *suite.devices]):
+        if str(device).startswith("cuda"):  # before any run folder is touched (torch only for CUDA)
+            resolve_device(str(device))
+    trained = [m for m in suite.methods if get_method(m).trainable]
+    shape = planned_shape(base.dataset, base.data_dir or None, base.data_options)
+    if shape is not None and trained:
+        check_input(base.encoder, input_shape(base, shape))
+
+
+def check_out(folder: Path) -> None:
+    """The suite folder exists (or can be made) and is writable; orphan temp files of killed runs
+    are removed."""
+    for parent in [folder, *folder.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise DMLBenchError(f"results folder {folder}: {parent} is a file, not a folder; choose another out folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DMLBenchError(f"cannot create results folder {folder} ({e.strerror}); choose another out folder") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DMLBenchError(f"results folder {folder} is not writable; choose another out folder")
+    clean_temp_files(folder, older_than_s=600)  # older: no live writer is about to rename it
+
+
+def check_batch_sizes(suite: Suite, batch_size: int, train_labels, params: dict | None = None) -> None:
+    """Every trained method's batch kind gets a full step from ``batch_size`` (torch-free, once,
+    before any run: else every run of the method would fail alike). ``params``: per method, its
+    options (default: the suite's --set over the method's defaults)."""
+    for name in suite.methods:
+        cls = get_method(name)
+        if not cls.trainable:
+            continue
+        p = (params or {}).get(name) or apply_overrides(cls.Params(), suite.method_sets.get(name, {}), name)
+        check_batch_size(name, cls, p, batch_size, train_labels)
+
+
+def check_data(suite: Suite, data, value_range: tuple[float, float], params: dict | None = None) -> None:
+    """Checks against the loaded training data, for ``bench run`` and ``bench tune`` alike: the
+    encoder takes the images, every method's batch size gives it a full step, and generative
+    methods (which decode pixels in [0, 1]) see data in [0, 1] (``value_range``: of the data as the
+    runs will see it, normalised)."""
+    base = suite.base.resolved()
+    if any(get_method(m).trainable for m in suite.methods):
+        check_input(base.encoder, input_shape(base, data.input_shape))
+    check_batch_sizes(suite, base.batch_size, data.train.y, params)
+    generative = [m for m in suite.methods if issubclass(get_method(m), GenerativeMethod)]
+    lo, hi = value_range
+    if generative and (lo < 0 or hi > 1):
+        raise DMLBenchError(f"{', '.join(generative)} decode pixels in [0, 1] (a sigmoid output), but this data spans "
+                            f"[{lo:.3g}, {hi:.3g}]; use normalize=unit or leave the generative methods out")
