@@ -26,8 +26,8 @@ from dmlbench.core.runtime import echo_line, limit_threads
 from dmlbench.report.compare import compare as compare_results
 from dmlbench.report.results import collect
 from dmlbench.report.table import write_tables
+from dmlbench.running.execute import run_suite
 from dmlbench.running.presets import given_run_flags, suite_from_options
-from dmlbench.running.suite import run_suite
 from dmlbench.tune.options import TuneOptions
 from dmlbench.tune.study import tune as tune_suite
 from dmlbench.tune.tuned import apply_tuned

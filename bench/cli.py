@@ -7,12 +7,10 @@ stage; ``list`` :mod:`dmlbench.catalog`. Their run options are generated from th
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 import logging
 import sys
-import typing
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -20,16 +18,14 @@ import typer
 
 from dmlbench import api
 from dmlbench.catalog import KINDS, catalog
+from dmlbench.cli_options import run_parameters, tune_parameters
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.runtime import default_threads, limit_threads
 from dmlbench.data import idx, resolve_data_dir
-from dmlbench.executors import EXECUTORS, option_keys
 from dmlbench.report.compare import compare_report
 from dmlbench.report.plots.figures import plot_results
 from dmlbench.report.table import table_text
-from dmlbench.running.config import RunConfig, cli_fields
 from dmlbench.tune import failed_methods, summary_table
-from dmlbench.tune.options import TuneOptions
 
 app = typer.Typer(help="dmlbench: compare deep metric-learning methods with one trainer and one evaluation suite.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -68,63 +64,6 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log eve
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
-# ----------------------------------------------------------------------------- bench run / tune options
-
-SUITE_OPTIONS = [
-    ("methods", str, "Comma-separated method names, or pml:<LossName>. [default: all six; raw is always added]"),
-    ("seeds", str, "Comma-separated seeds, one run each. [default: 0]"),
-    ("out", Path, "Results folder. [default: results]"),
-    ("suite", str, "A name for this suite: its runs and table go to OUT/<dataset>/<suite>/."),
-    ("workers", str, "Runs at once (a number, or auto: 4 per GPU, 1 per 4 CPU cores); the thread budget is split "
-                     "between them. [default: 1]"),
-    ("devices", str, "Comma-separated devices to spread the runs over, e.g. cuda:0,cuda:1. [default: --device]"),
-    ("executor", str, "Where runs are made: local (this machine) or ray (a Ray cluster; pip install "
-                      "'dmlbench[ray]'). [default: local]"),
-]
-EXTRA_OPTIONS = [
-    ("set_", Optional[list[str]], None, ("--set",), "Method option METHOD.KEY=VALUE (e.g. tvae.weights.triplet=10), "
-                                                    "or data.KEY=VALUE; repeatable."),
-    ("config", Optional[Path], None, (), "A TOML suite file with the same keys as these flags; flags override it."),
-    ("preset", Optional[str], None, (), "A suite shipped with dmlbench (see `bench list presets`)."),
-    ("tuned", Optional[Path], None, (), "A tuned suite folder (bench tune): each method runs with its best validation "
-                                        "settings from there."),
-    ("reuse_stale", bool, False, (), "Keep complete runs made by other code or libraries instead of re-running them."),
-    ("plugin", Optional[list[str]], None, (), "A Python file or module to import first (its @register_method "
-                                              "classes can then run); repeatable."),
-]
-
-
-def _plain_type(tp):
-    """The Typer-facing type of a dataclass field: Literal choices and unions become str/int/float."""
-    if typing.get_origin(tp) is typing.Literal:
-        return str
-    base = ([a for a in typing.get_args(tp) if a is not type(None)] or [tp])[0]
-    return str if typing.get_origin(base) is typing.Literal else base
-
-
-def _option(name: str, tp, default, help_: str, decl: tuple = ()) -> inspect.Parameter:
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                             annotation=Annotated[tp, typer.Option(*decl, help=help_)])
-
-
-def _run_parameters() -> list[inspect.Parameter]:
-    """``bench run``'s options: the suite's, one per RunConfig field, the executors' own, the rest."""
-    params = [_option(name, Optional[tp], None, help_) for name, tp, help_ in SUITE_OPTIONS]
-    hints = typing.get_type_hints(RunConfig)
-    for f in cli_fields():
-        tp, help_ = _plain_type(hints[f.name]), f.metadata["help"]
-        if "[default:" not in help_ and f.default not in (dataclasses.MISSING, None):
-            help_ += f" [default: {f.default}]"
-        flag = "--" + f.name.replace("_", "-")
-        decl = (f"{flag}/--no-{f.name.replace('_', '-')}",) if tp is bool else (flag,)
-        params.append(_option(f.name, Optional[tp], None, help_, decl))
-    for key, (owner, f) in option_keys().items():  # --ray-address, --gpus-per-run, ...
-        tp = _plain_type(typing.get_type_hints(EXECUTORS.get(owner).Options)[f.name])
-        params.append(_option(key, Optional[tp], None, f.metadata.get("help", ""), ("--" + key.replace("_", "-"),)))
-    params += [_option(name, tp, default, help_, decl) for name, tp, default, decl, help_ in EXTRA_OPTIONS]
-    return params
-
-
 def _suite_kwargs(kw: dict) -> dict:
     """The API's keyword arguments from a command's flags (``--set`` -> ``sets``, ``--plugin`` ->
     ``plugins``; None: not given)."""
@@ -148,21 +87,8 @@ def run(**kw):
         raise typer.Exit(1)
 
 
-run.__signature__ = inspect.Signature(_run_parameters())
+run.__signature__ = inspect.Signature(run_parameters())
 app.command()(user_errors(run))
-
-TUNE_HELP = {
-    "trials": "Trials per method, the same for every method (complete, pruned and failed ones count).",
-    "folds": "Validation folds a trial averages over; 1: one fold of a 4-way partition.",
-    "validation": "samples or classes folds. [default: classes where the test protocol is class-disjoint, else samples]",
-    "objective": "The validation metric to optimise.",
-    "storage": "Study storage: an SQLAlchemy URL (postgresql://...) or journal:PATH. [default: SQLite study.db in the "
-               "suite folder]",
-    "space": "A TOML file of search spaces, one [METHOD] table each, overriding the methods' own (bench list methods).",
-    "prune": "Stop trials whose per-epoch validation score is below the median.",
-    "tune_seed": "Seed of the folds, the sampler and the trial runs.",
-    "timeout": "Seconds after which no new trial starts (running ones finish); re-running the command resumes the budget.",
-}
 
 
 def tune_(**kw):
@@ -181,19 +107,7 @@ def tune_(**kw):
         raise typer.Exit(1)
 
 
-def _tune_parameters() -> list[inspect.Parameter]:
-    """``bench run``'s options (less --seeds and --tuned), then the tuner's (from TuneOptions)."""
-    params = [p for p in _run_parameters() if p.name not in ("seeds", "tuned")]
-    hints = typing.get_type_hints(TuneOptions)
-    for f in dataclasses.fields(TuneOptions):
-        if f.name in TUNE_HELP:
-            tp = hints[f.name]
-            tp = Optional[Path] if f.name == "space" else tp
-            params.append(_option(f.name, tp, f.default, TUNE_HELP[f.name]))
-    return params
-
-
-tune_.__signature__ = inspect.Signature(_tune_parameters())
+tune_.__signature__ = inspect.Signature(tune_parameters())
 app.command("tune")(user_errors(tune_))
 
 

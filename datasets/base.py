@@ -49,6 +49,7 @@ class DatasetRef:
 
     @classmethod
     def parse(cls, text: str) -> DatasetRef:
+        """The reference ``text`` names: split at the first ``:``, both sides stripped."""
         name, _, path = text.partition(":")
         return cls(name.strip(), path.strip())
 
@@ -84,10 +85,12 @@ class Part:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        """The (C, H, W) of one image."""
         return tuple(int(s) for s in self.x.shape[1:])
 
     @property
     def nbytes(self) -> int:
+        """The bytes this part's images take in their stored type (its rows only, for a view)."""
         return len(self) * int(np.prod(self.image_shape)) * self.x.dtype.itemsize
 
     @property
@@ -129,11 +132,13 @@ class Part:
             pass
 
     def subset(self, idx: np.ndarray) -> Part:
+        """The rows at ``idx`` (positions in this part) as a new part, a view of the same images."""
         idx = np.asarray(idx, dtype=np.int64)
         rows = idx if self.rows is None else self.rows[idx]
         return Part(self.x, self.y[idx], rows)
 
     def relabel(self, mapping: np.ndarray) -> Part:
+        """The same images with each label ``y`` replaced by ``mapping[y]``."""
         return Part(self.x, mapping[self.y].astype(np.int64), self.rows)
 
 
@@ -171,10 +176,12 @@ class Data:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
+        """The (C, H, W) of the stored images."""
         return self.train.image_shape
 
     @property
     def num_classes(self) -> int:
+        """All classes, test-only ones included (see :attr:`num_train_classes`)."""
         return len(self.classes)
 
     @functools.cached_property
@@ -208,6 +215,7 @@ class Data:
 
     @property
     def has_query_gallery(self) -> bool:
+        """Whether the test part has its own query/gallery split (In-Shop)."""
         return self.query is not None
 
     def value_range(self) -> tuple[float, float]:
@@ -222,6 +230,7 @@ class Data:
         return lo, hi
 
     def info(self) -> dict:
+        """A JSON-ready summary: sizes, class counts and names, shape, split, source, dtype and norm."""
         out = {
             "name": self.name, "train": len(self.train), "test": len(self.test) if self.test is not None else 0,
             "classes": self.num_classes, "train_classes": self.num_train_classes,
@@ -234,6 +243,7 @@ class Data:
         return out
 
     def without_test(self) -> Data:
+        """The same data with no test part (and no query/gallery)."""
         return replace(self, test=None, query=None, gallery=None)
 
 
@@ -267,6 +277,8 @@ def relabel_train_first(y_train: np.ndarray, y_test: np.ndarray | None, names: l
 
 @dataclass(frozen=True)
 class DatasetSpec:
+    """A registered dataset: its loader, what ``bench list`` says of it, its run defaults and its shape check."""
+
     name: str
     loader: Callable[..., Data]
     description: str
@@ -298,6 +310,8 @@ PHOTO_DEFAULTS = {"encoder": "convnet", "epochs": 20, "embedding_dim": 64, "augm
 
 def register_dataset(name: str, *, description: str, size: str, classes: str, input_shape: str, where: str,
                      defaults: dict | None = None, needs_files: bool = True, shape=None):
+    """A decorator that registers its loader as dataset ``name`` (run defaults over the digit ones); the loader
+    is unchanged."""
     def decorator(fn: Callable[..., Data]) -> Callable[..., Data]:
         DATASETS.add(name, DatasetSpec(name, fn, description, size, classes, input_shape, where,
                                        {**DIGIT_DEFAULTS, **(defaults or {})}, needs_files, shape))
@@ -307,6 +321,7 @@ def register_dataset(name: str, *, description: str, size: str, classes: str, in
 
 
 def check_split_sizes(data: Data) -> Data:
+    """``data`` unchanged, once its training part has 2+ classes and its test part (if any) 2+ classes."""
     if data.num_train_classes < 2:
         raise DMLBenchError(f"{data.name}: the training part has {data.num_train_classes} class; "
                             "metric learning needs at least 2")

@@ -39,6 +39,7 @@ CACHE_DIR_ENV = "DMLBENCH_CACHE_DIR"
 
 
 def cache_dir(data_dir: Path | str | None) -> Path:
+    """Where decode caches go: $DMLBENCH_CACHE_DIR if set, else ``dmlbench-cache`` in the data folder."""
     if os.environ.get(CACHE_DIR_ENV):
         return Path(os.environ[CACHE_DIR_ENV]).expanduser()
     return resolve_data_dir(data_dir) / "dmlbench-cache"
@@ -75,6 +76,8 @@ def _reserve(path: Path) -> None:
 
 
 class ImageCache:
+    """The decode cache of one image folder and decode options: the .npy of its images and its .json header."""
+
     def __init__(self, name: str, root: Path, opts: DecodeOptions, folder: Path):
         # ``root`` as given (the files are paths below it, for relative_to); resolved for the identity,
         # so a relative or linked data folder finds the same cache.

@@ -93,6 +93,7 @@ def _load_parts(folder: Path, names: list[str], reader, suffix: str) -> tuple[np
                   input_shape="3x32x32", where="<data-dir>/cifar-10-batches-bin/ or cifar-10-batches-py/",
                   defaults={"encoder": "cifar", "epochs": 10, "embedding_dim": 128}, shape=lambda *a: (3, 32, 32))
 def load_cifar10(data_dir: Path, seed: int = 0, with_test: bool = True) -> Data:
+    """CIFAR-10 from the binary or the Python batches under ``data_dir``, with its standard train/test split."""
     for sub, reader, suffix in (("cifar-10-batches-bin", _read_bin, ".bin"), ("cifar-10-batches-py", _read_py, "")):
         folder = data_dir / sub
         if folder.is_dir():

@@ -15,6 +15,7 @@ from dmlbench.data.base import Data, Part, register_dataset
                   where="bundled with scikit-learn (no files)", needs_files=False,
                   defaults={"encoder": "mlp", "epochs": 30}, shape=lambda *a: (1, 8, 8))
 def load_digits(data_dir: Path | None = None, seed: int = 0, with_test: bool = True, test_fraction: float = 0.3) -> Data:
+    """scikit-learn's 8x8 digits, split stratified by class and seeded by ``seed``, ``test_fraction`` for testing."""
     from sklearn.datasets import load_digits as sk_load
     from sklearn.model_selection import train_test_split
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.io import file_digest
 from dmlbench.data.base import Data, Part, register_dataset, relabel_train_first
 
 log = logging.getLogger("dmlbench")
@@ -51,11 +52,7 @@ MAX_IDX_BYTES = 2 << 30  # no IDX file of a dataset read here is larger; a heade
 
 
 def _file_md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, "md5")
 
 
 def read_idx(path: Path, expected_md5: str | None = None, expected_shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -166,6 +163,7 @@ def _load_idx_dataset(name: str, folder_names: list[str], data_dir: Path, classe
                   classes="10", input_shape="1x28x28", where="<data-dir>/mnist/ (the four IDX files, .gz or not; MD5-checked)",
                   shape=lambda *a: (1, 28, 28))
 def load_mnist(data_dir: Path, seed: int = 0, with_test: bool = True, verify: bool = True) -> Data:
+    """MNIST from its four IDX files, MD5- and size-checked unless ``verify`` is false."""
     return _load_idx_dataset("mnist", ["mnist", "MNIST/raw"], data_dir, [str(i) for i in range(10)],
                              with_test=with_test, md5=MNIST_MD5 if verify else None, gz_md5=None, expected=verify)
 
@@ -174,6 +172,7 @@ def load_mnist(data_dir: Path, seed: int = 0, with_test: bool = True, verify: bo
                   classes="10", input_shape="1x28x28",
                   where="<data-dir>/fashion-mnist/ (the four IDX .gz files; MD5-checked)", shape=lambda *a: (1, 28, 28))
 def load_fashion_mnist(data_dir: Path, seed: int = 0, with_test: bool = True, verify: bool = True) -> Data:
+    """Fashion-MNIST from its four IDX files, the .gz ones MD5-checked and sizes checked unless ``verify`` is false."""
     return _load_idx_dataset("fashion-mnist", ["fashion-mnist", "FashionMNIST/raw"], data_dir, FASHION_CLASSES,
                              with_test=with_test, md5=None, gz_md5=FASHION_GZ_MD5 if verify else None, expected=verify)
 

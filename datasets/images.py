@@ -42,25 +42,31 @@ class DecodeOptions:
 
     @property
     def channels(self) -> int:
+        """1 for grayscale, else 3 (RGB)."""
         return 1 if self.grayscale else 3
 
     def key(self) -> str:
+        """The options in a file name, e.g. ``s64-crop-RGB``: part of a decode cache's identity."""
         return f"s{self.size}-{self.mode}-{'L' if self.grayscale else 'RGB'}"
 
 
 @dataclass
 class Scan:
+    """The images found below a folder, and how many hidden and non-image files were skipped."""
+
     files: list[str]  # full paths, as strings: a Path per file costs seconds on a 50,000-file tree
     hidden: int = 0
     not_images: int = 0
     parts: list[tuple[str, ...]] = field(default_factory=list)  # each file's path below the root, split
 
     def report(self, root: Path) -> None:
+        """Log a warning with the counts of skipped files, if any were skipped."""
         if self.hidden or self.not_images:
             log.warning("%s: skipped %d hidden file(s) and %d non-image file(s)", root, self.hidden, self.not_images)
 
 
 def is_image_name(name: str) -> bool:
+    """Whether a file name is not hidden and has an image suffix (any case)."""
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
@@ -155,6 +161,7 @@ def _decode_chunk(args) -> list[tuple[int, str]]:
 
 
 def workers() -> int:
+    """Decode processes to start: the CPUs this process may use (at least 1)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS

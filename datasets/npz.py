@@ -38,6 +38,8 @@ def _as_chw(sample: tuple) -> tuple[int, int, int]:
                   size="any", classes=">= 2", input_shape="(N,H,W), (N,C,H,W) or (N,D)", where="FILE.npz",
                   defaults={"encoder": "mlp", "epochs": 20}, shape=_shape)
 def load_npz(data_dir: Path | None = None, seed: int = 0, with_test: bool = True, path: str = "") -> Data:
+    """The arrays of the .npz at ``path`` as a dataset: checked, labels renumbered training classes first, uint8
+    images scaled to [0, 1] and float ones taken as they are."""
     if not path:
         raise DMLBenchError("npz: no file given; name it as npz:PATH/TO/FILE.npz")
     p = Path(path).expanduser()

@@ -203,6 +203,8 @@ def _opts(options: dict) -> DecodeOptions:
 def load_folder(data_dir: Path | None = None, seed: int = 0, with_test: bool = True, path: str = "", resize: int = 0,
                 resize_mode: str = "crop", grayscale: bool = False, label_depth: int = 1, test_fraction: float = 0.2,
                 skip_bad: bool = False, min_class_size: int = 0) -> Data:
+    """The images below folder ``path``, classed by the folder ``label_depth`` levels down, split stratified and
+    seeded by ``seed``; decoded once into the cache."""
     if not path:
         raise DMLBenchError("folder: no path given; name it as folder:PATH/TO/IMAGES")
     root = Path(path).expanduser()
@@ -243,5 +245,7 @@ def _zappos_shape(data_dir: Path, opts: DecodeOptions) -> tuple[int, int, int] |
 def load_zappos50k(data_dir: Path, seed: int = 0, with_test: bool = True, resize: int = 64, resize_mode: str = "crop",
                    grayscale: bool = False, label_depth: int = 1, test_fraction: float = 0.2,
                    skip_bad: bool = False, min_class_size: int = 0) -> Data:
+    """UT Zappos50K from the data folder, as :func:`load_folder` reads it: 4 categories at depth 1, 21
+    subcategories at depth 2; images resized to 64 by default."""
     return _folder("zappos50k", _zappos_root(data_dir), data_dir, seed, with_test, resize, resize_mode, grayscale,
                    label_depth, test_fraction, skip_bad, min_class_size)

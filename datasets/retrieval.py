@@ -15,6 +15,8 @@ the decode cache.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,11 +70,18 @@ def _files_exist(root: Path, rel: list[str], name: str, archive: str) -> list[Pa
     return files
 
 
-def _class_disjoint(name, root, files, cls, n_train_classes, names, opts, data_dir, with_test, skip_bad):
-    """Classes (0-based) below n_train_classes train, the rest test; training labels 0..K-1."""
-    train = cls < n_train_classes
-    return photo_data(name, root, files, cls, names, train, opts, data_dir, with_test=with_test, skip_bad=skip_bad,
-                      split="classes")
+@dataclass
+class Listing:
+    """What a benchmark's annotation files say: every image, its class (0-based, training classes
+    first), the class names, which images train, and for In-Shop which test images are queries and
+    which the gallery."""
+
+    files: list[Path]
+    labels: np.ndarray
+    names: list[str]
+    train: np.ndarray
+    query: np.ndarray | None = None
+    gallery: np.ndarray | None = None
 
 
 def _opts(o: dict) -> DecodeOptions:
@@ -83,14 +92,34 @@ def _shape(data_dir, path, o):
     return planned_shape(_opts(o), None)
 
 
-@register_dataset("cub200", description="CUB-200-2011 birds (Wah et al. 2011): classes 1-100 train, 101-200 test",
-                  size="5,864 / 5,924 (11,788)", classes="100 / 100", input_shape="3x256x256 (data.resize)",
-                  where="<data-dir>/CUB_200_2011/ (from CUB_200_2011.tgz: images.txt, image_class_labels.txt, "
-                        "classes.txt, images/)", defaults=BENCH_DEFAULTS, shape=_shape)
-def load_cub200(data_dir: Path, seed: int = 0, with_test: bool = True, resize: int = 256,
-                resize_mode: str = "stretch", grayscale: bool = False, skip_bad: bool = False):
-    name, archive = "cub200", "CUB_200_2011.tgz"
-    root = _need(data_dir / "CUB_200_2011", name, archive)
+def benchmark(name: str, folder: str, archive: str, *, description: str, size: str, classes: str, where: str):
+    """Register a benchmark: the decorated ``parse(root, name, archive) -> Listing`` reads its
+    annotation files under ``<data-dir>/<folder>`` (its errors name the dataset and the archive); the loader around it (the same options for every benchmark,
+    ``--set data.resize=...``) checks the folder is there and decodes the listed images."""
+    def decorator(parse: Callable[[Path, str, str], Listing]) -> Callable[[Path, str, str], Listing]:
+        def load(data_dir: Path, seed: int = 0, with_test: bool = True, resize: int = 256,
+                 resize_mode: str = "stretch", grayscale: bool = False, skip_bad: bool = False):
+            root = _need(Path(data_dir) / folder, name, archive)
+            got = parse(root, name, archive)
+            return photo_data(name, root, got.files, got.labels, got.names, got.train,
+                              DecodeOptions(resize, resize_mode, grayscale), data_dir, with_test=with_test,
+                              skip_bad=skip_bad, split="classes", query=got.query, gallery=got.gallery)
+
+        load.__name__ = load.__qualname__ = f"load_{name.replace('-', '_')}"
+        register_dataset(name, description=description, size=size, classes=classes,
+                         input_shape="3x256x256 (data.resize)", where=where, defaults=BENCH_DEFAULTS, shape=_shape)(load)
+        return parse
+
+    return decorator
+
+
+@benchmark("cub200", "CUB_200_2011", "CUB_200_2011.tgz",
+           description="CUB-200-2011 birds (Wah et al. 2011): classes 1-100 train, 101-200 test",
+           size="5,864 / 5,924 (11,788)", classes="100 / 100",
+           where="<data-dir>/CUB_200_2011/ (from CUB_200_2011.tgz: images.txt, image_class_labels.txt, classes.txt, "
+                 "images/)")
+def cub200(root: Path, name: str, archive: str) -> Listing:
+    """CUB's images.txt, image_class_labels.txt and classes.txt; classes 1-100 train."""
     images = _rows(_need(root / "images.txt", name, archive), name, 2)
     labels = dict((r[0], _int(r[1], root / "image_class_labels.txt", name))
                   for r in _rows(_need(root / "image_class_labels.txt", name, archive), name, 2))
@@ -103,21 +132,17 @@ def load_cub200(data_dir: Path, seed: int = 0, with_test: bool = True, resize: i
         raise DMLBenchError(f"{name}: image id {missing[0]} of images.txt has no class in image_class_labels.txt")
     files = _files_exist(root / "images", [r[1] for r in images], name, archive)
     cls = np.array([labels[r[0]] - 1 for r in images], dtype=np.int64)
-    return _class_disjoint(name, root, files, cls, 100, names, DecodeOptions(resize, resize_mode, grayscale),
-                           data_dir, with_test, skip_bad)
+    return Listing(files, cls, names, cls < 100)
 
 
-@register_dataset("cars196", description="Stanford Cars (Krause et al. 2013): classes 1-98 train, 99-196 test, "
-                                         "read from cars_annos.mat",
-                  size="8,054 / 8,131 (16,185)", classes="98 / 98", input_shape="3x256x256 (data.resize)",
-                  where="<data-dir>/cars196/ (cars_annos.mat, and car_ims/ from car_ims.tgz)",
-                  defaults=BENCH_DEFAULTS, shape=_shape)
-def load_cars196(data_dir: Path, seed: int = 0, with_test: bool = True, resize: int = 256,
-                 resize_mode: str = "stretch", grayscale: bool = False, skip_bad: bool = False):
+@benchmark("cars196", "cars196", "car_ims.tgz and cars_annos.mat",
+           description="Stanford Cars (Krause et al. 2013): classes 1-98 train, 99-196 test, read from cars_annos.mat",
+           size="8,054 / 8,131 (16,185)", classes="98 / 98",
+           where="<data-dir>/cars196/ (cars_annos.mat, and car_ims/ from car_ims.tgz)")
+def cars196(root: Path, name: str, archive: str) -> Listing:
+    """Stanford Cars' cars_annos.mat; classes 1-98 train."""
     from scipy.io import loadmat
 
-    name, archive = "cars196", "car_ims.tgz and cars_annos.mat"
-    root = _need(data_dir / "cars196", name, archive)
     mat_path = _need(root / "cars_annos.mat", name, archive)
     try:
         mat = loadmat(mat_path, squeeze_me=True, struct_as_record=False)
@@ -131,19 +156,15 @@ def load_cars196(data_dir: Path, seed: int = 0, with_test: bool = True, resize: 
     if len(names) != 196 or cls.min() < 0 or cls.max() >= 196:
         raise DMLBenchError(f"{name}: {mat_path} has {len(names)} class names and classes "
                             f"{cls.min() + 1}..{cls.max() + 1}, not 196; download cars_annos.mat again")
-    files = _files_exist(root, rel, name, archive)
-    return _class_disjoint(name, root, files, cls, 98, names, DecodeOptions(resize, resize_mode, grayscale),
-                           data_dir, with_test, skip_bad)
+    return Listing(_files_exist(root, rel, name, archive), cls, names, cls < 98)
 
 
-@register_dataset("sop", description="Stanford Online Products (Oh Song et al. 2016): Ebay_train.txt / Ebay_test.txt",
-                  size="59,551 / 60,502 (120,053)", classes="11,318 / 11,316", input_shape="3x256x256 (data.resize)",
-                  where="<data-dir>/Stanford_Online_Products/ (Ebay_train.txt, Ebay_test.txt, <category>_final/)",
-                  defaults=BENCH_DEFAULTS, shape=_shape)
-def load_sop(data_dir: Path, seed: int = 0, with_test: bool = True, resize: int = 256,
-             resize_mode: str = "stretch", grayscale: bool = False, skip_bad: bool = False):
-    name, archive = "sop", "Stanford_Online_Products.zip"
-    root = _need(data_dir / "Stanford_Online_Products", name, archive)
+@benchmark("sop", "Stanford_Online_Products", "Stanford_Online_Products.zip",
+           description="Stanford Online Products (Oh Song et al. 2016): Ebay_train.txt / Ebay_test.txt",
+           size="59,551 / 60,502 (120,053)", classes="11,318 / 11,316",
+           where="<data-dir>/Stanford_Online_Products/ (Ebay_train.txt, Ebay_test.txt, <category>_final/)")
+def sop(root: Path, name: str, archive: str) -> Listing:
+    """SOP's Ebay_train.txt and Ebay_test.txt; their classes are disjoint."""
     rows = {}
     for part in ("train", "test"):
         path = _need(root / f"Ebay_{part}.txt", name, archive)
@@ -159,22 +180,15 @@ def load_sop(data_dir: Path, seed: int = 0, with_test: bool = True, resize: int 
     ids = np.concatenate([train_ids, np.unique(class_id[~is_train])])
     order = {int(v): i for i, v in enumerate(ids)}
     cls = np.array([order[int(c)] for c in class_id], dtype=np.int64)
-    files = _files_exist(root, rel, name, archive)
-    names = [str(i) for i in ids]
-    return _class_disjoint(name, root, files, cls, len(train_ids), names,
-                           DecodeOptions(resize, resize_mode, grayscale), data_dir, with_test, skip_bad)
+    return Listing(_files_exist(root, rel, name, archive), cls, [str(i) for i in ids], cls < len(train_ids))
 
 
-@register_dataset("inshop", description="DeepFashion In-Shop retrieval (Liu et al. 2016): train items; "
-                                        "query vs gallery for test",
-                  size="25,882 / 14,218 queries + 12,612 gallery", classes="3,997 / 3,985 items",
-                  input_shape="3x256x256 (data.resize)",
-                  where="<data-dir>/inshop/ (list_eval_partition.txt, or Eval/list_eval_partition.txt, and img/)",
-                  defaults=BENCH_DEFAULTS, shape=_shape)
-def load_inshop(data_dir: Path, seed: int = 0, with_test: bool = True, resize: int = 256,
-                resize_mode: str = "stretch", grayscale: bool = False, skip_bad: bool = False):
-    name, archive = "inshop", "In-shop Clothes Retrieval Benchmark (img.zip and Eval/list_eval_partition.txt)"
-    root = _need(data_dir / "inshop", name, archive)
+@benchmark("inshop", "inshop", "In-shop Clothes Retrieval Benchmark (img.zip and Eval/list_eval_partition.txt)",
+           description="DeepFashion In-Shop retrieval (Liu et al. 2016): train items; query vs gallery for test",
+           size="25,882 / 14,218 queries + 12,612 gallery", classes="3,997 / 3,985 items",
+           where="<data-dir>/inshop/ (list_eval_partition.txt, or Eval/list_eval_partition.txt, and img/)")
+def inshop(root: Path, name: str, archive: str) -> Listing:
+    """In-Shop's list_eval_partition.txt: train items, and test queries against a gallery."""
     part_file = root / "list_eval_partition.txt"
     if not part_file.is_file():
         part_file = _need(root / "Eval" / "list_eval_partition.txt", name, archive)
@@ -193,7 +207,5 @@ def load_inshop(data_dir: Path, seed: int = 0, with_test: bool = True, resize: i
     ids = np.concatenate([train_items, test_items])
     order = {v: i for i, v in enumerate(ids)}
     cls = np.array([order[v] for v in items], dtype=np.int64)
-    files = _files_exist(root, [r[0] for r in rows], name, archive)
-    return photo_data(name, root, files, cls, [str(i) for i in ids], is_train,
-                      DecodeOptions(resize, resize_mode, grayscale), data_dir, with_test=with_test, skip_bad=skip_bad,
-                      split="classes", query=status == "query", gallery=status == "gallery")
+    return Listing(_files_exist(root, [r[0] for r in rows], name, archive), cls, [str(i) for i in ids], is_train,
+                   query=status == "query", gallery=status == "gallery")

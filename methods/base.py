@@ -43,6 +43,7 @@ class Params:
     space: ClassVar[dict[str, Dist]] = LR
 
     def validate(self) -> None:
+        """Refuse a loss weight that is not a finite number >= 0; subclasses check their own fields too."""
         for k, v in self.weights.items():
             if not math.isfinite(v) or v < 0:
                 raise DMLBenchError(f"weights.{k}={v} must be a finite number >= 0")
@@ -113,9 +114,11 @@ class Method:
         return self.encoder(x)
 
     def make_encoder(self):
+        """The shared encoder of ``encoder_choice`` for ``input_shape``, with :meth:`encoder_out_dim` outputs."""
         return build_encoder(self.encoder_choice, self.input_shape, self.encoder_out_dim())
 
     def encoder_out_dim(self) -> int:
+        """The encoder's output width: the embedding size (a VAE's encoder also outputs log-variances)."""
         return self.embedding_dim
 
     # --------------------------------------------------------------------- module plumbing
@@ -137,33 +140,42 @@ class Method:
 
     @property
     def weights(self) -> dict[str, float]:
+        """The weight of each loss term (``params.weights``)."""
         return self.params.weights
 
     def parameters(self):
+        """The parameters of every network in ``self.net``."""
         return self.net.parameters()
 
     def named_modules(self):
+        """(name, module) for every module in ``self.net``, as ``nn.Module.named_modules`` gives them."""
         return self.net.named_modules()
 
     def state_dict(self) -> dict:
+        """The state of every network in ``self.net`` (what a checkpoint saves)."""
         return self.net.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
+        """Load a :meth:`state_dict` into ``self.net``, strictly."""
         self.net.load_state_dict(state)
 
     def to(self, device) -> Method:
+        """Move every network to ``device``; returns the method."""
         self.net.to(device)
         return self
 
     def train(self, mode: bool = True) -> Method:
+        """Put every network in training mode (eval mode with ``mode=False``); returns the method."""
         self.net.train(mode)
         return self
 
     def eval(self) -> Method:
+        """Put every network in eval mode; returns the method."""
         return self.train(False)
 
     @classmethod
     def describe(cls) -> dict:
+        """What ``bench list`` shows of the method: name, paper, formula, default options and search space."""
         defaults = dataclasses.asdict(cls.Params())
         return {"name": cls.name, "paper": cls.paper, "formula": cls.formula, "defaults": defaults,
                 "space": dict(cls.Params.space) if cls.trainable else {}}

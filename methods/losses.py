@@ -38,10 +38,12 @@ def _hadsell_class():
 
 
 def hadsell_contrastive_loss(**kwargs):
+    """PML's ContrastiveLoss with squared hinges (Hadsell et al. 2006), built with ``kwargs``."""
     return _hadsell_class()(**kwargs)
 
 
 def l2_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The Euclidean distance between each row of ``a`` and the same row of ``b`` (at least 1e-6)."""
     # The clamp keeps the gradient of sqrt finite when two embeddings coincide.
     return (a - b).pow(2).sum(1).clamp_min(1e-12).sqrt()
 

@@ -28,12 +28,16 @@ from dmlbench.training.batches import Balanced
 
 @dataclass
 class NPairParams(Params):
+    """N-pair options: the loss weights (``l2`` is the penalty λ)."""
+
     weights: dict[str, float] = field(default_factory=lambda: {"npair": 1.0, "l2": 0.002})
     space: ClassVar = {**LR, "weights.l2": Float(1e-4, 0.1, log=True)}
 
 
 @register_method("npair")
 class NPair(Method):
+    """Sohn's multi-class N-pair loss with an L2 penalty on the embeddings."""
+
     paper = "Sohn 2016 (multi-class N-pair); Liang & Li (with L2 penalty)"
     formula = "1/N Σᵢ log(1 + Σ_{j≠i} exp(fᵢ·fⱼ⁺ − fᵢ·fᵢ⁺)) + λ/(2N) Σᵢ(‖fᵢ‖² + ‖fᵢ⁺‖²)"
     Params = NPairParams
@@ -41,14 +45,18 @@ class NPair(Method):
 
     @property
     def batch_kind(self):
+        """Class-balanced groups of 2 images of every training class."""
         return Balanced(m=2, classes_per_group=-1)  # every training class in each tuple
 
     def build(self) -> None:
+        """Add the L2 penalty, PML's LpRegularizer(p=2, power=2)."""
         from pytorch_metric_learning.regularizers import LpRegularizer
 
         self.l2 = LpRegularizer(p=2, power=2)
 
     def loss_terms(self, batch):
+        """``npair``: the N-pair loss averaged over the batch's groups (:func:`npair_groups`); ``l2``: the mean
+        squared norm of the embeddings."""
         emb = self.encoder(batch.x)
         return {"npair": npair_groups(emb[batch.groups], batch.y[batch.groups]), "l2": self.l2(emb)}
 

@@ -143,21 +143,29 @@ def _loss_options(loss_cls) -> list[tuple[str, type, object]]:
 
 
 class PMLParamsBase(Params):
+    """Base of the options of a ``pml:`` method, whose fields (the loss's arguments, ``m_per_class``,
+    ``miner``) are made per loss by :func:`pml_method`."""
+
     def validate(self) -> None:
+        """The base checks, and ``m_per_class`` at least 2 (a positive pair per class)."""
         super().validate()
         if self.m_per_class < 2:
             raise DMLBenchError(f"m_per_class={self.m_per_class} must be at least 2 (a positive pair per class)")
 
 
 class PMLMethod(Method):
+    """Base of the ``pml:`` methods: the shared encoder trained with one PML loss, optionally with a PML miner."""
+
     loss_name: ClassVar[str] = ""
     terms = ("loss",)
 
     @property
     def batch_kind(self):
+        """Class-balanced batches of ``m_per_class`` images per class."""
         return Balanced(m=self.params.m_per_class)
 
     def build(self) -> None:
+        """Build the PML loss from the options (``num_classes`` and ``embedding_size`` filled in), and the miner."""
         from pytorch_metric_learning import losses as pml_losses
         from pytorch_metric_learning import miners as pml_miners
 
@@ -180,6 +188,8 @@ class PMLMethod(Method):
             self.miner = getattr(pml_miners, self.params.miner)()
 
     def loss_terms(self, batch):
+        """``loss``: the PML loss of the batch's embeddings and labels, on the miner's tuples if there is a miner
+        (else every tuple the loss forms)."""
         emb = self.encoder(batch.x)
         indices = self.miner(emb, batch.y) if self.miner is not None else None
         return {"loss": self.loss_fn(emb, batch.y, indices_tuple=indices)}

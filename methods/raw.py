@@ -27,11 +27,14 @@ def pooled_side(shape: tuple[int, int, int], max_dim: int = MAX_DIM) -> tuple[in
 
 @register_method("raw")
 class Raw(Method):
+    """The untrained floor: the input pixels, average-pooled where they exceed ``MAX_DIM`` values."""
+
     paper = "baseline: identity embedding of the input pixels"
     formula = f"no loss (not trained); pixels average-pooled to at most {MAX_DIM} values"
     trainable = False
 
     def make_encoder(self):
+        """A flatten, after an adaptive average pool to :func:`pooled_side` where needed; sets ``embedding_dim``."""
         from torch import nn
 
         grid = pooled_side(self.input_shape)

@@ -24,6 +24,8 @@ from dmlbench.training.batches import PAIRS
 
 @dataclass
 class SiameseParams(Params):
+    """Siamese options: the negative margin m, squared (Hadsell) or plain hinges, and L2 normalisation."""
+
     margin: float = 1.0
     squared: bool = True
     normalize: bool = False  # L2-normalise embeddings before the distance
@@ -31,6 +33,7 @@ class SiameseParams(Params):
     space: ClassVar = {**LR, "margin": Float(0.1, 4.0, log=True)}
 
     def validate(self) -> None:
+        """The base checks, and a positive margin."""
         super().validate()
         if not self.margin > 0:
             raise DMLBenchError(f"siamese margin={self.margin} must be positive")
@@ -38,6 +41,8 @@ class SiameseParams(Params):
 
 @register_method("siamese")
 class Siamese(Method):
+    """The contrastive loss of Hadsell et al. on same-class and other-class pairs."""
+
     paper = "Hadsell, Chopra & LeCun 2006; Liang & Li eq. 1-3"
     formula = "(1-S)·½d² + S·½max(0, m−d)², d = ‖f(x1)−f(x2)‖₂"
     Params = SiameseParams
@@ -45,9 +50,12 @@ class Siamese(Method):
 
     @property
     def batch_kind(self):
+        """Pairs, half positive and half negative."""
         return PAIRS
 
     def build(self) -> None:
+        """Add the contrastive loss (squared hinges or PML's plain ones) with margin m, a mean reducer and L2
+        distance."""
         from pytorch_metric_learning.distances import LpDistance
         from pytorch_metric_learning.losses import ContrastiveLoss
         from pytorch_metric_learning.reducers import MeanReducer
@@ -58,6 +66,8 @@ class Siamese(Method):
                             distance=LpDistance(normalize_embeddings=p.normalize))
 
     def loss_terms(self, batch):
+        """``contrastive``: the mean loss over the batch's same-class pairs plus the mean over its other-class
+        pairs (sameness from the labels)."""
         emb = self.encoder(batch.x)
         i, j = batch.pairs
         same = batch.y[i] == batch.y[j]

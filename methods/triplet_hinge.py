@@ -22,6 +22,7 @@ from dmlbench.training.batches import TRIPLETS, Balanced
 
 
 def hinge_triplet_loss(margin: float, normalize: bool = False):
+    """PML's TripletMarginLoss with ``margin`` on L2 distances, averaged over all triplets (zero ones too)."""
     from pytorch_metric_learning.distances import LpDistance
     from pytorch_metric_learning.losses import TripletMarginLoss
     from pytorch_metric_learning.reducers import MeanReducer
@@ -32,6 +33,9 @@ def hinge_triplet_loss(margin: float, normalize: bool = False):
 
 @dataclass
 class TripletHingeParams(Params):
+    """Triplet-hinge options: the margin m, how triplets are drawn or mined, images per class when mining, and L2
+    normalisation."""
+
     margin: float = 1.0
     mining: Literal["random", "all", "hard", "semihard"] = "random"
     m: int = 4  # images per class in a batch when mining
@@ -40,6 +44,7 @@ class TripletHingeParams(Params):
     space: ClassVar = {**LR, "margin": Float(0.05, 2.0, log=True), "mining": Choice(("random", "semihard", "all"))}
 
     def validate(self) -> None:
+        """The base checks, a margin >= 0, and m at least 2."""
         super().validate()
         if not self.margin >= 0:
             raise DMLBenchError(f"triplet-hinge margin={self.margin} must be >= 0")
@@ -49,6 +54,8 @@ class TripletHingeParams(Params):
 
 @register_method("triplet-hinge")
 class TripletHinge(Method):
+    """The hinge triplet loss on random or mined triplets."""
+
     paper = "Wang et al. 2014; Ishfaq, Hoogi & Rubin (TVAE) eq. 1"
     formula = "max(0, D(a,p) − D(a,n) + m), D = ‖f(·)−f(·)‖₂"
     Params = TripletHingeParams
@@ -56,9 +63,11 @@ class TripletHinge(Method):
 
     @property
     def batch_kind(self):
+        """Random triplets; class-balanced batches of m images per class when mining."""
         return TRIPLETS if self.params.mining == "random" else Balanced(m=self.params.m)
 
     def build(self) -> None:
+        """Add the hinge loss and, unless mining is ``random``, PML's TripletMarginMiner of that type."""
         p = self.params
         self.loss_fn = hinge_triplet_loss(p.margin, p.normalize)
         self.miner = None
@@ -70,6 +79,7 @@ class TripletHinge(Method):
                                             distance=LpDistance(normalize_embeddings=p.normalize))
 
     def loss_terms(self, batch):
+        """``triplet``: mean of max(0, D(a,p) - D(a,n) + m) over the batch's triplets, or the miner's."""
         emb = self.encoder(batch.x)
         triplets = batch.triplets if self.miner is None else self.miner(emb, batch.y)
         return {"triplet": self.loss_fn(emb, batch.y, indices_tuple=triplets)}

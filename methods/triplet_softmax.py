@@ -22,6 +22,8 @@ from dmlbench.training.batches import TRIPLETS
 
 @dataclass
 class TripletSoftmaxParams(Params):
+    """Triplet-softmax options: the loss's form, ``mse`` (the authors' code) or ``nll`` (the paper)."""
+
     form: Literal["mse", "nll"] = "mse"
     weights: dict[str, float] = field(default_factory=lambda: {"ratio": 1.0})
     space: ClassVar = {**LR, "form": Choice(("mse", "nll"))}
@@ -29,6 +31,8 @@ class TripletSoftmaxParams(Params):
 
 @register_method("triplet-softmax")
 class TripletSoftmax(Method):
+    """Hoffer & Ailon's distance-ratio loss on random triplets."""
+
     paper = "Hoffer & Ailon 2015 (triplet network); Liang & Li eq. 4-6"
     formula = "‖softmax(d+, d−) − (0, 1)‖² (MSE, = s+²); or −log s− with form=nll"
     Params = TripletSoftmaxParams
@@ -36,9 +40,12 @@ class TripletSoftmax(Method):
 
     @property
     def batch_kind(self):
+        """Random triplets."""
         return TRIPLETS
 
     def loss_terms(self, batch):
+        """``ratio``: the softmax-ratio loss of the unsquared distances d+ = D(a,p), d- = D(a,n) over the
+        batch's triplets."""
         emb = self.encoder(batch.x)
         a, p, n = (emb[i] for i in batch.triplets)
         return {"ratio": softmax_ratio_loss(l2_distance(a, p), l2_distance(a, n), self.params.form)}

@@ -26,11 +26,14 @@ from dmlbench.training.batches import TRIPLETS
 
 @dataclass
 class TVAEParams(VAEParams):
+    """TVAE options: the VAE's, plus the triplet margin m and a ``triplet`` weight."""
+
     margin: float = 1.0
     weights: dict[str, float] = field(default_factory=lambda: {"recon": 1.0, "kl": 1.0, "triplet": 1.0})
     space: ClassVar = {**LR, "weights.triplet": Float(1.0, 1000.0, log=True), "margin": Float(0.1, 4.0, log=True)}
 
     def validate(self) -> None:
+        """The base checks, and a margin >= 0."""
         super().validate()
         if not self.margin >= 0:
             raise DMLBenchError(f"tvae margin={self.margin} must be >= 0")
@@ -38,6 +41,8 @@ class TVAEParams(VAEParams):
 
 @register_method("tvae")
 class TVAE(VAE):
+    """The VAE with a hinge triplet loss on its posterior means."""
+
     paper = "Ishfaq, Hoogi & Rubin 2018 (TVAE) eq. 2"
     formula = "L_rec + KL + max(0, ‖μa−μp‖₂ − ‖μa−μn‖₂ + m)"
     Params = TVAEParams
@@ -45,13 +50,17 @@ class TVAE(VAE):
 
     @property
     def batch_kind(self):
+        """Random triplets."""
         return TRIPLETS
 
     def build(self) -> None:
+        """The VAE's decoder, plus the hinge triplet loss with margin m."""
         super().build()
         self.triplet_fn = hinge_triplet_loss(self.params.margin)
 
     def loss_terms(self, batch):
+        """``recon`` and ``kl``: the VAE's terms on every image of the batch; ``triplet``: the mean hinge triplet
+        loss on the posterior means μ of the batch's triplets."""
         terms, mu = self.elbo_terms(batch.x)
         terms["triplet"] = self.triplet_fn(mu, batch.y, indices_tuple=batch.triplets)
         return terms

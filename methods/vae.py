@@ -28,6 +28,8 @@ from dmlbench.training.encoders import build_decoder
 
 @dataclass
 class VAEParams(Params):
+    """VAE options: the reconstruction loss (``l2`` or ``bce``) and how both terms are reduced (``sum``, ``mean``)."""
+
     recon: Literal["l2", "bce"] = "l2"
     reduction: Literal["sum", "mean"] = "sum"
     weights: dict[str, float] = field(default_factory=lambda: {"recon": 1.0, "kl": 1.0})
@@ -36,26 +38,34 @@ class VAEParams(Params):
 
 @register_method("vae")
 class VAE(GenerativeMethod):
+    """The variational autoencoder on plain batches; its embedding is the posterior mean μ."""
+
     paper = "Kingma & Welling 2014 (auto-encoding variational Bayes)"
     formula = "L_rec(x, x̂) + KL(q(z|x) ‖ N(0, I)); embedding = μ"
     Params = VAEParams
     terms = ("recon", "kl")
 
     def build(self) -> None:
+        """Add the decoder mirroring the encoder, from the latent size to the input shape."""
         self.decoder = build_decoder(self.encoder_choice, self.input_shape, self.embedding_dim)
         self.n_pixels = math.prod(self.input_shape)
 
     def encoder_out_dim(self) -> int:
+        """Twice the embedding size: μ and log σ²."""
         return 2 * self.embedding_dim  # μ and log σ²
 
     def encode(self, x):
+        """(μ, log σ²) of q(z|x): the two halves of the encoder's output."""
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         return mu, logvar
 
     def embed(self, x):
+        """The posterior mean μ."""
         return self.encode(x)[0]
 
     def elbo_terms(self, x):
+        """The batch means of the reconstruction loss of one sampled z and of the KL term (per pixel with
+        ``reduction=mean``), and μ."""
         import torch
 
         mu, logvar = self.encode(x)
@@ -67,6 +77,7 @@ class VAE(GenerativeMethod):
         return terms, mu
 
     def loss_terms(self, batch):
+        """``recon`` and ``kl``: the two terms of the negative ELBO (:meth:`elbo_terms`) of the batch's images."""
         return self.elbo_terms(batch.x)[0]
 
     def generative_metrics(self, x):
@@ -81,6 +92,7 @@ class VAE(GenerativeMethod):
         return {"recon_error": recon_err, "elbo": elbo}
 
     def reconstruct(self, x):
+        """The decoder's images from z = μ, without gradients."""
         import torch
 
         with torch.no_grad():

@@ -54,3 +54,14 @@ def digits():
     from dmlbench.data import load_dataset
 
     return load_dataset("digits")
+
+
+@pytest.fixture(autouse=True)
+def _plugins_stay_in_their_test():
+    """A test's --plugin modules (CLI commands run in this process) are not re-imported by the
+    workers of a later test: each bench command is a fresh process for a user."""
+    from dmlbench.core.registry import LOADED_PLUGINS
+
+    before = list(LOADED_PLUGINS)
+    yield
+    LOADED_PLUGINS[:] = before

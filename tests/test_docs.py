@@ -33,17 +33,22 @@ def registries():
     """Leave the registries as they were: a doc example registers a method, dataset or metric."""
     from dmlbench.data.base import DATASETS
     from dmlbench.evaluation.metrics import METRICS
+    from dmlbench.executors import EXECUTORS
     from dmlbench.methods.base import METHODS
 
-    before = {r: set(r.names()) for r in (DATASETS, METHODS, METRICS)}
+    before = {r: set(r.names()) for r in (DATASETS, METHODS, METRICS, EXECUTORS)}
     yield
     for r, names in before.items():
         for n in set(r.names()) - names:
             r.remove(n)
 
 
+LISTED = {"plugins.md": ("center-contrast", "margin ~ log-uniform[0.1, 4]"), "add-executor.md": ("fresh",
+                                                                                                  "One fresh process")}
+
+
 @pytest.mark.parametrize("page, filename", [("plugins.md", "center_contrast.py"), ("add-dataset.md", "rings.py"),
-                                            ("add-metric.md", "alignment.py")])
+                                            ("add-metric.md", "alignment.py"), ("add-executor.md", "fresh.py")])
 def test_doc_example_runs_as_written(page, filename, tmp_path, monkeypatch, registries):
     (code,) = blocks(page, "python")
     (tmp_path / filename).write_text(code)
@@ -59,5 +64,5 @@ def test_doc_example_runs_as_written(page, filename, tmp_path, monkeypatch, regi
         if args[0] == "table":
             assert "alignment" in r.stdout
         if args[0] == "list":
-            assert "center-contrast" in r.stdout and "margin ~ log-uniform[0.1, 4]" in r.stdout
+            assert all(text in r.stdout for text in LISTED[page]), r.stdout
     assert list((tmp_path / "results").rglob("metrics.json"))

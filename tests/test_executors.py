@@ -261,11 +261,12 @@ def test_each_pool_worker_draws_its_progress_on_its_own_line():
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
+    from dmlbench.executors.base import WorkerSetup
     from dmlbench.executors.local import init_worker_process
 
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(2, mp_context=ctx, initializer=init_worker_process,
-                             initargs=(1, 30, ctx.Value("i", 0), 2)) as pool:
+                             initargs=(WorkerSetup(1, 30), ctx.Value("i", 0), 2)) as pool:
         seen = dict(pool.map(_bar_position, range(4)))
     assert sorted(seen.values()) == [1, 2]  # line 0 is the driver's overall bar
 
@@ -323,3 +324,31 @@ def test_a_workers_progress_line_is_one_write_so_two_workers_lines_never_run_tog
     monkeypatch.setattr(sys, "stderr", Recorder())
     echo_line("  started siamese seed 0 (worker 1, cpu)")
     assert writes == ["  started siamese seed 0 (worker 1, cpu)\n"]
+
+
+PLUGIN = '''
+from dmlbench.methods import register_method
+from dmlbench.methods.triplet_hinge import TripletHinge
+
+
+@register_method("hinge-copy-{executor}")
+class HingeCopy(TripletHinge):
+    """triplet-hinge under another name: a plugin method."""
+'''
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_plugins_methods_run_in_every_worker(tmp_path, executor):
+    """--plugin is imported in each worker process (pool or Ray task), not only in the driver,
+    and a pool's runs of the plugin method equal the sequential ones."""
+    if executor == "ray":
+        pytest.importorskip("ray", reason="the ray extra is not installed")
+    plugin = tmp_path / f"hinge_copy_{executor}.py"  # one module and method name per test: registries persist
+    plugin.write_text(PLUGIN.format(executor=executor))
+    args = ["run", "--plugin", plugin, "--methods", f"hinge-copy-{executor}", "--seeds", "0,1", "--steps", "3",
+            "--test-triplets", "60", "--threads", "2"]
+    one = bench(*args, "--out", tmp_path / "one")
+    assert one.exit_code == 0, one.stderr
+    two = bench(*args, "--out", tmp_path / "two", "--workers", "2", "--executor", executor)
+    assert two.exit_code == 0, two.stderr
+    assert metrics(tmp_path / "two") and metrics(tmp_path / "one") == metrics(tmp_path / "two")

@@ -28,8 +28,9 @@ from dmlbench.methods import (
 )
 from dmlbench.methods.pml import installed_pml_loss_names, pml_loss_names, pml_method
 from dmlbench.running.config import RunConfig
+from dmlbench.running.execute import run_suite
 from dmlbench.running.runner import build_method
-from dmlbench.running.suite import Suite, run_suite
+from dmlbench.running.suite import Suite
 from dmlbench.training.batches import Batch, BatchKind
 from dmlbench.training.inputs import DeviceImages, InputPipeline
 from dmlbench.training.sampling import ClassIndex

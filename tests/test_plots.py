@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from dmlbench.cli import app
 from dmlbench.running.config import RunConfig
-from dmlbench.running.suite import Suite, run_suite
+from dmlbench.running.execute import run_suite
+from dmlbench.running.suite import Suite
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -12,6 +12,7 @@ naming the file, never a traceback from json, numpy or torch.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -38,7 +39,17 @@ class CorruptFileError(DMLBenchError):
         super().__init__(f"{path} is corrupt or not a dmlbench file ({why})" + (f"; {fix}" if fix else ""))
 
 
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes, read in 1 MiB chunks (weights and archives can be GBs)."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` all or nothing: to an exclusive temp file, fsynced, then renamed over it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
@@ -55,26 +66,31 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write_bytes`)."""
     atomic_write_bytes(path, text.encode())
 
 
 def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON with sorted keys, atomically; values JSON cannot hold are written as str."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write the named ``arrays`` as one compressed .npz, atomically."""
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
 
 
 def write_npy(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` as an .npy without pickling (object arrays are refused), atomically."""
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     atomic_write_bytes(path, buf.getvalue())
 
 
 def torch_save(path: Path, obj: Any) -> None:
+    """Write ``obj`` with ``torch.save`` to ``path``, atomically."""
     import torch
 
     buf = io.BytesIO()
@@ -83,6 +99,7 @@ def torch_save(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path, expect: type = dict) -> Any:
+    """The JSON value in ``path``, which must be an ``expect``; a :class:`CorruptFileError` otherwise."""
     try:
         value = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -112,6 +129,7 @@ def _array_file_problem(path: Path, magic: bytes, kind: str, e: Exception) -> st
 
 
 def read_npy(path: Path, fix: str = "") -> np.ndarray:
+    """The array in an .npy, read without unpickling; a :class:`CorruptFileError` naming the file otherwise."""
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:

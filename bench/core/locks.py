@@ -16,11 +16,14 @@ from pathlib import Path
 
 
 class Lock:
+    """An exclusive ``flock`` on the file at ``path``; the holder's pid is written into it."""
+
     def __init__(self, path: Path):
         self.path = Path(path)
         self._fd: int | None = None
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Take the lock, waiting at most ``timeout`` seconds (or not at all if not ``blocking``); True if taken."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # O_NOFOLLOW: a link planted at the lock's name is refused rather than followed.
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
@@ -42,6 +45,7 @@ class Lock:
                 time.sleep(0.2)
 
     def release(self) -> None:
+        """Let go of the lock if held; a no-op otherwise."""
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
@@ -49,6 +53,7 @@ class Lock:
 
     @property
     def held(self) -> bool:
+        """Whether this object holds the lock now."""
         return self._fd is not None
 
     def __enter__(self) -> Lock:
@@ -61,6 +66,7 @@ class Lock:
 
 @contextmanager
 def locked(path: Path):
+    """Hold the lock at ``path`` for the block, waiting as long as it takes; yields the :class:`Lock`."""
     lock = Lock(path)
     lock.acquire()
     try:

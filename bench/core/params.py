@@ -56,6 +56,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def option_keys(obj: Any, prefix: str = "") -> list[str]:
+    """The keys ``--set`` accepts for dataclass ``obj``: each field, or ``field.key`` for each key of a dict field."""
     keys = []
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)

@@ -22,6 +22,10 @@ from dmlbench.core.errors import DMLBenchError
 
 T = TypeVar("T")
 
+# The plugins this process imported (files by absolute path): executors import them again in each
+# worker process, so that a plugin's methods, encoders and metrics run there too.
+LOADED_PLUGINS: list[str] = []
+
 
 class Registry(Generic[T]):
     """Names to objects of one kind (methods, datasets, metrics, encoders, executors)."""
@@ -87,12 +91,15 @@ class Registry(Generic[T]):
 
 def load_plugin(spec: str) -> None:
     """Import a user's module (a ``.py`` file or an importable module name), so that what it
-    registers can be run; importing the same file twice in one process is a no-op."""
+    registers can be run; importing the same file twice in one process is a no-op. It is noted
+    in :data:`LOADED_PLUGINS` for the executors' workers."""
     try:
         if spec.endswith(".py"):
             path = Path(spec)
             if not path.is_file():
                 raise DMLBenchError(f"plugin file {spec} does not exist")
+            if str(path.resolve()) not in LOADED_PLUGINS:
+                LOADED_PLUGINS.append(str(path.resolve()))
             name = f"dmlbench_plugin_{path.stem}"
             loaded = sys.modules.get(name)
             if loaded is not None and Path(getattr(loaded, "__file__", "")).resolve() == path.resolve():
@@ -103,6 +110,8 @@ def load_plugin(spec: str) -> None:
             mod_spec.loader.exec_module(module)
         else:
             importlib.import_module(spec)
+            if spec not in LOADED_PLUGINS:
+                LOADED_PLUGINS.append(spec)
     except DMLBenchError:
         raise
     except Exception as e:  # noqa: BLE001 - whatever the user's module raises, reported in one line

@@ -34,6 +34,7 @@ def interrupts_ignored(exc: BaseException | None = None):
 
 
 def default_threads() -> int:
+    """The CPUs this process may use, capped at 8 (at least 1)."""
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -69,6 +70,7 @@ def set_threads(n: int | None = None) -> int:
 
 
 def resolve_device(name: str):
+    """The ``torch.device`` for ``name``; a CUDA one this machine lacks is a :class:`DMLBenchError`."""
     import torch
 
     if name.startswith("cuda"):
@@ -98,6 +100,7 @@ def set_determinism(deterministic: bool, device) -> None:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global random generators with ``seed``."""
     import numpy as np
     import torch
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from dmlbench.core.errors import DMLBenchError
 
@@ -23,27 +23,42 @@ RUN_KEYS = ("lr", "trunk_lr", "weight_decay", "momentum")
 
 
 @dataclass(frozen=True)
-class Float:
+class Range:
+    """Values between ``low`` and ``high``, drawn uniformly, or log-uniformly with ``log``."""
+
     low: float
     high: float
     log: bool = False
+    kind: ClassVar[str] = "uniform"
+
+    def show(self, value) -> str:
+        """A bound as written in ``str`` (and so in tuned.json and a study's fingerprint)."""
+        return f"{value:g}"
 
     def __str__(self) -> str:
-        return f"{'log-' if self.log else ''}uniform[{self.low:g}, {self.high:g}]"
+        return f"{'log-' if self.log else ''}{self.kind}[{self.show(self.low)}, {self.show(self.high)}]"
 
 
 @dataclass(frozen=True)
-class Int:
-    low: int
-    high: int
-    log: bool = False
+class Float(Range):
+    """A float between ``low`` and ``high`` (log-uniform with ``log``)."""
 
-    def __str__(self) -> str:
-        return f"{'log-' if self.log else ''}int[{self.low}, {self.high}]"
+
+@dataclass(frozen=True)
+class Int(Range):
+    """An integer between ``low`` and ``high``, both included (log-uniform with ``log``)."""
+
+    kind: ClassVar[str] = "int"
+
+    def show(self, value) -> str:
+        """Integers as they are."""
+        return str(value)
 
 
 @dataclass(frozen=True)
 class Choice:
+    """One of ``choices``."""
+
     choices: tuple
 
     def __str__(self) -> str:
@@ -57,6 +72,7 @@ LR = {"lr": Float(1e-4, 1e-2, log=True)}
 
 
 def describe(space: dict[str, Dist]) -> str:
+    """A space in one line, ``key ~ distribution`` comma-separated, or ``(nothing to tune)``."""
     return ", ".join(f"{k} ~ {d}" for k, d in space.items()) or "(nothing to tune)"
 
 
@@ -81,6 +97,7 @@ def from_value(key: str, value: Any) -> Dist:
 
 
 def to_optuna(d: Dist):
+    """The optuna distribution for ``d``: categorical, int or float, log-scaled as ``d`` says."""
     import optuna.distributions as od
 
     if isinstance(d, Choice):

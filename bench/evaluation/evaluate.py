@@ -32,6 +32,7 @@ EMBED_BLOCK = {"cpu": 512, "cuda": 1024}
 
 
 def embed_block(device) -> int:
+    """Images per embedding pass on ``device``'s type (:data:`EMBED_BLOCK`; a GPU's size for other types)."""
     return EMBED_BLOCK.get(torch.device(device).type, EMBED_BLOCK["cuda"])
 
 
@@ -50,6 +51,8 @@ def embed_part(method: Method, part: Part, pipeline: InputPipeline, device, bloc
 
 
 def triplet_accuracy(emb: np.ndarray, triplets: np.ndarray, margin: float) -> tuple[dict[str, float], np.ndarray]:
+    """The share of (anchor, positive, negative) rows with d(a, p) < d(a, n), and with d(a, p) + margin <= d(a, n);
+    also each triplet's correctness (the first test)."""
     a, p, n = (emb[triplets[:, i]] for i in range(3))
     d_ap = np.linalg.norm(a - p, axis=1)
     d_an = np.linalg.norm(a - n, axis=1)
@@ -87,10 +90,12 @@ class EvalContext:
 
     @_once
     def test_emb(self) -> np.ndarray:
+        """Embeddings of the test part, in order."""
         return embed_part(self.method, self.data.test, self.pipeline, self.device)
 
     @_once
     def train_emb(self) -> np.ndarray:
+        """Embeddings of the training part, in order."""
         return embed_part(self.method, self.data.train, self.pipeline, self.device)
 
     @property
@@ -100,12 +105,16 @@ class EvalContext:
 
     @_once
     def triplets(self) -> dict[str, float]:
+        """Triplet accuracy, plain and with the margin, on the test triplets; per-triplet correctness goes to
+        ``per_query``."""
         out, correct = triplet_accuracy(self.test_emb(), self.triplet_rows, self.cfg.margin)
         self.per_query["triplet_correct"] = correct
         return out
 
     @_once
     def retrieval(self) -> dict[str, float]:
+        """Retrieval metrics of the test embeddings (query against gallery where the data set has them,
+        leave-one-out otherwise); per-query values go to ``per_query``."""
         emb, y = self.test_emb(), self.data.test.y
         if self.data.has_query_gallery:
             q, g = self.data.query, self.data.gallery
@@ -119,6 +128,7 @@ class EvalContext:
 
     @_once
     def knn(self):
+        """k-NN classification accuracy of the test rows against the training rows; None where it cannot classify."""
         if not self.classifies:
             return None
 
@@ -129,6 +139,7 @@ class EvalContext:
 
     @_once
     def probe(self):
+        """Test accuracy of the linear probe trained on the training embeddings; None where it cannot classify."""
         if not self.classifies:
             return None
 
@@ -140,6 +151,7 @@ class EvalContext:
 
     @_once
     def generative(self) -> dict[str, float]:
+        """The test-set means of a generative method's metrics; empty for any other method."""
         if not isinstance(self.method, GenerativeMethod):
             return {}
         return generative_metrics(self.method, self.data.test, self.pipeline, self.device)
@@ -148,6 +160,7 @@ class EvalContext:
 @torch.inference_mode()
 def generative_metrics(method: GenerativeMethod, part: Part, pipeline: InputPipeline, device,
                        block: int | None = None) -> dict[str, float]:
+    """The mean over ``part`` of each of ``method``'s per-image generative metrics, ``block`` images at a time."""
     method.eval()
     block = block or embed_block(device)
     sums: dict[str, float] = {}

@@ -46,6 +46,7 @@ _MAX_SQ_NORM = 1e37
 
 
 def as_f32(x: np.ndarray, name: str) -> np.ndarray:
+    """``x`` as a contiguous 2-D float32 array; non-finite rows, or norms whose squares overflow, are refused."""
     x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
     if x.ndim != 2:
         raise ValueError(f"{name} must be 2-D (rows x features), got shape {x.shape}")
@@ -63,6 +64,7 @@ def as_f32(x: np.ndarray, name: str) -> np.ndarray:
 
 
 def clamp_k(k: int, n_ref: int, exclude_self: bool) -> int:
+    """``k`` cut to the neighbours available (one fewer with ``exclude_self``); a negative ``k`` is an error."""
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
     return max(0, min(int(k), n_ref - int(exclude_self)))
@@ -298,6 +300,8 @@ def search_blocks(query, ref, k, exclude_self, device, block) -> Iterator[tuple[
 
 
 def check_inputs(query, ref, exclude_self):
+    """``query`` and ``ref`` as float32 (see :func:`as_f32`), checked to share a width, and a length with
+    ``exclude_self``."""
     query, ref = as_f32(query, "query"), as_f32(ref, "ref")
     if query.shape[1] != ref.shape[1]:
         raise ValueError(f"query has {query.shape[1]} features but ref has {ref.shape[1]}")

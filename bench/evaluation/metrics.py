@@ -26,6 +26,8 @@ RECALL_KS = (1, 2, 4, 8)
 
 @dataclass(frozen=True)
 class MetricSpec:
+    """A registered metric: its function of the evaluation context, its direction, and how tables show it."""
+
     name: str
     fn: Callable
     higher_is_better: bool = True
@@ -40,6 +42,7 @@ METRICS: Registry[MetricSpec] = Registry("metric")
 
 def register_metric(name: str, *, higher_is_better: bool = True, default: bool = False, comparable: bool = True,
                     description: str = "", kind: str = "embedding"):
+    """A decorator that registers its function as metric ``name`` with these settings; the function is unchanged."""
     def decorator(fn: Callable) -> Callable:
         METRICS.add(name, MetricSpec(name, fn, higher_is_better, default, comparable, description, kind))
         return fn
@@ -48,10 +51,12 @@ def register_metric(name: str, *, higher_is_better: bool = True, default: bool =
 
 
 def metric(name: str) -> MetricSpec:
+    """The registered metric ``name``."""
     return METRICS.get(name)
 
 
 def default_metrics() -> list[str]:
+    """Names of the metrics tables show by default, in registry order."""
     return [n for n in METRICS.names() if METRICS.get(n).default]
 
 
@@ -68,6 +73,7 @@ def higher_is_better(name: str) -> bool:
 
 @register_metric("triplet_acc", default=True, description="fixed test triplets with d(a,p) < d(a,n)")
 def triplet_acc(ctx):
+    """Share of the fixed test triplets with d(a,p) < d(a,n)."""
     return ctx.triplets()["triplet_acc"]
 
 
@@ -75,6 +81,7 @@ def triplet_acc(ctx):
                  description="fixed test triplets with zero hinge loss, d(a,p) + m <= d(a,n) (TVAE paper); "
                              "depends on the embedding's scale, so it is shown but not ranked")
 def triplet_acc_margin(ctx):
+    """Share of the fixed test triplets with d(a,p) + margin <= d(a,n)."""
     return ctx.triplets()["triplet_acc_margin"]
 
 
@@ -93,43 +100,51 @@ for _k in RECALL_KS:
 
 @register_metric("precision@1", description="precision of the nearest neighbour (equals recall@1)")
 def precision_at_1(ctx):
+    """Precision of each test query's nearest neighbour, averaged."""
     return ctx.retrieval()["precision@1"]
 
 
 @register_metric("r_precision", description="R-precision: same-class share of the R nearest (R = class size - 1)")
 def r_precision(ctx):
+    """R-precision of the test queries: the same-class share of each one's R nearest, averaged."""
     return ctx.retrieval()["r_precision"]
 
 
 @register_metric("map@r", default=True, description="MAP@R (Musgrave et al. 2020)")
 def map_at_r(ctx):
+    """MAP@R of the test queries (Musgrave et al. 2020)."""
     return ctx.retrieval()["map@r"]
 
 
 @register_metric("knn_acc", default=True, kind="classification",
                  description="k-NN classification of test items against train embeddings (majority of k)")
 def knn_acc(ctx):
+    """k-NN classification accuracy on the test set; None on a class-disjoint split."""
     return ctx.knn()
 
 
 @register_metric("svm_acc", default=True, kind="classification",
                  description="linear SVM probe (squared hinge, one-vs-rest, lambda by 3-fold CV on train) on test")
 def svm_acc(ctx):
+    """Linear SVM probe accuracy on the test set; None on a class-disjoint split."""
     return ctx.probe()
 
 
 @register_metric("recon_error", higher_is_better=False, default=True, kind="generative",
                  description="generative only: squared L2 reconstruction error per test image, from z = mu")
 def recon_error(ctx):
+    """Mean squared L2 reconstruction error per test image; None for a method that does not reconstruct."""
     return ctx.generative().get("recon_error")
 
 
 @register_metric("elbo", kind="generative",
                  description="generative only: 1-sample ELBO per test image (nats; L2 as Gaussian up to constants)")
 def elbo(ctx):
+    """Mean 1-sample ELBO per test image; None for a method that is not generative."""
     return ctx.generative().get("elbo")
 
 
 @register_metric("embedding_dim", comparable=False, kind="info", description="size of the embedding")
 def embedding_dim(ctx):
+    """The width of the test embeddings."""
     return int(ctx.test_emb().shape[1])

@@ -42,6 +42,8 @@ LIBLINEAR_POOL_BYTES = 1 << 30   # liblinear input copies held at once by the pr
 
 @dataclass
 class ProbeResult:
+    """A probe's test accuracy and confusion, the lambda chosen, the CV accuracy of each lambda, and the solver."""
+
     accuracy: float
     correct: np.ndarray             # bool per test row
     confusion: np.ndarray           # rows: true, columns: predicted, over ``labels``
@@ -60,9 +62,11 @@ class LinearModel:
     classes: np.ndarray             # the labels, sorted
 
     def decision(self, x: np.ndarray) -> np.ndarray:
+        """The scores (n, m) of rows ``x``, in float64."""
         return np.asarray(x, np.float64) @ self.coef.T.astype(np.float64) + self.intercept
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        """The predicted label of each row: the top score's class (the score's sign for two classes)."""
         if len(self.classes) == 1:
             return np.repeat(self.classes, len(x))
         s = self.decision(x)

@@ -14,9 +14,9 @@ class satisfies :class:`Executor`:
   them; None: this machine's cores, at most 8) and its ``Options``;
 - :meth:`~Executor.start` reaches what it needs (a cluster) and refuses, with a one-line
   :class:`~dmlbench.core.errors.DMLBenchError`, before any results folder is made;
-- :meth:`~Executor.map` runs ``fn(job)`` for every job, each in a process whose torch, faiss and
-  BLAS threads are set to its share (:func:`dmlbench.core.runtime.set_threads`) and whose log
-  level is the caller's, calls ``on_result`` in the driver as each finishes, and returns the
+- :meth:`~Executor.map` runs ``fn(job)`` for every job, each in a process set up by a
+  :class:`WorkerSetup` (torch, faiss and BLAS threads set to its share, the caller's log level,
+  the caller's plugins imported), calls ``on_result`` in the driver as each finishes, and returns the
   results in the jobs' order. ``fn`` and the jobs are picklable (workers may be other processes
   or machines); a job with a ``label`` is announced as it starts;
 - an interrupt (KeyboardInterrupt in the driver) stops every job within seconds and is
@@ -36,13 +36,37 @@ class satisfies :class:`Executor`:
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.params import apply_overrides
-from dmlbench.core.registry import Registry
+from dmlbench.core.registry import LOADED_PLUGINS, Registry, load_plugin
+from dmlbench.core.runtime import log_to_stderr, set_threads
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a worker process needs before its first job: its threads, the driver's log level and
+    the plugins the driver imported (so their methods, encoders and metrics exist there too)."""
+
+    threads: int
+    level: int
+    plugins: tuple[str, ...] = ()
+
+    @classmethod
+    def here(cls, threads: int) -> WorkerSetup:
+        """The setup of this (driver) process, for workers with ``threads`` threads each."""
+        return cls(threads, logging.getLogger("dmlbench").level, tuple(LOADED_PLUGINS))
+
+    def apply(self) -> None:
+        """Set the threads and the log level, and import the plugins (once per process)."""
+        set_threads(self.threads)
+        log_to_stderr(self.level)
+        for spec in self.plugins:
+            load_plugin(spec)
 
 
 def executor_option(default, help: str, *, key: str, hint: str = ""):

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from dmlbench.core import runtime
 from dmlbench.core.runtime import default_threads, echo_line, interrupts_ignored, set_threads
-from dmlbench.executors.base import register_executor
+from dmlbench.executors.base import WorkerSetup, register_executor
 
 log = logging.getLogger("dmlbench")
 
@@ -51,12 +51,11 @@ def _watch_parent(ppid: int) -> None:
             os._exit(1)
 
 
-def init_worker_process(threads: int, level: int, slots=None, workers: int = 1) -> None:
-    """A pool worker's start: its share of the threads,
-    logging, quiet interrupts, exit with its driver, and (with ``slots``, a shared counter) its own
-    progress-bar line under the driver's overall bar, so N workers draw N lines, not one."""
-    runtime.set_threads(threads)
-    runtime.log_to_stderr(level)
+def init_worker_process(setup: WorkerSetup, slots=None, workers: int = 1) -> None:
+    """A pool worker's start: its share of the threads, logging and the driver's plugins
+    (``setup``), quiet interrupts, exit with its driver, and (with ``slots``, a shared counter) its
+    own progress-bar line under the driver's overall bar, so N workers draw N lines, not one."""
+    setup.apply()
     # tqdm's default lock is a multiprocessing one (a named semaphore per process), which a worker
     # stopped by an interrupt never unlinks: the exit would warn of leaked semaphores. A worker's
     # bars need only a thread lock.
@@ -163,8 +162,7 @@ class LocalExecutor:
         ctx = mp.get_context("spawn")
         results: dict[int, Any] = {}
         pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=init_worker_process,
-                                   initargs=(self.threads, logging.getLogger("dmlbench").level, ctx.Value("i", 0),
-                                             self.workers))
+                                   initargs=(WorkerSetup.here(self.threads), ctx.Value("i", 0), self.workers))
         # On a terminal only: the overall bar on the first line, each worker's job on its own below.
         bar = tqdm(total=len(jobs), desc=progress, unit="run", disable=None if progress else True, leave=False,
                    position=0)

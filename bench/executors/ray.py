@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dmlbench.core.errors import DMLBenchError
-from dmlbench.core.runtime import default_threads, interrupts_ignored, log_to_stderr, set_threads
-from dmlbench.executors.base import executor_option, register_executor
+from dmlbench.core.runtime import default_threads, interrupts_ignored
+from dmlbench.executors.base import WorkerSetup, executor_option, register_executor
 
 log = logging.getLogger("dmlbench")
 
@@ -80,10 +80,10 @@ def _check_listening(address: str, timeout: float = 5.0) -> None:
                             f"{port}`, or give --ray-address auto or the address `ray start` printed") from None
 
 
-def _task(fn: Callable[[Any], Any], job: Any, threads: int, level: int) -> Any:
-    """A job in a Ray task: its share of the threads and the driver's log level, then ``fn(job)``."""
-    set_threads(threads)
-    log_to_stderr(level)
+def _task(fn: Callable[[Any], Any], job: Any, setup: WorkerSetup) -> Any:
+    """A job in a Ray task: its share of the threads, the driver's log level and plugins (their
+    files must be on a path every node sees), then ``fn(job)``."""
+    setup.apply()
     return fn(job)
 
 
@@ -143,8 +143,8 @@ class RayExecutor:
         self.start()
         remote = ray.remote(num_cpus=self.threads, num_gpus=self.gpus_per_run, max_retries=MAX_RETRIES,
                             retry_exceptions=False)(_task)
-        level = logging.getLogger("dmlbench").level
-        refs = {remote.remote(fn, job, self.threads, level): i for i, job in enumerate(jobs)}
+        setup = WorkerSetup.here(self.threads)
+        refs = {remote.remote(fn, job, setup): i for i, job in enumerate(jobs)}
         results: dict[int, Any] = {}
         pending = list(refs)
         try:

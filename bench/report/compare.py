@@ -146,6 +146,8 @@ def _seed(value) -> str:
 
 
 def format_compare(result: dict) -> str:
+    """A comparison as Markdown text: the ranking per dataset, the pairwise tests, the Friedman test and
+    the runs left out."""
     lines = [f"# {result['metric']} ({'higher' if result['higher_is_better'] else 'lower'} is better)", ""]
     rk = result["ranking"]
     for ds, g in rk.groupby("dataset", sort=False):

@@ -84,6 +84,8 @@ def _cell(v: float, sd: float, half: float, spread: str) -> str:
 
 def format_table(agg: pd.DataFrame, fmt: str = "markdown", metrics: list[str] | None = None,
                  spread: str = "ci") -> str:
+    """An :func:`aggregate` table as markdown, LaTeX (best rows in bold, mean and ``spread`` per cell) or csv
+    (every column)."""
     if fmt not in FORMATS:
         raise DMLBenchError(f"unknown table format {fmt!r}; use one of: {', '.join(FORMATS)}")
     if spread not in SPREADS:
@@ -122,6 +124,7 @@ def format_table(agg: pd.DataFrame, fmt: str = "markdown", metrics: list[str] | 
 
 
 def legend(spread: str = "ci") -> str:
+    """The note under a table: what a cell's spread and the bold mean, and which rows ran untuned."""
     return (f"Mean over seeds {SPREADS[spread]} (one seed: the value alone). Bold: not significantly "
             "worse than the best row with 2+ seeds (paired t-test over shared seeds, Holm-corrected, alpha 0.05); "
             "a row that cannot be tested (under 2 shared seeds) is bold only if its mean is at least the best's. "
@@ -160,6 +163,7 @@ def _markdown(df: pd.DataFrame) -> str:
 
 
 def failures(runs: pd.DataFrame) -> list[str]:
+    """One line per failed or corrupt run: its label, seed and reason."""
     if not len(runs) or "reason" not in runs:
         return []
     bad = runs[runs["status"].isin(["failed", "corrupt"])]

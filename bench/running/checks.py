@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.io import clean_temp_files
@@ -24,11 +23,9 @@ from dmlbench.data.load import planned_shape
 from dmlbench.methods import GenerativeMethod, get_method
 from dmlbench.methods.pml import check_runnable
 from dmlbench.running.rundata import input_shape
+from dmlbench.running.suite import Suite
 from dmlbench.training.batches import check_batch_size
 from dmlbench.training.encoders import check_input
-
-if TYPE_CHECKING:  # (the suite module calls these checks)
-    from dmlbench.running.suite import Suite
 
 
 def check_before_data(suite: Suite) -> None:

@@ -34,6 +34,7 @@ DEFAULT_OUT = Path("results")
 
 
 def slug(text: str) -> str:
+    """``text`` as a folder name: each run of characters other than letters, digits, ``_.-`` becomes one ``-``."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
 
 
@@ -44,6 +45,7 @@ def suite_dir(out: Path | str, dataset: str, suite: str = "") -> Path:
 
 
 def run_dir(suite: Path, method: str, seed: int, run_id: str) -> Path:
+    """A run's folder: ``<suite>/<method>/s<seed>-<run id>``."""
     return Path(suite) / slug(method) / f"s{seed}-{run_id}"
 
 
@@ -59,6 +61,7 @@ def run_dirs(root: Path | str, recursive: bool = True) -> Iterator[Path]:
 
 
 def is_complete(run: Path) -> bool:
+    """Whether the run folder holds its metrics.json, written last."""
     return (run / METRICS).is_file()
 
 

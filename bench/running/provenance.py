@@ -27,11 +27,13 @@ NUMERIC_LIBS = ("torch", "numpy", "pytorch-metric-learning", "faiss-cpu", "sciki
 
 
 def package_dirs() -> list[Path]:
+    """The folders of dmlbench's installed packages (``dmlbench``, its data sets and its methods), sorted."""
     return sorted({Path(m.__file__).parent for m in (dmlbench, dmlbench.data, dmlbench.methods)})
 
 
 @functools.cache
 def code_hash() -> str:
+    """16 hex digits of a SHA-256 over the path and bytes of every ``.py`` and ``.toml`` of the packages."""
     h = hashlib.sha256()
     for folder in package_dirs():
         for f in sorted(folder.rglob("*")):
@@ -43,6 +45,7 @@ def code_hash() -> str:
 
 @functools.cache
 def git_state() -> dict:
+    """The checkout's commit and whether the packages' source differs from it; both None without git."""
     root = Path(__file__).resolve().parent
 
     def git(*args: str) -> str | None:
@@ -69,6 +72,7 @@ def _version(dist: str) -> str | None:
 
 @functools.cache
 def library_versions() -> dict:
+    """Versions of the installed numeric libraries, of dmlbench and of Python."""
     out = {name: _version(name) for name in NUMERIC_LIBS}
     out = {k: v for k, v in out.items() if v is not None}
 
@@ -90,6 +94,7 @@ def device_info(device: str) -> dict:
 
 
 def provenance(device: str, threads: int) -> dict:
+    """What made a run: code hash, git state, library versions, device and thread count."""
     return {"code_hash": code_hash(), **git_state(), "versions": library_versions(),
             "device": device_info(device), "threads": threads}
 

@@ -1,9 +1,9 @@
 """A suite: which (method, seed) runs to make on one dataset, resolved from defaults, a preset or
 TOML file, and command-line flags (in that order; later wins; unknown keys are errors).
 
-:func:`prepare` checks everything that can be checked before any training (:mod:`.checks`),
-loads the data once and expands the suite into its runs; :func:`run_suite` hands them to an
-executor (:mod:`dmlbench.executors`). Where the settings come from is :mod:`.presets`.
+:func:`resolve_suite` checks and merges the settings, :func:`expand` turns a suite into its
+runs; :mod:`.execute` checks, loads the data and hands the runs to an executor. Where the
+settings come from is :mod:`.presets`.
 """
 
 from __future__ import annotations
@@ -14,16 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dmlbench.core.errors import DMLBenchError
-from dmlbench.core.io import undo_if_refused
 from dmlbench.core.params import apply_overrides, parse_set
 from dmlbench.core.runtime import default_threads
 from dmlbench.executors import EXECUTORS, executor_options, get_executor, option_keys
 from dmlbench.methods import BUILTIN, get_method
 from dmlbench.running import layout
-from dmlbench.running.checks import check_before_data, check_data, check_out
 from dmlbench.running.config import RunConfig
-from dmlbench.running.rundata import load_data, stored_test_triplets
-from dmlbench.running.runner import Planned, RunJob, archive_superseded, run_job, with_method
+from dmlbench.running.runner import Planned, with_method
 
 log = logging.getLogger("dmlbench")
 
@@ -220,46 +217,3 @@ def tuned_config(suite: Suite, cfg: RunConfig) -> RunConfig:
     if info:
         cfg = dataclasses.replace(cfg, tuned=info)
     return cfg
-
-
-def prepare(suite: Suite):
-    """Check the suite, load its data once, expand it; returns (data, planned runs)."""
-    check_before_data(suite)
-    with undo_if_refused(suite.dir):  # a suite that could not start leaves no empty folder it made behind
-        check_out(suite.dir)
-        return _prepare(suite)
-
-
-def _prepare(suite: Suite):
-    if suite.tuned:  # bench run --tuned: earlier best settings' runs leave the table
-        archive_superseded(suite.dir, suite.tuned)
-    base = suite.base.resolved()
-    data = load_data(base)
-    check_data(suite, data, data.value_range())
-    if base.knn_k >= len(data.train):  # a k-NN vote over every training image is a chance-level constant
-        raise DMLBenchError(f"knn_k={base.knn_k} must be below the {len(data.train)} training images of "
-                            f"{base.dataset}; the default is 5")
-    planned = expand(suite, len(data.train))
-    # Stored test triplets are checked here (a corrupt file stops the suite, named); missing ones are
-    # drawn by the first run that needs them: drawing needs torch, which a driver of worker
-    # processes does not import.
-    stored_test_triplets(data, planned[0].config, suite.dir)
-    return data, planned
-
-
-def run_suite(suite: Suite, on_result=None, on_start=None) -> list:
-    """Run every planned run of the suite with its executor; returns the RunResults in plan order."""
-    executor = suite.make_executor()
-    try:
-        executor.start()  # an unreachable cluster is refused before any folder is made
-        data, planned = prepare(suite)
-        if on_start is not None:
-            on_start(suite, data, planned)
-        if len(suite.devices) > 1:  # spread over the devices, round robin (the device is not in the run id)
-            planned = [Planned(dataclasses.replace(p.config, device=suite.devices[i % len(suite.devices)]), p.variant)
-                       for i, p in enumerate(planned)]
-        root = suite.dir.resolve() if executor.remote else suite.dir  # remote workers need absolute paths
-        jobs = [RunJob(p.config, root, p.variant, suite.reuse_stale) for p in planned]
-        return executor.map(run_job, jobs, on_result=on_result, progress="suite")
-    finally:
-        executor.shutdown()

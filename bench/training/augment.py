@@ -93,6 +93,7 @@ def center_crop(x: torch.Tensor, out_hw: tuple[int, int], resize_ratio: float = 
 
 
 def train_transform(x: torch.Tensor, kind: str, out_hw: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
+    """A training batch augmented by ``kind`` at size ``out_hw``, its crops and flips drawn from ``gen``."""
     n, _, h, w = x.shape
     if kind == "mlrc":
         boxes = crop_boxes(n, h, w, gen)
@@ -105,6 +106,8 @@ def train_transform(x: torch.Tensor, kind: str, out_hw: tuple[int, int], gen: to
 
 
 def eval_transform(x: torch.Tensor, kind: str, out_hw: tuple[int, int]) -> torch.Tensor:
+    """An evaluation batch at size ``out_hw``: unchanged if already that size, else a centre crop (after a
+    resize to 256/224 of it for ``mlrc``)."""
     if tuple(x.shape[-2:]) == tuple(out_hw):
         return x
     return center_crop(x, out_hw, EVAL_RESIZE if kind == "mlrc" else 1.0)

@@ -48,6 +48,8 @@ class Batch:
 
 @dataclass(frozen=True)
 class Layout:
+    """How a kind lays out a step for a batch size: images per step, and per independent group."""
+
     per_step: int  # images per step
     group: int = 0  # images per independent class-balanced group (Balanced only)
 
@@ -60,16 +62,20 @@ class BatchKind:
     needs_index: ClassVar[bool] = True
 
     def layout(self, batch_size: int, n_classes: int) -> Layout:
+        """The layout of a step for ``batch_size`` and ``n_classes`` usable classes (per_step 0: no full step)."""
         raise NotImplementedError
 
     def epoch_indices(self, index: ClassIndex | None, n: int, layout: Layout, steps: int,
                       gen: torch.Generator) -> torch.Tensor:
+        """An epoch's image indices, (steps, layout.per_step), drawn from ``gen`` among ``n`` training images."""
         raise NotImplementedError
 
     def batch(self, x: torch.Tensor, y: torch.Tensor, layout: Layout) -> Batch:
+        """The :class:`Batch` of a step's images and labels; here with no tuples."""
         return Batch(x, y)
 
     def describe(self) -> str:
+        """The kind's name as messages show it."""
         return self.name
 
 
@@ -81,9 +87,11 @@ class Plain(BatchKind):
     needs_index: ClassVar[bool] = False
 
     def layout(self, batch_size: int, n_classes: int) -> Layout:
+        """The whole batch size."""
         return Layout(batch_size)
 
     def epoch_indices(self, index, n, layout, steps, gen):
+        """Permutations of all ``n`` images back to back, cut into steps."""
         from dmlbench.training.sampling import permutations
 
         return permutations(n, steps * layout.per_step, gen).view(steps, layout.per_step)
@@ -98,9 +106,12 @@ class Pairs(BatchKind):
     parts: ClassVar[tuple[str, ...]] = ("first", "second")
 
     def layout(self, batch_size: int, n_classes: int) -> Layout:
+        """The batch size rounded down to an even number."""
         return Layout((batch_size // 2) * 2)
 
     def epoch_indices(self, index, n, layout, steps, gen):
+        """Each step's firsts (anchors, every usable image once per pass), then their partners: the first
+        half of a step's pairs same-class, the rest other-class."""
         import torch
 
         p = layout.per_step // 2
@@ -110,6 +121,7 @@ class Pairs(BatchKind):
         return torch.cat([a, partner], dim=1)
 
     def batch(self, x, y, layout):
+        """The batch with ``pairs``: row i of the first half with row i of the second."""
         from dmlbench.training.sampling import cached_arange
 
         i = cached_arange(len(x) // 2, x.device)
@@ -124,9 +136,11 @@ class Triplets(BatchKind):
     parts: ClassVar[tuple[str, ...]] = ("anchor", "positive", "negative")
 
     def layout(self, batch_size: int, n_classes: int) -> Layout:
+        """The batch size rounded down to a multiple of 3."""
         return Layout((batch_size // 3) * 3)
 
     def epoch_indices(self, index, n, layout, steps, gen):
+        """Each step's anchors (every usable image once per pass), then a positive and a negative for each."""
         import torch
 
         t = layout.per_step // 3
@@ -134,6 +148,7 @@ class Triplets(BatchKind):
         return torch.cat([a, index.same(a, gen), index.other(a, gen)], dim=1)
 
     def batch(self, x, y, layout):
+        """The batch with ``triplets``: row i of each third of it."""
         from dmlbench.training.sampling import cached_arange
 
         i = cached_arange(len(x) // 3, x.device)
@@ -151,9 +166,12 @@ class Balanced(BatchKind):
     classes_per_group: int = 0
 
     def describe(self) -> str:
+        """``balanced(m=...)``, noting every class per group for N-pair tuples."""
         return f"balanced(m={self.m}" + (", every class" if self.classes_per_group == -1 else "") + ")"
 
     def layout(self, batch_size: int, n_classes: int) -> Layout:
+        """Whole groups of ``m`` images per class, as many per step as the batch size holds; too small a batch
+        for every class in a group (``classes_per_group=-1``) is an error."""
         if self.m < 1:
             raise DMLBenchError(f"images per class m={self.m} must be at least 1")
         if self.classes_per_group == -1:
@@ -167,11 +185,13 @@ class Balanced(BatchKind):
         return Layout((batch_size // group) * group, group)
 
     def epoch_indices(self, index, n, layout, steps, gen):
+        """Class-balanced groups (:func:`~dmlbench.training.sampling.balanced_indices`)."""
         from dmlbench.training.sampling import balanced_indices
 
         return balanced_indices(index, steps, layout.per_step, layout.group, self.m, gen)
 
     def batch(self, x, y, layout):
+        """The batch with ``groups``: consecutive rows, ``layout.group`` to a group."""
         from dmlbench.training.sampling import cached_arange
 
         return Batch(x, y, groups=cached_arange(len(x), x.device).view(-1, layout.group))

@@ -28,6 +28,8 @@ MLP_HIDDEN = 400  # as in the reference PyTorch VAE for MNIST (784-400-20)
 
 @dataclass(frozen=True)
 class EncoderSpec:
+    """A registered encoder: its builder, its mirrored decoder (if any), a description and its shape check."""
+
     name: str
     encoder: Callable  # (shape, out_dim) -> nn.Module
     decoder: Callable | None  # (shape, latent_dim) -> nn.Module
@@ -127,10 +129,12 @@ TIMM_DESCRIPTION = ("timm:NAME: any timm model (e.g. timm:resnet50, timm:resnet1
 
 
 def is_timm(name: str) -> bool:
+    """Whether ``name`` names a timm trunk (``timm:NAME``)."""
     return name.startswith(TIMM_PREFIX)
 
 
 def encoder_names() -> list[str]:
+    """The registered encoders' names (timm trunks are not listed)."""
     return ENCODERS.names()
 
 
@@ -146,6 +150,8 @@ def check_input(name: str, shape: Shape) -> None:
 
 
 def build_encoder(choice, shape: Shape, out_dim: int):
+    """The encoder ``choice`` names for inputs of ``shape``, with ``out_dim`` outputs (a timm trunk, or a
+    registered encoder after its shape check)."""
     if is_timm(choice.name):
         from dmlbench.training.trunks import TimmEncoder
 
@@ -155,6 +161,7 @@ def build_encoder(choice, shape: Shape, out_dim: int):
 
 
 def build_decoder(choice, shape: Shape, latent_dim: int):
+    """The decoder mirroring encoder ``choice``, from ``latent_dim`` to images of ``shape``; none for timm trunks."""
     if is_timm(choice.name):
         raise DMLBenchError(
             f"vae and tvae are not defined on a timm trunk ({choice.name}): their decoder would have to rebuild the "

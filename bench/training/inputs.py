@@ -42,6 +42,7 @@ class DeviceImages:
         return len(self.part)
 
     def take(self, idx: torch.Tensor) -> torch.Tensor:
+        """The uint8 images at ``idx``, on the device (from the whole upload, or read and sent)."""
         if self.whole is not None:
             return self.whole[idx.to(self.whole.device)]
         x = torch.from_numpy(np.ascontiguousarray(self.part.images(idx.cpu().numpy())))
@@ -65,10 +66,6 @@ class InputPipeline:
         self.augment = augment or "none"
         self.out_hw = tuple(out_hw or data.input_shape[1:])
 
-    @property
-    def resizes(self) -> bool:
-        return self.augment == "mlrc" or self.out_hw != tuple(self._in_hw) if hasattr(self, "_in_hw") else False
-
     def _float(self, x: torch.Tensor) -> torch.Tensor:
         return x.float().mul_(self.scale)
 
@@ -79,16 +76,19 @@ class InputPipeline:
         return x
 
     def train(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """A training batch as float: scaled, augmented (or resized) with draws from ``gen``, normalised."""
         x = self._float(x)
         if self.augment != "none" or tuple(x.shape[-2:]) != self.out_hw:
             x = train_transform(x, self.augment, self.out_hw, gen)
         return self._normalise(x)
 
     def eval(self, x: torch.Tensor) -> torch.Tensor:
+        """An evaluation batch as float: scaled, brought to ``out_hw`` if it differs, normalised."""
         x = self._float(x)
         if tuple(x.shape[-2:]) != self.out_hw:
             x = eval_transform(x, self.augment, self.out_hw)
         return self._normalise(x)
 
     def output_shape(self, channels: int) -> tuple[int, int, int]:
+        """The (C, H, W) of the images the encoder gets."""
         return (channels, *self.out_hw)

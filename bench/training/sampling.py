@@ -66,6 +66,7 @@ class ClassIndex:
 
 
 def permutations(n: int, total: int, gen: torch.Generator) -> torch.Tensor:
+    """``total`` indices in [0, n): random permutations of all n back to back, the last one cut short."""
     reps = -(-total // n)
     return torch.cat([torch.randperm(n, generator=gen) for _ in range(reps)])[:total]
 

@@ -93,6 +93,7 @@ class Trainer:
 
     @property
     def checkpoint_path(self) -> Path | None:
+        """The run folder's checkpoint.pt; None without a run folder (nothing is checkpointed)."""
         return self.run_dir / CHECKPOINT if self.run_dir else None
 
     # ------------------------------------------------------------------ checkpoints
@@ -141,6 +142,8 @@ class Trainer:
     # ------------------------------------------------------------------ training
 
     def fit(self) -> list[dict]:
+        """Train for the configured steps, resuming from a checkpoint of the same config and saving one per epoch;
+        returns the history, one row of mean loss terms, lr and speed per epoch (empty if nothing trains)."""
         method, cfg, data = self.method.to(self.device), self.cfg, self.data
         if not method.trainable or not cfg.steps:
             return []

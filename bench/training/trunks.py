@@ -14,7 +14,6 @@ silent fallback to random weights. The source and SHA-256 of the weights are rec
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -22,11 +21,13 @@ import torch
 from torch import nn
 
 from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.io import file_digest
 
 INSTALL_HINT = "pip install 'dmlbench[vision]' (timm, with a torchvision built for your torch)"
 
 
 def import_timm():
+    """The timm module; a one-line :class:`DMLBenchError` with the fix where it is missing or does not import."""
     try:
         import timm
     except ImportError:
@@ -57,11 +58,8 @@ def default_input_size(encoder: str) -> tuple[int, int]:
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """The SHA-256 of a weights file, recorded with the run."""
+    return file_digest(path, "sha256")
 
 
 def _hf_cached_file(cfg: dict) -> Path | None:
@@ -81,6 +79,8 @@ def _hf_cached_file(cfg: dict) -> Path | None:
 
 
 class TimmEncoder(nn.Module):
+    """A timm trunk's pooled features, from inputs normalised with its own mean and std, then an embedder."""
+
     is_trunk_holder = True
 
     def __init__(self, choice, shape: tuple[int, int, int], out_dim: int):
@@ -150,6 +150,7 @@ class TimmEncoder(nn.Module):
         return [m for m in self.trunk.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
     def train(self, mode: bool = True):
+        """Set training mode as ``nn.Module`` does, keeping BatchNorm layers in eval mode with ``freeze_bn``."""
         super().train(mode)
         if self.freeze_bn:
             for m in self._batchnorms():
@@ -157,9 +158,11 @@ class TimmEncoder(nn.Module):
         return self
 
     def trunk_parameters(self):
+        """The trunk's parameters (the embedder's excluded), e.g. for a separate trunk learning rate."""
         return self.trunk.parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings of images in [0, 1] (grey ones repeated to the trunk's 3 channels)."""
         if self.repeat > 1:
             x = x.expand(-1, self.repeat, -1, -1)
         x = (x - self.mean) / self.std

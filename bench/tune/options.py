@@ -11,7 +11,7 @@ from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.space import Dist
 from dmlbench.data.splits import FOLD_KINDS
 from dmlbench.evaluation.metrics import METRICS
-from dmlbench.running.config import MAX_SEED
+from dmlbench.running.config import MAX_SEED, opt
 from dmlbench.running.suite import Suite
 
 TRIALS_DIR, FOLDS_FILE, TUNED_FILE, TUNE_LOCK = "trials", "folds.json", "tuned.json", ".tune.lock"
@@ -49,16 +49,20 @@ def fmt_params(params: dict) -> str:
 class TuneOptions:
     """What ``bench tune`` is asked for, beyond the suite (the flags of its own)."""
 
-    trials: int = 30
-    folds: int = 1
-    validation: str | None = None  # samples | classes | None: by the dataset's test protocol
-    objective: str = "map@r"
-    storage: str | None = None
-    space: Path | None = None
-    prune: bool = False
-    tune_seed: int = 0
-    timeout: float | None = None  # seconds after which no new trial starts (running ones finish)
-    run_flags: dict = field(default_factory=dict)  # run keys given as flags (--lr): fixed, not searched
+    trials: int = opt(30, "Trials per method, the same for every method (complete, pruned and failed ones count).")
+    folds: int = opt(1, "Validation folds a trial averages over; 1: one fold of a 4-way partition.")
+    validation: str | None = opt(None, "samples or classes folds. [default: classes where the test protocol is "
+                                       "class-disjoint, else samples]")
+    objective: str = opt("map@r", "The validation metric to optimise.")
+    storage: str | None = opt(None, "Study storage: an SQLAlchemy URL (postgresql://...) or journal:PATH. [default: "
+                                    "SQLite study.db in the suite folder]")
+    space: Path | None = opt(None, "A TOML file of search spaces, one [METHOD] table each, overriding the methods' "
+                                   "own (bench list methods).")
+    prune: bool = opt(False, "Stop trials whose per-epoch validation score is below the median.")
+    tune_seed: int = opt(0, "Seed of the folds, the sampler and the trial runs.")
+    timeout: float | None = opt(None, "Seconds after which no new trial starts (running ones finish); re-running the "
+                                      "command resumes the budget.")
+    run_flags: dict = opt({}, "Run keys given as flags (--lr): fixed, not searched.", cli=False)
 
     def check(self) -> None:
         """Each option in its range, with a one-line error naming it."""

@@ -16,6 +16,7 @@ from dmlbench.tune.options import MethodPlan
 
 
 def read_space_file(path: Path | None) -> dict[str, dict]:
+    """A ``--space`` TOML file's tables, method name -> {dotted key: TOML value}, unvalidated; {} for no file."""
     if path is None:
         return {}
     path = Path(path)
@@ -120,6 +121,7 @@ def method_plan(name: str, file_space: dict | None, set_options: dict, run_flags
 
 
 def suggest(trial, space: dict[str, Dist]) -> dict:
+    """One value per key of ``space``, drawn by the optuna ``trial`` from its distribution."""
     out = {}
     for key, d in space.items():
         if isinstance(d, Choice):

@@ -32,6 +32,7 @@ def import_optuna():
 
 
 def trial_seed(seed: int, method: str, number: int) -> int:
+    """A 32-bit seed from (seed, method, trial place), the same in any process (a SHA-256, not ``hash``)."""
     digest = hashlib.sha256(f"{seed}/{method}/{number}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
 
@@ -148,10 +149,12 @@ def _env_seconds(name: str, default: int) -> int:
 
 
 def heartbeat_settings() -> tuple[int, int]:
+    """(heartbeat interval, grace period) in seconds, from the environment; 60 and 120 by default."""
     return _env_seconds(HEARTBEAT_ENV, 60), _env_seconds(GRACE_ENV, 120)
 
 
 def default_storage(suite_dir: Path) -> str:
+    """The SQLite URL of the suite folder's study.db (absolute path)."""
     return f"sqlite:///{(Path(suite_dir) / layout.STUDY).resolve()}"
 
 

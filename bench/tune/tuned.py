@@ -23,6 +23,8 @@ log = logging.getLogger("dmlbench")
 
 
 def read_tuned(tuned_dir: Path) -> tuple[Path, dict]:
+    """The path and contents of a tune's tuned.json (given it or its suite folder), checked to hold a dataset
+    and each method's settings and best trial."""
     path = Path(tuned_dir)
     if path.is_dir():
         path = path / TUNED_FILE

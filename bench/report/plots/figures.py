@@ -108,6 +108,7 @@ def plot_embeddings(runs: pd.DataFrame, path: Path, projection: str = "tsne",
 
 
 def plot_confusions(runs: pd.DataFrame, folder: Path) -> list[Path]:
+    """One row-normalised SVM confusion heatmap per method, pooled over its seeds, in ``folder``; the PNGs written."""
     import seaborn as sns
 
     out = []
@@ -161,6 +162,7 @@ def _history(run_dir: str) -> pd.DataFrame | None:
 
 
 def plot_loss_curves(runs: pd.DataFrame, path: Path) -> Path | None:
+    """Each method's loss terms per epoch (mean ± sd over seeds), one panel a method; None if no run has a history."""
     import seaborn as sns
 
     panels = []
@@ -206,6 +208,8 @@ def plot_loss_curves(runs: pd.DataFrame, path: Path) -> Path | None:
 
 
 def plot_metrics(runs: pd.DataFrame, path: Path, metrics: list[str] | None = None) -> Path | None:
+    """Bars of each method's test metrics (default: :func:`bar_metrics`), mean ± sd over seeds; None if no metric
+    has a value."""
     import seaborn as sns
 
     metrics = [m for m in (metrics or bar_metrics()) if m in runs.columns and runs[m].notna().any()]

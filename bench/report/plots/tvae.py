@@ -21,6 +21,8 @@ def _as_image(a: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, dict]:
 
 
 def plot_reconstructions(runs: pd.DataFrame, path: Path, max_cols: int = 12) -> Path | None:
+    """Up to ``max_cols`` test images above each generative method's reconstructions (first seed, VAE first);
+    None if no run saved any."""
     first = first_seed(runs)
     first = first.iloc[np.argsort(first["method"].to_numpy() != "vae", kind="stable")]  # VAE, then TVAE, ...
     rows = []
