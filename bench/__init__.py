@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from dmlbench.core import VERSION as __version__
 from dmlbench.core.errors import DMLBenchError
-
-__version__ = "0.1.0"
 
 API = ("run", "tune", "compare", "load_results")
 

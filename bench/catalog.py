@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from dmlbench.blocks.encoders import ENCODERS
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.registry import load_plugin
 from dmlbench.core.space import LR, describe
@@ -14,7 +15,6 @@ from dmlbench.executors import EXECUTORS
 from dmlbench.methods import get_method, method_names
 from dmlbench.methods.pml import FAILS, MAIN_PARAMS
 from dmlbench.running.presets import preset_names, preset_text
-from dmlbench.training.encoders import ENCODERS
 
 KINDS = ("methods", "datasets", "metrics", "encoders", "executors", "presets", "all")
 

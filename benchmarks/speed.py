@@ -33,7 +33,7 @@ def train_part(data_dir: str, device: str, steps: int, methods: list[str]) -> li
     from dmlbench.running.config import RunConfig
     from dmlbench.data import load_dataset
     from dmlbench.running.runner import build_method
-    from dmlbench.training.sampling import ClassIndex
+    from dmlbench.blocks.sampling import ClassIndex
     from dmlbench.core.runtime import epoch_generator
     from dmlbench.training.trainer import Trainer, make_optimizer
 
@@ -83,7 +83,7 @@ def eval_part(data_dir: str, device: str, reps: int = 3) -> list[dict]:
     from dmlbench.data import load_dataset
     from dmlbench.evaluation.evaluate import evaluate
     from dmlbench.running.runner import build_method
-    from dmlbench.training.sampling import random_triplets
+    from dmlbench.blocks.sampling import random_triplets
 
     import torch
 

@@ -32,7 +32,7 @@ def main() -> None:
     from dmlbench.data import Data, Part
     from dmlbench.running.runner import build_method
     from dmlbench.core.runtime import epoch_generator, set_threads
-    from dmlbench.training.sampling import ClassIndex
+    from dmlbench.blocks.sampling import ClassIndex
     from dmlbench.training.trainer import Trainer, make_optimizer
 
     set_threads(args.threads)

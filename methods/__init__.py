@@ -7,9 +7,9 @@ entry-point group, and ``pml:<LossName>`` wraps any pytorch-metric-learning loss
 
 from __future__ import annotations
 
+from dmlbench.blocks.batches import PAIRS, PLAIN, TRIPLETS, Balanced, Batch
 from dmlbench.core.space import LR, Choice, Float, Int
 from dmlbench.methods.base import METHODS, EncoderChoice, GenerativeMethod, Method, Params, register_method
-from dmlbench.training.batches import PAIRS, PLAIN, TRIPLETS, Balanced, Batch
 
 # isort: off
 # Import order is the listing order of `bench list methods` and of table rows.

@@ -1,7 +1,7 @@
 """The method contract and the method registry.
 
 A method owns its networks and a loss. The trainer asks for its :attr:`Method.batch_kind`, hands
-it each :class:`~dmlbench.training.batches.Batch`, and gets back a dict of named loss terms
+it each :class:`~dmlbench.blocks.batches.Batch`, and gets back a dict of named loss terms
 (:meth:`Method.loss_terms`), which it sums with ``params.weights``. Evaluation calls only
 :meth:`Method.embed` (and, for a :class:`GenerativeMethod`, :meth:`~GenerativeMethod.reconstruct`
 and :meth:`~GenerativeMethod.generative_metrics`).
@@ -19,16 +19,16 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from dmlbench.blocks.batches import PLAIN
+from dmlbench.blocks.encoders import build_encoder
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.registry import Registry
 from dmlbench.core.space import LR, Dist
-from dmlbench.training.batches import PLAIN
-from dmlbench.training.encoders import build_encoder
 
 if TYPE_CHECKING:
     import torch
 
-    from dmlbench.training.batches import Batch, BatchKind
+    from dmlbench.blocks.batches import Batch, BatchKind
 
 
 @dataclass
@@ -97,7 +97,7 @@ class Method:
 
     @property
     def batch_kind(self) -> BatchKind:
-        """The batches this method trains on (:mod:`dmlbench.training.batches`); default: plain."""
+        """The batches this method trains on (:mod:`dmlbench.blocks.batches`); default: plain."""
         return PLAIN
 
     def build(self) -> None:

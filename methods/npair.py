@@ -21,9 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from dmlbench.blocks.batches import Balanced
 from dmlbench.core.space import LR, Float
 from dmlbench.methods.base import Method, Params, register_method
-from dmlbench.training.batches import Balanced
 
 
 @dataclass

@@ -18,10 +18,10 @@ import typing
 from dataclasses import field
 from typing import ClassVar
 
+from dmlbench.blocks.batches import Balanced
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.space import LR, Float, Int
 from dmlbench.methods.base import Method, Params
-from dmlbench.training.batches import Balanced
 
 PREFIX = "pml:"
 _FILLED = {"num_classes", "embedding_size"}

@@ -15,11 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from dmlbench.blocks.batches import PAIRS
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.space import LR, Float
 from dmlbench.methods.base import Method, Params, register_method
 from dmlbench.methods.losses import hadsell_contrastive_loss
-from dmlbench.training.batches import PAIRS
 
 
 @dataclass

@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from dmlbench.blocks.batches import TRIPLETS, Balanced
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.space import LR, Choice, Float
 from dmlbench.methods.base import Method, Params, register_method
-from dmlbench.training.batches import TRIPLETS, Balanced
 
 
 def hinge_triplet_loss(margin: float, normalize: bool = False):

@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from dmlbench.blocks.batches import TRIPLETS
 from dmlbench.core.space import LR, Choice
 from dmlbench.methods.base import Method, Params, register_method
 from dmlbench.methods.losses import l2_distance, softmax_ratio_loss
-from dmlbench.training.batches import TRIPLETS
 
 
 @dataclass

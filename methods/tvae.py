@@ -16,12 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from dmlbench.blocks.batches import TRIPLETS
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.space import LR, Float
 from dmlbench.methods.base import register_method
 from dmlbench.methods.triplet_hinge import hinge_triplet_loss
 from dmlbench.methods.vae import VAE, VAEParams
-from dmlbench.training.batches import TRIPLETS
 
 
 @dataclass

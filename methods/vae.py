@@ -9,7 +9,7 @@ With q(z|x) = N(μ(x), diag σ²(x)), z = μ + σ ⊙ ε and p(z) = N(0, I), the
 ``reduction=mean``: both divided by the number of pixels (a per-pixel ELBO). The choice sets how
 strongly any extra term (TVAE's triplet loss) weighs against the ELBO.
 
-On a pretrained timm trunk the VAE is refused (see :mod:`dmlbench.training.trunks`): its decoder would have
+On a pretrained timm trunk the VAE is refused (see :mod:`dmlbench.blocks.trunks`): its decoder would have
 to rebuild the image from an ImageNet classifier's pooled features, and its KL term pulls the
 pretrained features towards N(0, I).
 """
@@ -20,10 +20,10 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from dmlbench.blocks.encoders import build_decoder
 from dmlbench.core.space import LR
 from dmlbench.methods.base import GenerativeMethod, Params, register_method
 from dmlbench.methods.losses import gaussian_kl, reconstruction
-from dmlbench.training.encoders import build_decoder
 
 
 @dataclass

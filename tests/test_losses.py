@@ -15,10 +15,10 @@ import pytest
 import torch
 from torch import nn
 
+from dmlbench.blocks.batches import PAIRS, PLAIN, TRIPLETS, Balanced, Batch, Layout
+from dmlbench.blocks.sampling import ClassIndex
 from dmlbench.methods import get_method, method_names
 from dmlbench.methods.losses import gaussian_kl, reconstruction, softmax_ratio_loss
-from dmlbench.training.batches import PAIRS, PLAIN, TRIPLETS, Balanced, Batch, Layout
-from dmlbench.training.sampling import ClassIndex
 
 
 def dist(a, b) -> float:

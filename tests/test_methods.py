@@ -12,6 +12,8 @@ import pytest
 import torch
 from torch import nn
 
+from dmlbench.blocks.batches import Batch, BatchKind
+from dmlbench.blocks.sampling import ClassIndex
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.params import apply_overrides
 from dmlbench.evaluation.evaluate import embed_part
@@ -31,9 +33,7 @@ from dmlbench.running.config import RunConfig
 from dmlbench.running.execute import run_suite
 from dmlbench.running.runner import build_method
 from dmlbench.running.suite import Suite
-from dmlbench.training.batches import Batch, BatchKind
 from dmlbench.training.inputs import DeviceImages, InputPipeline
-from dmlbench.training.sampling import ClassIndex
 from dmlbench.training.trainer import Trainer
 
 CONTRACT = [n for n in method_names() if n != "raw"] + ["pml:MultiSimilarityLoss", "pml:ArcFaceLoss"]

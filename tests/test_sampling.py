@@ -1,4 +1,4 @@
-"""Batch kinds (dmlbench.training.sampling): layouts, an epoch's indices, the tuples each kind yields.
+"""Batch kinds (dmlbench.blocks.sampling): layouts, an epoch's indices, the tuples each kind yields.
 
 A kind owns the images per step and the group size (:meth:`layout`), draws an epoch's indices in
 one call (:meth:`epoch_indices`), and turns a gathered batch into the tuples a method reads
@@ -14,9 +14,9 @@ import logging
 import pytest
 import torch
 
+from dmlbench.blocks.batches import PAIRS, PLAIN, TRIPLETS, Balanced, Batch, Layout, Pairs, Plain, Triplets
+from dmlbench.blocks.sampling import ClassIndex, balanced_indices, random_triplets
 from dmlbench.core.errors import DMLBenchError
-from dmlbench.training.batches import PAIRS, PLAIN, TRIPLETS, Balanced, Batch, Layout, Pairs, Plain, Triplets
-from dmlbench.training.sampling import ClassIndex, balanced_indices, random_triplets
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -288,9 +288,9 @@ def test_single_image_classes_are_negatives_only(caplog):
 def test_a_methods_batch_kind_is_known_from_its_options_alone(name):
     """The torch-free batch-size check reads each method's kind without building it: the same kind
     as the built method's, for every option that changes it."""
+    from dmlbench.blocks.batches import method_batch_kind
     from dmlbench.core.params import apply_overrides
     from dmlbench.methods import get_method
-    from dmlbench.training.batches import method_batch_kind
 
     cls = get_method(name)
     options = [{}] + ([{"mining": "all"}] if name == "triplet-hinge" else []) + \

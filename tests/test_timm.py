@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timm
 
 
 def _timm_or_skip():
-    from dmlbench.training.trunks import import_check
+    from dmlbench.blocks.trunks import import_check
 
     why = import_check()
     if why:
@@ -82,7 +82,7 @@ def test_weights_file_is_loaded_and_checksummed(tmp_path):
     assert r.exit_code == 0, (r.stderr, r.exception)
     (run,) = (tmp_path / "r" / "digits" / "triplet-hinge").glob("s0-*")
     info = json.loads((run / "config.json").read_text())["weights_info"]
-    from dmlbench.training.trunks import sha256
+    from dmlbench.blocks.trunks import sha256
 
     assert info["pretrained"] and info["source"] == f"file:{path}" and info["sha256"] == sha256(path)
 

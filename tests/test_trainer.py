@@ -14,13 +14,13 @@ import pytest
 import torch
 from torch import nn
 
+from dmlbench.blocks.batches import Batch
 from dmlbench.core.errors import DMLBenchError, NonFiniteLossError
 from dmlbench.core.io import torch_load
 from dmlbench.core.runtime import epoch_generator, resolve_device, seed_everything
 from dmlbench.methods import METHODS, Method, Params, get_method, register_method
 from dmlbench.running.config import RunConfig, untrained
 from dmlbench.running.runner import build_method
-from dmlbench.training.batches import Batch
 from dmlbench.training.config import epoch_plan
 from dmlbench.training.trainer import Trainer, lr_factor, make_optimizer
 

@@ -15,6 +15,8 @@ import dataclasses
 import os
 from pathlib import Path
 
+from dmlbench.blocks.batches import check_batch_size
+from dmlbench.blocks.encoders import check_input
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.io import clean_temp_files
 from dmlbench.core.params import apply_overrides
@@ -24,8 +26,6 @@ from dmlbench.methods import GenerativeMethod, get_method
 from dmlbench.methods.pml import check_runnable
 from dmlbench.running.rundata import input_shape
 from dmlbench.running.suite import Suite
-from dmlbench.training.batches import check_batch_size
-from dmlbench.training.encoders import check_input
 
 
 def check_before_data(suite: Suite) -> None:

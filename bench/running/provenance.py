@@ -18,9 +18,9 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-import dmlbench
 import dmlbench.data
 import dmlbench.methods
+from dmlbench.core import VERSION
 
 # The libraries whose versions can change a result's numbers.
 NUMERIC_LIBS = ("torch", "numpy", "pytorch-metric-learning", "faiss-cpu", "scikit-learn", "timm")
@@ -28,7 +28,8 @@ NUMERIC_LIBS = ("torch", "numpy", "pytorch-metric-learning", "faiss-cpu", "sciki
 
 def package_dirs() -> list[Path]:
     """The folders of dmlbench's installed packages (``dmlbench``, its data sets and its methods), sorted."""
-    return sorted({Path(m.__file__).parent for m in (dmlbench, dmlbench.data, dmlbench.methods)})
+    package = Path(__file__).resolve().parents[1]  # bench/ (dmlbench), above running/
+    return sorted({package, *(Path(m.__file__).resolve().parent for m in (dmlbench.data, dmlbench.methods))})
 
 
 @functools.cache
@@ -76,7 +77,7 @@ def library_versions() -> dict:
     out = {name: _version(name) for name in NUMERIC_LIBS}
     out = {k: v for k, v in out.items() if v is not None}
 
-    out["dmlbench"] = dmlbench.__version__
+    out["dmlbench"] = VERSION
     out["python"] = platform.python_version()
     return out
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dmlbench.blocks.encoders import is_timm
 from dmlbench.core.io import CorruptFileError, read_npy, write_npy
 from dmlbench.data import load_dataset
 from dmlbench.running.config import RunConfig
-from dmlbench.training.encoders import is_timm
 
 
 def data_key(cfg: RunConfig) -> tuple:
@@ -41,7 +41,7 @@ def input_shape(cfg: RunConfig, data_shape: tuple[int, int, int]) -> tuple[int, 
     if cfg.image_size:
         return (c, cfg.image_size, cfg.image_size)
     if cfg.encoder and is_timm(cfg.encoder):
-        from dmlbench.training.trunks import default_input_size  # heavy: torch and timm, only for a timm trunk
+        from dmlbench.blocks.trunks import default_input_size  # heavy: torch and timm, only for a timm trunk
 
         return (c, *default_input_size(cfg.encoder))
     return tuple(data_shape)
@@ -83,7 +83,7 @@ def test_triplets(data, cfg: RunConfig, suite: Path) -> np.ndarray:
         return t
     import torch
 
-    from dmlbench.training.sampling import ClassIndex, random_triplets  # heavy: torch
+    from dmlbench.blocks.sampling import ClassIndex, random_triplets  # heavy: torch
 
     gen = torch.Generator().manual_seed(cfg.triplet_seed)
     y = torch.from_numpy(data.test.y)

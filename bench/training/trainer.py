@@ -1,6 +1,6 @@
 """The one trainer, in the manner of minGPT's: it knows no method.
 
-A method declares its batch kind (:mod:`dmlbench.training.batches`) and returns named loss terms; the
+A method declares its batch kind (:mod:`dmlbench.blocks.batches`) and returns named loss terms; the
 trainer draws each epoch's indices in one vectorised call, gathers the uint8 images by index on the
 run's device, turns them into float there (:mod:`dmlbench.training.inputs`), sums the terms with the
 method's weights and steps the optimiser.
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dmlbench.blocks.sampling import ClassIndex
 from dmlbench.core import runtime
 from dmlbench.core.errors import DMLBenchError, NonFiniteLossError
 from dmlbench.core.io import CorruptFileError, torch_load, torch_save
@@ -33,7 +34,6 @@ from dmlbench.core.runtime import epoch_generator
 from dmlbench.data.base import Data
 from dmlbench.training.config import TrainConfig, epoch_plan
 from dmlbench.training.inputs import DeviceImages, InputPipeline
-from dmlbench.training.sampling import ClassIndex
 
 if TYPE_CHECKING:
     from dmlbench.methods.base import Method

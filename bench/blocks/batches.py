@@ -10,7 +10,7 @@ A kind (:class:`Plain`, :class:`Pairs`, :class:`Triplets`, :class:`Balanced`) kn
 A method declares its kind and reads ``batch.pairs``, ``batch.triplets`` or ``batch.groups``; it
 never slices the batch by position. The trainer and the perf benchmark both go through here.
 
-This module imports no torch (the draws live in :mod:`dmlbench.training.sampling` and are imported when a
+This module imports no torch (the draws live in :mod:`dmlbench.blocks.sampling` and are imported when a
 run draws), so a driver that starts no training checks every method's batch size against its
 kind before any run or trial starts (:func:`check_batch_size`).
 """
@@ -25,7 +25,7 @@ from dmlbench.core.errors import DMLBenchError
 if TYPE_CHECKING:
     import torch
 
-    from dmlbench.training.sampling import ClassIndex
+    from dmlbench.blocks.sampling import ClassIndex
 
 
 @dataclass
@@ -92,7 +92,7 @@ class Plain(BatchKind):
 
     def epoch_indices(self, index, n, layout, steps, gen):
         """Permutations of all ``n`` images back to back, cut into steps."""
-        from dmlbench.training.sampling import permutations
+        from dmlbench.blocks.sampling import permutations
 
         return permutations(n, steps * layout.per_step, gen).view(steps, layout.per_step)
 
@@ -122,7 +122,7 @@ class Pairs(BatchKind):
 
     def batch(self, x, y, layout):
         """The batch with ``pairs``: row i of the first half with row i of the second."""
-        from dmlbench.training.sampling import cached_arange
+        from dmlbench.blocks.sampling import cached_arange
 
         i = cached_arange(len(x) // 2, x.device)
         return Batch(x, y, pairs=(i, i + len(i)))
@@ -149,7 +149,7 @@ class Triplets(BatchKind):
 
     def batch(self, x, y, layout):
         """The batch with ``triplets``: row i of each third of it."""
-        from dmlbench.training.sampling import cached_arange
+        from dmlbench.blocks.sampling import cached_arange
 
         i = cached_arange(len(x) // 3, x.device)
         return Batch(x, y, triplets=(i, i + len(i), i + 2 * len(i)))
@@ -185,14 +185,14 @@ class Balanced(BatchKind):
         return Layout((batch_size // group) * group, group)
 
     def epoch_indices(self, index, n, layout, steps, gen):
-        """Class-balanced groups (:func:`~dmlbench.training.sampling.balanced_indices`)."""
-        from dmlbench.training.sampling import balanced_indices
+        """Class-balanced groups (:func:`~dmlbench.blocks.sampling.balanced_indices`)."""
+        from dmlbench.blocks.sampling import balanced_indices
 
         return balanced_indices(index, steps, layout.per_step, layout.group, self.m, gen)
 
     def batch(self, x, y, layout):
         """The batch with ``groups``: consecutive rows, ``layout.group`` to a group."""
-        from dmlbench.training.sampling import cached_arange
+        from dmlbench.blocks.sampling import cached_arange
 
         return Batch(x, y, groups=cached_arange(len(x), x.device).view(-1, layout.group))
 

@@ -1,5 +1,5 @@
 """Drawing batches: the class index, random triplets and the vectorised class-balanced draw that
-the batch kinds (:mod:`dmlbench.training.batches`) use for an epoch's indices.
+the batch kinds (:mod:`dmlbench.blocks.batches`) use for an epoch's indices.
 
 Classes with fewer than 2 training images can't give a positive: they are left out of anchor
 and positive draws (with a warning) but still serve as negatives.

@@ -6,7 +6,7 @@
   fc 256, then the embedding layer.
 - ``cifar``: Hoffer & Ailon's embedding net: convolutions {5,3,3,2} with maps {64,128,256,D},
   2x2 max-pooling after the first three, ReLU between layers, no fully connected layer.
-- ``timm:NAME``: any timm model's pooled features, then an embedder (:mod:`dmlbench.training.trunks`).
+- ``timm:NAME``: any timm model's pooled features, then an embedder (:mod:`dmlbench.blocks.trunks`).
 
 The registry and each encoder's shape check import no torch: an input size an encoder cannot
 take is refused before any image is decoded.
@@ -153,7 +153,7 @@ def build_encoder(choice, shape: Shape, out_dim: int):
     """The encoder ``choice`` names for inputs of ``shape``, with ``out_dim`` outputs (a timm trunk, or a
     registered encoder after its shape check)."""
     if is_timm(choice.name):
-        from dmlbench.training.trunks import TimmEncoder
+        from dmlbench.blocks.trunks import TimmEncoder
 
         return TimmEncoder(choice, shape, out_dim)
     check_input(choice.name, shape)
