@@ -240,6 +240,8 @@ class Data:
         }
         if self.query is not None:
             out.update(queries=int(len(self.query)), gallery=int(len(self.gallery)))
+        if self.meta.get("decode"):  # photos: how they were decoded (size, crop or stretch, colour)
+            out["decode"] = self.meta["decode"]
         return out
 
     def without_test(self) -> Data:

@@ -1,6 +1,8 @@
 """The decode cache: a dataset's images decoded once to uint8 and memory-mapped afterwards.
 
-A cache is two files in ``<data-dir>/dmlbench-cache/`` (or ``$DMLBENCH_CACHE_DIR``):
+A cache is two files in the user's cache folder, ``$DMLBENCH_CACHE_DIR``, else
+``$XDG_CACHE_HOME/dmlbench/decoded``, else ``~/.cache/dmlbench/decoded``; never in the data
+folder, which may be read-only or shared:
 
 - ``<name>-<identity>.npy``: the images (N, C, H, W) as uint8, an ordinary ``.npy`` that
   ``np.load(mmap_mode="r")`` maps without reading it;
@@ -30,7 +32,6 @@ import numpy as np
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.io import UMASK, write_json
 from dmlbench.core.locks import locked
-from dmlbench.data.base import resolve_data_dir
 from dmlbench.data.images import DecodeOptions, decode_into
 
 log = logging.getLogger("dmlbench")
@@ -38,11 +39,15 @@ FORMAT = "dmlbench-image-cache/1"
 CACHE_DIR_ENV = "DMLBENCH_CACHE_DIR"
 
 
-def cache_dir(data_dir: Path | str | None) -> Path:
-    """Where decode caches go: $DMLBENCH_CACHE_DIR if set, else ``dmlbench-cache`` in the data folder."""
+def cache_dir(data_dir: Path | str | None = None) -> Path:
+    """Where decode caches go: $DMLBENCH_CACHE_DIR if set, else the user's cache folder
+    (``$XDG_CACHE_HOME``, else ``~/.cache``) under ``dmlbench/decoded``. The data folder is only
+    read (it may be read-only or shared); a cache's name holds a hash of the data's real root, so
+    caches of several data folders live side by side. ``data_dir`` is not used (kept for callers)."""
     if os.environ.get(CACHE_DIR_ENV):
         return Path(os.environ[CACHE_DIR_ENV]).expanduser()
-    return resolve_data_dir(data_dir) / "dmlbench-cache"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "dmlbench" / "decoded"
 
 
 def relative(root: Path, files: Sequence[str | os.PathLike]) -> list[str]:

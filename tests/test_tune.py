@@ -493,6 +493,40 @@ def test_runs_of_an_earlier_best_setting_leave_the_table_when_the_best_changes(t
     assert new.exists() and len(list((tmp_path / "digits" / ".stale" / "siamese").iterdir())) == 1
 
 
+def test_bench_run_tuned_keeps_every_tuned_method_and_runs_in_the_tune_folder(tmp_path):
+    """Without --methods, --tuned tests every tuned method (plugin and pml: ones too), with the tune's
+    dataset and budget, into the tune's own folder; a tuned method that cannot run here is named,
+    with the reason, and the others run."""
+    plugin = tmp_path / "hinge_twin.py"
+    plugin.write_text("from dmlbench.methods import register_method\n"
+                      "from dmlbench.methods.triplet_hinge import TripletHinge\n\n\n"
+                      "@register_method('hinge-twin')\nclass HingeTwin(TripletHinge):\n"
+                      "    \"\"\"triplet-hinge under another name.\"\"\"\n")
+    out = tmp_path / "results"
+    ok(bench("tune", "--plugin", plugin, "--methods", "hinge-twin,pml:ContrastiveLoss", "--trials", 1, "--out", out,
+             "--dataset", "digits", "--steps", 3, "--test-triplets", 60, "--threads", 1))
+    tune_dir = out / "digits" / "tune"
+    # No --dataset, no --methods: the tune's. (A registered plugin stays registered in this process,
+    # so its absence is simulated by removing it from the registry.)
+    from dmlbench.methods.base import METHODS
+
+    twin = METHODS.get("hinge-twin")
+    METHODS.remove("hinge-twin")
+    try:
+        r = ok(bench("run", "--tuned", tune_dir, "--seeds", 0, "--threads", 1))
+    finally:
+        METHODS.add("hinge-twin", twin)
+    assert "hinge-twin left out: unknown method 'hinge-twin'" in r.stderr and "give --plugin" in r.stderr
+    assert (tune_dir / "pml-ContrastiveLoss").is_dir() and (tune_dir / "raw").is_dir()
+    r = ok(bench("run", "--tuned", tune_dir, "--plugin", plugin, "--seeds", 0, "--threads", 1))
+    runs = sorted(p.parent.parent.name for p in tune_dir.glob("*/s0-*/metrics.json"))
+    assert runs == ["hinge-twin", "pml-ContrastiveLoss", "raw"], runs
+    cfg = json.loads(next((tune_dir / "hinge-twin").glob("s0-*/config.json")).read_text())
+    assert cfg["dataset"] == "digits" and cfg["steps"] == 3 and cfg["tuned"]["trial"] == 0
+    assert "| hinge-twin[tuned:" in r.stdout and "| pml:ContrastiveLoss[tuned:" in r.stdout
+    assert not (out / "digits" / "hinge-twin").exists()  # not beside untuned runs
+
+
 # ----------------------------------------------------------------------------- parallel workers
 
 

@@ -8,7 +8,7 @@ import dataclasses
 
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.io import undo_if_refused
-from dmlbench.running.checks import check_before_data, check_data, check_out
+from dmlbench.running.checks import check_before_data, check_data, check_out, warn_degenerate
 from dmlbench.running.rundata import load_data, stored_test_triplets
 from dmlbench.running.runner import Planned, RunJob, archive_superseded, run_job
 from dmlbench.running.suite import Suite, expand
@@ -28,6 +28,7 @@ def _prepare(suite: Suite):
     base = suite.base.resolved()
     data = load_data(base)
     check_data(suite, data, data.value_range())
+    warn_degenerate(suite, data)
     if base.knn_k >= len(data.train):  # a k-NN vote over every training image is a chance-level constant
         raise DMLBenchError(f"knn_k={base.knn_k} must be below the {len(data.train)} training images of "
                             f"{base.dataset}; the default is 5")

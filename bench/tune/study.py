@@ -18,7 +18,7 @@ from dmlbench.data.splits import fold_assignment, n_partitions
 from dmlbench.evaluation.metrics import METRICS
 from dmlbench.methods import GenerativeMethod, get_method
 from dmlbench.running import layout
-from dmlbench.running.checks import check_before_data, check_data
+from dmlbench.running.checks import check_before_data, check_data, warn_degenerate
 from dmlbench.running.config import NOT_IN_ID
 from dmlbench.running.suite import Suite
 from dmlbench.tune.folds import check_fold_sizes, check_folds, choose_validation, fold_data, load_training_data
@@ -181,6 +181,7 @@ def _tune(suite: Suite, opts: TuneOptions, plans: list[MethodPlan], skipped: lis
     tuned_suite = dataclasses.replace(suite, methods=[p.name for p in plans])
     check_data(tuned_suite, data, (standardized(data) if base.normalize == "standard" else data).value_range(),
                {p.name: apply_overrides(get_method(p.name).Params(), p.fixed, p.name) for p in plans})
+    warn_degenerate(tuned_suite, data)
     kind, why = choose_validation(data, opts.folds, opts.validation)
     assignment = fold_assignment(data, kind, opts.folds, opts.tune_seed)
     check_fold_sizes(data, kind, assignment, list(range(opts.folds)), opts.folds)
