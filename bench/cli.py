@@ -11,16 +11,18 @@ import functools
 import inspect
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from dmlbench import __version__, api
-from dmlbench.catalog import KINDS, catalog
+from dmlbench import cli_options as opt
+from dmlbench.catalog import catalog
 from dmlbench.cli_options import run_parameters, tune_parameters
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.runtime import default_threads, limit_threads, log_to_stderr
 from dmlbench.data import idx, resolve_data_dir
+from dmlbench.report.build import build_report
 from dmlbench.report.compare import compare_report
 from dmlbench.report.plots.figures import plot_results
 from dmlbench.report.table import table_text
@@ -29,7 +31,8 @@ from dmlbench.tune import failed_methods, summary_table
 app = typer.Typer(help="dmlbench: compare deep metric-learning methods with one trainer and one evaluation suite.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode="markdown")  # markdown: option panels, examples as code blocks, [brackets] literal
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log every epoch's loss terms (and tracebacks) to stderr.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v",
+                                       help="Log every epoch's loss terms (and tracebacks) to stderr.")]
 
 
 def user_errors(fn):
@@ -136,21 +139,11 @@ app.command("tune", short_help="Tune every method with the same budget on valida
 
 # ----------------------------------------------------------------------------- reading results
 
-ResultsDir = Annotated[Path, typer.Argument(help="A results folder (all datasets) or one dataset's folder.",
-                                            metavar="RESULTS_DIR")]
-
 
 @app.command(short_help="One results table of every run under a folder: mean ± 95% CI, bold = best.")
 @user_errors
-def table(
-    results_dir: ResultsDir = Path("results"),
-    format: Annotated[str, typer.Option("--format", help="markdown, csv or latex.", metavar="FORMAT")] = "markdown",
-    metrics: Annotated[Optional[str], typer.Option(help="Comma-separated metric names, or 'all'. [default: the "
-                                                        "registry's default metrics]", metavar="NAMES")] = None,
-    spread: Annotated[str, typer.Option(help="What follows each mean: ci (± half-width of the 95% t-interval), std "
-                                             "(± standard deviation), interval ([low, high] of the 95% t-interval) "
-                                             "or none.", metavar="SPREAD")] = "ci",
-):
+def table(results_dir: opt.ResultsDir = Path("results"), format: opt.TableFormat = "markdown",
+          metrics: opt.Metrics = None, spread: opt.Spread = "ci"):
     """Aggregate run folders: one row per (dataset, method configuration), the mean over seeds ± the
     half-width of its 95% t-interval (`--spread` for another; csv holds the std and half-width).
 
@@ -164,15 +157,10 @@ def table(
 
 @app.command(short_help="Which differences between methods are significant (paired tests, Holm).")
 @user_errors
-def compare(
-    results_dir: Annotated[Path, typer.Argument(help="A results folder (one or several datasets).",
-                                                metavar="RESULTS_DIR")] = Path("results"),
-    metric: Annotated[str, typer.Option(help="The metric to compare on.", metavar="NAME")] = "map@r",
-    alpha: Annotated[float, typer.Option(help="Significance level, after Holm's correction.", metavar="FLOAT")] = 0.05,
-    cd_plot: Annotated[Optional[Path], typer.Option(help="Write the critical-difference diagram (several datasets) "
-                                                         "to this PNG.", metavar="FILE")] = None,
-):
-    """Rank the methods and say, for each pair, whether the difference is significant.
+def compare(results_dir: opt.ResultsDir = Path("results"), metric: opt.Metric = "map@r", alpha: opt.Alpha = 0.05,
+            cd_plot: opt.CdPlot = None):
+    """Rank the methods and say, for each pair, whether the difference is significant, and what
+    difference its seeds could detect.
 
     ```
     bench compare results/mnist/mnist-tuned --metric map@r
@@ -184,34 +172,41 @@ def compare(
         err(f"written {cd_plot}")
 
 
-@app.command(short_help="Draw the figures of a results folder as PNGs.")
+@app.command(short_help="Draw the figures of a results folder (png, pdf or svg).")
 @user_errors
-def plot(
-    results_dir: ResultsDir = Path("results"),
-    out: Annotated[Optional[Path], typer.Option(help="Folder for the PNGs. [default: each dataset's results "
-                                                     "folder/plots]", metavar="DIR")] = None,
-    projection: Annotated[str, typer.Option(help="tsne or pca, for embeddings.png.", metavar="NAME")] = "tsne",
-    threads: Annotated[Optional[int], typer.Option(help="Threads for t-SNE/BLAS. [default: all cores, at most 8]",
-                                                   metavar="INT")] = None,
-):
+def plot(results_dir: opt.ResultsDir = Path("results"), out: opt.PlotsOut = None, projection: opt.Projection = "tsne",
+         threads: opt.Threads = None, format: opt.FigureFormat = "png", dpi: opt.Dpi = 150):
     """Draw the figures (embeddings, reconstructions, confusion matrices, loss curves, metrics,
-    trade-off) as PNGs.
+    trade-off).
 
     ```
-    bench plot results/mnist/tvae-paper
+    bench plot results/mnist/tvae-paper --format pdf --dpi 300
     ```
     """
     limit_threads(threads or default_threads())
-    for path in plot_results(results_dir, out, projection):
+    for path in plot_results(results_dir, out, projection, fmt=format, dpi=dpi):
+        typer.echo(str(path))
+
+
+@app.command(short_help="One suite's report: report.md and a self-contained report.html.")
+@user_errors
+def report(results_dir: opt.ResultsDir, suite: opt.SuiteName = None, metric: opt.Metric = "map@r",
+           format: opt.FigureFormat = "png", dpi: opt.Dpi = 150):
+    """Write a suite's report: the table with its budgets, the statistics and their power, tuning
+    curves, figures, a retrieval gallery and the provenance.
+
+    ```
+    bench report results/mnist --suite mnist-tuned
+    bench report results/digits
+    ```
+    """
+    for path in build_report(results_dir, suite, fmt=format, dpi=dpi, metric=metric):
         typer.echo(str(path))
 
 
 @app.command("list", short_help="List methods, datasets, metrics, encoders, executors and presets.")
 @user_errors
-def list_(what: Annotated[str, typer.Argument(help=f"{', '.join(KINDS[:-1])} or all.", metavar="WHAT")] = "all",
-          plugin: Annotated[Optional[list[str]], typer.Option(help="A Python file or module to import first (what it "
-                                                                   "registers is listed too); repeatable.",
-                                                              metavar="FILE")] = None):
+def list_(what: opt.ListWhat = "all", plugin: opt.Plugins = None):
     """List the registered methods (paper, loss, defaults, search space), datasets, metrics,
     encoders, executors and presets.
 
@@ -225,11 +220,7 @@ def list_(what: Annotated[str, typer.Argument(help=f"{', '.join(KINDS[:-1])} or 
 
 @app.command(short_help="Download MNIST or Fashion-MNIST (needs torchvision).")
 @user_errors
-def download(
-    name: Annotated[str, typer.Argument(help="mnist or fashion-mnist.", metavar="NAME")],
-    data_dir: Annotated[Optional[str], typer.Option(help="Target folder. [default: $DMLBENCH_DATA_DIR, else "
-                                                         "~/.cache/dmlbench]", metavar="DIR")] = None,
-):
+def download(name: opt.DownloadName, data_dir: opt.DataDir = None):
     """Download MNIST or Fashion-MNIST with torchvision (optional) into the data folder.
 
     ```

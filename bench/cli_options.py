@@ -35,7 +35,8 @@ SUITE_OPTIONS = [
 EXTRA_OPTIONS = [
     ("set_", Optional[list[str]], None, ("--set",), "METHOD.KEY=VALUE",
      "Method option (e.g. tvae.weights.triplet=10), or data.KEY=VALUE; repeatable."),
-    ("config", Optional[Path], None, (), "FILE", "A TOML suite file with the same keys as these flags; flags override it."),
+    ("config", Optional[Path], None, (), "FILE", "A TOML suite file with the same keys as these flags; flags "
+                                                 "override it."),
     ("preset", Optional[str], None, (), "NAME", "A suite shipped with dmlbench (bench list presets)."),
     ("tuned", Optional[Path], None, (), "DIR", "A tuned suite folder (bench tune): each method runs with its best "
                                                "validation settings from there."),
@@ -114,3 +115,35 @@ def tune_parameters() -> list[inspect.Parameter]:
     hints = typing.get_type_hints(TuneOptions)
     return params + [_option(f.name, hints[f.name], f.default, f.metadata["help"], panel="Tuning")
                      for f in dataclasses.fields(TuneOptions) if f.metadata.get("cli")]
+
+
+# The options of the commands that read results, written once each.
+def _opt(help_: str, metavar: str, *decl: str):
+    return typer.Option(*decl, help=help_, metavar=metavar)
+
+
+ResultsDir = Annotated[Path, typer.Argument(help="A results folder (all datasets), one dataset's folder or a suite's.",
+                                            metavar="RESULTS_DIR")]
+TableFormat = Annotated[str, _opt("markdown, csv or latex.", "FORMAT", "--format")]
+Metrics = Annotated[Optional[str], _opt("Comma-separated metric names, or 'all'. [default: the registry's default "
+                                        "metrics]", "NAMES")]
+Spread = Annotated[str, _opt("What follows each mean: ci (± half-width of the 95% t-interval), std (± standard "
+                             "deviation), interval ([low, high] of the 95% t-interval) or none.", "SPREAD")]
+Metric = Annotated[str, _opt("The metric to compare on.", "NAME")]
+Alpha = Annotated[float, _opt("Significance level, after Holm's correction.", "FLOAT")]
+CdPlot = Annotated[Optional[Path], _opt("Write the critical-difference diagram (several datasets) to this PNG.",
+                                        "FILE")]
+PlotsOut = Annotated[Optional[Path], _opt("Folder for the figures. [default: each dataset's results folder/plots]",
+                                          "DIR")]
+Projection = Annotated[str, _opt("tsne or pca, for the embedding map.", "NAME")]
+Threads = Annotated[Optional[int], _opt("Threads for t-SNE/BLAS. [default: all cores, at most 8]", "INT")]
+FigureFormat = Annotated[str, _opt("png, pdf or svg.", "FORMAT", "--format")]
+Dpi = Annotated[int, _opt("Resolution of the figures (150 for a screen, 300 for print).", "INT")]
+SuiteName = Annotated[Optional[str], _opt("The suite folder under RESULTS_DIR.", "NAME")]
+ListWhat = Annotated[str, typer.Argument(help="methods, datasets, metrics, encoders, executors, presets or all.",
+                                         metavar="WHAT")]
+Plugins = Annotated[Optional[list[str]], _opt("A Python file or module to import first (what it registers is listed "
+                                              "too); repeatable.", "FILE")]
+DownloadName = Annotated[str, typer.Argument(help="mnist or fashion-mnist.", metavar="NAME")]
+DataDir = Annotated[Optional[str], _opt("Target folder. [default: $DMLBENCH_DATA_DIR, else ~/.cache/dmlbench]",
+                                        "DIR")]

@@ -102,13 +102,13 @@ def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return done.assign(label=labels)
 
 
-def load_runs(results_dir: Path) -> pd.DataFrame:
+def load_runs(results_dir: Path, recursive: bool = True) -> pd.DataFrame:
     """Complete runs with their config, the table's label per configuration and their suite folder,
-    in the table's row order."""
+    in the table's row order (``recursive=False``: one suite folder's own runs)."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise DMLBenchError(f"results folder {results_dir} does not exist; run `bench run` first or give its path")
-    done = label_runs(collect(results_dir)).copy()
+    done = label_runs(collect(results_dir, recursive)).copy()
     done["dataset_dir"] = [str(Path(r).parents[1]) for r in done["run_dir"]]
     done["config"] = [read_json(Path(r) / layout.CONFIG) for r in done["run_dir"]]
     done["_order"] = done["label"].map(label_order(done["label"], done["method"]))
