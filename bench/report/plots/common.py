@@ -106,7 +106,7 @@ def seeds_note(runs: pd.DataFrame):
     """(seaborn errorbar, its words): the 95% t-interval over seeds where some method has 2 seeds
     or more, else none (one seed has no spread to show)."""
     if len(runs) and runs.groupby("label")["seed"].nunique().max() >= 2:
-        return t_errorbar, "error bars: 95% t-interval over seeds"
+        return t_errorbar, "95% t-interval"
     return None, "one seed: no error bars"
 
 
@@ -124,6 +124,19 @@ def runs_of(results_dir: Path) -> pd.DataFrame:
 def method_labels(runs: pd.DataFrame) -> list[str]:
     """The method configurations' labels, in the table's order."""
     return list(dict.fromkeys(runs["label"]))
+
+
+def short_labels(runs: pd.DataFrame) -> dict[str, str]:
+    """Labels for axes: a method's name where it has one configuration here (``tvae (tuned)`` for a
+    tuned one), else the table's full label, which tells its configurations apart."""
+    out = {}
+    per_method = runs.groupby("method")["label"].nunique()
+    for label, method in dict(zip(runs["label"], runs["method"])).items():
+        if per_method[method] == 1:
+            out[label] = method + (" (tuned)" if "[tuned" in label else "")
+        else:
+            out[label] = label
+    return out
 
 
 def first_seed(runs: pd.DataFrame) -> pd.DataFrame:

@@ -40,6 +40,7 @@ from dmlbench.report.plots.common import (
     runs_of,
     save,
     seeds_note,
+    short_labels,
     style,
     t_errorbar,
 )
@@ -115,6 +116,7 @@ def plot_confusions(runs: pd.DataFrame, folder: Path) -> list[Path]:
     import seaborn as sns
 
     out = []
+    short = short_labels(runs)
     for label in method_labels(runs):
         mine = runs[runs["label"] == label]
         mats, ids = [], None
@@ -149,7 +151,7 @@ def plot_confusions(runs: pd.DataFrame, folder: Path) -> list[Path]:
         acc = np.trace(total) / max(total.sum(), 1)
         ax.set_title(f"{label}: linear SVM on the embeddings\n(row-normalised, {len(mats)} seed(s) pooled, "
                      f"accuracy {acc:.3f})", fontsize=10)
-        out.append(save(fig, folder / f"confusion_{file_slug(label)}.png"))
+        out.append(save(fig, folder / f"confusion_{file_slug(short[label])}.png"))
     return out
 
 
@@ -220,8 +222,10 @@ def plot_metrics(runs: pd.DataFrame, path: Path, metrics: list[str] | None = Non
     metrics = [m for m in (metrics or bar_metrics()) if m in runs.columns and runs[m].notna().any()]
     if not metrics:
         return None
+    short = short_labels(runs)
     long = runs.melt(id_vars=["label", "seed"], value_vars=metrics, var_name="metric", value_name="value").dropna()
-    labels = method_labels(runs)
+    long["label"] = long["label"].map(short)
+    labels = [short[lab] for lab in method_labels(runs)]
     fig = figure(max(7.0, 1.25 * len(labels) * max(len(metrics), 3) / 3 + 2.5), 4.6)
     with style():
         ax = fig.subplots()
@@ -230,15 +234,16 @@ def plot_metrics(runs: pd.DataFrame, path: Path, metrics: list[str] | None = Non
                     errorbar=errorbar, capsize=0.08, err_kws={"linewidth": 1}, ax=ax, palette=palette(len(metrics)))
         ax.set_ylim(0, 1.0)
         ax.set_xlabel("")
-        ax.set_ylabel(f"mean over seeds ({words})" if errorbar else "value (one seed)")
+        ax.set_ylabel("mean over seeds" if errorbar else "value (one seed)")
         if max(map(len, labels)) * len(labels) > 60:
             ax.tick_params(axis="x", labelrotation=20)
             for t in ax.get_xticklabels():
                 t.set_horizontalalignment("right")
         ax.legend(title=None, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     n = runs.groupby("label")["seed"].nunique()
-    fig.suptitle(f"Test metrics ({int(n.min())}–{int(n.max())} seeds per method)" if n.min() != n.max()
-                 else f"Test metrics ({int(n.min())} seed{'s' if n.min() > 1 else ''} per method)")
+    seeds = (f"{int(n.min())}–{int(n.max())} seeds per method" if n.min() != n.max()
+             else f"{int(n.min())} seed{'s' if n.min() > 1 else ''} per method")
+    fig.suptitle(f"Test metrics ({seeds}" + (f"; error bars: the {words})" if errorbar else ")"))
     return save(fig, path)
 
 
