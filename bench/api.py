@@ -182,3 +182,22 @@ def load_results(path: str | Path = "results", suite: str | None = None) -> pd.D
         flat = pd.DataFrame([_config_columns(c if isinstance(c, dict) else {}) for c in configs], index=runs.index)
         runs = runs.join(flat[[c for c in flat.columns if c not in runs.columns]])
     return runs.reset_index(drop=True)
+
+
+def export(run_dir: str | Path, fmt: str = "safetensors", out: str | Path | None = None) -> Path:
+    """Write a trained run's embedder (encoder and embedding head, its preprocessing in the
+    metadata) as ``safetensors``, ``torchscript`` or ``onnx``; returns the file."""
+    from dmlbench.running.export import FORMATS
+    from dmlbench.running.export import export as export_run  # heavy: torch
+
+    if fmt not in FORMATS:
+        raise DMLBenchError(f"--format {fmt!r} is not one of: {', '.join(FORMATS)}")
+    return export_run(Path(run_dir), fmt, Path(out) if out else Path(run_dir) / f"embedder{FORMATS[fmt]}")
+
+
+def load_embedder(path: str | Path):
+    """``(module, preprocess)`` of an exported embedder: ``module(preprocess(image))`` embeds a PIL
+    image or a uint8 array (or a batch of them)."""
+    from dmlbench.running.export import load_embedder as load  # heavy: torch
+
+    return load(Path(path))

@@ -1,9 +1,6 @@
-"""The ``bench`` command line: each command parses its flags and calls one library function.
-
-``run`` and ``tune`` call :mod:`dmlbench.api`; ``table``, ``compare`` and ``plot`` the report
-stage; ``list`` :mod:`dmlbench.catalog`. Their run options are generated from the one
-``RunConfig`` dataclass and the executors' ``Options``, so each default is written once.
-"""
+"""The ``bench`` command line: each command parses its flags and calls one library function
+(:mod:`dmlbench.api`, the report stage, :mod:`dmlbench.catalog`); the options of ``run`` and
+``tune`` are generated (:mod:`dmlbench.cli_options`), so each default is written once."""
 
 from __future__ import annotations
 
@@ -60,7 +57,7 @@ def err(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
-def _version(value: bool) -> None:
+def _version(value: bool) -> None:  # --version
     if value:
         typer.echo(f"dmlbench {__version__}")
         raise typer.Exit()
@@ -202,6 +199,18 @@ def report(results_dir: opt.ResultsDir, suite: opt.SuiteName = None, metric: opt
     """
     for path in build_report(results_dir, suite, fmt=format, dpi=dpi, metric=metric):
         typer.echo(str(path))
+
+
+@app.command(short_help="A trained run's embedder alone: safetensors, TorchScript or ONNX.")
+@user_errors
+def export(run_dir: opt.RunDir, format: opt.ExportFormat = "safetensors", out: opt.ExportOut = None):
+    """Write a run's embedder, its preprocessing in the metadata (`dmlbench.load_embedder` reads it).
+
+    ```
+    bench export results/digits/siamese/s0-1a2b3c4d5e --format onnx --out siamese.onnx
+    ```
+    """
+    typer.echo(str(api.export(run_dir, format, out)))
 
 
 @app.command("list", short_help="List methods, datasets, metrics, encoders, executors and presets.")

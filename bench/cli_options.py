@@ -147,3 +147,6 @@ Plugins = Annotated[Optional[list[str]], _opt("A Python file or module to import
 DownloadName = Annotated[str, typer.Argument(help="mnist or fashion-mnist.", metavar="NAME")]
 DataDir = Annotated[Optional[str], _opt("Target folder. [default: $DMLBENCH_DATA_DIR, else ~/.cache/dmlbench]",
                                         "DIR")]
+RunDir = Annotated[Path, typer.Argument(help="A complete run's folder (it holds checkpoint.pt).", metavar="RUN_DIR")]
+ExportFormat = Annotated[str, _opt("safetensors, torchscript or onnx.", "FORMAT", "--format")]
+ExportOut = Annotated[Optional[Path], _opt("The file to write. [default: RUN_DIR/embedder.<format's suffix>]", "FILE")]

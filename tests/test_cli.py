@@ -742,3 +742,23 @@ def test_run_prints_its_own_runs_and_tables_show_budgets_and_the_suites_they_mix
     # Each budget has its own best: the 4-step siamese is compared with the 4-step MultiSimilarity row only.
     agg_bold_4 = [lab for lab, line in rows.items() if "**" in line.split("|")[7] and "raw" not in lab]
     assert "siamese [steps=8]" in agg_bold_4 and any("steps=4" in lab or "MultiSimilarity" in lab for lab in agg_bold_4)
+
+
+def test_degenerate_data_is_warned_about(tmp_path):
+    """A tiny test set, a batch larger than the training set and less than a pass of steps each
+    get a one-line warning (they run, but measure little)."""
+    rng = np.random.default_rng(0)
+    small = tmp_path / "small.npz"
+    np.savez(small, x_train=rng.integers(0, 255, (200, 1, 8, 8), dtype=np.uint8), y_train=np.repeat(np.arange(4), 50),
+             x_test=rng.integers(0, 255, (30, 1, 8, 8), dtype=np.uint8), y_test=np.repeat(np.arange(3), 10))
+    r = bench("run", "--dataset", f"npz:{small}", "--methods", "siamese", "--steps", "2", "--batch-size", "256",
+              "--test-triplets", "30", "--threads", "1", "--out", tmp_path / "out")
+    assert r.exit_code == 0, r.stderr
+    err = one_line(r.stderr)
+    assert "has 30 images: one image moves a metric by 3.3 points" in err
+    assert "batch_size=256 is larger than the 200 training images" in err
+    r = bench("run", "--methods", "siamese", "--steps", "1", "--test-triplets", "100", "--threads", "1",
+              "--out", tmp_path / "out2")
+    assert r.exit_code == 0 and "1 step is less than one pass over the training set (9 steps of 128 images)" \
+        in one_line(r.stderr)
+    assert "1 steps" not in r.stderr and "mlp encoder, 1 step)" in r.stderr

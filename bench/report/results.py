@@ -62,7 +62,7 @@ def collect(results_dir: Path, recursive: bool = True) -> pd.DataFrame:
 # What a run's config holds besides the options that make its group: ids, provenance, and the
 # settings that never change a result (NOT_IN_ID in dmlbench.running.config).
 NOT_OPTIONS = ("provenance", "run_id", "group_id", "seed", "variant", "weights_info", "device", "data_dir",
-               "threads", "tuned", "method")
+               "threads", "tuned", "method", "log")
 
 
 def _fmt(v) -> str:

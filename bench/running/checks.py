@@ -29,6 +29,7 @@ from dmlbench.methods import GenerativeMethod, get_method
 from dmlbench.methods.pml import check_runnable
 from dmlbench.running.rundata import input_shape
 from dmlbench.running.suite import Suite
+from dmlbench.tracking import logger_names
 
 log = logging.getLogger("dmlbench")
 
@@ -38,6 +39,7 @@ def check_before_data(suite: Suite) -> None:
     image size."""
     base = suite.base.resolved()
     base.check()
+    logger_names(base.log)  # an unknown logger, or one whose library is missing, with its install hint
     repeated = sorted({s for s in suite.seeds if list(suite.seeds).count(s) > 1})
     if repeated:
         raise DMLBenchError(f"seeds repeat ({', '.join(map(str, repeated))}); give each seed once")
@@ -116,10 +118,11 @@ def warn_degenerate(suite: Suite, data) -> list[str]:
             lines.append(f"batch_size={base.batch_size} is larger than the {n} training images: every step repeats "
                          f"images; use a batch of at most {n}")
         budgeted = base.with_budget(n)
-        per_epoch = max(1, n // base.batch_size)
+        per_epoch = max(1, n // base.batch_size)  # a pass over the training set
         if 0 < budgeted.steps < per_epoch:
-            lines.append(f"{budgeted.steps} step{'s' if budgeted.steps != 1 else ''} is less than one epoch "
-                         f"({per_epoch} steps of {base.batch_size} images): most training images are never seen")
+            lines.append(f"{budgeted.steps} step{'s' if budgeted.steps != 1 else ''} is less than one pass over the "
+                         f"training set ({per_epoch} steps of {base.batch_size} images): some training images are "
+                         "never seen")
     for line in lines:
         log.warning("warning: %s", line)
     return lines

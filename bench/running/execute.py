@@ -12,6 +12,7 @@ from dmlbench.running.checks import check_before_data, check_data, check_out, wa
 from dmlbench.running.rundata import load_data, stored_test_triplets
 from dmlbench.running.runner import Planned, RunJob, archive_superseded, run_job
 from dmlbench.running.suite import Suite, expand
+from dmlbench.tracking import logger_names, suite_context
 
 
 def prepare(suite: Suite):
@@ -52,7 +53,11 @@ def run_suite(suite: Suite, on_result=None, on_start=None) -> list:
             planned = [Planned(dataclasses.replace(p.config, device=suite.devices[i % len(suite.devices)]), p.variant)
                        for i, p in enumerate(planned)]
         root = suite.dir.resolve() if executor.remote else suite.dir  # remote workers need absolute paths
-        jobs = [RunJob(p.config, root, p.variant, suite.reuse_stale) for p in planned]
+        names = logger_names(suite.base.log)
+        context, kept = suite_context(names, suite.dir, suite.base.dataset) if names else ({}, [])
+        if kept != names:  # a tracker that cannot be reached is left out of every run (warned once)
+            planned = [Planned(dataclasses.replace(p.config, log=",".join(kept)), p.variant) for p in planned]
+        jobs = [RunJob(p.config, root, p.variant, suite.reuse_stale, context) for p in planned]
         return executor.map(run_job, jobs, on_result=on_result, progress="suite")
     finally:
         executor.shutdown()

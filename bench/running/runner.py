@@ -32,6 +32,7 @@ from dmlbench.running import layout
 from dmlbench.running.config import RunConfig, untrained
 from dmlbench.running.provenance import differences, provenance
 from dmlbench.running.rundata import input_shape, load_data, test_triplets
+from dmlbench.tracking import Loggers, logger_names
 
 log = logging.getLogger("dmlbench")
 
@@ -63,6 +64,7 @@ class RunJob:
     suite_dir: Path
     variant: str = ""
     reuse_stale: bool = False
+    tracking: dict = field(default_factory=dict)  # what the suite's loggers share (an MLflow parent run)
 
     @property
     def label(self) -> str:
@@ -72,7 +74,7 @@ class RunJob:
 
 def run_job(job: RunJob) -> RunResult:
     """An executor's entry point for ``bench run``: :func:`run_one` of the job."""
-    return run_one(job.config, job.suite_dir, variant=job.variant, reuse_stale=job.reuse_stale)
+    return run_one(job.config, job.suite_dir, variant=job.variant, reuse_stale=job.reuse_stale, tracking=job.tracking)
 
 
 def build_method(cfg: RunConfig, data):
@@ -155,7 +157,7 @@ def _lock(run: Path) -> Lock:
 
 
 def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool = False, data=None,
-            callbacks: tuple = (), metrics: list[str] | None = None) -> RunResult:
+            callbacks: tuple = (), metrics: list[str] | None = None, tracking: dict | None = None) -> RunResult:
     """Train and evaluate one config into its run folder; never raises for a failed run.
 
     ``data``: the loaded Data (else loaded from the config, once per process); ``callbacks``: the
@@ -201,7 +203,7 @@ def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool
         write_json(run / layout.CONFIG, {**cfg.to_dict(), "run_id": cfg.run_id(), "group_id": cfg.group_id(),
                                          "variant": variant, "provenance": prov})
         try:
-            return _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metrics)
+            return _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metrics, tracking or {})
         except Exception as e:  # noqa: BLE001 - one broken run must not take the suite down with it
             reason = str(e) if isinstance(e, DMLBenchError) else f"{type(e).__name__}: {e}"
             if not isinstance(e, DMLBenchError):
@@ -212,12 +214,7 @@ def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool
         lock.release()
 
 
-def _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metrics) -> RunResult:
-    # The torch side of a run: imported here, so that a pool's driver (which imports this module
-    # to hand out runs) never imports torch.
-    from dmlbench.evaluation.evaluate import evaluate
-    from dmlbench.training.trainer import Trainer
-
+def _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metrics, tracking) -> RunResult:
     device = resolve_device(cfg.device)
     set_determinism(cfg.deterministic, device)
     method = build_method(cfg, data)
@@ -225,10 +222,24 @@ def _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metr
                                      "variant": variant, "data": data.info(), "provenance": prov,
                                      "weights_info": getattr(method.encoder, "weights_info", None)})
 
+    loggers = Loggers(logger_names(cfg.log), run, cfg.to_dict(), tracking)
+    try:
+        return _fit_and_evaluate(cfg, run, method, data, triplets, callbacks, metrics, device, loggers)
+    finally:
+        loggers.close()
+
+
+def _fit_and_evaluate(cfg, run, method, data, triplets, callbacks, metrics, device, loggers) -> RunResult:
+    # The torch side of a run: imported here, so that a pool's driver (which imports this module
+    # to hand out runs) never imports torch.
+    from dmlbench.evaluation.evaluate import evaluate
+    from dmlbench.training.trainer import Trainer
+
     def save_history(trainer, row) -> None:
         write_text(run / layout.HISTORY, pd.DataFrame(trainer.history).to_csv(index=False))
 
-    trainer = Trainer(method, data, cfg.train_config(), device=device, run_dir=run, callbacks=(save_history, *callbacks))
+    trainer = Trainer(method, data, cfg.train_config(), device=device, run_dir=run,
+                      callbacks=(save_history, *callbacks), step_hooks=(loggers.step_hook,) if loggers.names else ())
     history = trainer.fit()
     if not history:
         write_text(run / layout.HISTORY, "")
@@ -249,7 +260,12 @@ def _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metr
         write_npz(run / layout.RECONSTRUCTIONS, **reconstructions(method, data, ctx.pipeline, device))
     metrics["svm_lambda"] = ctx.extras.get("svm_lambda")
     metrics = {k: v for k, v in metrics.items() if v is not None}
+    if loggers.names:
+        loggers.start(trainer.steps_done)
+        loggers.log_metrics(trainer.steps_done, {k: v for k, v in ctx.results.items() if v is not None})
+        loggers.log_embeddings(ctx.test_emb(), data.test.y, data.test.images)
     write_json(run / layout.METRICS, metrics)  # last: marks the run complete
+    loggers.log_files([run / layout.METRICS, run / layout.CONFIG, run / layout.HISTORY])
     return RunResult(cfg, run, "done", metrics)
 
 

@@ -48,7 +48,7 @@ def plot_tuning_curves(suite_dir: Path, path: Path) -> Path | None:
         doc = {}
     objective = doc.get("objective", "validation score")
     lower = doc.get("direction") == "minimize"
-    fig = figure(7.5, 4.4)
+    fig = figure(9.0, 4.4)
     with style():
         ax = fig.subplots()
         for (name, pts), colour in zip(sorted(scores.items()), palette(len(scores))):
@@ -61,6 +61,6 @@ def plot_tuning_curves(suite_dir: Path, path: Path) -> Path | None:
             ax.scatter(x, v, color=colour, s=8, alpha=0.35, linewidths=0)
         ax.set_xlabel("complete trials")
         ax.set_ylabel(f"validation {objective} ({'lowest' if lower else 'best'} so far; dots: each trial)")
-        ax.legend(fontsize=8, loc="lower right" if not lower else "upper right", frameon=False)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.suptitle("Tuning curves: the best validation score found so far, per method (equal trial budgets)")
     return save(fig, path)
