@@ -23,12 +23,14 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dmlbench.core.errors import DMLBenchError, full_disk_reported
-from dmlbench.core.locks import Lock
+
+if TYPE_CHECKING:  # the lock is the caller's: reading results (the report stage) needs no locks
+    from dmlbench.core.locks import Lock
 
 UMASK = os.umask(0)
 os.umask(UMASK)
@@ -199,22 +201,22 @@ def clean_temp_files(folder: Path, older_than_s: float = 3600.0) -> int:
 
 @contextmanager
 def undo_if_refused(folder: Path, files: tuple[str, ...] = (), on: type[BaseException] = BaseException,
-                    lock: Path | None = None, lock_timeout: float | None = None):
+                    lock: Lock | None = None, lock_timeout: float | None = None):
     """Run the block with ``folder`` there; if it raises ``on``, remove what this call made: the
     named ``files`` in the folder that were not there before, then the folders it created while
     they are empty (a command that could not start leaves nothing behind, and nothing that was
     there is touched).
 
-    ``lock``: a lock file held for the whole block (see :meth:`Lock.acquire_or_raise`), taken
-    before the files are looked at, so that of several processes making the same files at once,
-    each undoes only its own: one that finds another's files under the lock never removes them.
-    The lock file goes too on refusal if this call made it."""
+    ``lock``: a :class:`~dmlbench.core.locks.Lock` held for the whole block (waiting at most
+    ``lock_timeout`` seconds, see its ``acquire_or_raise``), taken before the files are looked at,
+    so that of several processes making the same files at once, each undoes only its own: one
+    that finds another's files under the lock never removes them. The lock file goes too on
+    refusal if this call made it."""
     folder = Path(folder)
     made = [p for p in (folder, *folder.parents) if not p.exists()]
-    held = None
-    if lock is not None:
-        lock_was_there = Path(lock).exists()
-        held = Lock(lock)
+    held = lock
+    if held is not None:
+        lock_was_there = held.path.exists()
         held.acquire_or_raise(lock_timeout)
     try:
         new_files = [folder / n for n in files if not (folder / n).exists()]
@@ -225,7 +227,7 @@ def undo_if_refused(folder: Path, files: tuple[str, ...] = (), on: type[BaseExce
                 f.unlink(missing_ok=True)
             if held is not None and not lock_was_there:
                 # Safe while held: a process waiting on this file finds it gone and takes a new one.
-                Path(lock).unlink(missing_ok=True)
+                held.path.unlink(missing_ok=True)
             for p in made:
                 try:
                     p.rmdir()

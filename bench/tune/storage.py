@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dmlbench.core.errors import DiskFullError, DMLBenchError, is_disk_full
+from dmlbench.core.locks import Lock
 from dmlbench.running import layout
 from dmlbench.tune.options import GRACE_ENV, HEARTBEAT_ENV, MAX_RETRY, N_STARTUP
 
@@ -182,12 +183,13 @@ def storage_file(url: str) -> Path | None:
     return None
 
 
-def creation_lock(url: str) -> Path | None:
-    """The lock file under which a file-based study is created (None for a server: a server
+def creation_lock(url: str) -> Lock | None:
+    """The lock under which a file-based study is created (None for a server: a server
     serialises its own writes, and a lost schema race is retried, see :func:`open_storage`).
-    Not the journal's ``PATH.lock``, which Optuna's journal backend takes for every write."""
+    Its file is not the journal's ``PATH.lock``, which Optuna's journal backend takes for every
+    write."""
     f = storage_file(url)
-    return None if f is None else f.with_name(f".{f.name}.dmlbench-lock")
+    return None if f is None else Lock(f.with_name(f".{f.name}.dmlbench-lock"))
 
 
 CREATION_LOCK_TIMEOUT_S = 300  # creating a study takes a second; a holder this slow is stuck
