@@ -19,7 +19,7 @@ import typer
 from dmlbench import api
 from dmlbench.catalog import KINDS, catalog
 from dmlbench.cli_options import run_parameters, tune_parameters
-from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.errors import DiskFullError, DMLBenchError, is_disk_full
 from dmlbench.core.runtime import default_threads, limit_threads
 from dmlbench.data import idx, resolve_data_dir
 from dmlbench.report.compare import compare_report
@@ -33,13 +33,21 @@ app = typer.Typer(help="dmlbench: compare deep metric-learning methods with one 
 
 
 def user_errors(fn):
-    """Report DMLBenchError as one line on stderr and exit 2, with no traceback."""
+    """Report DMLBenchError as one line on stderr and exit 2, with no traceback; a full disk
+    anywhere too. Under ``bench -v``, an error raised from a library's (a full disk's OSError, a
+    storage's) first logs that traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except DMLBenchError as e:
+        except (DMLBenchError, OSError) as e:
+            if isinstance(e, OSError) and not is_disk_full(e):
+                raise
+            if isinstance(e, OSError) or e.__cause__ is not None:
+                logging.getLogger("dmlbench").info("the error below came from:", exc_info=e)
+            if isinstance(e, OSError):  # a writer that did not turn it into one line itself
+                e = DiskFullError.of(e)
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
 

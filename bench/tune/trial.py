@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import math
@@ -120,6 +121,8 @@ def run_trial(trial, job: Job, plan: MethodPlan, folds: dict) -> float:
         trial.set_user_attr(f"run_dir_fold{f}", str(r.run_dir))
         if state.get("pruned"):
             raise optuna.TrialPruned(r.reason)
+        if r.full_disk is not None:  # not the method's failure: the trial is re-queued (_one_trial)
+            raise copy.copy(r.full_disk)  # a copy: the run logged its traceback (under -v) already
         if r.status == "failed":
             raise TrialFailed(r.reason or "the run failed")
         value = r.metrics.get(job.opts.objective)
