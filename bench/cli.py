@@ -16,7 +16,7 @@ from dmlbench import __version__, api
 from dmlbench import cli_options as opt
 from dmlbench.catalog import catalog
 from dmlbench.cli_options import run_parameters, tune_parameters
-from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.errors import DMLBenchError, user_error
 from dmlbench.core.runtime import default_threads, limit_threads, log_to_stderr
 from dmlbench.data import idx, resolve_data_dir
 from dmlbench.report.build import build_report
@@ -28,12 +28,11 @@ from dmlbench.tune import failed_methods, summary_table
 app = typer.Typer(help="dmlbench: compare deep metric-learning methods with one trainer and one evaluation suite.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   rich_markup_mode="markdown")  # markdown: option panels, examples as code blocks, [brackets] literal
-Verbose = Annotated[bool, typer.Option("--verbose", "-v",
-                                       help="Log every epoch's loss terms (and tracebacks) to stderr.")]
 
 
 def user_errors(fn):
-    """Report DMLBenchError as one line on stderr and exit 2, with no traceback; and take ``-v``
+    """Report DMLBenchError as one line on stderr and exit 2, with no traceback; a full disk
+    anywhere too (under ``-v``, the traceback of what raised it goes to the log). ``-v`` is taken
     after the command (``bench run -v``) as well as before it."""
 
     @functools.wraps(fn)
@@ -42,13 +41,16 @@ def user_errors(fn):
             logging.getLogger("dmlbench").setLevel(logging.INFO)
         try:
             return fn(*args, **kwargs)
-        except DMLBenchError as e:
-            typer.echo(f"error: {e}", err=True)
+        except (DMLBenchError, OSError) as e:
+            shown = user_error(e)
+            if shown is None:  # a bug: its traceback
+                raise
+            typer.echo(f"error: {shown}", err=True)
             raise typer.Exit(2) from None
 
     sig = inspect.signature(fn, eval_str=True)  # (this module's annotations are strings)
     wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), inspect.Parameter(
-        "verbose", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Verbose)])
+        "verbose", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=opt.Verbose)])
     return wrapper
 
 
@@ -64,7 +66,7 @@ def _version(value: bool) -> None:  # --version
 
 
 @app.callback()
-def _main(verbose: Verbose = False, version: Annotated[bool, typer.Option(
+def _main(verbose: opt.Verbose = False, version: Annotated[bool, typer.Option(
         "--version", callback=_version, is_eager=True, help="Print dmlbench's version and exit.")] = False):
     log_to_stderr(logging.INFO if verbose else logging.WARNING, fresh=True)
 

@@ -150,3 +150,5 @@ DataDir = Annotated[Optional[str], _opt("Target folder. [default: $DMLBENCH_DATA
 RunDir = Annotated[Path, typer.Argument(help="A complete run's folder (it holds checkpoint.pt).", metavar="RUN_DIR")]
 ExportFormat = Annotated[str, _opt("safetensors, torchscript or onnx.", "FORMAT", "--format")]
 ExportOut = Annotated[Optional[Path], _opt("The file to write. [default: RUN_DIR/embedder.<format's suffix>]", "FILE")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log every epoch's loss terms (and tracebacks) to "
+                                                              "stderr.")]

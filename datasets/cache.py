@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.errors import DiskFullError, DMLBenchError, is_disk_full
 from dmlbench.core.io import UMASK, write_json
 from dmlbench.core.locks import locked
 from dmlbench.data.images import DecodeOptions, decode_into
@@ -37,6 +37,7 @@ from dmlbench.data.images import DecodeOptions, decode_into
 log = logging.getLogger("dmlbench")
 FORMAT = "dmlbench-image-cache/1"
 CACHE_DIR_ENV = "DMLBENCH_CACHE_DIR"
+CACHE_FULL_FIX = f"free space there, or set ${CACHE_DIR_ENV} to a folder with room, and re-run"
 
 
 def cache_dir(data_dir: Path | str | None = None) -> Path:
@@ -146,7 +147,11 @@ class ImageCache:
                 for orphan in self.images_path.parent.glob(f".{self.images_path.name}.*.tmp"):
                     orphan.unlink(missing_ok=True)  # left by a builder that was killed (we hold the lock)
                 h = self._build(files, shape, key, n_workers)
+        except DiskFullError as e:  # its header: the cache's own way out, too
+            raise DiskFullError(e.path, e.quota, CACHE_FULL_FIX) from e
         except OSError as e:
+            if is_disk_full(e):  # the same one line as any full disk, with the cache's own way out
+                raise DiskFullError.of(e, self.images_path, CACHE_FULL_FIX) from e
             raise DMLBenchError(f"{self.name}: cannot write the decode cache in {self.images_path.parent} "
                                 f"({type(e).__name__}: {e.strerror or e}); free space there, or set ${CACHE_DIR_ENV} "
                                 "to a writable folder") from None

@@ -852,3 +852,191 @@ def test_a_train_only_npz_file_can_be_tuned_but_not_tested(tmp_path):
     assert "with --trials 1 it prunes nothing" in r.stderr
     r = bench("run", *args)
     assert r.exit_code == 2 and "lacks array(s) x_test, y_test" in r.stderr
+
+
+# ----------------------------------------------------------------------------- tunes started at once (#34)
+
+def test_tunes_started_at_once_on_a_new_suite_take_turns_creating_its_study(tmp_path):
+    """The quick variant of the test below: only the study's creation, by 4 threads released at
+    once by a barrier (each opens its own storage and lock file, as a process does), 3 times.
+    Without the creation lock most rounds end in a lost schema race ("UNIQUE constraint failed:
+    alembic_version", an AssertionError) or in "attempt to write a readonly database" after a
+    refused one removed the study file the others had open."""
+    import threading
+
+    import numpy as np
+
+    from dmlbench.tune import options as T_options
+    from dmlbench.tune import study as T_study
+    from dmlbench.tune.storage import default_storage
+
+    suite = resolve_suite({}, {"methods": "siamese,triplet-hinge", "dataset": "digits"})
+    opts = T_options.TuneOptions(trials=1)
+    plans, _ = T_study.plan_tune(suite, opts)
+    n = 4
+    for r in range(3):
+        suite_dir = tmp_path / f"round{r}" / "suite"
+        job = T_options.Job(suite, plans, opts, "stratified", np.arange(40) % 4, default_storage(suite_dir),
+                            suite_dir, ["map@r"], [0])
+        barrier, errors = threading.Barrier(n), []
+
+        def create():
+            barrier.wait()
+            try:
+                T_study.open_studies(job)
+            except Exception as e:  # noqa: BLE001 - collected, asserted below
+                errors.append(f"{type(e).__name__}: {e}")
+
+        threads = [threading.Thread(target=create) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        s = studies(suite_dir)
+        assert set(s) == {"siamese", "triplet-hinge"}
+        assert all(st.user_attrs["dmlbench"]["validation"] == "stratified" for st in s.values())
+        assert json.loads((suite_dir / "folds.json").read_text())["kind"] == "stratified"
+
+
+@pytest.mark.slow
+def test_four_bench_tunes_started_at_once_on_a_new_suite_share_the_budget_exactly(tmp_path):
+    """Issue #34: four `bench tune` processes started at the same moment on a new suite (the default
+    SQLite study), three times: each exits 0, and each method has exactly 5 complete trials."""
+    from helpers_cli import run_at_once
+
+    for r in range(3):
+        out, barrier = tmp_path / f"round{r}", tmp_path / f"barrier{r}"
+        barrier.mkdir()
+        results = run_at_once(["tune", "--methods", "triplet-hinge,siamese", "--dataset", "digits", "--trials", "5",
+                               "--folds", "1", "--steps", "4", "--test-triplets", "100", "--threads", "1",
+                               "--out", str(out)], 4, barrier)
+        for res in results:
+            assert res.returncode == 0 and "error" not in res.stderr.lower(), res.stderr[-3000:]
+            assert "Traceback" not in res.stderr
+        assert sum(len(trial_lines(res.stderr)) for res in results) == 10  # no trial ran twice
+        for name, study in studies(out / "digits" / "tune").items():
+            trials = study.get_trials()
+            assert sorted(t.number for t in trials) == [0, 1, 2, 3, 4], name
+            assert all(t.state.name == "COMPLETE" for t in trials), name
+
+
+def test_a_tune_that_cannot_get_the_creation_lock_says_so_and_who_holds_it(tmp_path, monkeypatch):
+    from dmlbench.core.locks import Lock
+    from dmlbench.tune import study as T_study
+
+    monkeypatch.setattr(T_study, "CREATION_LOCK_TIMEOUT_S", 0.5)
+    holder = Lock(tmp_path / "digits" / "tune" / ".study.db.dmlbench-lock")
+    assert holder.acquire()  # another tune, stuck while it creates the study
+    try:
+        r = bench("tune", "--methods", "siamese", "--trials", 1, "--out", tmp_path, *SMALL)
+    finally:
+        holder.release()
+    line = r.stderr.strip()
+    assert r.exit_code == 2 and len(line.splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert line.startswith("error: timed out after 0 s waiting for the lock ") and "held by process" in line
+    assert "damaged" not in line
+    assert not (tmp_path / "digits" / "tune" / "study.db").exists()
+
+
+def test_a_lock_file_removed_by_its_holder_is_not_held_by_two_processes(tmp_path):
+    """A refused tune removes the creation lock it made while another waits on it: the waiter then
+    locks the file now at that name, so it and a newcomer never both hold "the" lock."""
+    import threading
+
+    from dmlbench.core.locks import Lock
+
+    path = tmp_path / ".lock"
+    first, waiter = Lock(path), Lock(path)
+    assert first.acquire()
+    got = threading.Event()
+    t = threading.Thread(target=lambda: (waiter.acquire(), got.set()))
+    t.start()
+    time.sleep(0.3)
+    path.unlink()  # the holder's undo, while it still holds the lock
+    first.release()
+    assert got.wait(10)
+    t.join()
+    newcomer = Lock(path)
+    assert not newcomer.acquire(blocking=False)  # the waiter holds the file at the name
+    waiter.release()
+    assert newcomer.acquire(blocking=False)
+    newcomer.release()
+
+
+# ----------------------------------------------------------------------------- storage errors name their cause
+
+
+def _sqlite_study(tmp_path) -> str:
+    from dmlbench.tune.storage import open_storage
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="siamese", storage=open_storage(url))
+    return url
+
+
+def test_a_read_only_study_is_said_to_be_read_only_not_damaged(tmp_path):
+    from dmlbench.tune.storage import storage_errors
+
+    url = _sqlite_study(tmp_path)
+    read_only = optuna.storages.RDBStorage(f"sqlite:///file:{tmp_path / 'study.db'}?mode=ro&uri=true")
+    with pytest.raises(DMLBenchError) as e, storage_errors(url):
+        optuna.create_study(study_name="other", storage=read_only)
+    msg = str(e.value)
+    assert f"study storage {tmp_path / 'study.db'} cannot be written" in msg and "readonly database" in msg
+    assert "damaged" not in msg and "\n" not in msg
+
+
+def test_a_study_locked_too_long_is_said_to_be_locked_not_damaged(tmp_path):
+    import sqlite3
+
+    from dmlbench.tune.storage import storage_errors
+
+    url = _sqlite_study(tmp_path)
+    con = sqlite3.connect(tmp_path / "study.db")
+    con.execute("BEGIN EXCLUSIVE")  # another process in the middle of a long write
+    try:
+        with pytest.raises(DMLBenchError) as e, storage_errors(url):
+            busy = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 0.1}})
+            optuna.create_study(study_name="other", storage=busy)
+    finally:
+        con.rollback()
+        con.close()
+    msg = str(e.value)
+    assert "locked" in msg and "damaged" not in msg and "\n" not in msg, msg
+
+
+def test_only_a_damaged_study_file_is_called_damaged(tmp_path):
+    bad = tmp_path / "digits" / "tune" / "study.db"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not a database " * 400)
+    r = bench("tune", "--methods", "siamese", "--trials", 1, "--out", tmp_path, *SMALL)
+    line = r.stderr.strip()
+    assert r.exit_code == 2 and len(line.splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"study storage {bad.resolve()} is damaged" in line and "move it aside" in line
+
+
+def test_a_storage_failing_in_a_worker_is_one_line_and_the_trial_is_not_failed(tmp_path, monkeypatch):
+    """A storage error in the middle of a tune (here: the commit of a trial's attribute) reaches the
+    user as one line naming it, never as a traceback, and the trial is not counted as FAIL."""
+    import sqlalchemy.exc
+
+    real = optuna.trial.Trial.set_user_attr
+
+    def failing(self, key, value):
+        if key.startswith("fold"):
+            cause = sqlalchemy.exc.OperationalError("UPDATE", {}, Exception("attempt to write a readonly database"))
+            try:
+                raise cause
+            except sqlalchemy.exc.OperationalError as e:
+                raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from e
+        return real(self, key, value)
+
+    monkeypatch.setattr(optuna.trial.Trial, "set_user_attr", failing)
+    r = bench("tune", "--methods", "siamese", "--trials", 2, "--out", tmp_path, *SMALL)
+    assert r.exit_code == 2 and "Traceback" not in r.stderr, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: study storage ") and "cannot be written" in line and "damaged" not in line
+    monkeypatch.undo()
+    trials = studies(tmp_path / "digits" / "tune")["siamese"].get_trials()
+    assert not [t for t in trials if t.state.name == "FAIL" and t.user_attrs.get("fail_reason") != "interrupted"]

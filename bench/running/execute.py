@@ -1,18 +1,24 @@
 """A suite's runs, made: everything checked that can be before any training (:mod:`.checks`), the
 data loaded once, the suite expanded into its runs (:func:`prepare`), and the runs handed to the
-suite's executor (:func:`run_suite`, :mod:`dmlbench.executors`)."""
+suite's executor (:func:`run_suite`, :mod:`dmlbench.executors`). A suite whose runs may not fit on
+the results disk is warned of (:mod:`.diskspace`); a full disk stops it with one line."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import logging
 
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.io import undo_if_refused
 from dmlbench.running.checks import check_before_data, check_data, check_out, warn_degenerate
+from dmlbench.running.diskspace import RoomCheck
 from dmlbench.running.rundata import load_data, stored_test_triplets
 from dmlbench.running.runner import Planned, RunJob, archive_superseded, run_job
 from dmlbench.running.suite import Suite, expand
 from dmlbench.tracking import logger_names, suite_context
+
+log = logging.getLogger("dmlbench")
 
 
 def prepare(suite: Suite):
@@ -58,6 +64,25 @@ def run_suite(suite: Suite, on_result=None, on_start=None) -> list:
         if kept != names:  # a tracker that cannot be reached is left out of every run (warned once)
             planned = [Planned(dataclasses.replace(p.config, log=",".join(kept)), p.variant) for p in planned]
         jobs = [RunJob(p.config, root, p.variant, suite.reuse_stale, context) for p in planned]
-        return executor.map(run_job, jobs, on_result=on_result, progress="suite")
+        # The runs' sizes are counted from their models only where they run in this process: a
+        # pool's driver imports no torch, and measures the first run instead.
+        room = RoomCheck(root, [j.config for j in jobs], data, count=not executor.remote and executor.workers == 1)
+        _warn(room.before())
+
+        def each(r) -> None:
+            if r.full_disk is not None:
+                # Every later run would fail alike: the suite stops with the one line (a copy, so
+                # that its traceback, logged by the run under -v, is not logged again).
+                raise copy.copy(r.full_disk)
+            _warn(room.after(r))
+            if on_result is not None:
+                on_result(r)
+
+        return executor.map(run_job, jobs, on_result=each, progress="suite")
     finally:
         executor.shutdown()
+
+
+def _warn(line: str | None) -> None:
+    if line:
+        log.warning("warning: %s", line)

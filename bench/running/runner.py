@@ -8,7 +8,8 @@ train the same run at once. A complete run is skipped, unless it was made by oth
 another kind of device or other numeric libraries (:mod:`dmlbench.running.provenance`): then it is
 archived under ``.stale/`` and re-run, saying why (``reuse_stale=True`` keeps it). An unfinished
 run resumes from its checkpoint. Every failure, in training, evaluation or writing the artefacts,
-is recorded in ``failed.json`` and the suite goes on.
+is recorded in ``failed.json`` (as one line) and the suite goes on; a full disk also sets the
+result's ``full_disk``, on which the suite stops (:mod:`.execute`): every later run would fail alike.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.errors import DiskFullError, DMLBenchError, is_disk_full
 from dmlbench.core.io import CorruptFileError, read_json, write_json, write_npz, write_text
 from dmlbench.core.locks import Lock
 from dmlbench.core.runtime import resolve_device, seed_everything, set_determinism
@@ -46,6 +47,7 @@ class RunResult:
     status: str  # done | skipped (already complete) | failed
     metrics: dict = field(default_factory=dict)
     reason: str = ""
+    full_disk: DiskFullError | None = None  # set where the run failed for want of disk space
 
 
 @dataclass
@@ -168,8 +170,13 @@ def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool
         resolve_device(cfg.device)
     except DMLBenchError as e:
         return RunResult(cfg, run, "failed", reason=str(e))
-    run.mkdir(parents=True, exist_ok=True)
-    lock = _lock(run)
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        lock = _lock(run)
+    except (OSError, DiskFullError) as e:
+        if not (isinstance(e, DiskFullError) or is_disk_full(e)):
+            raise
+        return _failed(cfg, run, e, record=False)
     try:
         import torch
 
@@ -177,10 +184,7 @@ def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool
             data = data if data is not None else load_data(cfg)
             triplets = test_triplets(data, cfg, run.parent.parent)
         except Exception as e:  # noqa: BLE001 - reported as this run's failure, like a crash in training
-            reason = str(e) if isinstance(e, DMLBenchError) else f"{type(e).__name__}: {e}"
-            if not layout.is_complete(run):
-                write_json(run / layout.FAILED, {"reason": reason, "type": type(e).__name__})
-            return RunResult(cfg, run, "failed", reason=reason)
+            return _failed(cfg, run, e, record=not layout.is_complete(run), crash_log=False)
         prov = {**provenance(cfg.device, torch.get_num_threads()), "data": data.fingerprint,
                 "test_triplets": hashlib.sha256(np.ascontiguousarray(triplets).tobytes()).hexdigest()[:16]}
         if layout.is_complete(run):
@@ -198,20 +202,38 @@ def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool
             _archive(run, why)
             run.mkdir(parents=True, exist_ok=True)
             lock = _lock(run)
-        (run / layout.FAILED).unlink(missing_ok=True)
-        # Written first, so that a run that fails before its data is loaded is still listed.
-        write_json(run / layout.CONFIG, {**cfg.to_dict(), "run_id": cfg.run_id(), "group_id": cfg.group_id(),
-                                         "variant": variant, "provenance": prov})
         try:
+            (run / layout.FAILED).unlink(missing_ok=True)
+            # Written first, so that a run that fails before its data is loaded is still listed.
+            write_json(run / layout.CONFIG, {**cfg.to_dict(), "run_id": cfg.run_id(), "group_id": cfg.group_id(),
+                                             "variant": variant, "provenance": prov})
             return _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metrics, tracking or {})
         except Exception as e:  # noqa: BLE001 - one broken run must not take the suite down with it
-            reason = str(e) if isinstance(e, DMLBenchError) else f"{type(e).__name__}: {e}"
-            if not isinstance(e, DMLBenchError):
-                log.exception("run %s seed %d crashed", cfg.method, cfg.seed)
-            write_json(run / layout.FAILED, {"reason": reason, "type": type(e).__name__})
-            return RunResult(cfg, run, "failed", reason=reason)
+            return _failed(cfg, run, e)
     finally:
         lock.release()
+
+
+def _failed(cfg: RunConfig, run: Path, e: Exception, record: bool = True, crash_log: bool = True) -> RunResult:
+    """The result of a run that raised ``e``: its one-line reason, recorded in failed.json where
+    ``record`` and the disk allow. A crash (not a DMLBenchError) logs its traceback if
+    ``crash_log``; a full disk is one line, its traceback logged only under ``bench -v``."""
+    full = e if isinstance(e, DiskFullError) else None
+    if full is None and is_disk_full(e):  # a writer that does not name its file itself
+        full = DiskFullError.of(e, e.filename or run)
+    if full is not None:
+        log.info("%s seed %d stopped: %s", cfg.method, cfg.seed, full, exc_info=e)
+        reason = str(full)
+    else:
+        reason = str(e) if isinstance(e, DMLBenchError) else f"{type(e).__name__}: {e}"
+        if crash_log and not isinstance(e, DMLBenchError):
+            log.exception("run %s seed %d crashed", cfg.method, cfg.seed)
+    if record:
+        try:
+            write_json(run / layout.FAILED, {"reason": reason, "type": type(full or e).__name__})
+        except DiskFullError as again:  # the disk that failed the run may not take its failed.json either
+            log.info("%s", again)
+    return RunResult(cfg, run, "failed", reason=reason, full_disk=full)
 
 
 def _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metrics, tracking) -> RunResult:
