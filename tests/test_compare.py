@@ -153,3 +153,25 @@ def test_no_shared_seed_shows_no_difference_and_a_cd_plot_folder_is_refused(tmp_
     assert "x vs y (d) | — | 0 | — |" in res.stdout
     res = CliRunner().invoke(app, ["compare", str(tmp_path), "--cd-plot", str(tmp_path)])
     assert res.exit_code == 2 and res.stdout == "" and "(that is a folder)" in res.stderr
+
+
+def test_the_table_marks_a_probe_lambda_on_its_edge_and_rows_from_uncommitted_code(tmp_path):
+    from dmlbench.report.table import table_text
+
+    for s in range(2):
+        _run(tmp_path, "d", "a", s, 0.8 + s / 100)
+        _run(tmp_path, "d", "b", s, 0.7 + s / 100)
+    for d in (tmp_path / "d").glob("*/*"):
+        edge = d.parent.name == "a" and d.name.startswith("s1")
+        (d / "metrics.json").write_text(json.dumps({"map@r": 0.8, "svm_acc": 0.9, "svm_lambda": 1e-8,
+                                                    "svm_lambda_edge": int(edge)}))
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["provenance"] = {"git_commit": "abc123", "git_dirty": d.parent.name == "b", "code_hash": "h"}
+        (d / "config.json").write_text(json.dumps(cfg))
+    text = table_text(tmp_path / "d", metrics="map@r,svm_acc")
+    rows = {line.split("|")[2].strip(): line for line in text.splitlines() if line.startswith("| d ")}
+    assert set(rows) == {"a", "b *"}
+    assert "0.9000 ± 0.0000** †" in rows["a"] and "†" not in rows["b *"]
+    assert "† svm_acc: the probe's regularisation λ stayed on the edge of its grid" in text
+    assert "* made from a tree with uncommitted changes" in text
+    assert "†" not in table_text(tmp_path / "d", metrics="map@r")          # no svm_acc column: no mark, no note

@@ -1099,3 +1099,22 @@ def test_a_storage_failing_in_a_worker_is_one_line_and_the_trial_is_not_failed(t
     monkeypatch.undo()
     trials = studies(tmp_path / "digits" / "tune")["siamese"].get_trials()
     assert not [t for t in trials if t.state.name == "FAIL" and t.user_attrs.get("fail_reason") != "interrupted"]
+
+
+def test_best_settings_at_the_edge_of_their_range_are_named(tiny):
+    from dmlbench.core.space import Float, Int
+    from dmlbench.tune.summary import edge_warnings
+
+    lr = Float(1e-4, 1e-2, log=True)
+    assert lr.at_edge(1.2e-4) and lr.at_edge(9e-3) and not lr.at_edge(1e-3)
+    assert Int(1, 21).at_edge(1) and not Int(1, 21).at_edge(11)
+    suite_dir, _ = tiny
+    doc = json.loads((suite_dir / "tuned.json").read_text())
+    for name, m in doc["methods"].items():               # the real tune recorded them, by the same rule
+        space = T.spaces.method_plan(name, None, {}).space
+        assert m["at_edge"] == sorted(k for k, d in space.items() if hasattr(d, "at_edge") and d.at_edge(m["params"][k]))
+    doc["methods"]["siamese"].update(at_edge=["lr"], params={**doc["methods"]["siamese"]["params"], "lr": 0.0099},
+                                     space={**doc["methods"]["siamese"]["space"], "lr": str(lr)})
+    lines = edge_warnings(doc)
+    assert lines == ["siamese's best lr=0.0099 in log-uniform[0.0001, 0.01] lies at the edge of its search range: "
+                     "the best setting may lie beyond it; widen the range (--space FILE.toml) and tune again"]

@@ -281,6 +281,8 @@ def _fit_and_evaluate(cfg, run, method, data, triplets, callbacks, metrics, devi
     if isinstance(method, GenerativeMethod):
         write_npz(run / layout.RECONSTRUCTIONS, **reconstructions(method, data, ctx.pipeline, device))
     metrics["svm_lambda"] = ctx.extras.get("svm_lambda")
+    if ctx.extras.get("svm_lambda_edge") is not None:  # 1: the probe's lambda stayed on its widened grid's edge
+        metrics["svm_lambda_edge"] = int(ctx.extras["svm_lambda_edge"])
     metrics = {k: v for k, v in metrics.items() if v is not None}
     if loggers.names:
         loggers.start(trainer.steps_done)
