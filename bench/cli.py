@@ -156,14 +156,14 @@ def table(results_dir: opt.ResultsDir = Path("results"), format: opt.TableFormat
 
 @app.command(short_help="Which differences between methods are significant (paired tests, Holm).")
 @user_errors
-def compare(results_dir: opt.ResultsDir = Path("results"), metric: opt.Metric = "map@r", alpha: opt.Alpha = 0.05,
-            cd_plot: opt.CdPlot = None):
+def compare(results_dir: opt.ResultsDirs = [Path("results")], metric: opt.Metric = "map@r",  # noqa: B006
+            alpha: opt.Alpha = 0.05, cd_plot: opt.CdPlot = None):
     """Rank the methods and say, for each pair, whether the difference is significant, and what
     difference its seeds could detect.
 
     ```
     bench compare results/mnist/mnist-tuned --metric map@r
-    bench compare results --cd-plot cd.png          # several datasets: Friedman + Nemenyi
+    bench compare results/digits/digits-all results/mnist/mnist-all --cd-plot cd.png   # Friedman + Nemenyi
     ```
     """
     typer.echo(compare_report(results_dir, metric, alpha, cd_plot))

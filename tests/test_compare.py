@@ -175,3 +175,24 @@ def test_the_table_marks_a_probe_lambda_on_its_edge_and_rows_from_uncommitted_co
     assert "† svm_acc: the probe's regularisation λ stayed on the edge of its grid" in text
     assert "* made from a tree with uncommitted changes" in text
     assert "†" not in table_text(tmp_path / "d", metrics="map@r")          # no svm_acc column: no mark, no note
+
+
+def test_compare_takes_several_folders_and_a_class_disjoint_split_is_its_own_dataset(tmp_path):
+    # Three suite folders, one per task: MNIST, unseen MNIST digits (split classes) and digits.
+    vals = {"a": [0.9, 0.91, 0.92], "b": [0.8, 0.82, 0.81], "c": [0.5, 0.52, 0.49]}
+    for folder, ds, split in (("one", "mnist", "standard"), ("two", "mnist", "classes"), ("three", "digits", "standard")):
+        for m, v in vals.items():
+            for s, x in enumerate(v):
+                _run(tmp_path / folder, ds, m, s, x)
+        for cfg_path in (tmp_path / folder).glob("*/*/*/config.json"):
+            cfg = json.loads(cfg_path.read_text())
+            cfg_path.write_text(json.dumps({**cfg, "split": split}))
+    folders = [str(tmp_path / f) for f in ("one", "two", "three")]
+    r = compare(folders, "map@r")
+    assert sorted(r["ranking"]["dataset"].unique()) == ["digits", "mnist", "mnist[classes]"]
+    assert r["friedman"]["n_blocks"] == 3 and r["friedman"]["methods"][0] == "a"
+    res = CliRunner().invoke(app, ["compare", *folders, "--cd-plot", str(tmp_path / "cd.png")])
+    assert res.exit_code == 0, res.stderr
+    assert "Friedman over 3 datasets" in res.stdout and (tmp_path / "cd.png").stat().st_size > 0
+    bad = CliRunner().invoke(app, ["compare", folders[0], str(tmp_path / "missing")])
+    assert bad.exit_code != 0 and "missing does not exist" in bad.stderr
