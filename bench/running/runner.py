@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from dmlbench.core.errors import DiskFullError, DMLBenchError, is_disk_full
 from dmlbench.core.io import CorruptFileError, read_json, write_json, write_npz, write_text
@@ -258,6 +257,8 @@ def _fit_and_evaluate(cfg, run, method, data, triplets, callbacks, metrics, devi
     from dmlbench.training.trainer import Trainer
 
     def save_history(trainer, row) -> None:
+        import pandas as pd  # here, not at the top: the CLI's commands that train nothing import this module
+
         write_text(run / layout.HISTORY, pd.DataFrame(trainer.history).to_csv(index=False))
 
     trainer = Trainer(method, data, cfg.train_config(), device=device, run_dir=run,
@@ -277,6 +278,8 @@ def _fit_and_evaluate(cfg, run, method, data, triplets, callbacks, metrics, devi
     if ctx.per_query:
         write_npz(run / layout.PER_QUERY, **{k: np.asarray(v) for k, v in ctx.per_query.items()})
     if ctx.extras.get("confusion") is not None:
+        import pandas as pd
+
         write_text(run / layout.CONFUSION, pd.DataFrame(ctx.extras["confusion"]).to_csv(index=False))
     if isinstance(method, GenerativeMethod):
         write_npz(run / layout.RECONSTRUCTIONS, **reconstructions(method, data, ctx.pipeline, device))
