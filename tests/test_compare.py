@@ -196,3 +196,20 @@ def test_compare_takes_several_folders_and_a_class_disjoint_split_is_its_own_dat
     assert "Friedman over 3 datasets" in res.stdout and (tmp_path / "cd.png").stat().st_size > 0
     bad = CliRunner().invoke(app, ["compare", folders[0], str(tmp_path / "missing")])
     assert bad.exit_code != 0 and "missing does not exist" in bad.stderr
+
+
+def test_a_page_ranks_block_is_filled_from_the_runs_as_bench_compare_ranks_them(tmp_path):
+    from dmlbench.report.fill import fill_text
+
+    vals = {"a": [0.9, 0.91, 0.92], "b": [0.8, 0.82, 0.81], "c": [0.5, 0.52, 0.49]}
+    for ds in ("d1", "d2", "d3"):
+        for m, v in vals.items():
+            for s, x in enumerate(v):
+                _run(tmp_path / "res", ds, m, s, x if (ds, m) != ("d3", "c") else 0.95)   # c wins on d3
+    page = "x\n<!-- dmlbench:ranks res/d1 res/d2 res/d3 metric=map@r -->stale<!-- /dmlbench:ranks -->\ny\n"
+    text = fill_text(page, tmp_path)
+    r = compare([tmp_path / "res" / d for d in ("d1", "d2", "d3")], "map@r")
+    fr = r["friedman"]
+    assert "| a | 1 | 1 | 2 | 1.33 |" in text and "| c | 3 | 3 | 1 | 2.33 |" in text
+    assert f"p = {fr['p_value']:.3g}" in text and f"{fr['cd']:.2f}." in text and "stale" not in text
+    assert fill_text(text, tmp_path) == text                                    # filled: nothing left to change

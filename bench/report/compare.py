@@ -64,7 +64,7 @@ def compare(results_dir: Path | list[Path], metric: str = "map@r", alpha: float 
             delta: float = DELTA) -> dict:
     """Ranks, pairwise tests, each pair's power (the smallest difference its seeds could detect at
     80% power, and the seeds needed to detect ``delta``) and, over several datasets, the
-    Friedman/Nemenyi result."""
+    Friedman/Nemenyi result. ``n_boot`` resamples for each pair's query bootstrap (0: none)."""
     if metric not in METRICS.names():
         raise DMLBenchError(f"unknown metric {metric!r}; known: {', '.join(METRICS.names())}")
     if not 0 < alpha < 1:
@@ -103,7 +103,7 @@ def compare(results_dir: Path | list[Path], metric: str = "map@r", alpha: float 
                    "p_seeds": paired_t(by_label.loc[a, shared], by_label.loc[b, shared]) if len(shared) else np.nan,
                    "p_queries": np.nan, "query_ci": "", "query_seed": None, "query_diff": np.nan,
                    "detectable": detectable_difference(diffs, alpha), "seeds_needed": seeds_needed(diffs, delta, alpha)}
-            if len(shared):
+            if len(shared) and n_boot:          # n_boot=0: the seeds' tests only, no query bootstrap
                 s = min(shared)
                 qa, qb = _per_query(dirs[(a, s)], metric), _per_query(dirs[(b, s)], metric)
                 if qa is not None and qb is not None and qa.shape == qb.shape:
