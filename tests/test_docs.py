@@ -118,7 +118,7 @@ def test_every_documented_command_is_one_the_cli_takes(page, args, monkeypatch):
     the CLI's (the library calls are replaced by recorders, so nothing runs or is read)."""
     import pandas as pd
 
-    from dmlbench import api, cli
+    from dmlbench import api
 
     calls = []
     frame = pd.DataFrame({"status": ["done"]})

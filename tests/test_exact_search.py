@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dmlbench.evaluation import exact_search
+from dmlbench.evaluation import exact_search, ties64
 from dmlbench.evaluation.exact_search import search
 
 
@@ -96,3 +96,19 @@ def test_ties_at_the_cut_grow_the_candidates_instead_of_scanning_everything(monk
     assert_exact(name, q, ref, 10, paths=("faiss",))
     assert max(w for _, w in widths) < len(ref), widths
     assert sum(n for n, w in widths if w == 10 + exact_search._REFINE_EXTRA) == len(q)
+
+
+def test_long_runs_of_near_ties_are_ordered_by_float64_matrix_products_then_pair_by_pair(monkeypatch):
+    # Wide lists in many dimensions (the raw-pixel floor's retrieval: k = R over 784 pixels), where
+    # float32 cannot order most neighbours: the float64 expansion |q|^2 + |r|^2 - 2 q.r orders them,
+    # and what it cannot separate (pixels in steps of 1/255 tie exactly; copies) is summed pair by
+    # pair. The lists still equal float64 brute force's, ties by id.
+    rng = np.random.default_rng(3)
+    protos = rng.integers(0, 256, size=(4, 256))
+    pix = np.clip(protos[rng.integers(0, 4, 400)] + rng.integers(-3, 4, size=(400, 256)), 0, 255)
+    x = (np.concatenate([pix, pix[:100]]) / 255).astype(np.float32)      # 100 rows twice
+    calls = []
+    real = ties64.dots64
+    monkeypatch.setattr(ties64, "dots64", lambda *a: calls.append(len(a[3])) or real(*a))
+    assert_exact("pixels", x, x, 150, exclude_self=True)
+    assert calls and sum(calls) > 10_000, calls

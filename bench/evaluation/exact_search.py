@@ -13,7 +13,9 @@ are built on. Exact means: the lists of float64 brute force on the float32 embed
 3. **Refine.** The candidates' distances are recomputed pair by pair (a sum of squared differences of
    the uncentred embeddings) in float32; neighbours whose float32 distances are too close for their
    rounding to order (:func:`~dmlbench.evaluation.rounding.near_ties`, exact ties included) are
-   ordered by float64 distances, then by id.
+   ordered by float64 distances, then by id: few of them pair by pair; many (wide lists in many
+   dimensions, such as the raw-pixel floor's k = R retrieval) through float64 matrix products, with
+   only what those cannot separate within their bound summed pair by pair.
 4. **Certify.** A row is final when the matrix product's rounding bound
    (:func:`~dmlbench.evaluation.rounding.reach`) proves that no reference left out could be as near as
    its k-th neighbour. Rows it cannot certify (ties at the cut, more copies than the margin) are
@@ -32,7 +34,7 @@ from typing import Iterator
 import numpy as np
 
 from dmlbench.core.errors import NonFiniteEmbeddingError
-from dmlbench.evaluation import rounding
+from dmlbench.evaluation import rounding, ties64
 
 # Bytes of search results (float32 distance + int64 id per neighbour) one block may hold.
 RESULT_BUDGET = 256 * 2**20
@@ -45,8 +47,6 @@ _FAISS_LOCK = threading.Lock()
 # for a row the certificate cannot close.
 _REFINE_EXTRA = 16
 _GROWTH = 4
-# Float64 values of one chunk of squared differences when near-ties are ordered in float64.
-_F64_CHUNK = 2**22
 
 
 def as_f32(x: np.ndarray, name: str) -> np.ndarray:
@@ -104,10 +104,6 @@ def _drop_self(d: np.ndarray, i: np.ndarray, start: int, k: int) -> tuple[np.nda
     own[missing, -1] = True
     keep = ~own
     return d[keep].reshape(len(d), k), i[keep].reshape(len(i), k)
-
-
-def _sq_norms(x: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,ij->i", x, x, dtype=np.float64)
 
 
 def _faiss_search(index, x: np.ndarray, k: int):
@@ -218,16 +214,6 @@ def _make_path(ref: np.ndarray, ref_c: np.ndarray, device: str):
     return _FaissPath(ref, ref_c) if device == "cpu" else _TorchPath(ref, ref_c, device)
 
 
-def _pairs64(q: np.ndarray, ref: np.ndarray, rows: np.ndarray, ref_ids: np.ndarray) -> np.ndarray:
-    """Float64 squared distances from ``q[rows[j]]`` to ``ref[ref_ids[j]]`` for every j."""
-    out = np.empty(len(rows), np.float64)
-    step = max(1, _F64_CHUNK // max(q.shape[1], 1))
-    for s in range(0, len(rows), step):
-        diff = q[rows[s:s + step]].astype(np.float64) - ref[ref_ids[s:s + step]]
-        out[s:s + step] = np.einsum("ij,ij->i", diff, diff)
-    return out
-
-
 def _refine(path, q: np.ndarray, ref: np.ndarray, ids: np.ndarray, kk: int):
     """The ``kk`` nearest of each row's candidates ``ids``: float64 distances, ids, and the largest
     float32 distance kept (for the certificate). Sorted by float32 distance then id; runs of near
@@ -251,10 +237,9 @@ def _refine(path, q: np.ndarray, ref: np.ndarray, ids: np.ndarray, kk: int):
     if len(r_i):
         ids, d32 = ids.copy(), d32.copy()
         ref_ids = ids[r_i, c_i]
-        d64 = _pairs64(q, ref, r_i, ref_ids)
         # Positions of a run are contiguous in a row: sorting the run's members by (row, run, float64
         # distance, id) and writing them back in place orders every run and moves nothing else.
-        perm = np.lexsort((ref_ids, d64, group[r_i, c_i], r_i))
+        d64, perm = ties64.order(q, ref, getattr(path, "shift", None), r_i, ref_ids, group[r_i, c_i])
         ids[r_i, c_i] = ref_ids[perm]
         d32[r_i, c_i] = d32[r_i, c_i][perm]
         inside = c_i < kk
@@ -273,7 +258,7 @@ def _search_block(path, q: np.ndarray, qc: np.ndarray, ref: np.ndarray, kk: int)
     n_ref, dim = len(ref), q.shape[1]
     dist = np.empty((len(q), kk), np.float64)
     ids = np.empty((len(q), kk), np.int64)
-    q_norm = np.sqrt(_sq_norms(qc))
+    q_norm = np.sqrt(ties64.sq_norms(qc))
     todo = np.arange(len(q))
     kb = min(kk + _REFINE_EXTRA, n_ref)
     while len(todo):
@@ -314,6 +299,7 @@ def search_blocks(query, ref, k, exclude_self, device, block) -> Iterator[tuple[
     ref_c = ref - shift
     kk = k + int(exclude_self)
     path = _make_path(ref, ref_c, str(device))
+    path.shift = shift.astype(np.float64)
     step = _rows_per_block(block, min(kk + _REFINE_EXTRA, len(ref)))
     for s in range(0, len(query), step):
         qb = query[s:s + step]
