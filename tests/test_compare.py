@@ -173,7 +173,7 @@ def test_the_table_marks_a_probe_lambda_on_its_edge_and_rows_from_uncommitted_co
     assert set(rows) == {"a", "b *"}
     assert "0.9000 ± 0.0000** †" in rows["a"] and "†" not in rows["b *"]
     assert "† svm_acc: the probe's regularisation λ stayed on the edge of its grid" in text
-    assert "* made from a tree with uncommitted changes" in text
+    assert "Rows marked * were made from a tree with uncommitted changes" in text
     assert "†" not in table_text(tmp_path / "d", metrics="map@r")          # no svm_acc column: no mark, no note
 
 

@@ -121,7 +121,7 @@ def table_notes(agg: pd.DataFrame, metrics: list[str] | None = None) -> list[str
             notes.append(f"{EDGE_MARK} {m}: the probe's regularisation λ stayed on the edge of its grid, widened to "
                          "1e-8..10, for some seed: the accuracy may be understated.")
     if "dirty" in agg and agg["dirty"].any():
-        notes.append(f"{DIRTY_MARK} made from a tree with uncommitted changes: no commit reproduces these rows.")
+        notes.append(f"Rows marked {DIRTY_MARK} were made from a tree with uncommitted changes: no commit reproduces them.")
     return [n for n in notes if n]
 
 
