@@ -206,10 +206,13 @@ def test_a_page_ranks_block_is_filled_from_the_runs_as_bench_compare_ranks_them(
         for m, v in vals.items():
             for s, x in enumerate(v):
                 _run(tmp_path / "res", ds, m, s, x if (ds, m) != ("d3", "c") else 0.95)   # c wins on d3
+    for s in range(3):
+        _run(tmp_path / "res", "d1", "z", s, 0.99)   # best on d1, but on no other dataset: not in the test
     page = "x\n<!-- dmlbench:ranks res/d1 res/d2 res/d3 metric=map@r -->stale<!-- /dmlbench:ranks -->\ny\n"
     text = fill_text(page, tmp_path)
     r = compare([tmp_path / "res" / d for d in ("d1", "d2", "d3")], "map@r")
     fr = r["friedman"]
     assert "| a | 1 | 1 | 2 | 1.33 |" in text and "| c | 3 | 3 | 1 | 2.33 |" in text
     assert f"p = {fr['p_value']:.3g}" in text and f"{fr['cd']:.2f}." in text and "stale" not in text
+    assert "| z |" not in text and "Left out (not run on every dataset): z." in text
     assert fill_text(text, tmp_path) == text                                    # filled: nothing left to change

@@ -62,20 +62,23 @@ def _ranks(root: Path, args: list[str]) -> str:
     opts = dict(a.split("=", 1) for a in args if "=" in a)
     metric = opts.get("metric", "map@r")
     result = compare(folders, metric, n_boot=0)
-    ranking = result["ranking"]
-    table = ranking.pivot_table(index="method", columns="dataset", values="rank", aggfunc="first")
     fr = result["friedman"]
     if fr is None:
         raise DMLBenchError(f"{', '.join(args)}: the Friedman test needs 2 datasets and 3 methods every dataset has")
-    table = table.loc[fr["methods"], sorted(table.columns)]
+    # The ranks the test uses: among the methods every dataset has (ties share their average rank).
+    table = fr["ranks"].T.loc[fr["methods"]]
+    table = table[sorted(table.columns)]
     table.insert(len(table.columns), "average rank", [fr["avg_ranks"][m] for m in fr["methods"]])
     lines = [f"| method | {' | '.join(f'{c} rank' if c != 'average rank' else c for c in table.columns)} |",
              "| --- |" + " --- |" * len(table.columns)]
     for method, row in table.iterrows():
-        cells = [f"{v:.0f}" if c != "average rank" else f"{v:.2f}" for c, v in row.items()]
+        cells = [f"{v:g}" if c != "average rank" else f"{v:.2f}" for c, v in row.items()]
         lines.append(f"| {method} | {' | '.join(cells)} |")
-    lines += ["", f"Ranks by {metric} (1 best). Friedman over {fr['n_blocks']} datasets: χ² = {fr['statistic']:.2f}, "
-                  f"p = {fr['p_value']:.3g}; Nemenyi critical difference at α = {fr['alpha']}: {fr['cd']:.2f}."]
+    left_out = sorted(set(result["ranking"]["method"]) - set(fr["methods"]))
+    lines += ["", f"Ranks by {metric} among the methods every dataset has (1 best). Friedman over {fr['n_blocks']} "
+                  f"datasets: χ² = {fr['statistic']:.2f}, p = {fr['p_value']:.3g}; Nemenyi critical difference at "
+                  f"α = {fr['alpha']}: {fr['cd']:.2f}."
+              + (f" Left out (not run on every dataset): {', '.join(left_out)}." if left_out else "")]
     return "\n" + "\n".join(lines) + "\n"
 
 
