@@ -16,3 +16,12 @@ class NonFiniteLossError(DMLBenchError):
 
 class NonFiniteEmbeddingError(DMLBenchError, ValueError):
     """Embeddings handed to the evaluation hold NaN or inf values."""
+
+
+def exception_line(e: BaseException, limit: int = 160) -> str:
+    """``Type: first line of the message``, cut at a word to about ``limit`` characters: what a one-line
+    error quotes of an exception raised by a user's code."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    if len(first) > limit:
+        first = first[:limit].rsplit(" ", 1)[0] + " ..."
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
