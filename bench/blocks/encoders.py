@@ -137,6 +137,7 @@ ENCODERS.add("convnet", EncoderSpec("convnet", _convnet_encoder, _convnet_decode
 ENCODERS.add("cifar", EncoderSpec("cifar", _cifar_encoder, _cifar_decoder,
                                   "four convolutions {5,3,3,2} (Hoffer & Ailon); 32x32 input", _is32))
 
+
 def spec_of(name: str, builder: Callable, *, decoder: Callable | None = None,
             accepts: Callable[[Shape], str | None] | None = None, description: str = "") -> EncoderSpec:
     """The :class:`EncoderSpec` of ``builder`` under ``name``: its description defaults to the first line of
