@@ -25,7 +25,9 @@ On real MNIST, seed by seed and alternating which goes first, in one invocation:
 Both run in a fresh process with the same thread count. Each arm's training time is its one
 epoch's loop (the DataLoader's iteration included for (a); the trainer's epoch for (b), from its
 history); the commands' wall times are reported beside it, and dmlbench's evaluation (every
-metric of the suite) separately. P@1 is computed the example's way for both, from the
+metric of the suite) separately. On a shared machine other jobs come and go within minutes, so
+the same ``Net`` also notes when each training forward pass starts, in both arms alike: the
+median step (one start to the next) is a second figure, which a passing load moves far less. P@1 is computed the example's way for both, from the
 embeddings each arm produced. ``raw``, the pixel floor every ``bench run`` adds, is run for every
 seed before the timed commands, so the timed ``bench run`` evaluates the PML method alone.
 The result goes to benchmarks/results/pml_side_by_side.json.
@@ -34,6 +36,7 @@ The result goes to benchmarks/results/pml_side_by_side.json.
 from __future__ import annotations
 
 import argparse
+import atexit
 import gzip
 import json
 import os
@@ -55,6 +58,11 @@ ROOT = Path(__file__).resolve().parents[1]
 ENCODER = "pml-mnist-net"
 METHOD = "pml:TripletMarginLoss"
 MEAN, STD = 0.1307, 0.3081  # the example's normalisation
+# Where an arm's process writes (start time, batch size) of every training forward pass, at exit.
+STEP_LOG = os.environ.get("PML_SIDE_BY_SIDE_STEPS")
+STEP_STARTS: list[tuple[float, int]] = []
+if STEP_LOG:
+    atexit.register(lambda: Path(STEP_LOG).write_text(json.dumps(STEP_STARTS)))
 
 
 @register_encoder(ENCODER, accepts=lambda s: None if min(s[1:]) >= 6 else "needs images of at least 6x6")
@@ -71,7 +79,9 @@ class Net(nn.Module):
         self.fc1 = nn.Linear(64 * ((h - 4) // 2) * ((w - 4) // 2), out_dim)  # 9216 on MNIST
 
     def forward(self, x):
-        """The example's forward, line for line."""
+        """The example's forward, line for line (noting when a training step starts, in both arms)."""
+        if STEP_LOG and self.training:
+            STEP_STARTS.append((time.perf_counter(), len(x)))
         x = self.conv1(x)
         x = F.relu(x)
         x = self.conv2(x)
@@ -181,10 +191,19 @@ def p_at_1(emb_file: Path) -> float:
     return float(acc["precision_at_1"])
 
 
-def dmlbench_arm(cmd: list[str], out: Path) -> dict:
+def median_step(log: Path, batch_size: int) -> float:
+    """The median time from one training step's forward pass to the next (the checks' example
+    batches of 2 left out, and the first 5 steps, which pay for first-call set-ups)."""
+    import statistics
+
+    starts = [t for t, n in json.loads(log.read_text()) if n in (batch_size, 96)]  # 96: the DataLoader's last batch
+    return statistics.median(b - a for a, b in zip(starts[5:], starts[6:]))
+
+
+def dmlbench_arm(cmd: list[str], out: Path, env: dict) -> dict:
     """Run ``bench run`` and read what it measured of itself."""
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if r.returncode:
         raise SystemExit(f"bench run failed ({r.returncode}): {r.stderr[-2000:]}")
@@ -270,12 +289,16 @@ def summary(rows: list[dict]) -> dict:
     pml = [r["pml"] for r in rows]
     dml = [r["dmlbench"] for r in rows]
     ratios = [d["train_s"] / p["train_s"] for p, d in zip(pml, dml)]
+    step_ratios = [d["median_step_s"] / p["median_step_s"] for p, d in zip(pml, dml)]
     p_pml, p_dml = ci([p["p_at_1"] for p in pml]), ci([d["p_at_1"] for d in dml])
     overlap = abs(p_pml["mean"] - p_dml["mean"]) <= p_pml["ci95"] + p_dml["ci95"]
     return {
         "train_s_per_epoch": {"pml": ci([p["train_s"] for p in pml]), "dmlbench": ci([d["train_s"] for d in dml])},
         "train_ratio_dmlbench_over_pml": ci(ratios),
         "goal_ratio_at_most_1": bool(ci(ratios)["mean"] <= 1.0),
+        "median_step_s": {"pml": ci([p["median_step_s"] for p in pml]),
+                          "dmlbench": ci([d["median_step_s"] for d in dml])},
+        "median_step_ratio_dmlbench_over_pml": ci(step_ratios),
         "wall_s": {"pml_script": ci([p["wall_s"] for p in pml]), "bench_run": ci([d["wall_s"] for d in dml])},
         "eval_s": {"pml_test": ci([p["test_s"] for p in pml]), "dmlbench_evaluation": ci([d["eval_s"] for d in dml])},
         "p_at_1": {"pml": p_pml, "dmlbench": p_dml, "intervals_overlap": bool(overlap)},
@@ -317,20 +340,23 @@ def main() -> None:
             order = ("pml", "dmlbench") if i % 2 == 0 else ("dmlbench", "pml")  # alternate who goes first
             for arm in order:
                 load_before = os.getloadavg()[0]
+                log = Path(tmp) / f"steps-{arm}-{seed}.json"
+                env = {**os.environ, "PML_SIDE_BY_SIDE_STEPS": str(log)}
                 if arm == "pml":
                     t0 = time.perf_counter()
                     r = subprocess.run([sys.executable, __file__, "--arm", "pml", "--seed", str(seed), "--data-dir",
                                         str(data_dir), "--threads", str(args.threads), "--batch-size",
                                         str(args.batch_size), "--lr", str(args.lr),
                                         *(["--steps", str(args.steps)] if args.steps else [])],
-                                       capture_output=True, text=True)
+                                       capture_output=True, text=True, env=env)
                     if r.returncode:
                         raise SystemExit(f"the PML loop failed: {r.stderr[-2000:]}")
                     row["pml"] = {**json.loads(r.stdout.strip().splitlines()[-1]), "wall_s": time.perf_counter() - t0}
                 else:
                     out = Path(tmp) / f"s{seed}"
                     row["dmlbench"] = dmlbench_arm(bench_args(data_dir, out, seed, args.threads, args.batch_size,
-                                                              steps, args.lr), out)
+                                                              steps, args.lr), out, env)
+                row[arm]["median_step_s"] = median_step(log, args.batch_size)
                 # The 1-minute load average around the arm: other jobs on the machine slow either arm alike.
                 row[arm]["load_1min_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
                 print(f"seed {seed} {arm}: " + json.dumps({k: (round(v, 3) if isinstance(v, float) else v)
