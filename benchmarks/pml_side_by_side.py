@@ -27,7 +27,10 @@ epoch's loop (the DataLoader's iteration included for (a); the trainer's epoch f
 history); the commands' wall times are reported beside it, and dmlbench's evaluation (every
 metric of the suite) separately. On a shared machine other jobs come and go within minutes, so
 the same ``Net`` also notes when each training forward pass starts, in both arms alike: the
-median step (one start to the next) is a second figure, which a passing load moves far less. P@1 is computed the example's way for both, from the
+median step (one start to the next) is a second figure, which a passing load moves far less.
+A third runs both loops in one process, in alternating blocks of 10 steps (the trainer's epochs
+of 10 steps, the example's loop in the trainer's per-epoch callback), so that both meet the same
+load within seconds of each other. P@1 is computed the example's way for both, from the
 embeddings each arm produced. ``raw``, the pixel floor every ``bench run`` adds, is run for every
 seed before the timed commands, so the timed ``bench run`` evaluates the PML method alone.
 The result goes to benchmarks/results/pml_side_by_side.json.
@@ -58,6 +61,9 @@ ROOT = Path(__file__).resolve().parents[1]
 ENCODER = "pml-mnist-net"
 METHOD = "pml:TripletMarginLoss"
 MEAN, STD = 0.1307, 0.3081  # the example's normalisation
+# The example's loss, miner and distance as options of dmlbench's pml:TripletMarginLoss, on random batches.
+SETS = {"margin": "0.2", "distance": "CosineSimilarity", "batches": "plain",
+        "miner": "TripletMarginMiner(margin=0.2, type_of_triplets=semihard)"}
 # Where an arm's process writes (start time, batch size) of every training forward pass, at exit.
 STEP_LOG = os.environ.get("PML_SIDE_BY_SIDE_STEPS")
 STEP_STARTS: list[tuple[float, int]] = []
@@ -169,8 +175,7 @@ def pml_arm(data_dir: Path, seed: int, threads: int, batch_size: int, lr: float,
 def bench_args(data_dir: Path, out: Path, seed: int, threads: int, batch_size: int, steps: int, lr: float,
                methods: str = METHOD) -> list[str]:
     """The ``bench run`` command line of arm (b)."""
-    sets = {"margin": "0.2", "distance": "CosineSimilarity", "batches": "plain",
-            "miner": "TripletMarginMiner(margin=0.2, type_of_triplets=semihard)"} if METHOD in methods else {}
+    sets = SETS if METHOD in methods else {}
     return [str(Path(sys.executable).with_name("bench")), "run", "--plugin", str(Path(__file__).resolve()),
             "--encoder", ENCODER, "--methods", methods, "--dataset", "mnist", "--data-dir", str(data_dir),
             "--normalize", "standard", "--embedding-dim", "128", "--optimizer", "adam", "--lr", str(lr),
@@ -215,6 +220,71 @@ def dmlbench_arm(cmd: list[str], out: Path, env: dict) -> dict:
     return {"wall_s": wall, "train_s": seconds[0], "eval_s": metrics["eval_seconds"], "steps": int(metrics["steps"]),
             "p_at_1": p_at_1(run / "embeddings.npz"), "dmlbench_precision@1": metrics["precision@1"],
             "dmlbench_map@r": metrics["map@r"], "stdout_tail": r.stdout.strip().splitlines()[-3:]}
+
+
+# ----------------------------------------------------------------------------- both loops, interleaved
+
+
+def interleaved(data_dir: Path, seed: int, threads: int, batch_size: int, steps: int, lr: float,
+                block: int = 10) -> dict:
+    """Both training loops in this process, alternating every ``block`` steps, each on its own model
+    and optimiser for the whole epoch: dmlbench's Trainer runs epochs of ``block`` steps and, in its
+    per-epoch callback, the example's loop takes its next ``block`` batches. Returns each arm's
+    seconds (the sum of its blocks) and the ratio, with and without the first block (first calls)."""
+    import dataclasses
+    import statistics
+
+    from pytorch_metric_learning import distances, losses, miners, reducers
+
+    from dmlbench.core.params import apply_overrides
+    from dmlbench.core.runtime import set_threads
+    from dmlbench.data import load_dataset
+    from dmlbench.methods import get_method
+    from dmlbench.running.config import RunConfig
+    from dmlbench.running.runner import build_method
+    from dmlbench.training.trainer import Trainer
+
+    set_threads(threads)
+    torch.manual_seed(seed)
+    model = Net()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    distance = distances.CosineSimilarity()
+    loss_func = losses.TripletMarginLoss(margin=0.2, distance=distance, reducer=reducers.ThresholdReducer(low=0))
+    mining_func = miners.TripletMarginMiner(margin=0.2, distance=distance, type_of_triplets="semihard")
+    batches = iter(torch.utils.data.DataLoader(mnist_tensors(data_dir, "train"), batch_size=batch_size, shuffle=True))
+    pml_seconds: list[float] = []
+
+    def pml_block(trainer, row) -> None:
+        model.train()
+        t0 = time.perf_counter()
+        for _ in range(min(block, steps - block * len(pml_seconds))):
+            data, labels = next(batches)
+            optimizer.zero_grad()
+            embeddings = model(data)
+            loss = loss_func(embeddings, labels, mining_func(embeddings, labels))
+            loss.backward()
+            optimizer.step()
+        pml_seconds.append(time.perf_counter() - t0)
+
+    params = apply_overrides(get_method(METHOD).Params(), SETS, METHOD)
+    cfg = RunConfig(dataset="mnist", data_dir=str(data_dir), method=METHOD, seed=seed, encoder=ENCODER, embedding_dim=128,
+                    normalize="standard", optimizer="adam", lr=lr, batch_size=batch_size, steps=steps,
+                    epoch_size=block * batch_size, augment="none", method_params=dataclasses.asdict(params)).resolved()
+    data = load_dataset("mnist", data_dir=str(data_dir), normalize="standard")
+    trainer = Trainer(build_method(cfg, data), data, cfg.train_config(), callbacks=(pml_block,))
+    trainer.fit()
+    dml_seconds = [row["seconds"] for row in trainer.history]
+    assert len(dml_seconds) == len(pml_seconds)
+
+    def arms(first: int) -> dict:
+        pml, dml = sum(pml_seconds[first:]), sum(dml_seconds[first:])
+        return {"pml_s": round(pml, 3), "dmlbench_s": round(dml, 3), "ratio": round(dml / pml, 4),
+                "median_block_ratio": round(statistics.median(d / p for d, p in zip(dml_seconds[first:],
+                                                                                    pml_seconds[first:])), 4)}
+
+    return {"seed": seed, "block_steps": block, "blocks": len(dml_seconds), "all_blocks": arms(0),
+            "without_first_block": arms(1), "pml_block_s": [round(x, 3) for x in pml_seconds],
+            "dmlbench_block_s": [round(x, 3) for x in dml_seconds]}
 
 
 # ----------------------------------------------------------------------------- the input path alone
@@ -307,6 +377,15 @@ def summary(rows: list[dict]) -> dict:
     }
 
 
+def interleaved_summary(runs: list[dict]) -> dict:
+    """The interleaved runs' ratios (dmlbench over PML, first block left out), mean and 95% t-interval."""
+    from dmlbench.report.stats import t_interval
+
+    ratios = [r["without_first_block"]["ratio"] for r in runs]
+    mean, _, half = t_interval(ratios)
+    return {"mean": round(mean, 4), "ci95": round(half, 4), "values": ratios}
+
+
 def main() -> None:
     """Alternate the two arms seed by seed and write the results."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -317,12 +396,17 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pml_side_by_side.json"))
     ap.add_argument("--steps", type=int, default=None, help="stop each epoch after this many steps (a quick try)")
-    ap.add_argument("--arm", choices=["pml"], help=argparse.SUPPRESS)  # one run of arm (a), in its own process
+    # One run of arm (a), or of both loops interleaved, in a process of its own.
+    ap.add_argument("--arm", choices=["pml", "interleaved"], help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     data_dir = Path(args.data_dir).resolve()
     if args.arm == "pml":
         print(json.dumps(pml_arm(data_dir, args.seed, args.threads, args.batch_size, args.lr, args.steps)))
+        return
+    if args.arm == "interleaved":
+        steps = args.steps or -(-len(read_idx(data_dir / "mnist" / "train-labels-idx1-ubyte.gz")) // args.batch_size)
+        print(json.dumps(interleaved(data_dir, args.seed, args.threads, args.batch_size, steps, args.lr)))
         return
 
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -364,6 +448,14 @@ def main() -> None:
                       file=sys.stderr)
             row["order"] = list(order)
             rows.append(row)
+        mixed = []
+        for seed in seeds:
+            r = subprocess.run([sys.executable, __file__, "--arm", "interleaved", "--seed", str(seed), "--data-dir",
+                                str(data_dir), "--threads", str(args.threads), "--batch-size", str(args.batch_size),
+                                "--lr", str(args.lr), *(["--steps", str(args.steps)] if args.steps else [])],
+                               capture_output=True, text=True, check=True)
+            mixed.append(json.loads(r.stdout.strip().splitlines()[-1]))
+            print(f"seed {seed} interleaved: {json.dumps(mixed[-1]['without_first_block'])}", file=sys.stderr)
         overhead = input_path(data_dir, args.threads, args.batch_size, steps)
     result = {"what": "dmlbench (bench run, plugin encoder, pml:TripletMarginLoss) against PML's TripletMarginLoss "
                       "MNIST example loop: one epoch, batch 256, Adam lr 0.01, semihard TripletMarginMiner(0.2), "
@@ -371,7 +463,8 @@ def main() -> None:
               "machine": info, "steps": steps, "batch_size": args.batch_size, "seeds": seeds,
               "command_b": " ".join(bench_args(data_dir, Path("OUT"), seeds[0], args.threads, args.batch_size, steps,
                                                args.lr)[1:]),
-              "summary": summary(rows), "input_path_per_epoch": overhead,
+              "summary": {**summary(rows), "interleaved_ratio_without_first_block": interleaved_summary(mixed)},
+              "interleaved": mixed, "input_path_per_epoch": overhead,
               "load_average_at_end": os.getloadavg(), "runs": rows}
     text = json.dumps(result, indent=1)
     print(text)
