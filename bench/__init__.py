@@ -5,7 +5,8 @@ The import package maps onto the repository's folders: ``bench/`` is ``dmlbench`
 shadows Hugging Face's ``datasets``). Inside ``bench/``, one subpackage per stage: ``core``
 (what every stage shares), ``training``, ``evaluation``, ``running``, ``executors``, ``tune``
 and ``report``; the CLI (:mod:`dmlbench.cli`) is a thin layer over :mod:`dmlbench.api`, whose
-functions are here: :func:`run`, :func:`tune`, :func:`compare`, :func:`load_results`.
+functions are here: :func:`run`, :func:`tune`, :func:`compare`, :func:`load_results`,
+:func:`export` and :func:`load_embedder`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from typing import TYPE_CHECKING
 from dmlbench.core import VERSION as __version__
 from dmlbench.core.errors import DMLBenchError
 
-API = ("run", "tune", "compare", "load_results")
+API = ("run", "tune", "compare", "load_results", "export", "load_embedder")
 
 if TYPE_CHECKING:
-    from dmlbench.api import compare, load_results, run, tune
+    from dmlbench.api import compare, export, load_embedder, load_results, run, tune
 
 
 def __getattr__(name: str):
@@ -31,4 +32,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'dmlbench' has no attribute {name!r}")
 
 
-__all__ = ["DMLBenchError", "__version__", *API, "compare", "load_results", "run", "tune"]
+__all__ = ["DMLBenchError", "__version__", *API, "compare", "load_results", "run", "tune", "export", "load_embedder"]

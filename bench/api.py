@@ -30,7 +30,7 @@ from dmlbench.running.execute import run_suite
 from dmlbench.running.presets import given_run_flags, suite_from_options
 from dmlbench.tune.options import TuneOptions
 from dmlbench.tune.study import tune as tune_suite
-from dmlbench.tune.tuned import apply_tuned
+from dmlbench.tune.tuned import apply_tuned, tuned_defaults
 
 log = logging.getLogger("dmlbench")
 
@@ -59,10 +59,12 @@ def run(methods: Iterable[str] | str | None = None, dataset: str | None = None,
     and ``table`` (the markdown written to ``table.md``). ``echo``: where progress lines go (None:
     nowhere). ``tuned``: a ``bench tune`` suite folder whose best settings the methods run with."""
     flags = _options(methods, dataset, seeds, sets, options)
-    suite, file_values = suite_from_options(flags, config=config, preset=preset, plugins=tuple(plugins))
+    under = tuned_defaults(Path(tuned)) if tuned is not None else None  # train as the tune's trials did
+    suite, file_values = suite_from_options(flags, config=config, preset=preset, plugins=tuple(plugins), under=under)
     if tuned is not None:
-        suite = apply_tuned(suite, Path(tuned), seeds_given=seeds is not None or "seeds" in file_values,
-                            run_flags=given_run_flags(flags))
+        given = {**file_values, **{k: v for k, v in flags.items() if v is not None}}
+        suite = apply_tuned(suite, Path(tuned), seeds_given="seeds" in given, methods_given="methods" in given,
+                            place_given=bool({"out", "suite"} & set(given)), run_flags=given_run_flags(flags))
     suite.base.resolved().check()  # bad values fail here, before any thread pool or data is touched
     # The driver imports no torch: the executor sets each run's threads where it runs.
     limit_threads(suite.base.threads)
@@ -74,7 +76,8 @@ def run(methods: Iterable[str] | str | None = None, dataset: str | None = None,
         total[0] = len(planned)
         b = planned[0].config
         say(f"running {', '.join(suite.methods)} on {b.dataset} ({len(data.train)} train / {len(data.test)} test, "
-            f"{b.encoder} encoder, {b.steps} steps) with seeds {','.join(map(str, suite.seeds))} -> {suite.dir}")
+            f"{b.encoder} encoder, {b.steps:,} step{'s' if b.steps != 1 else ''}) with seeds "
+            f"{','.join(map(str, suite.seeds))} -> {suite.dir}")
 
     def report(r) -> None:
         done.append(r)
@@ -91,7 +94,11 @@ def run(methods: Iterable[str] | str | None = None, dataset: str | None = None,
     except KeyboardInterrupt:
         say(f"interrupted after {len(done)} run(s); finished runs are saved: re-run the same command to resume")
         raise
-    table = write_tables(suite.dir)
+    table = write_tables(suite.dir, suite.table_metrics or None, only={str(r.run_dir) for r in results})
+    others = _other_runs(suite.dir, results)
+    if others:
+        say(f"{suite.dir} also holds {others} from other commands: its table.md lists every run there "
+            f"(bench table {suite.dir}); above, this command's runs")
     rows = [{"method": r.config.method, "seed": r.config.seed, "status": r.status, "reason": r.reason,
              "run_dir": str(r.run_dir), **r.metrics, **_config_columns(r.config.to_dict())} for r in results]
     df = pd.DataFrame(rows)
@@ -120,6 +127,18 @@ def compare(results_dir: str | Path = "results", metric: str = "map@r", alpha: f
     paired bootstrap over test queries, Holm-corrected); over several datasets also the Friedman
     test and Nemenyi critical difference. ``format_compare`` prints it as ``bench compare`` does."""
     return compare_results(Path(results_dir), metric, alpha)
+
+
+def _other_runs(suite_dir: Path, results: list) -> str:
+    """The complete runs in the suite folder that this command did not plan, as 'N runs (labels)'."""
+    mine = {str(Path(r.run_dir).resolve()) for r in results}
+    runs = collect(suite_dir, recursive=False)
+    if not len(runs):
+        return ""
+    other = runs[(runs["status"] == "done") & ~runs["run_dir"].map(lambda r: str(Path(r).resolve())).isin(mine)]
+    if not len(other):
+        return ""
+    return f"{len(other)} complete run(s) ({', '.join(dict.fromkeys(other['label']))})"
 
 
 NOT_CONFIG = ("provenance", "data", "weights_info")
@@ -163,3 +182,22 @@ def load_results(path: str | Path = "results", suite: str | None = None) -> pd.D
         flat = pd.DataFrame([_config_columns(c if isinstance(c, dict) else {}) for c in configs], index=runs.index)
         runs = runs.join(flat[[c for c in flat.columns if c not in runs.columns]])
     return runs.reset_index(drop=True)
+
+
+def export(run_dir: str | Path, fmt: str = "safetensors", out: str | Path | None = None) -> Path:
+    """Write a trained run's embedder (encoder and embedding head, its preprocessing in the
+    metadata) as ``safetensors``, ``torchscript`` or ``onnx``; returns the file."""
+    from dmlbench.running.export import FORMATS
+    from dmlbench.running.export import export as export_run  # heavy: torch
+
+    if fmt not in FORMATS:
+        raise DMLBenchError(f"--format {fmt!r} is not one of: {', '.join(FORMATS)}")
+    return export_run(Path(run_dir), fmt, Path(out) if out else Path(run_dir) / f"embedder{FORMATS[fmt]}")
+
+
+def load_embedder(path: str | Path):
+    """``(module, preprocess)`` of an exported embedder: ``module(preprocess(image))`` embeds a PIL
+    image or a uint8 array (or a batch of them)."""
+    from dmlbench.running.export import load_embedder as load  # heavy: torch
+
+    return load(Path(path))

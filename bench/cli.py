@@ -1,48 +1,52 @@
-"""The ``bench`` command line: each command parses its flags and calls one library function.
-
-``run`` and ``tune`` call :mod:`dmlbench.api`; ``table``, ``compare`` and ``plot`` the report
-stage; ``list`` :mod:`dmlbench.catalog`. Their run options are generated from the one
-``RunConfig`` dataclass and the executors' ``Options``, so each default is written once.
-"""
+"""The ``bench`` command line: each command parses its flags and calls one library function
+(:mod:`dmlbench.api`, the report stage, :mod:`dmlbench.catalog`); the options of ``run`` and
+``tune`` are generated (:mod:`dmlbench.cli_options`), so each default is written once."""
 
 from __future__ import annotations
 
 import functools
 import inspect
 import logging
-import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from dmlbench import api
-from dmlbench.catalog import KINDS, catalog
+from dmlbench import __version__
+from dmlbench import cli_options as opt
 from dmlbench.cli_options import run_parameters, tune_parameters
-from dmlbench.core.errors import DMLBenchError
-from dmlbench.core.runtime import default_threads, limit_threads
-from dmlbench.data import idx, resolve_data_dir
-from dmlbench.report.compare import compare_report
-from dmlbench.report.plots.figures import plot_results
-from dmlbench.report.table import table_text
-from dmlbench.tune import failed_methods, summary_table
+from dmlbench.core.errors import DMLBenchError, user_error
+from dmlbench.core.runtime import default_threads, limit_threads, log_to_stderr
+
+# Each command imports its library function when it runs: `bench table` answers without loading
+# torch, Optuna, matplotlib or the runner.
 
 app = typer.Typer(help="dmlbench: compare deep metric-learning methods with one trainer and one evaluation suite.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  rich_markup_mode=None)  # None: help text is literal, so "[default: X]" is not eaten as Rich markup
+                  rich_markup_mode="markdown")  # markdown: option panels, examples as code blocks, [brackets] literal
 
 
 def user_errors(fn):
-    """Report DMLBenchError as one line on stderr and exit 2, with no traceback."""
+    """Report DMLBenchError as one line on stderr and exit 2, with no traceback; a full disk
+    anywhere too (under ``-v``, the traceback of what raised it goes to the log). ``-v`` is taken
+    after the command (``bench run -v``) as well as before it."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args, verbose: bool = False, **kwargs):
+        if verbose:
+            logging.getLogger("dmlbench").setLevel(logging.INFO)
         try:
             return fn(*args, **kwargs)
-        except DMLBenchError as e:
-            typer.echo(f"error: {e}", err=True)
+        except (DMLBenchError, OSError) as e:
+            shown = user_error(e)
+            if shown is None:  # a bug: its traceback
+                raise
+            typer.echo(f"error: {shown}", err=True)
             raise typer.Exit(2) from None
 
+    sig = inspect.signature(fn, eval_str=True)  # (this module's annotations are strings)
+    wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), inspect.Parameter(
+        "verbose", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=opt.Verbose)])
     return wrapper
 
 
@@ -51,17 +55,16 @@ def err(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
+def _version(value: bool) -> None:  # --version
+    if value:
+        typer.echo(f"dmlbench {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every epoch's loss terms to stderr.")] = False):
-    # Only dmlbench's own logger: libraries (faiss, matplotlib) keep their chatter to themselves.
-    logger = logging.getLogger("dmlbench")
-    for h in [h for h in logger.handlers if getattr(h, "_dmlbench_cli", False)]:
-        logger.removeHandler(h)  # a previous in-process invocation's stream may be closed
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    handler._dmlbench_cli = True
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+def _main(verbose: opt.Verbose = False, version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print dmlbench's version and exit.")] = False):
+    log_to_stderr(logging.INFO if verbose else logging.WARNING, fresh=True)
 
 
 def _suite_kwargs(kw: dict) -> dict:
@@ -73,7 +76,19 @@ def _suite_kwargs(kw: dict) -> dict:
 
 
 def run(**kw):
-    """Train and evaluate each (method, seed) on one dataset, then print the results table."""
+    """Train and evaluate each (method, seed) on one dataset, then print the results table.
+
+    ```
+    bench run                                                # every method on the bundled digits
+    bench run --methods tvae,siamese --dataset mnist --seeds 0,1,2
+    bench run --preset mnist-all --workers 2
+    bench run --methods triplet-hinge --set triplet-hinge.margin=0.5 --lr 3e-4
+    bench run --tuned results/mnist/tune                     # test what bench tune chose
+    bench run --dataset folder:~/photos --encoder timm:resnet50 --pretrained
+    ```
+    """
+    from dmlbench import api
+
     try:
         df = api.run(**_suite_kwargs(kw), echo=err)
     except KeyboardInterrupt:
@@ -87,13 +102,21 @@ def run(**kw):
         raise typer.Exit(1)
 
 
-run.__signature__ = inspect.Signature(run_parameters())
-app.command()(user_errors(run))
-
-
 def tune_(**kw):
-    """Tune each method on validation folds of the training set with an equal budget (Optuna TPE), then
-    `bench run --tuned SUITE_DIR` tests the best settings."""
+    """Tune each method on validation folds of the training set, with the same budget for every method.
+
+    Optuna TPE, `--trials` per method; the test set is never read. Then `bench run --tuned SUITE_DIR`
+    retrains the best settings and tests them.
+
+    ```
+    bench tune --methods siamese,triplet-hinge --dataset mnist --trials 30 --workers 2
+    bench tune --preset mnist-tuned --timeout 3600        # resume later with the same command
+    bench run --tuned results/mnist/tune
+    ```
+    """
+    from dmlbench import api
+    from dmlbench.tune.summary import failed_methods, summary_table
+
     try:
         doc = api.tune(**_suite_kwargs(kw), echo=err)
     except KeyboardInterrupt:
@@ -107,74 +130,129 @@ def tune_(**kw):
         raise typer.Exit(1)
 
 
+run.__signature__ = inspect.Signature(run_parameters())
 tune_.__signature__ = inspect.Signature(tune_parameters())
-app.command("tune")(user_errors(tune_))
+app.command(short_help="Train and evaluate each (method, seed) on one dataset; print the table.")(user_errors(run))
+app.command("tune", short_help="Tune every method with the same budget on validation folds (Optuna).")(
+    user_errors(tune_))
 
 
 # ----------------------------------------------------------------------------- reading results
 
-ResultsDir = Annotated[Path, typer.Argument(help="A results folder (all datasets) or one dataset's folder.")]
 
-
-@app.command()
+@app.command(short_help="One results table of every run under a folder: mean ± 95% CI, bold = best.")
 @user_errors
-def table(
-    results_dir: ResultsDir = Path("results"),
-    format: Annotated[str, typer.Option("--format", help="markdown, csv or latex.")] = "markdown",
-    metrics: Annotated[Optional[str], typer.Option(help="Comma-separated metric names, or 'all'. [default: triplet_acc, triplet_acc_margin, recall@1, map@r, knn_acc, svm_acc, recon_error]")] = None,
-    spread: Annotated[str, typer.Option(help="What follows each mean: ci (± half-width of the 95% t-interval), std "
-                                             "(± standard deviation), interval ([low, high] of the 95% t-interval) "
-                                             "or none.")] = "ci",
-):
-    """Aggregate run folders: one row per (dataset, method), the mean over seeds ± the half-width of
-    its 95% t-interval (--spread for another; the csv format holds the std and half-width)."""
+def table(results_dir: opt.ResultsDir = Path("results"), format: opt.TableFormat = "markdown",
+          metrics: opt.Metrics = None, spread: opt.Spread = "ci"):
+    """Aggregate run folders: one row per (dataset, method configuration), the mean over seeds ± the
+    half-width of its 95% t-interval (`--spread` for another; csv holds the std and half-width).
+
+    ```
+    bench table results/mnist/mnist-all
+    bench table results --format latex --metrics triplet_acc,recall@1,map@r
+    ```
+    """
+    from dmlbench.report.table import table_text
+
     typer.echo(table_text(results_dir, format, metrics, spread))
 
 
-@app.command()
+@app.command(short_help="Which differences between methods are significant (paired tests, Holm).")
 @user_errors
-def compare(
-    results_dir: Annotated[Path, typer.Argument(help="A results folder (one or several datasets).")] = Path("results"),
-    metric: Annotated[str, typer.Option(help="The metric to compare on.")] = "map@r",
-    alpha: Annotated[float, typer.Option(help="Significance level, after Holm's correction.")] = 0.05,
-    cd_plot: Annotated[Optional[Path], typer.Option(help="Write the critical-difference diagram (several datasets) to this PNG.")] = None,
-):
-    """Rank the methods and say, for each pair, whether the difference is significant."""
+def compare(results_dir: opt.ResultsDirs = [Path("results")], metric: opt.Metric = "map@r",  # noqa: B006
+            alpha: opt.Alpha = 0.05, cd_plot: opt.CdPlot = None):
+    """Rank the methods and say, for each pair, whether the difference is significant, and what
+    difference its seeds could detect.
+
+    ```
+    bench compare results/mnist/mnist-tuned --metric map@r
+    bench compare results/digits/digits-all results/mnist/mnist-all --cd-plot cd.png   # Friedman + Nemenyi
+    ```
+    """
+    from dmlbench.report.compare import compare_report
+
     typer.echo(compare_report(results_dir, metric, alpha, cd_plot))
     if cd_plot is not None:
         err(f"written {cd_plot}")
 
 
-@app.command()
+@app.command(short_help="Draw the figures of a results folder (png, pdf or svg).")
 @user_errors
-def plot(
-    results_dir: ResultsDir = Path("results"),
-    out: Annotated[Optional[Path], typer.Option(help="Folder for the PNGs. [default: each dataset's results folder/plots]")] = None,
-    projection: Annotated[str, typer.Option(help="tsne or pca, for embeddings.png.")] = "tsne",
-    threads: Annotated[Optional[int], typer.Option(help="Threads for t-SNE/BLAS. [default: all cores, at most 8]")] = None,
-):
-    """Draw the figures (embeddings, reconstructions, confusion matrices, loss curves, metrics, trade-off) as PNGs."""
+def plot(results_dir: opt.ResultsDir = Path("results"), out: opt.PlotsOut = None, projection: opt.Projection = "tsne",
+         threads: opt.Threads = None, format: opt.FigureFormat = "png", dpi: opt.Dpi = 150):
+    """Draw the figures (embeddings, reconstructions, confusion matrices, loss curves, metrics,
+    trade-off).
+
+    ```
+    bench plot results/mnist/tvae-paper --format pdf --dpi 300
+    ```
+    """
+    from dmlbench.report.plots.figures import plot_results
+
     limit_threads(threads or default_threads())
-    for path in plot_results(results_dir, out, projection):
+    for path in plot_results(results_dir, out, projection, fmt=format, dpi=dpi):
         typer.echo(str(path))
 
 
-@app.command("list")
+@app.command(short_help="One suite's report: report.md and a self-contained report.html.")
 @user_errors
-def list_(what: Annotated[str, typer.Argument(help=f"{', '.join(KINDS[:-1])} or all.")] = "all",
-          plugin: Annotated[Optional[list[str]], typer.Option(help="A Python file or module to import first (its "
-                                                                   "methods are listed too); repeatable.")] = None):
-    """List the registered methods, datasets, metrics, encoders, executors and presets."""
+def report(results_dir: opt.ResultsDir, suite: opt.SuiteName = None, metric: opt.Metric = "map@r",
+           format: opt.FigureFormat = "png", dpi: opt.Dpi = 150):
+    """Write a suite's report: the table with its budgets, the statistics and their power, tuning
+    curves, figures, a retrieval gallery and the provenance.
+
+    ```
+    bench report results/mnist --suite mnist-tuned
+    bench report results/digits
+    ```
+    """
+    from dmlbench.report.build import build_report
+
+    for path in build_report(results_dir, suite, fmt=format, dpi=dpi, metric=metric):
+        typer.echo(str(path))
+
+
+@app.command(short_help="A trained run's embedder alone: safetensors, TorchScript or ONNX.")
+@user_errors
+def export(run_dir: opt.RunDir, format: opt.ExportFormat = "safetensors", out: opt.ExportOut = None):
+    """Write a run's embedder, its preprocessing in the metadata (`dmlbench.load_embedder` reads it).
+
+    ```
+    bench export results/digits/siamese/s0-1a2b3c4d5e --format onnx --out siamese.onnx
+    ```
+    """
+    from dmlbench import api
+
+    typer.echo(str(api.export(run_dir, format, out)))
+
+
+@app.command("list", short_help="List methods, datasets, metrics, encoders, executors and presets.")
+@user_errors
+def list_(what: opt.ListWhat = "all", plugin: opt.Plugins = None):
+    """List the registered methods (paper, loss, defaults, search space), datasets, metrics,
+    encoders, executors and presets.
+
+    ```
+    bench list methods
+    bench list methods --plugin my_loss.py
+    ```
+    """
+    from dmlbench.catalog import catalog
+
     typer.echo(catalog(what, plugin or []))
 
 
-@app.command()
+@app.command(short_help="Download MNIST or Fashion-MNIST (needs torchvision).")
 @user_errors
-def download(
-    name: Annotated[str, typer.Argument(help="mnist or fashion-mnist.")],
-    data_dir: Annotated[Optional[str], typer.Option(help="Target folder. [default: $DMLBENCH_DATA_DIR, else ~/.cache/dmlbench]")] = None,
-):
-    """Download MNIST or Fashion-MNIST with torchvision (optional) into the data folder."""
+def download(name: opt.DownloadName, data_dir: opt.DataDir = None):
+    """Download MNIST or Fashion-MNIST with torchvision (optional) into the data folder.
+
+    ```
+    bench download mnist --data-dir ~/data
+    ```
+    """
+    from dmlbench.data import idx, resolve_data_dir
+
     typer.echo(f"downloaded {name} into {idx.download(name, resolve_data_dir(data_dir))}")
 
 

@@ -266,10 +266,11 @@ def main() -> None:
     if args.measure:
         print(json.dumps(measure(folder, args.measure)))
         return
-    os.environ.pop("DMLBENCH_CACHE_DIR", None)
+    # The cache goes beside the replica (not into the user's cache folder), and starts empty.
+    os.environ["DMLBENCH_CACHE_DIR"] = str(folder.parent / f"{folder.name}-cache")
     info = machine()
     gen_s = generate(folder, args.workers)
-    shutil.rmtree(folder / "dmlbench-cache", ignore_errors=True)
+    shutil.rmtree(os.environ["DMLBENCH_CACHE_DIR"], ignore_errors=True)
     first = _run_measure(folder, "first")
     cached = _run_measure(folder, "cached")
     info["loadavg_after"] = [round(v, 2) for v in os.getloadavg()]

@@ -237,9 +237,12 @@ class Data:
             "test_classes": int(len(np.unique(self.test.y))) if self.test is not None else 0,
             "input_shape": list(self.input_shape), "class_names": list(self.classes), "split": self.split,
             "source": self.source, "dtype": str(self.train.x.dtype), "norm": list(self.norm) if self.norm else None,
+            "scale": float(self.scale),
         }
         if self.query is not None:
             out.update(queries=int(len(self.query)), gallery=int(len(self.gallery)))
+        if self.meta.get("decode"):  # photos: how they were decoded (size, crop or stretch, colour)
+            out["decode"] = self.meta["decode"]
         return out
 
     def without_test(self) -> Data:

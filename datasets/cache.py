@@ -1,6 +1,8 @@
 """The decode cache: a dataset's images decoded once to uint8 and memory-mapped afterwards.
 
-A cache is two files in ``<data-dir>/dmlbench-cache/`` (or ``$DMLBENCH_CACHE_DIR``):
+A cache is two files in the user's cache folder, ``$DMLBENCH_CACHE_DIR``, else
+``$XDG_CACHE_HOME/dmlbench/decoded``, else ``~/.cache/dmlbench/decoded``; never in the data
+folder, which may be read-only or shared:
 
 - ``<name>-<identity>.npy``: the images (N, C, H, W) as uint8, an ordinary ``.npy`` that
   ``np.load(mmap_mode="r")`` maps without reading it;
@@ -27,22 +29,26 @@ from pathlib import Path
 
 import numpy as np
 
-from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.errors import DiskFullError, DMLBenchError, is_disk_full
 from dmlbench.core.io import UMASK, write_json
 from dmlbench.core.locks import locked
-from dmlbench.data.base import resolve_data_dir
 from dmlbench.data.images import DecodeOptions, decode_into
 
 log = logging.getLogger("dmlbench")
 FORMAT = "dmlbench-image-cache/1"
 CACHE_DIR_ENV = "DMLBENCH_CACHE_DIR"
+CACHE_FULL_FIX = f"free space there, or set ${CACHE_DIR_ENV} to a folder with room, and re-run"
 
 
-def cache_dir(data_dir: Path | str | None) -> Path:
-    """Where decode caches go: $DMLBENCH_CACHE_DIR if set, else ``dmlbench-cache`` in the data folder."""
+def cache_dir(data_dir: Path | str | None = None) -> Path:
+    """Where decode caches go: $DMLBENCH_CACHE_DIR if set, else the user's cache folder
+    (``$XDG_CACHE_HOME``, else ``~/.cache``) under ``dmlbench/decoded``. The data folder is only
+    read (it may be read-only or shared); a cache's name holds a hash of the data's real root, so
+    caches of several data folders live side by side. ``data_dir`` is not used (kept for callers)."""
     if os.environ.get(CACHE_DIR_ENV):
         return Path(os.environ[CACHE_DIR_ENV]).expanduser()
-    return resolve_data_dir(data_dir) / "dmlbench-cache"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "dmlbench" / "decoded"
 
 
 def relative(root: Path, files: Sequence[str | os.PathLike]) -> list[str]:
@@ -141,7 +147,11 @@ class ImageCache:
                 for orphan in self.images_path.parent.glob(f".{self.images_path.name}.*.tmp"):
                     orphan.unlink(missing_ok=True)  # left by a builder that was killed (we hold the lock)
                 h = self._build(files, shape, key, n_workers)
+        except DiskFullError as e:  # its header: the cache's own way out, too
+            raise DiskFullError(e.path, e.quota, CACHE_FULL_FIX) from e
         except OSError as e:
+            if is_disk_full(e):  # the same one line as any full disk, with the cache's own way out
+                raise DiskFullError.of(e, self.images_path, CACHE_FULL_FIX) from e
             raise DMLBenchError(f"{self.name}: cannot write the decode cache in {self.images_path.parent} "
                                 f"({type(e).__name__}: {e.strerror or e}); free space there, or set ${CACHE_DIR_ENV} "
                                 "to a writable folder") from None

@@ -96,16 +96,6 @@ def scan(root: Path) -> Scan:
     return out
 
 
-def first_image(root: Path) -> Path | None:
-    """One image below ``root`` (the first in a sorted walk), found without listing the whole tree."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if is_image_name(name):
-                return Path(dirpath) / name
-    return None
-
-
 def decode(path: Path, opts: DecodeOptions) -> np.ndarray:
     """One image as uint8 (C, H, W)."""
     from PIL import Image

@@ -16,7 +16,7 @@ import numpy as np
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.data.base import PHOTO_DEFAULTS, Data, Part, register_dataset
 from dmlbench.data.cache import ImageCache, cache_dir
-from dmlbench.data.images import DecodeOptions, first_image, image_size, scan
+from dmlbench.data.images import DecodeOptions, image_size, scan
 
 log = logging.getLogger("dmlbench")
 
@@ -172,10 +172,38 @@ def folder_classes(root: Path, label_depth: int, min_class_size: int, name: str
     return files, labels.astype(np.int64), [str(n) for n in names], found.files, rows
 
 
+SIZE_SAMPLE = 2000  # image headers read to tell a folder's sizes (evenly spaced; a header costs ~0.1 ms)
+AUTO_MAX = 256  # the largest side an automatic resize picks (MLRC's 256, from which 224 crops are taken)
+
+
+def auto_options(files: list, opts: DecodeOptions, name: str, announce: bool = True) -> DecodeOptions:
+    """``resize=0`` (automatic): images of one size keep it; images of several sizes (the normal
+    case for one's own photos) are resized, shorter side then centre crop, to a square of the
+    sample's median shorter side (at most 256, a multiple of 8). Said in one line when it resizes."""
+    if opts.size or not files:
+        return opts
+    step = max(1, len(files) // SIZE_SAMPLE)
+    sizes = []
+    for f in files[::step][:SIZE_SAMPLE]:
+        try:
+            sizes.append(image_size(f))
+        except Exception:  # noqa: BLE001 - a broken file is reported, named, when it is decoded
+            continue
+    if len(set(sizes)) <= 1:
+        return opts
+    side = int(np.median([min(h, w) for h, w in sizes]))
+    side = max(16, min(AUTO_MAX, side) // 8 * 8)
+    if announce:
+        common = ", ".join(f"{w}x{h}" for (h, w) in sorted(set(sizes), key=sizes.count, reverse=True)[:3])
+        log.warning("%s: images of %d sizes (%s, ...): each resized to %dx%d (shorter side, centre crop); set "
+                    "data.resize=S to choose another size", name, len(set(sizes)), common, side, side)
+    return DecodeOptions(side, "crop", opts.grayscale)
+
+
 def _folder(name: str, root: Path, data_dir, seed: int, with_test: bool, resize: int, resize_mode: str,
             grayscale: bool, label_depth: int, test_fraction: float, skip_bad: bool, min_class_size: int) -> Data:
-    opts = DecodeOptions(resize, resize_mode, grayscale)
     files, labels, classes, found, rows = folder_classes(root, label_depth, min_class_size, name)
+    opts = auto_options(found, DecodeOptions(resize, resize_mode, grayscale), name)
     train = _stratified(labels, test_fraction, seed, root, name)
     return photo_data(name, root, files, labels, classes, train, opts, data_dir, with_test=with_test, skip_bad=skip_bad,
                       cache_files=found, cache_rows=rows)
@@ -186,8 +214,8 @@ def _folder_shape(root: Path, opts: DecodeOptions) -> tuple[int, int, int] | Non
         return planned_shape(opts, None)
     if not root.is_dir():
         return None
-    first = first_image(root)
-    return None if first is None else planned_shape(opts, first)
+    found = scan(root).files
+    return None if not found else planned_shape(auto_options(found, opts, "folder", announce=False), found[0])
 
 
 def _opts(options: dict) -> DecodeOptions:
@@ -197,7 +225,9 @@ def _opts(options: dict) -> DecodeOptions:
 
 @register_dataset("folder", description="an image folder: the class is the folder label_depth levels down "
                                         "(--dataset folder:PATH)",
-                  size="any (seeded stratified split)", classes=">= 2", input_shape="as read, or data.resize=S",
+                  size="any (seeded stratified split)", classes=">= 2",
+                  input_shape="as read; mixed sizes: a square of their median shorter side (at most 256); or "
+                              "data.resize=S",
                   where="PATH/<class>/.../<image>", defaults=PHOTO_DEFAULTS,
                   shape=lambda data_dir, path, o: _folder_shape(Path(path).expanduser(), _opts(o)))
 def load_folder(data_dir: Path | None = None, seed: int = 0, with_test: bool = True, path: str = "", resize: int = 0,

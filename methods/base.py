@@ -203,6 +203,13 @@ def register_method(name: str):
 
     def decorator(cls: type[Method]) -> type[Method]:
         cls.name = name
+        if cls.trainable and cls.terms and not cls.Params().weights:
+            # A method without weights of its own: each term counts once (and --set NAME.weights.TERM
+            # still reweights it).
+            defaults = {t: 1.0 for t in cls.terms}
+            cls.Params = dataclasses.make_dataclass(
+                f"{cls.__name__}Params", [("weights", dict, field(default_factory=lambda: dict(defaults)))],
+                bases=(cls.Params,))
         if cls.trainable:
             weights = set(cls.Params().weights)
             if not cls.terms or set(cls.terms) != weights:

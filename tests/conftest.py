@@ -65,3 +65,9 @@ def _plugins_stay_in_their_test():
     before = list(LOADED_PLUGINS)
     yield
     LOADED_PLUGINS[:] = before
+
+
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    """Decode caches go to the user's cache folder: in a test, a temporary one."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))

@@ -22,6 +22,7 @@ from dmlbench.evaluation.metrics import METRICS
 from dmlbench.methods import BUILTIN
 from dmlbench.report.table import SPREADS
 
+REPO = Path(__file__).resolve().parents[1]
 N_TEST, N_TRAIN = 540, 1257  # digits: 1797 images, stratified 70/30 split
 N_TRIPLETS = 300
 RUN_FILES = ("config.json", "history.csv", "metrics.json", "embeddings.npz", "checkpoint.pt")
@@ -32,7 +33,13 @@ def bench(*args, **kw):
 
 
 def one_line(text: str) -> str:
-    return " ".join(text.split())
+    """Help text as one line: the panels' box-drawing borders and the wrapping taken out (a
+    panel's columns can split a phrase across lines only where the text wraps, and a table column
+    holds one option's help, so its words stay in order)."""
+    import re
+
+    rows = [re.sub(r"^[\s│╭╰─┬┴]*|[\s│╮╯─]*$", "", line) for line in text.splitlines()]
+    return " ".join(" ".join(rows).split())
 
 
 def run_dirs(out: Path, method: str, dataset: str = "digits") -> list[Path]:
@@ -44,7 +51,8 @@ def md_rows(text: str) -> tuple[list[str], dict[str, list[str]]]:
     lines = [ln for ln in text.splitlines() if ln.startswith("|")]
     split = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
     header, body = split[0], [r for r in split[1:] if not set("".join(r)) <= set("-: ")]
-    return header, {r[header.index("method")]: r for r in body}
+    # " *" marks rows made from uncommitted code: every row of a test run in a working tree with changes
+    return header, {r[header.index("method")].removesuffix(" *"): r for r in body}
 
 
 def cell_numbers(cell: str) -> tuple[float, float]:
@@ -100,7 +108,9 @@ def test_run_folders_hold_every_file(suite):
             assert d.name.endswith(cfg["run_id"])
             prov = cfg["provenance"]
             v = prov["versions"]
+            # torch's own version string, with its build tag (+cpu, +cu130), and the CUDA it was built with
             assert v["torch"] == torch.__version__ and v["numpy"] == np.__version__
+            assert v.get("torch_cuda") == torch.version.cuda
             for key in ("faiss-cpu", "scikit-learn", "pytorch-metric-learning", "python", "dmlbench"):
                 assert v[key], key
             assert len(prov["code_hash"]) == 16 and prov["device"]["device"] == "cpu" and prov["threads"] == 1
@@ -234,7 +244,7 @@ def test_table_latex_and_metric_selection(suite):
 
     result = bench("table", out / "digits", "--metrics", "map@r")
     header, rows = md_rows(result.stdout)
-    assert header == ["dataset", "method", "seeds", "map@r"]
+    assert header == ["dataset", "method", "seeds", "steps", "map@r"]
     result = bench("table", out / "digits", "--metrics", "all")
     header, _ = md_rows(result.stdout)
     assert {"recall@2", "recall@8", "precision@1", "elbo"} <= set(header)
@@ -466,17 +476,38 @@ def test_list_methods_datasets_metrics():
 @pytest.mark.parametrize("command, expected", [
     ("run", ["--methods", "--dataset", "--seeds", "--epochs", "--batch-size", "--lr", "--set", "--config", "--out",
              "[default: 128]", "[default: 0.001]", "[default: digits]", "[default: 0]", "[default: results]",
-             "[default: 10000]", "raw is always added"]),
+             "[default: 10000]", "the raw floor is always added", "bench run --preset mnist-all --workers 2"]),
+    ("tune", ["--trials", "[default: 30]", "methods that train nothing are not tuned", "bench run --tuned"]),
     ("table", ["--format", "--metrics", "[default: markdown]", "[default: results]", "markdown, csv or latex",
-               "[default: triplet_acc, triplet_acc_margin, recall@1"]),
+               "[default: the registry's default metrics]", "bench table results/mnist/mnist-all"]),
     ("list", ["methods, datasets, metrics", "[default: all]"]),
 ])
-def test_help_shows_options_and_defaults(command, expected):
+def test_help_shows_options_and_defaults(command, expected, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # a wide terminal: an option's help stays on one line of its panel
     result = bench(command, "--help")
     assert result.exit_code == 0
     text = one_line(result.stdout)
     for item in expected:
         assert item in text, item
+    if command == "tune":
+        assert "raw" not in text.split("--methods")[1].split("--")[0]  # tune never adds the raw floor
+
+
+def test_help_has_panels_examples_plain_metavars_and_uncut_summaries(monkeypatch):
+    """A new user's help: options grouped in panels, examples, ordinary metavars, summaries whole,
+    --version, and -v accepted after the command too."""
+    monkeypatch.setenv("COLUMNS", "200")
+    top = bench("--help").stdout
+    assert "…" not in top and "..." not in top.split("Commands")[1]
+    assert "Train and evaluate each (method, seed) on one dataset; print the table." in top
+    run = bench("run", "--help").stdout
+    for panel in ("Suite", "Data", "Model", "Training", "Evaluation", "Where it runs"):
+        assert f"─ {panel} ─" in run, panel
+    assert "<str>" not in run and "list[str]" not in run and "adam|adamw|sgd|rmsprop" in run
+    assert "METHOD.KEY=VALUE" in run and "bench run --methods tvae,siamese --dataset mnist" in run
+    assert bench("--version").stdout.strip().startswith("dmlbench ")
+    r = bench("table", str(REPO / "results" / "mnist" / "tvae-paper"), "-v")
+    assert r.exit_code == 0 and "| tvae" in r.stdout
 
 
 # --------------------------------------------------------------------------------------------
@@ -532,12 +563,12 @@ def test_table_on_known_numbers(toy_results):
 
     result = bench("table", toy_results, "--metrics", "recall@1,recon_error")
     header, rows = md_rows(result.stdout)
-    assert header == ["dataset", "method", "seeds", "recall@1", "recon_error"]
+    assert header == ["dataset", "method", "seeds", "steps", "recall@1", "recon_error"]
     # recall@1: alpha's mean (0.70) is best, but on the seeds both have (0, 1) beta is ahead
     # (0.6, 0.7 vs 0.5, 0.7): not significantly worse, so both are bold. recon_error (lower is
     # better): beta is behind alpha by 10 and 18 on those seeds, p = 0.14 with 2 pairs: still bold.
-    assert rows["alpha"][3:] == [f"**0.7000 ± {0.2 * ci_a:.4f}**", f"**12.0 ± {2 * ci_a:.1f}**"]
-    assert rows["beta"][3:] == [f"**0.6500 ± {0.05 * math.sqrt(2) * ci_b:.4f}**",
+    assert rows["alpha"][4:] == [f"**0.7000 ± {0.2 * ci_a:.4f}**", f"**12.0 ± {2 * ci_a:.1f}**"]
+    assert rows["beta"][4:] == [f"**0.6500 ± {0.05 * math.sqrt(2) * ci_b:.4f}**",
                                 f"**25.0 ± {math.sqrt(50) * ci_b:.1f}**"]
     assert rows["beta"][2] == "2"
 
@@ -553,7 +584,7 @@ def test_table_spread_is_selectable(toy_results):
         result = bench("table", toy_results, "--metrics", "recall@1", "--spread", spread)
         assert result.exit_code == 0, result.stderr
         header, rows = md_rows(result.stdout)
-        assert rows["alpha"][3] == f"**{cell}**", spread
+        assert rows["alpha"][4] == f"**{cell}**", spread
         assert SPREADS[spread] in result.stdout  # the legend says what follows the mean
     result = bench("table", toy_results, "--spread", "sem")
     assert result.exit_code == 2 and "--spread 'sem' is not one of: ci, std, interval, none" in result.stderr
@@ -568,7 +599,7 @@ def test_table_single_seed_is_a_lone_value_and_missing_folder_errors(tmp_path):
     assert row["n"] == 1 and row["recall@1"] == 0.25 and math.isnan(row["recall@1_std"])
     header, rows = md_rows(bench("table", root, "--metrics", "recall@1").stdout)
     # One seed: no "± 0.0000", and only the best is bold (nothing can be tested).
-    assert rows["alpha"][3] == "0.2500" and rows["beta"][3] == "**0.5000**"
+    assert rows["alpha"][4] == "0.2500" and rows["beta"][4] == "**0.5000**"
     result = bench("table", tmp_path / "nowhere")
     assert result.exit_code == 2 and "does not exist" in result.stderr
 
@@ -595,7 +626,7 @@ def test_table_counts_a_config_once_across_suites_and_bolds_per_dataset(tmp_path
     other = runs.assign(dataset="other", **{"recall@1": np.where(runs["method"] == "raw", 0.6, 0.3)})
     both = format_table(aggregate(pd.concat([runs, other], ignore_index=True), ["recall@1"]), "markdown", ["recall@1"])
     bold = [line for line in both.splitlines() if "**" in line]
-    assert {(line.split("|")[1].strip(), line.split("|")[2].strip()) for line in bold} == \
+    assert {(line.split("|")[1].strip(), line.split("|")[2].strip().removesuffix(" *")) for line in bold} == \
         {("digits", "triplet-hinge"), ("other", "raw")}
 
 
@@ -683,5 +714,53 @@ def test_latex_escapes_every_special_character_of_a_label(tmp_path):
     cfg = root / "toy" / "alpha" / "s0-alp0" / "config.json"
     cfg.write_text(cfg.read_text().replace('"dataset": "toy"', '"dataset": "npz:/d/a&b~c_{x}$^%#.npz"'))
     tex = bench("table", root, "--format", "latex", "--metrics", "recall@1").stdout
-    assert (r"npz:/d/a\&b\textasciitilde{}c\_\{x\}\$\textasciicircum{}\%\#.npz & alpha & 1 & 0.5000"
+    assert (r"npz:/d/a\&b\textasciitilde{}c\_\{x\}\$\textasciicircum{}\%\#.npz & alpha & 1 & -- & 0.5000"
             in tex), tex
+
+
+def test_run_prints_its_own_runs_and_tables_show_budgets_and_the_suites_they_mix(tmp_path):
+    """bench run's table holds the runs it ran (the folder's table.md holds them all); every table
+    has a steps column; rows of different budgets are never bold against each other, and the
+    table says the budgets differ; bench table names the suite folders it mixes."""
+    common = ["--test-triplets", "100", "--threads", "1", "--out", tmp_path]
+    ok = bench("run", "--methods", "pml:MultiSimilarityLoss", "--steps", "4", *common)
+    assert ok.exit_code == 0, ok.stderr
+    r = bench("run", "--methods", "siamese", "--steps", "4", *common)
+    assert r.exit_code == 0, r.stderr
+    assert "| siamese" in r.stdout and "MultiSimilarityLoss" not in r.stdout
+    assert "also holds 1 complete run(s) (pml:MultiSimilarityLoss)" in r.stderr
+    folder_table = (tmp_path / "digits" / "table.md").read_text()
+    assert "MultiSimilarityLoss" in folder_table and "| steps |" in folder_table
+    # Another budget of siamese, in a named suite: bench table over both folders.
+    r = bench("run", "--methods", "siamese", "--steps", "8", "--seeds", "0,1", "--suite", "longer", *common)
+    assert r.exit_code == 0, r.stderr
+    t = bench("table", tmp_path / "digits")
+    assert t.exit_code == 0, t.stderr
+    assert "Budgets differ (digits: 4, 8 steps): bold compares rows of the same budget only" in t.stdout
+    assert "This table mixes 2 suite folders" in one_line(t.stdout)
+    rows = {line.split("|")[2].strip().removesuffix(" *"): line for line in t.stdout.splitlines()
+            if line.startswith("| digits")}
+    assert rows["siamese [steps=8]"].split("|")[4].strip() == "8"  # the steps column
+    # Each budget has its own best: the 4-step siamese is compared with the 4-step MultiSimilarity row only.
+    agg_bold_4 = [lab for lab, line in rows.items() if "**" in line.split("|")[7] and "raw" not in lab]
+    assert "siamese [steps=8]" in agg_bold_4 and any("steps=4" in lab or "MultiSimilarity" in lab for lab in agg_bold_4)
+
+
+def test_degenerate_data_is_warned_about(tmp_path):
+    """A tiny test set, a batch larger than the training set and less than a pass of steps each
+    get a one-line warning (they run, but measure little)."""
+    rng = np.random.default_rng(0)
+    small = tmp_path / "small.npz"
+    np.savez(small, x_train=rng.integers(0, 255, (200, 1, 8, 8), dtype=np.uint8), y_train=np.repeat(np.arange(4), 50),
+             x_test=rng.integers(0, 255, (30, 1, 8, 8), dtype=np.uint8), y_test=np.repeat(np.arange(3), 10))
+    r = bench("run", "--dataset", f"npz:{small}", "--methods", "siamese", "--steps", "2", "--batch-size", "256",
+              "--test-triplets", "30", "--threads", "1", "--out", tmp_path / "out")
+    assert r.exit_code == 0, r.stderr
+    err = one_line(r.stderr)
+    assert "has 30 images: one image moves a metric by 3.3 points" in err
+    assert "batch_size=256 is larger than the 200 training images" in err
+    r = bench("run", "--methods", "siamese", "--steps", "1", "--test-triplets", "100", "--threads", "1",
+              "--out", tmp_path / "out2")
+    assert r.exit_code == 0 and "1 step is less than one pass over the training set (9 steps of 128 images)" \
+        in one_line(r.stderr)
+    assert "1 steps" not in r.stderr and "mlp encoder, 1 step)" in r.stderr

@@ -263,12 +263,17 @@ def test_planned_shape_without_decoding(tmp_path, monkeypatch):
         planned_shape("zappos50k", tmp_path, {"resize": "big"})
 
 
-def test_native_size_mismatch_names_the_file(tmp_path):
+def test_native_size_mismatch_names_the_file(tmp_path, monkeypatch):
+    """A size the header sample did not see (one of many thousands) stops the decode, naming the
+    file and the fix; by default, a sample that sees two sizes resizes them all."""
     root = tmp_path / "imgs"
     for c in "ab":
         for k in range(3):
             solid(root / c / f"{k}.png", (1, 2, 3))
     odd = solid(root / "b" / "odd.png", (1, 2, 3), size=(W + 2, H))
+    assert load_dataset(f"folder:{root}", data_dir=tmp_path, options={"test_fraction": 0.5}).input_shape[1] == \
+        max(16, min(H, W) // 8 * 8)
+    monkeypatch.setattr("dmlbench.data.photos.SIZE_SAMPLE", 1)  # the sample sees the first image only
     with pytest.raises(DMLBenchError) as e:
         load_dataset(f"folder:{root}", data_dir=tmp_path, options={"test_fraction": 0.5})
     msg = one_line(e)
@@ -315,7 +320,7 @@ def test_grayscale_and_stretch_options_through_the_loader(tmp_path):
 # --- the decode cache ---------------------------------------------------------------------------------------
 
 def _cache_files(data_dir: Path) -> tuple[Path, Path]:
-    (npy,) = sorted((data_dir / "dmlbench-cache").glob("*.npy"))
+    (npy,) = sorted(cache_dir().glob("*.npy"))
     return npy, npy.with_suffix(".json")
 
 
@@ -335,7 +340,7 @@ def test_cache_is_built_once_then_mapped(tmp_path, monkeypatch, caplog):
     assert first.meta["cache"] == str(npy)
     arr = np.load(npy, mmap_mode="r")
     assert arr.dtype == np.uint8 and arr.shape == (42, 3, 16, 16)
-    assert not list((tmp_path / "dmlbench-cache").glob("*.tmp"))
+    assert not list(cache_dir().glob("*.tmp"))
 
     caplog.clear()
     monkeypatch.setattr(images_mod, "decode", _no_decode)
@@ -348,7 +353,33 @@ def test_cache_is_built_once_then_mapped(tmp_path, monkeypatch, caplog):
     calls = []
     monkeypatch.setattr(images_mod, "decode", lambda p, o: calls.append(p) or np.zeros((3, 8, 8), np.uint8))
     load_dataset("zappos50k", data_dir=tmp_path, options={"resize": 8})
-    assert len(calls) == 42 and len(list((tmp_path / "dmlbench-cache").glob("*.npy"))) == 2
+    assert len(calls) == 42 and len(list(cache_dir().glob("*.npy"))) == 2
+
+
+def test_the_cache_goes_to_the_users_cache_folder_and_a_read_only_data_folder_works(tmp_path, monkeypatch):
+    """The data folder is only read: the cache goes under $XDG_CACHE_HOME/dmlbench/decoded, and a
+    read-only data folder (files and folders without write permission) loads, twice."""
+    import os
+    import stat
+
+    data = tmp_path / "data"
+    write_zappos(data, per_sub=2)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir(data) == tmp_path / "xdg" / "dmlbench" / "decoded"
+    before = sorted(str(p) for p in data.rglob("*"))
+    modes = {}
+    for p in [data, *data.rglob("*")]:
+        modes[p] = p.stat().st_mode
+        os.chmod(p, modes[p] & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    try:
+        first = load_dataset("zappos50k", data_dir=data, options={"resize": 8})
+        again = load_dataset("zappos50k", data_dir=data, options={"resize": 8})
+    finally:
+        for p, mode in sorted(modes.items(), key=lambda kv: -len(kv[0].parts)):
+            os.chmod(p, mode)
+    assert sorted(str(p) for p in data.rglob("*")) == before  # nothing written into the data folder
+    assert len(list((tmp_path / "xdg" / "dmlbench" / "decoded").glob("zappos50k-*.npy"))) == 1
+    assert np.array_equal(_all_rows(first), _all_rows(again))
 
 
 def test_cache_folder_from_environment(tmp_path, monkeypatch):
@@ -653,3 +684,32 @@ def test_release_drops_a_mapped_parts_pages_and_keeps_its_data(tmp_path):
     assert read - before > 16_000 and read - after > 16_000, (before, read, after)
     assert int(part.images().sum(dtype=np.int64)) == total   # the data reads back the same
     Part(np.zeros((2, 1, 2, 2), np.uint8), np.zeros(2, np.int64)).release()  # in memory: a no-op
+
+
+def test_a_folder_of_mixed_sizes_is_resized_by_default_and_runs(tmp_path, caplog):
+    """Photos of several sizes are the normal case: by default each is resized (shorter side, then
+    centre crop) to a square of the median shorter side, said in one line and recorded in the run's
+    config; one size keeps its native size."""
+    from helpers_data import FOLDER_H, FOLDER_W, write_image_folder
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from dmlbench.cli import app
+
+    root = tmp_path / "photos"
+    for ci, cls in enumerate(["cats", "dogs", "owls"]):
+        (root / cls).mkdir(parents=True)
+        for k, (w, h) in enumerate([(640, 480), (480, 640), (512, 512), (300, 200)] * 3):
+            Image.fromarray(np.full((h, w, 3), 40 * ci + 5 * k, np.uint8)).save(root / cls / f"{k}.jpg")
+    d = load_dataset(f"folder:{root}")
+    assert d.input_shape == (3, 256, 256) and d.meta["decode"] == "s256-crop-RGB"  # median shorter side 480 -> 256
+    assert "images of 4 sizes" in caplog.text and "resized to 256x256 (shorter side, centre crop)" in caplog.text
+    r = CliRunner().invoke(app, ["run", "--dataset", f"folder:{root}", "--methods", "siamese", "--steps", "2",
+                                 "--test-triplets", "20", "--threads", "1", "--out", str(tmp_path / "out"),
+                                 "--image-size", "32", "--batch-size", "8"])
+    assert r.exit_code == 0, r.stderr
+    (cfg,) = (tmp_path / "out").rglob("siamese/*/config.json")
+    assert json.loads(cfg.read_text())["data"]["decode"] == "s256-crop-RGB"
+    same = tmp_path / "same"
+    write_image_folder(same, ["a", "b"], per_class=3)
+    assert load_dataset(f"folder:{same}").input_shape == (3, FOLDER_H, FOLDER_W)  # one size: native

@@ -398,3 +398,22 @@ def test_a_lone_lucky_seed_does_not_take_the_bold_from_tested_rows():
     assert best_set({"a": a, "b": b, "c": [0.64]}) == {"a", "b", "c"}
     assert best_set({"a": a, "b": b, "d": [0.60]}) == {"a", "b"}  # untestable and behind: not bold
     assert best_set({"a": [0.7], "b": [0.6]}) == {"a"}  # no row with 2 seeds: only the best
+
+
+def test_power_figures_agree_with_statsmodels():
+    """The smallest detectable difference and the seeds needed come from the paired t-test's power,
+    as statsmodels' TTestPower computes it (one-sample t on the differences, two-sided)."""
+    TTestPower = pytest.importorskip("statsmodels.stats.power").TTestPower
+    from dmlbench.report.stats import detectable_difference, paired_power, seeds_needed
+
+    diffs = np.array([0.004, -0.001, 0.006, 0.002, 0.0035])
+    sd = diffs.std(ddof=1)
+    for n, effect in ((5, 1.3), (3, 2.0), (10, 0.5)):
+        assert paired_power(n, effect, 0.05) == pytest.approx(
+            TTestPower().power(effect_size=effect, nobs=n, alpha=0.05, alternative="two-sided"), rel=1e-6)
+    expected = TTestPower().solve_power(nobs=len(diffs), alpha=0.05, power=0.8, alternative="two-sided") * sd
+    assert detectable_difference(diffs, 0.05) == pytest.approx(expected, rel=1e-5)
+    need = seeds_needed(diffs, 0.005, 0.05)
+    exact = TTestPower().solve_power(effect_size=0.005 / sd, alpha=0.05, power=0.8, alternative="two-sided")
+    assert need == int(np.ceil(exact))  # the smallest whole number of seeds with power >= 0.8
+    assert math.isnan(detectable_difference([0.01], 0.05)) and seeds_needed([0.01], 0.005) is None

@@ -94,7 +94,37 @@ def test_offline_without_weights_is_one_line_saying_where_they_go(tmp_path, monk
     assert r.exit_code == 1  # the run fails (recorded), the suite reports it
     (run,) = (tmp_path / "r" / "digits" / "triplet-hinge").glob("s0-*")
     reason = json.loads((run / "failed.json").read_text())["reason"]
-    assert "no ImageNet weights for resnet18" in reason and "weights=FILE" in reason and "\n" not in reason
+    assert "no ImageNet weights for resnet18" in reason and "--weights FILE" in reason and "\n" not in reason
+
+
+def test_pretrained_without_a_hub_fails_in_seconds_naming_weights(tmp_path, monkeypatch):
+    """No network (every connection refused after a wait) and nothing cached: the run fails fast,
+    without huggingface_hub's minute of retries, and names --weights FILE."""
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://10.255.255.1:9")  # nowhere: a request gets no answer
+    t0 = time.monotonic()
+    r = bench("run", "--methods", "triplet-hinge", *RUN, "--pretrained", "--out", tmp_path / "r")
+    assert r.exit_code == 1 and time.monotonic() - t0 < 30  # the run's own work included; the hub's part < 5 s
+    (run,) = (tmp_path / "r" / "digits" / "triplet-hinge").glob("s0-*")
+    reason = json.loads((run / "failed.json").read_text())["reason"]
+    assert "cannot be reached" in reason and "--weights FILE" in reason
+
+
+def test_hub_check_takes_at_most_its_timeout(monkeypatch):
+    import time
+
+    from dmlbench.blocks.trunks import HUB_TIMEOUT_S, hub_reachable
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://10.255.255.1:9")  # a non-routable address: the connect hangs
+    t0 = time.monotonic()
+    assert not hub_reachable()
+    assert time.monotonic() - t0 < HUB_TIMEOUT_S + 1.5 and HUB_TIMEOUT_S <= 5
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: 1 / 0)  # offline: not even tried
+    assert not hub_reachable()
 
 
 def test_generative_methods_are_refused_on_a_trunk():

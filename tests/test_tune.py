@@ -385,6 +385,65 @@ def test_tune_never_reads_the_test_set(data_dir, tmp_path):
     assert doc["methods"]["siamese"]["states"]["COMPLETE"] == 1
 
 
+def test_class_disjoint_tune_never_shows_a_trial_a_test_class_image(data_dir, tmp_path, monkeypatch):
+    """--split classes pools both files and keeps the first half of the classes: every image a trial
+    trains or validates on is one of those classes' (from either file), and no image of a test class
+    (from either file) ever reaches a trial, whatever its label says."""
+    import traceback
+
+    from dmlbench.data import Part
+    from dmlbench.data.idx import read_idx
+
+    folder = tmp_path / "data" / "mnist"
+    folder.mkdir(parents=True)
+    src = data_dir / "mnist"
+    files = {}
+    for part, n in (("train", 1500), ("t10k", 500)):
+        files[part] = (read_idx(next(src.glob(f"{part}-images-idx3-ubyte*")))[:n],
+                       read_idx(next(src.glob(f"{part}-labels-idx1-ubyte*")))[:n])
+        _write_idx(folder / f"{part}-images-idx3-ubyte.gz", files[part][0])
+        _write_idx(folder / f"{part}-labels-idx1-ubyte.gz", files[part][1])
+    # Images by content: those of the test classes (5-9) and those of the training classes (0-4).
+    test_class, train_class = set(), {}
+    for part, (x, y) in files.items():
+        for img, label in zip(x.reshape(len(x), -1), y):
+            (test_class.add(img.tobytes()) if label >= 5 else train_class.setdefault(img.tobytes(), part))
+    seen, read = [], []
+    real_run, real_images = runner.run_one, Part.images
+
+    def spy_run(cfg, run_dir, *args, data=None, **kw):
+        seen.append(data)
+        return real_run(cfg, run_dir, *args, data=data, **kw)
+
+    def spy_images(self, idx=None):
+        out = real_images(self, idx)
+        if any(f.f_code is real_run.__code__ for f, _ in traceback.walk_stack(None)):
+            read.append(out)                                 # read by a trial: batches, embeddings, triplets
+        return out
+
+    monkeypatch.setattr(runner, "run_one", spy_run)
+    monkeypatch.setattr(Part, "images", spy_images)
+    ok(bench("tune", "--dataset", "mnist", "--data-dir", tmp_path / "data", "--set", "data.verify=false",
+             "--split", "classes", "--methods", "siamese", "--trials", 2, "--folds", 2, "--steps", 2,
+             "--encoder", "mlp", "--batch-size", 32, "--test-triplets", 100, "--threads", 1, "--out", tmp_path / "out"))
+
+    def contents(x):
+        return {img.tobytes() for img in np.asarray(x).reshape(len(x), -1)}
+
+    assert len(seen) == 4                                    # 2 trials x 2 folds
+    # The loader reads both files to pool them; inside a trial, not one image of a test class is read.
+    assert read and all(not (contents(x) & test_class) for x in read), "a trial read an image of a test class"
+    shown = set()
+    for fold in seen:
+        for part in (fold.train, fold.test):                 # a fold's test part is its validation part
+            images = contents(real_images(part))
+            assert not images & test_class and images <= train_class.keys()
+            shown |= images
+    # Pooled: the trials train and validate on every image of the training classes, from both files.
+    assert {train_class[img] for img in shown} == {"train", "t10k"}
+    assert shown == train_class.keys()
+
+
 @pytest.mark.slow
 @pytest.mark.mnist
 def test_tune_on_full_mnist_without_test_files(data_dir, tmp_path):
@@ -491,6 +550,40 @@ def test_runs_of_an_earlier_best_setting_leave_the_table_when_the_best_changes(t
     # Running the current best again archives nothing.
     ok(bench("run", "--tuned", moved_on, "--methods", "siamese", "--seeds", 1, "--out", tmp_path, *SMALL))
     assert new.exists() and len(list((tmp_path / "digits" / ".stale" / "siamese").iterdir())) == 1
+
+
+def test_bench_run_tuned_keeps_every_tuned_method_and_runs_in_the_tune_folder(tmp_path):
+    """Without --methods, --tuned tests every tuned method (plugin and pml: ones too), with the tune's
+    dataset and budget, into the tune's own folder; a tuned method that cannot run here is named,
+    with the reason, and the others run."""
+    plugin = tmp_path / "hinge_twin.py"
+    plugin.write_text("from dmlbench.methods import register_method\n"
+                      "from dmlbench.methods.triplet_hinge import TripletHinge\n\n\n"
+                      "@register_method('hinge-twin')\nclass HingeTwin(TripletHinge):\n"
+                      "    \"\"\"triplet-hinge under another name.\"\"\"\n")
+    out = tmp_path / "results"
+    ok(bench("tune", "--plugin", plugin, "--methods", "hinge-twin,pml:ContrastiveLoss", "--trials", 1, "--out", out,
+             "--dataset", "digits", "--steps", 3, "--test-triplets", 60, "--threads", 1))
+    tune_dir = out / "digits" / "tune"
+    # No --dataset, no --methods: the tune's. (A registered plugin stays registered in this process,
+    # so its absence is simulated by removing it from the registry.)
+    from dmlbench.methods.base import METHODS
+
+    twin = METHODS.get("hinge-twin")
+    METHODS.remove("hinge-twin")
+    try:
+        r = ok(bench("run", "--tuned", tune_dir, "--seeds", 0, "--threads", 1))
+    finally:
+        METHODS.add("hinge-twin", twin)
+    assert "hinge-twin left out: unknown method 'hinge-twin'" in r.stderr and "give --plugin" in r.stderr
+    assert (tune_dir / "pml-ContrastiveLoss").is_dir() and (tune_dir / "raw").is_dir()
+    r = ok(bench("run", "--tuned", tune_dir, "--plugin", plugin, "--seeds", 0, "--threads", 1))
+    runs = sorted(p.parent.parent.name for p in tune_dir.glob("*/s0-*/metrics.json"))
+    assert runs == ["hinge-twin", "pml-ContrastiveLoss", "raw"], runs
+    cfg = json.loads(next((tune_dir / "hinge-twin").glob("s0-*/config.json")).read_text())
+    assert cfg["dataset"] == "digits" and cfg["steps"] == 3 and cfg["tuned"]["trial"] == 0
+    assert "| hinge-twin[tuned:" in r.stdout and "| pml:ContrastiveLoss[tuned:" in r.stdout
+    assert not (out / "digits" / "hinge-twin").exists()  # not beside untuned runs
 
 
 # ----------------------------------------------------------------------------- parallel workers
@@ -818,3 +911,210 @@ def test_a_train_only_npz_file_can_be_tuned_but_not_tested(tmp_path):
     assert "with --trials 1 it prunes nothing" in r.stderr
     r = bench("run", *args)
     assert r.exit_code == 2 and "lacks array(s) x_test, y_test" in r.stderr
+
+
+# ----------------------------------------------------------------------------- tunes started at once (#34)
+
+def test_tunes_started_at_once_on_a_new_suite_take_turns_creating_its_study(tmp_path):
+    """The quick variant of the test below: only the study's creation, by 4 threads released at
+    once by a barrier (each opens its own storage and lock file, as a process does), 3 times.
+    Without the creation lock most rounds end in a lost schema race ("UNIQUE constraint failed:
+    alembic_version", an AssertionError) or in "attempt to write a readonly database" after a
+    refused one removed the study file the others had open."""
+    import threading
+
+    import numpy as np
+
+    from dmlbench.tune import options as T_options
+    from dmlbench.tune import study as T_study
+    from dmlbench.tune.storage import default_storage
+
+    suite = resolve_suite({}, {"methods": "siamese,triplet-hinge", "dataset": "digits"})
+    opts = T_options.TuneOptions(trials=1)
+    plans, _ = T_study.plan_tune(suite, opts)
+    n = 4
+    for r in range(3):
+        suite_dir = tmp_path / f"round{r}" / "suite"
+        job = T_options.Job(suite, plans, opts, "stratified", np.arange(40) % 4, default_storage(suite_dir),
+                            suite_dir, ["map@r"], [0])
+        barrier, errors = threading.Barrier(n), []
+
+        def create():
+            barrier.wait()
+            try:
+                T_study.open_studies(job)
+            except Exception as e:  # noqa: BLE001 - collected, asserted below
+                errors.append(f"{type(e).__name__}: {e}")
+
+        threads = [threading.Thread(target=create) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        s = studies(suite_dir)
+        assert set(s) == {"siamese", "triplet-hinge"}
+        assert all(st.user_attrs["dmlbench"]["validation"] == "stratified" for st in s.values())
+        assert json.loads((suite_dir / "folds.json").read_text())["kind"] == "stratified"
+
+
+@pytest.mark.slow
+def test_four_bench_tunes_started_at_once_on_a_new_suite_share_the_budget_exactly(tmp_path):
+    """Issue #34: four `bench tune` processes started at the same moment on a new suite (the default
+    SQLite study), three times: each exits 0, and each method has exactly 5 complete trials."""
+    from helpers_cli import run_at_once
+
+    for r in range(3):
+        out, barrier = tmp_path / f"round{r}", tmp_path / f"barrier{r}"
+        barrier.mkdir()
+        results = run_at_once(["tune", "--methods", "triplet-hinge,siamese", "--dataset", "digits", "--trials", "5",
+                               "--folds", "1", "--steps", "4", "--test-triplets", "100", "--threads", "1",
+                               "--out", str(out)], 4, barrier)
+        for res in results:
+            assert res.returncode == 0 and "error" not in res.stderr.lower(), res.stderr[-3000:]
+            assert "Traceback" not in res.stderr
+        assert sum(len(trial_lines(res.stderr)) for res in results) == 10  # no trial ran twice
+        for name, study in studies(out / "digits" / "tune").items():
+            trials = study.get_trials()
+            assert sorted(t.number for t in trials) == [0, 1, 2, 3, 4], name
+            assert all(t.state.name == "COMPLETE" for t in trials), name
+
+
+def test_a_tune_that_cannot_get_the_creation_lock_says_so_and_who_holds_it(tmp_path, monkeypatch):
+    from dmlbench.core.locks import Lock
+    from dmlbench.tune import study as T_study
+
+    monkeypatch.setattr(T_study, "CREATION_LOCK_TIMEOUT_S", 0.5)
+    holder = Lock(tmp_path / "digits" / "tune" / ".study.db.dmlbench-lock")
+    assert holder.acquire()  # another tune, stuck while it creates the study
+    try:
+        r = bench("tune", "--methods", "siamese", "--trials", 1, "--out", tmp_path, *SMALL)
+    finally:
+        holder.release()
+    line = r.stderr.strip()
+    assert r.exit_code == 2 and len(line.splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert line.startswith("error: timed out after 0 s waiting for the lock ") and "held by process" in line
+    assert "damaged" not in line
+    assert not (tmp_path / "digits" / "tune" / "study.db").exists()
+
+
+def test_a_lock_file_removed_by_its_holder_is_not_held_by_two_processes(tmp_path):
+    """A refused tune removes the creation lock it made while another waits on it: the waiter then
+    locks the file now at that name, so it and a newcomer never both hold "the" lock."""
+    import threading
+
+    from dmlbench.core.locks import Lock
+
+    path = tmp_path / ".lock"
+    first, waiter = Lock(path), Lock(path)
+    assert first.acquire()
+    got = threading.Event()
+    t = threading.Thread(target=lambda: (waiter.acquire(), got.set()))
+    t.start()
+    time.sleep(0.3)
+    path.unlink()  # the holder's undo, while it still holds the lock
+    first.release()
+    assert got.wait(10)
+    t.join()
+    newcomer = Lock(path)
+    assert not newcomer.acquire(blocking=False)  # the waiter holds the file at the name
+    waiter.release()
+    assert newcomer.acquire(blocking=False)
+    newcomer.release()
+
+
+# ----------------------------------------------------------------------------- storage errors name their cause
+
+
+def _sqlite_study(tmp_path) -> str:
+    from dmlbench.tune.storage import open_storage
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="siamese", storage=open_storage(url))
+    return url
+
+
+def test_a_read_only_study_is_said_to_be_read_only_not_damaged(tmp_path):
+    from dmlbench.tune.storage import storage_errors
+
+    url = _sqlite_study(tmp_path)
+    read_only = optuna.storages.RDBStorage(f"sqlite:///file:{tmp_path / 'study.db'}?mode=ro&uri=true")
+    with pytest.raises(DMLBenchError) as e, storage_errors(url):
+        optuna.create_study(study_name="other", storage=read_only)
+    msg = str(e.value)
+    assert f"study storage {tmp_path / 'study.db'} cannot be written" in msg and "readonly database" in msg
+    assert "damaged" not in msg and "\n" not in msg
+
+
+def test_a_study_locked_too_long_is_said_to_be_locked_not_damaged(tmp_path):
+    import sqlite3
+
+    from dmlbench.tune.storage import storage_errors
+
+    url = _sqlite_study(tmp_path)
+    con = sqlite3.connect(tmp_path / "study.db")
+    con.execute("BEGIN EXCLUSIVE")  # another process in the middle of a long write
+    try:
+        with pytest.raises(DMLBenchError) as e, storage_errors(url):
+            busy = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 0.1}})
+            optuna.create_study(study_name="other", storage=busy)
+    finally:
+        con.rollback()
+        con.close()
+    msg = str(e.value)
+    assert "locked" in msg and "damaged" not in msg and "\n" not in msg, msg
+
+
+def test_only_a_damaged_study_file_is_called_damaged(tmp_path):
+    bad = tmp_path / "digits" / "tune" / "study.db"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not a database " * 400)
+    r = bench("tune", "--methods", "siamese", "--trials", 1, "--out", tmp_path, *SMALL)
+    line = r.stderr.strip()
+    assert r.exit_code == 2 and len(line.splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"study storage {bad.resolve()} is damaged" in line and "move it aside" in line
+
+
+def test_a_storage_failing_in_a_worker_is_one_line_and_the_trial_is_not_failed(tmp_path, monkeypatch):
+    """A storage error in the middle of a tune (here: the commit of a trial's attribute) reaches the
+    user as one line naming it, never as a traceback, and the trial is not counted as FAIL."""
+    import sqlalchemy.exc
+
+    real = optuna.trial.Trial.set_user_attr
+
+    def failing(self, key, value):
+        if key.startswith("fold"):
+            cause = sqlalchemy.exc.OperationalError("UPDATE", {}, Exception("attempt to write a readonly database"))
+            try:
+                raise cause
+            except sqlalchemy.exc.OperationalError as e:
+                raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from e
+        return real(self, key, value)
+
+    monkeypatch.setattr(optuna.trial.Trial, "set_user_attr", failing)
+    r = bench("tune", "--methods", "siamese", "--trials", 2, "--out", tmp_path, *SMALL)
+    assert r.exit_code == 2 and "Traceback" not in r.stderr, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: study storage ") and "cannot be written" in line and "damaged" not in line
+    monkeypatch.undo()
+    trials = studies(tmp_path / "digits" / "tune")["siamese"].get_trials()
+    assert not [t for t in trials if t.state.name == "FAIL" and t.user_attrs.get("fail_reason") != "interrupted"]
+
+
+def test_best_settings_at_the_edge_of_their_range_are_named(tiny):
+    from dmlbench.core.space import Float, Int
+    from dmlbench.tune.summary import edge_warnings
+
+    lr = Float(1e-4, 1e-2, log=True)
+    assert lr.at_edge(1.2e-4) and lr.at_edge(9e-3) and not lr.at_edge(1e-3)
+    assert Int(1, 21).at_edge(1) and not Int(1, 21).at_edge(11)
+    suite_dir, _ = tiny
+    doc = json.loads((suite_dir / "tuned.json").read_text())
+    for name, m in doc["methods"].items():               # the real tune recorded them, by the same rule
+        space = T.spaces.method_plan(name, None, {}).space
+        assert m["at_edge"] == sorted(k for k, d in space.items() if hasattr(d, "at_edge") and d.at_edge(m["params"][k]))
+    doc["methods"]["siamese"].update(at_edge=["lr"], params={**doc["methods"]["siamese"]["params"], "lr": 0.0099},
+                                     space={**doc["methods"]["siamese"]["space"], "lr": str(lr)})
+    lines = edge_warnings(doc)
+    assert lines == ["siamese's best lr=0.0099 in log-uniform[0.0001, 0.01] lies at the edge of its search range: "
+                     "the best setting may lie beyond it; widen the range (--space FILE.toml) and tune again"]

@@ -5,7 +5,7 @@ MLP) to the embedding size; the same module serves every method. Inputs arrive a
 [0, 1] and are normalised here with the trunk's own ``pretrained_cfg`` mean and std.
 
 Weights: ``pretrained=True`` goes through timm's own mechanism (the Hugging Face cache, fetched
-if the hub answers); ``weights=FILE`` loads a local file through timm's ``pretrained_cfg_overlay``.
+if the hub answers; in seconds, one line naming ``--weights`` if it does not); ``--weights FILE`` loads a local file through timm's ``pretrained_cfg_overlay``.
 Offline with nothing cached is a one-line error naming where the file goes; there is never a
 silent fallback to random weights. The source and SHA-256 of the weights are recorded.
 
@@ -78,6 +78,29 @@ def _hf_cached_file(cfg: dict) -> Path | None:
     return None
 
 
+HUB_TIMEOUT_S = 3.0  # an unreachable hub is refused after this, not after huggingface_hub's minute of retries
+
+
+def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
+    """Whether the Hugging Face hub answers an HTTP request within ``timeout`` (False at once where
+    HF_HUB_OFFLINE is set). A request, not a bare connection, and a hub's answer, not an error page:
+    a proxy may accept any connection and answer 404 for any host."""
+    import urllib.error
+    import urllib.request
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    try:
+        with urllib.request.urlopen(urllib.request.Request(f"{endpoint}/api/models?limit=1", method="HEAD"),
+                                    timeout=timeout):
+            return True
+    except urllib.error.HTTPError as e:
+        return e.code == 429  # the hub, rate-limiting; any other error status is no hub to download from
+    except (OSError, ValueError):
+        return False
+
+
 class TimmEncoder(nn.Module):
     """A timm trunk's pooled features, from inputs normalised with its own mean and std, then an embedder."""
 
@@ -94,6 +117,17 @@ class TimmEncoder(nn.Module):
             if not path.is_file():
                 raise DMLBenchError(f"weights file {path} does not exist; give a .safetensors or .pth state dict of {name}")
             kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+        elif pretrained:
+            # Weights already in the Hugging Face cache load from there, without asking the hub; none
+            # there and no hub is one line in seconds, naming --weights (huggingface_hub would retry
+            # for a minute before failing).
+            hub_cfg = timm.models.get_pretrained_cfg(name)
+            cached = _hf_cached_file(hub_cfg.to_dict() if hasattr(hub_cfg, "to_dict") else dict(hub_cfg or {}))
+            if cached is not None:
+                kwargs["pretrained_cfg_overlay"] = {"file": str(cached)}
+            elif not hub_reachable():
+                raise self._weights_error(name, ConnectionError("the Hugging Face hub cannot be reached and no "
+                                                                "weights are in its cache"))
         try:
             self.trunk = timm.create_model(name, pretrained=pretrained, **kwargs)
         except RuntimeError as e:
@@ -111,7 +145,7 @@ class TimmEncoder(nn.Module):
             else:
                 cached = _hf_cached_file(cfg)
                 if not (cfg.get("hf_hub_id") or cfg.get("url")):
-                    raise DMLBenchError(f"timm has no pretrained weights for {name}; give weights=FILE or leave "
+                    raise DMLBenchError(f"timm has no pretrained weights for {name}; give --weights FILE or leave "
                                         "out --pretrained")
                 self.weights_info.update(source=f"hf:{cfg.get('hf_hub_id') or cfg.get('url')}",
                                          sha256=sha256(cached) if cached else None)
@@ -144,7 +178,7 @@ class TimmEncoder(nn.Module):
         return DMLBenchError(
             f"no ImageNet weights for {name}: {type(e).__name__}: {first}; put them in the Hugging Face cache "
             f"({hub}, e.g. by running timm.create_model('{name}', pretrained=True) where the hub is reachable and "
-            "copying that folder), or give weights=FILE (a .safetensors or .pth state dict)")
+            "copying that folder), or give --weights FILE (a .safetensors or .pth state dict)")
 
     def _batchnorms(self):
         return [m for m in self.trunk.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

@@ -6,6 +6,9 @@ planted at the target's name instead of writing through it, so a result never la
 folder. A crash leaves at most an orphan ``.<name>.*.tmp``, which :func:`clean_temp_files`
 removes on the next run.
 
+A full disk or spent quota while writing is a :class:`~dmlbench.core.errors.DiskFullError`
+naming the file (one line), and leaves no temp file behind.
+
 Reads of result files raise :class:`CorruptFileError` (a one-line :class:`DMLBenchError`)
 naming the file, never a traceback from json, numpy or torch.
 """
@@ -20,11 +23,14 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.errors import DMLBenchError, full_disk_reported
+
+if TYPE_CHECKING:  # the lock is the caller's: reading results (the report stage) needs no locks
+    from dmlbench.core.locks import Lock
 
 UMASK = os.umask(0)
 os.umask(UMASK)
@@ -49,20 +55,22 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` all or nothing: to an exclusive temp file, fsynced, then renamed over it."""
+    """Write ``data`` to ``path`` all or nothing: to an exclusive temp file, fsynced, then renamed
+    over it. A full disk is a :class:`~dmlbench.core.errors.DiskFullError` naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-    try:
-        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes owner-only files; results are meant to be shared
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with full_disk_reported(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+        try:
+            os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes owner-only files; results are meant to be shared
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def write_text(path: Path, text: str) -> None:
@@ -192,22 +200,40 @@ def clean_temp_files(folder: Path, older_than_s: float = 3600.0) -> int:
 
 
 @contextmanager
-def undo_if_refused(folder: Path, files: tuple[str, ...] = (), on: type[BaseException] = BaseException):
+def undo_if_refused(folder: Path, files: tuple[str, ...] = (), on: type[BaseException] = BaseException,
+                    lock: Lock | None = None, lock_timeout: float | None = None):
     """Run the block with ``folder`` there; if it raises ``on``, remove what this call made: the
     named ``files`` in the folder that were not there before, then the folders it created while
     they are empty (a command that could not start leaves nothing behind, and nothing that was
-    there is touched)."""
+    there is touched).
+
+    ``lock``: a :class:`~dmlbench.core.locks.Lock` held for the whole block (waiting at most
+    ``lock_timeout`` seconds, see its ``acquire_or_raise``), taken before the files are looked at,
+    so that of several processes making the same files at once, each undoes only its own: one
+    that finds another's files under the lock never removes them. The lock file goes too on
+    refusal if this call made it."""
     folder = Path(folder)
     made = [p for p in (folder, *folder.parents) if not p.exists()]
-    new_files = [folder / n for n in files if not (folder / n).exists()]
+    held = lock
+    if held is not None:
+        lock_was_there = held.path.exists()
+        held.acquire_or_raise(lock_timeout)
     try:
-        yield
-    except on:
-        for f in new_files:
-            f.unlink(missing_ok=True)
-        for p in made:
-            try:
-                p.rmdir()
-            except OSError:
-                break
-        raise
+        new_files = [folder / n for n in files if not (folder / n).exists()]
+        try:
+            yield
+        except on:
+            for f in new_files:
+                f.unlink(missing_ok=True)
+            if held is not None and not lock_was_there:
+                # Safe while held: a process waiting on this file finds it gone and takes a new one.
+                held.path.unlink(missing_ok=True)
+            for p in made:
+                try:
+                    p.rmdir()
+                except OSError:
+                    break
+            raise
+    finally:
+        if held is not None:
+            held.release()

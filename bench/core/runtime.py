@@ -118,15 +118,22 @@ def epoch_generator(seed: int, epoch: int, stream: int = 0):
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 2 + stream)
 
 
-def log_to_stderr(level: int) -> None:
-    """dmlbench's own log lines on stderr (a worker process's, where no handler is set yet)."""
+def log_to_stderr(level: int, fresh: bool = False) -> None:
+    """dmlbench's own log lines on stderr (a worker process's, where no handler is set yet), and
+    only dmlbench's: libraries (faiss, matplotlib) keep their chatter to themselves. ``fresh``:
+    replace the handler this function set before (an earlier in-process command's stream may be
+    closed, as with a test runner's captured streams)."""
     import logging
     import sys
 
     logger = logging.getLogger("dmlbench")
+    if fresh:
+        for h in [h for h in logger.handlers if getattr(h, "_dmlbench_stderr", False)]:
+            logger.removeHandler(h)
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._dmlbench_stderr = True
         logger.addHandler(handler)
     logger.setLevel(level)
 

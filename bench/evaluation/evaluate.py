@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from dmlbench.core import runtime
 from dmlbench.data import Data, Part
 from dmlbench.evaluation.config import EvalConfig
 from dmlbench.evaluation.metrics import METRICS, RECALL_KS
@@ -146,7 +149,7 @@ class EvalContext:
         r = linear_probe(self.train_emb(), self.data.train.y, self.test_emb(), self.data.test.y,
                          seed=self.cfg.seed, threads=torch.get_num_threads(), device=str(self.device))
         self.per_query["svm_correct"] = r.correct
-        self.extras.update(confusion=r.confusion, svm_lambda=r.lam)
+        self.extras.update(confusion=r.confusion, svm_lambda=r.lam, svm_lambda_edge=r.lam_edge)
         return r.accuracy
 
     @_once
@@ -179,7 +182,12 @@ def evaluate(method: Method, data: Data, cfg: EvalConfig, triplets: np.ndarray, 
     ctx = EvalContext(method, data, cfg, triplets, device, pipeline)
     results: dict[str, float] = {}
     timings: dict[str, float] = {}
-    for name in metrics or METRICS.names():
+    names = metrics or METRICS.names()
+    # On a terminal, a bar through the metrics (the first pays for the embedding passes).
+    bar = tqdm(names, desc=f"eval {method.name}", unit="metric", disable=None, file=sys.stderr, leave=False,
+               dynamic_ncols=True, position=runtime.BAR_POSITION)
+    for name in bar:
+        bar.set_postfix_str(name)
         t0 = time.perf_counter()
         value = METRICS.get(name).fn(ctx)
         timings[name] = time.perf_counter() - t0
@@ -189,6 +197,7 @@ def evaluate(method: Method, data: Data, cfg: EvalConfig, triplets: np.ndarray, 
             value, per = value
             ctx.per_query[name] = per
         results[name] = float(value)
+    bar.close()
     ctx.extras["timings"] = timings
     ctx.results = results
     return ctx

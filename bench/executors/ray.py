@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tqdm import tqdm
+
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.runtime import default_threads, interrupts_ignored
 from dmlbench.executors.base import WorkerSetup, executor_option, register_executor
@@ -147,11 +149,14 @@ class RayExecutor:
         refs = {remote.remote(fn, job, setup): i for i, job in enumerate(jobs)}
         results: dict[int, Any] = {}
         pending = list(refs)
+        # On a terminal: one overall bar, the jobs done and the time left (the tasks draw none here).
+        bar = tqdm(total=len(jobs), desc=progress, unit="run", disable=None if progress else True, leave=False)
         try:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
                 r = ray.get(done[0])
                 results[refs[done[0]]] = r
+                bar.update()
                 if on_result:
                     on_result(r)
         except BaseException as e:
@@ -163,4 +168,6 @@ class RayExecutor:
                 for ref in pending:
                     ray.cancel(ref, force=True)
             raise
+        finally:
+            bar.close()
         return [results[i] for i in range(len(jobs))]

@@ -31,7 +31,15 @@ from dmlbench.core.io import read_npz
 from dmlbench.evaluation.metrics import METRICS, higher_is_better
 from dmlbench.report.plots.cd import cd_diagram
 from dmlbench.report.results import collect, label_runs
-from dmlbench.report.stats import friedman_nemenyi, holm, paired_bootstrap, paired_t
+from dmlbench.report.stats import (
+    POWER,
+    detectable_difference,
+    friedman_nemenyi,
+    holm,
+    paired_bootstrap,
+    paired_t,
+    seeds_needed,
+)
 from dmlbench.report.table import failures
 from dmlbench.running import layout
 
@@ -49,8 +57,14 @@ def _per_query(run_dir: str, metric: str) -> np.ndarray | None:
     return np.asarray(arrays[key], dtype=float) if key in arrays else None
 
 
-def compare(results_dir: Path, metric: str = "map@r", alpha: float = 0.05, n_boot: int = 10_000) -> dict:
-    """Ranks, pairwise tests and (over several datasets) the Friedman/Nemenyi result."""
+DELTA = 0.005  # the difference "seeds needed" is stated for: half a point of a metric in [0, 1]
+
+
+def compare(results_dir: Path | list[Path], metric: str = "map@r", alpha: float = 0.05, n_boot: int = 10_000,
+            delta: float = DELTA) -> dict:
+    """Ranks, pairwise tests, each pair's power (the smallest difference its seeds could detect at
+    80% power, and the seeds needed to detect ``delta``) and, over several datasets, the
+    Friedman/Nemenyi result. ``n_boot`` resamples for each pair's query bootstrap (0: none)."""
     if metric not in METRICS.names():
         raise DMLBenchError(f"unknown metric {metric!r}; known: {', '.join(METRICS.names())}")
     if not 0 < alpha < 1:
@@ -58,12 +72,15 @@ def compare(results_dir: Path, metric: str = "map@r", alpha: float = 0.05, n_boo
     if not METRICS.get(metric).comparable:
         raise DMLBenchError(f"{metric} depends on a setting (not on the method alone) and is never ranked; "
                             "compare on another metric, e.g. --metric map@r")
-    if Path(results_dir).is_file():
-        raise DMLBenchError(f"{results_dir} is a file, not a results folder; give the folder bench run wrote "
-                            "(e.g. results/digits)")
-    if not Path(results_dir).is_dir():
-        raise DMLBenchError(f"results folder {results_dir} does not exist; run `bench run` first or give its path")
-    all_runs = collect(results_dir)
+    folders = [Path(p) for p in ([results_dir] if isinstance(results_dir, (str, Path)) else results_dir)]
+    for folder in folders:
+        if folder.is_file():
+            raise DMLBenchError(f"{folder} is a file, not a results folder; give the folder bench run wrote "
+                                "(e.g. results/digits)")
+        if not folder.is_dir():
+            raise DMLBenchError(f"results folder {folder} does not exist; run `bench run` first or give its path")
+    all_runs = pd.concat([collect(f) for f in folders], ignore_index=True)
+    results_dir = ", ".join(map(str, folders))
     done = label_runs(all_runs)
     if metric not in done.columns:
         raise DMLBenchError(f"no run under {results_dir} has {metric}")
@@ -81,10 +98,12 @@ def compare(results_dir: Path, metric: str = "map@r", alpha: float = 0.05, n_boo
             # The difference the paired test is about: on the seeds both have (the ranking's means
             # may include seeds only one of them has).
             diff = (by_label.loc[a, shared] - by_label.loc[b, shared]).mean() if len(shared) else np.nan
+            diffs = (by_label.loc[a, shared] - by_label.loc[b, shared]).to_numpy(float)
             row = {"dataset": ds, "a": a, "b": b, "diff": diff, "seeds": len(shared),
                    "p_seeds": paired_t(by_label.loc[a, shared], by_label.loc[b, shared]) if len(shared) else np.nan,
-                   "p_queries": np.nan, "query_ci": "", "query_seed": None, "query_diff": np.nan}
-            if len(shared):
+                   "p_queries": np.nan, "query_ci": "", "query_seed": None, "query_diff": np.nan,
+                   "detectable": detectable_difference(diffs, alpha), "seeds_needed": seeds_needed(diffs, delta, alpha)}
+            if len(shared) and n_boot:          # n_boot=0: the seeds' tests only, no query bootstrap
                 s = min(shared)
                 qa, qb = _per_query(dirs[(a, s)], metric), _per_query(dirs[(b, s)], metric)
                 if qa is not None and qb is not None and qa.shape == qb.shape:
@@ -101,7 +120,7 @@ def compare(results_dir: Path, metric: str = "map@r", alpha: float = 0.05, n_boo
         pairs["significant"] = np.where(pairs["seeds"] >= 2, by_seeds, by_queries)
         pairs["verdict"] = [_verdict(r, hib, alpha) for r in pairs.itertuples()]
     out = {"metric": metric, "higher_is_better": hib, "ranking": pd.DataFrame(rankings), "pairs": pairs,
-           "friedman": None,
+           "friedman": None, "alpha": alpha, "delta": delta,
            "left_out": failures(all_runs)}
     scores = done.groupby(["dataset", "label"])[metric].mean().unstack("label")
     # Friedman ranks within each dataset, so it takes the methods every dataset has.
@@ -164,14 +183,24 @@ def format_compare(result: dict) -> str:
         lines.append("Significant: by the paired t-test over seeds (as the table's bold); the query bootstrap, on "
                      "one seed's test queries, says whether that run's difference exceeds test-set noise.")
         lines.append("")
+        delta = result.get("delta", DELTA)
+        lines.append(f"Power, from the spread of each pair's per-seed differences: the smallest difference these seeds "
+                     f"detect with {POWER:.0%} power (paired t, alpha {result.get('alpha', 0.05):g}, before Holm), and "
+                     f"the seeds needed to detect a difference of {delta:g}. A \"no\" means no difference larger than "
+                     "the first was likely missed, not that the methods are equal.")
+        lines.append("")
         lines.append("pair | mean diff (shared seeds) | seeds | p (paired t, Holm) | p (query bootstrap, Holm) | "
-                     "95% CI of the query diff | significant")
-        lines.append("--- | --- | --- | --- | --- | --- | ---")
+                     f"95% CI of the query diff | detectable at {POWER:.0%} power | seeds for {delta:g} | significant")
+        lines.append("--- | --- | --- | --- | --- | --- | --- | --- | ---")
         for r in pairs.itertuples():
             ci = f"{r.query_ci} (seed {_seed(r.query_seed)})" if r.query_ci else "—"
             diff = "—" if np.isnan(r.diff) else f"{r.diff:+.4f}"
+            mdd = "—" if np.isnan(getattr(r, "detectable", np.nan)) else f"{r.detectable:.4f}"
+            need = getattr(r, "seeds_needed", None)
+            need = "—" if need is None or (isinstance(need, float) and np.isnan(need)) else (
+                f"{int(need)}" if int(need) <= 10_000 else "> 10,000")
             lines.append(f"{r.a} vs {r.b} ({r.dataset}) | {diff} | {r.seeds} | {_p(r.p_seeds_holm)} | "
-                         f"{_p(r.p_queries_holm)} | {ci} | {r.verdict}")
+                         f"{_p(r.p_queries_holm)} | {ci} | {mdd} | {need} | {r.verdict}")
     fr = result["friedman"]
     if fr is not None:
         lines += ["", f"Friedman over {fr['n_blocks']} datasets: p = {fr['p_value']:.3g}; Nemenyi CD = {fr['cd']:.3f}",
@@ -184,7 +213,7 @@ def format_compare(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compare_report(results_dir: Path, metric: str = "map@r", alpha: float = 0.05, cd_plot: Path | None = None) -> str:
+def compare_report(results_dir: Path | list[Path], metric: str = "map@r", alpha: float = 0.05, cd_plot: Path | None = None) -> str:
     """``bench compare``: the comparison as text, and the critical-difference diagram written to
     ``cd_plot`` where asked (several datasets); every refusal comes before anything is computed."""
     if cd_plot is not None and (Path(cd_plot).is_dir() or not Path(cd_plot).parent.is_dir()):

@@ -39,7 +39,9 @@ def collect(results_dir: Path, recursive: bool = True) -> pd.DataFrame:
             continue  # some other tool's config.json, not a dmlbench run
         label = cfg["method"] + (f"[{cfg['variant']}]" if cfg.get("variant") else "")
         prov = cfg.get("provenance") or {}
-        row = {"dataset": cfg["dataset"], "method": cfg["method"], "label": label, "group_id": cfg["group_id"],
+        # A class-disjoint split is another task on the same files: its own dataset in tables and ranks.
+        dataset = cfg["dataset"] + ("[classes]" if cfg.get("split") == "classes" else "")
+        row = {"dataset": dataset, "method": cfg["method"], "label": label, "group_id": cfg["group_id"],
                "options": {k: v for k, v in cfg.items() if k not in NOT_OPTIONS},
                "seed": cfg["seed"], "run_dir": str(run), "code": prov.get("code_hash"),
                "commit": (prov.get("git_commit") or "")[:10] + ("+dirty" if prov.get("git_dirty") else ""),
@@ -62,7 +64,7 @@ def collect(results_dir: Path, recursive: bool = True) -> pd.DataFrame:
 # What a run's config holds besides the options that make its group: ids, provenance, and the
 # settings that never change a result (NOT_IN_ID in dmlbench.running.config).
 NOT_OPTIONS = ("provenance", "run_id", "group_id", "seed", "variant", "weights_info", "device", "data_dir",
-               "threads", "tuned", "method")
+               "threads", "tuned", "method", "log")
 
 
 def _fmt(v) -> str:
@@ -102,13 +104,13 @@ def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return done.assign(label=labels)
 
 
-def load_runs(results_dir: Path) -> pd.DataFrame:
+def load_runs(results_dir: Path, recursive: bool = True) -> pd.DataFrame:
     """Complete runs with their config, the table's label per configuration and their suite folder,
-    in the table's row order."""
+    in the table's row order (``recursive=False``: one suite folder's own runs)."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise DMLBenchError(f"results folder {results_dir} does not exist; run `bench run` first or give its path")
-    done = label_runs(collect(results_dir)).copy()
+    done = label_runs(collect(results_dir, recursive)).copy()
     done["dataset_dir"] = [str(Path(r).parents[1]) for r in done["run_dir"]]
     done["config"] = [read_json(Path(r) / layout.CONFIG) for r in done["run_dir"]]
     done["_order"] = done["label"].map(label_order(done["label"], done["method"]))

@@ -112,6 +112,71 @@ def paired_t(a: Any, b: Any) -> float:
     return float(min(1.0, 2.0 * _sp.stdtr(n - 1, -abs(t))))
 
 
+# --------------------------------------------------------------------------------------------- power
+
+POWER = 0.8  # the power a "could have detected" figure is stated at
+
+
+def paired_power(n: int, effect: float, alpha: float = 0.05) -> float:
+    """Power of the two-sided paired t-test with ``n`` pairs against a true mean difference of
+    ``effect`` standard deviations of the differences (Cohen's d_z): P(|T| > t_crit) for T
+    noncentral-t with n - 1 degrees of freedom and noncentrality d_z * sqrt(n)."""
+    from scipy import stats  # (1 s to import: only where power is asked for)
+
+    if n < 2:
+        return math.nan
+    df = n - 1
+    crit = stats.t.ppf(1 - alpha / 2, df)
+    nc = effect * math.sqrt(n)
+    p = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    if math.isnan(p):  # scipy's noncentral t gives up far in the tail, where the power is 1 (or 0)
+        return 1.0 if abs(nc) > crit else 0.0
+    return min(1.0, p)
+
+
+def detectable_difference(diffs: Any, alpha: float = 0.05, power: float = POWER) -> float:
+    """The smallest mean difference the paired t-test over these seeds would detect with ``power``
+    (two-sided, at ``alpha``), on the scale of the metric: d_z * sd of the paired per-seed
+    differences. NaN with fewer than 2 pairs; 0 where the differences do not vary."""
+    from scipy.optimize import brentq
+
+    d = _as_1d(diffs, "diffs")
+    d = d[~np.isnan(d)]
+    if d.size < 2:
+        return math.nan
+    sd = float(np.std(d, ddof=1))
+    if sd == 0.0:
+        return 0.0
+    effect = brentq(lambda e: paired_power(d.size, e, alpha) - power, 1e-9, 1e3)
+    return effect * sd
+
+
+def seeds_needed(diffs: Any, delta: float, alpha: float = 0.05, power: float = POWER, most: int = 10_000) -> int | None:
+    """The number of seeds (pairs) at which the paired t-test detects a true difference of ``delta``
+    with ``power``, given the spread of the observed paired differences; None where the spread is
+    unknown (fewer than 2 pairs) or more than ``most`` seeds would be needed."""
+    d = _as_1d(diffs, "diffs")
+    d = d[~np.isnan(d)]
+    if d.size < 2 or delta <= 0:
+        return None
+    sd = float(np.std(d, ddof=1))
+    if sd == 0.0:
+        return 2
+    effect = delta / sd
+    lo, hi = 2, 2
+    while paired_power(hi, effect, alpha) < power:  # doubling, then bisection: power grows with n
+        lo, hi = hi, hi * 2
+        if hi > most:
+            return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if paired_power(mid, effect, alpha) >= power:
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi
+
+
 # --------------------------------------------------------------------------------------------- over queries
 
 def paired_bootstrap(

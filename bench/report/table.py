@@ -38,11 +38,16 @@ def aggregate(runs: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFr
     seed count ``n``, and ``_best``: whether the row is not significantly worse than the best row
     (paired t-tests over seeds against the best, Holm-corrected; :func:`dmlbench.report.stats.best_set`)."""
     done = label_runs(runs)
+    done = done.assign(steps=[budget(o) for o in done["options"]] if "options" in done else 0)
     metrics = [m for m in (metrics or default_metrics()) if m in done.columns]
     rows = []
     for (ds, label, method), g in done.groupby(["dataset", "label", "method"], sort=False):
         row = {"dataset": ds, "label": label, "method": method, "n": len(g),
-               "seeds": ",".join(str(s) for s in sorted(g["seed"]))}
+               "seeds": ",".join(str(s) for s in sorted(g["seed"])), "steps": int(g["steps"].max()),
+               # made from a tree with uncommitted changes: marked in every table that shows it
+               "dirty": bool("commit" in g and g["commit"].astype(str).str.endswith("+dirty").any())}
+        for m, flag in EDGE_FLAGS.items():
+            row[m + "_edge"] = bool(flag in g and (g[flag].fillna(0) != 0).any())
         for m in metrics:
             vals = g[m].dropna().to_numpy(float)
             if len(vals):
@@ -60,14 +65,64 @@ def aggregate(runs: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFr
         hib = higher_is_better(m)
         for ds, idx in out.groupby("dataset").groups.items():
             sub = done[done["dataset"] == ds].pivot_table(index="label", columns="seed", values=m, aggfunc="first")
-            labels = [lab for lab in out.loc[idx, "label"] if lab in sub.index and sub.loc[lab].notna().any()]
-            if len(labels) < 2:
-                continue
-            best = best_set({lab: sub.loc[lab].to_numpy(float) for lab in labels}, higher_is_better=hib)
-            out.loc[idx, m + "_best"] = out.loc[idx, "label"].isin(best).to_numpy()
+            rows_ds = out.loc[idx]
+            # Rows trained with different budgets are never compared: the bold is decided within each
+            # budget; an untrained row (the raw floor) joins every budget's comparison, and is bold
+            # only where it holds its own against the best of each.
+            budgets = sorted({s for s in rows_ds["steps"] if s > 0}) or [0]
+            floor = rows_ds.loc[rows_ds["steps"] == 0, "label"].tolist()
+            bold_floor = set(floor)
+            for steps in budgets:
+                group = rows_ds.loc[rows_ds["steps"] == steps, "label"].tolist() + (floor if steps else [])
+                labels = [lab for lab in group if lab in sub.index and sub.loc[lab].notna().any()]
+                if len(labels) < 2:
+                    bold_floor = set()
+                    continue
+                best = best_set({lab: sub.loc[lab].to_numpy(float) for lab in labels}, higher_is_better=hib)
+                mine = rows_ds["steps"] == steps
+                out.loc[rows_ds.index[mine], m + "_best"] = rows_ds.loc[mine, "label"].isin(best).to_numpy()
+                bold_floor &= best
+            if budgets != [0]:
+                out.loc[rows_ds.index[rows_ds["steps"] == 0], m + "_best"] = \
+                    rows_ds.loc[rows_ds["steps"] == 0, "label"].isin(bold_floor).to_numpy()
     order = label_order(out["label"], out["method"])
     out["_order"] = out["label"].map(order)
     return out.sort_values(["dataset", "_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+# A metric whose searched setting may lie on its grid's edge, and the run column that says so.
+EDGE_FLAGS = {"svm_acc": "svm_lambda_edge"}
+EDGE_MARK, DIRTY_MARK = "†", "*"
+
+
+def budget(options) -> int:
+    """A run's training budget in optimiser steps (0: it trains nothing, as the raw floor)."""
+    steps = (options or {}).get("steps") if isinstance(options, dict) else None
+    return int(steps or 0)
+
+
+def budget_note(agg: pd.DataFrame) -> str:
+    """One line where the table's rows were trained with different budgets, else ''."""
+    mixed = {ds: sorted({int(s) for s in g["steps"] if s > 0}) for ds, g in agg.groupby("dataset")}
+    mixed = {ds: b for ds, b in mixed.items() if len(b) > 1}
+    if not mixed:
+        return ""
+    return ("Budgets differ (" + "; ".join(f"{ds}: {', '.join(f'{s:,}' for s in b)} steps" for ds, b in mixed.items())
+            + "): bold compares rows of the same budget only; compare across budgets with care.")
+
+
+def table_notes(agg: pd.DataFrame, metrics: list[str] | None = None) -> list[str]:
+    """The lines under a table that explain its marks: mixed budgets, a metric whose searched
+    setting stayed on its grid's edge, rows made from uncommitted code."""
+    notes = [budget_note(agg)]
+    shown = [m for m in (metrics or default_metrics()) if m in agg.columns]
+    for m in EDGE_FLAGS:
+        if m in shown and (m + "_edge") in agg and agg[m + "_edge"].any():
+            notes.append(f"{EDGE_MARK} {m}: the probe's regularisation λ stayed on the edge of its grid, widened to "
+                         "1e-8..10, for some seed: the accuracy may be understated.")
+    if "dirty" in agg and agg["dirty"].any():
+        notes.append(f"Rows marked {DIRTY_MARK} were made from a tree with uncommitted changes: no commit reproduces them.")
+    return [n for n in notes if n]
 
 
 def _cell(v: float, sd: float, half: float, spread: str) -> str:
@@ -92,19 +147,24 @@ def format_table(agg: pd.DataFrame, fmt: str = "markdown", metrics: list[str] | 
         raise DMLBenchError(f"unknown spread {spread!r}; use one of: {', '.join(SPREADS)}")
     metrics = [m for m in (metrics or default_metrics()) if m in agg.columns]
     if fmt == "csv":
-        cols = ["dataset", "label", "n", "seeds"] + [c for m in metrics for c in (m, m + "_std", m + "_ci", m + "_best")]
+        cols = ["dataset", "label", "n", "seeds", "steps"] + [c for m in metrics
+                                                             for c in (m, m + "_std", m + "_ci", m + "_best")]
         return agg[cols].rename(columns={"label": "method"}).to_csv(index=False)
-    cells = pd.DataFrame({"dataset": agg["dataset"], "method": agg["label"], "seeds": agg["n"]})
+    dirty = agg["dirty"] if "dirty" in agg else pd.Series(False, index=agg.index)
+    labels = [f"{lab} {DIRTY_MARK}" if d else lab for lab, d in zip(agg["label"], dirty)]
+    cells = pd.DataFrame({"dataset": agg["dataset"], "method": labels, "seeds": agg["n"],
+                          "steps": [f"{s:,}" if s else "—" for s in agg["steps"]]})
     for m in metrics:
         text = []
-        for v, sd, half, best in zip(agg[m], agg[m + "_std"], agg[m + "_ci"], agg[m + "_best"]):
+        edges = agg[m + "_edge"] if m + "_edge" in agg else [False] * len(agg)
+        for v, sd, half, best, edge in zip(agg[m], agg[m + "_std"], agg[m + "_ci"], agg[m + "_best"], edges):
             if pd.isna(v):
                 text.append("—")
                 continue
             t = _cell(v, sd, half, spread)
             if best:
                 t = f"**{t}**" if fmt == "markdown" else rf"\textbf{{{t}}}"
-            text.append(t)
+            text.append(t + (f" {EDGE_MARK}" if edge else ""))
         cells[m] = text
     if fmt == "latex":
         special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -115,6 +175,7 @@ def format_table(agg: pd.DataFrame, fmt: str = "markdown", metrics: list[str] | 
 
         for m in metrics:  # plain ASCII LaTeX: any engine, any font
             cells[m] = cells[m].str.replace(" ± ", r" $\pm$ ", regex=False)
+        cells = cells.replace("—", "--")
 
         cells.columns = [tex(c) for c in cells.columns]
         for c in ("dataset", "method"):
@@ -129,9 +190,6 @@ def legend(spread: str = "ci") -> str:
             "worse than the best row with 2+ seeds (paired t-test over shared seeds, Holm-corrected, alpha 0.05); "
             "a row that cannot be tested (under 2 shared seeds) is bold only if its mean is at least the best's. "
             "Rows not marked [tuned...] run at the method's defaults (or the [options] shown), untuned.")
-
-
-LEGEND = legend()
 
 
 def provenance_lines(runs: pd.DataFrame) -> list[str]:
@@ -170,21 +228,37 @@ def failures(runs: pd.DataFrame) -> list[str]:
     return [f"{r.label} seed {r.seed}: {r.reason}" for r in bad.itertuples()]
 
 
-def write_tables(results_dir: Path, metrics: list[str] | None = None) -> str:
-    """Aggregate a dataset's results folder, write table.md and table.csv there, return the markdown."""
-    runs = collect(results_dir, recursive=False)
+def markdown_report(runs: pd.DataFrame, metrics: list[str] | None = None, spread: str = "ci") -> str:
+    """The markdown table of ``runs`` with its legend, a note where budgets differ, what made the
+    results, and the runs left out (failed or unreadable)."""
     agg = aggregate(runs, metrics)
-    md = format_table(agg, "markdown", metrics)
-    md += "\n" + LEGEND + "\n"
+    md = format_table(agg, "markdown", metrics, spread=spread) + "\n" + legend(spread) + "\n"
+    for note in table_notes(agg, metrics):
+        md += note + "\n"
     prov = provenance_lines(runs)
     if prov:
         md += "Made by " + "; ".join(prov) + "\n"
     fails = failures(runs)
     if fails:
         md += "\nRuns left out (failed or unreadable):\n" + "".join(f"- {f}\n" for f in fails)
-    write_text(Path(results_dir) / layout.TABLE_MD, md)
-    write_text(Path(results_dir) / layout.TABLE_CSV, format_table(agg, "csv", metrics))
     return md
+
+
+def write_tables(results_dir: Path, metrics: list[str] | None = None, only: set[str] | None = None) -> str:
+    """Aggregate a suite folder's runs, write table.md and table.csv there; return the markdown of
+    the ``only`` runs (their run folders: one command's runs), or of all of them."""
+    runs = collect(results_dir, recursive=False)
+    write_text(Path(results_dir) / layout.TABLE_MD, markdown_report(runs, metrics))
+    write_text(Path(results_dir) / layout.TABLE_CSV, format_table(aggregate(runs, metrics), "csv", metrics))
+    if only is None:
+        return (Path(results_dir) / layout.TABLE_MD).read_text()
+    mine = [str(Path(r).resolve()) in {str(Path(o).resolve()) for o in only} for r in runs["run_dir"]]
+    return markdown_report(runs[mine] if len(runs) else runs, metrics)
+
+
+def suites_of(runs: pd.DataFrame) -> list[str]:
+    """The suite folders the runs come from (the folder above each method's folder), sorted."""
+    return sorted({str(Path(r).parents[1]) for r in runs["run_dir"]}) if len(runs) else []
 
 
 def table_text(results_dir: Path, fmt: str = "markdown", metrics: str | None = None, spread: str = "ci") -> str:
@@ -206,13 +280,19 @@ def table_text(results_dir: Path, fmt: str = "markdown", metrics: str | None = N
             raise DMLBenchError(f"unknown metric(s) {', '.join(bad)}; known: {', '.join(known)}")
     if spread not in SPREADS:
         raise DMLBenchError(f"--spread {spread!r} is not one of: {', '.join(SPREADS)}")
+    if fmt not in FORMATS:
+        raise DMLBenchError(f"unknown table format {fmt!r}; use one of: {', '.join(FORMATS)}")
     runs = collect(results_dir)
-    text = format_table(aggregate(runs, names), fmt, names, spread=spread)
+    suites = suites_of(runs[runs["status"] == "done"]) if len(runs) else []
+    mixes = (f"This table mixes {len(suites)} suite folders: {', '.join(suites)} (bench table on one of them "
+             "shows that suite alone).") if len(suites) > 1 else ""
     if fmt == "markdown":
-        text += "\n" + legend(spread) + "\n"
+        return markdown_report(runs, names, spread) + (f"\n{mixes}\n" if mixes else "")
+    agg = aggregate(runs, names)
+    for line in (mixes, *table_notes(agg, names)):
+        if line:
+            log.warning("%s", line)
     fails = failures(runs)
-    if fails and fmt == "markdown":
-        text += "\nRuns left out (failed or unreadable):\n" + "".join(f"- {f}\n" for f in fails)
-    elif fails:
+    if fails:
         log.warning("%d run(s) failed or unreadable, left out of the table: %s", len(fails), "; ".join(fails))
-    return text
+    return format_table(agg, fmt, names, spread=spread)

@@ -7,12 +7,15 @@ where no data is needed, before any image is decoded.
 - :func:`check_out`: the results folder can be made and written;
 - :func:`check_data`: against the loaded training data: the encoder's input (a plugin encoder is
   built and tried on an example batch, once, in this process), every method's batch size,
-  generative methods against the value range.
+  generative methods against the value range;
+- :func:`warn_degenerate`: what runs but measures little (a tiny test set, a batch larger than
+  the training set, less than one epoch of steps), said in one line each.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from pathlib import Path
 
@@ -27,6 +30,9 @@ from dmlbench.methods import GenerativeMethod, get_method
 from dmlbench.methods.pml import check_runnable
 from dmlbench.running.rundata import input_shape
 from dmlbench.running.suite import Suite
+from dmlbench.tracking import logger_names
+
+log = logging.getLogger("dmlbench")
 
 
 def check_before_data(suite: Suite) -> None:
@@ -34,6 +40,7 @@ def check_before_data(suite: Suite) -> None:
     image size."""
     base = suite.base.resolved()
     base.check()
+    logger_names(base.log)  # an unknown logger, or one whose library is missing, with its install hint
     repeated = sorted({s for s in suite.seeds if list(suite.seeds).count(s) > 1})
     if repeated:
         raise DMLBenchError(f"seeds repeat ({', '.join(map(str, repeated))}); give each seed once")
@@ -106,3 +113,31 @@ def check_data(suite: Suite, data, value_range: tuple[float, float], params: dic
     if generative and (lo < 0 or hi > 1):
         raise DMLBenchError(f"{', '.join(generative)} decode pixels in [0, 1] (a sigmoid output), but this data spans "
                             f"[{lo:.3g}, {hi:.3g}]; use normalize=unit or leave the generative methods out")
+
+
+SMALL_TEST = 50  # test images below which one image moves a metric by 2 points or more
+
+
+def warn_degenerate(suite: Suite, data) -> list[str]:
+    """Warn (and return the lines) where the suite runs but measures little: a test set of under
+    50 images, a batch larger than the training set, a budget of less than one epoch."""
+    base = suite.base.resolved()
+    lines = []
+    test = getattr(data, "test", None)
+    if test is not None and len(test) < SMALL_TEST:
+        lines.append(f"the test part of {base.dataset} has {len(test)} images: one image moves a metric by "
+                     f"{100 / max(len(test), 1):.1f} points, and differences between methods will be noise")
+    if any(get_method(m).trainable for m in suite.methods):
+        n = len(data.train)
+        if base.batch_size > n:
+            lines.append(f"batch_size={base.batch_size} is larger than the {n} training images: every step repeats "
+                         f"images; use a batch of at most {n}")
+        budgeted = base.with_budget(n)
+        per_epoch = max(1, n // base.batch_size)  # a pass over the training set
+        if 0 < budgeted.steps < per_epoch:
+            lines.append(f"{budgeted.steps} step{'s' if budgeted.steps != 1 else ''} is less than one pass over the "
+                         f"training set ({per_epoch} steps of {base.batch_size} images): some training images are "
+                         "never seen")
+    for line in lines:
+        log.warning("warning: %s", line)
+    return lines

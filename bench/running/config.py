@@ -23,7 +23,7 @@ from dmlbench.training.config import TrainConfig
 # Fields that do not change the numbers a run produces: left out of the run id, so a run can be
 # resumed with another data folder or thread count. The device is not one of them: it is checked
 # through the run's provenance (dmlbench.running.provenance), which also covers the code version.
-NOT_IN_ID = ("device", "data_dir", "threads", "tuned")
+NOT_IN_ID = ("device", "data_dir", "threads", "tuned", "log")
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch takes more, but every seed must reach both
 MAX_EMBEDDING_DIM = 65_536
 MAX_BATCH = 1 << 20
@@ -75,6 +75,8 @@ class RunConfig:
     device: str = opt("cpu", "cpu, cuda or cuda:N.")
     data_dir: str = opt("", "Folder with the dataset files. [default: $DMLBENCH_DATA_DIR, else ~/.cache/dmlbench]")
     threads: int | None = opt(None, "Threads for torch, faiss and BLAS (split between workers). [default: all cores, at most 8]")
+    log: str = opt("", "Log curves, metrics and embeddings besides history.csv: tensorboard, mlflow, or both "
+                       "(comma-separated); pip install 'dmlbench[tensorboard]' / 'dmlbench[mlflow]'.")
     tuned: dict = opt({}, "Where tuned settings came from (study, trial, params).", cli=False)
 
     # ----------------------------------------------------------------------------- resolution

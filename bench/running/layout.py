@@ -11,7 +11,8 @@
         metrics.json     written last: its presence marks a complete run
         failed.json      why the run failed (instead of metrics.json)
     <out>/<dataset>[/<suite>]/.stale/...   complete runs made by other code, archived, never deleted
-    <out>/<dataset>[/<suite>]/table.md, table.csv, plots/, study.db (bench tune)
+    <out>/<dataset>[/<suite>]/table.md, table.csv, plots/, study.db (bench tune; created under the
+        lock .study.db.dmlbench-lock, see dmlbench.tune.storage.creation_lock)
 """
 
 from __future__ import annotations

@@ -50,10 +50,11 @@ def given_run_flags(flags: dict) -> dict:
 
 
 def suite_from_options(options: dict, *, config: Path | str | None = None, preset: str | None = None,
-                       plugins: list[str] | tuple[str, ...] = ()) -> tuple[Suite, dict]:
+                       plugins: list[str] | tuple[str, ...] = (), under: dict | None = None) -> tuple[Suite, dict]:
     """The suite of ``bench run`` / ``bench tune`` / :func:`dmlbench.run`: plugins imported, then
-    defaults <- preset <- TOML file <- ``options`` (None: not given; ``set``: a list of
-    METHOD.KEY=VALUE). Returns the suite and the file's values (for what the file gave)."""
+    defaults <- ``under`` (a tune's settings, for ``--tuned``) <- preset <- TOML file <- ``options``
+    (None: not given; ``set``: a list of METHOD.KEY=VALUE). Returns the suite and the values the
+    preset and file gave."""
     for spec in plugins or ():
         load_plugin(spec)
     flags = dict(options)
@@ -61,4 +62,6 @@ def suite_from_options(options: dict, *, config: Path | str | None = None, prese
         flags["out"] = str(flags["out"])
     flags["reuse_stale"] = flags.get("reuse_stale") or None  # False: not given (a preset may say true)
     file_values = read_toml(Path(config) if config else None, preset)
-    return resolve_suite(file_values, flags), file_values
+    if under and {"steps", "epochs"} & set(file_values):  # one budget in two units: the file's replaces the tune's
+        under = {k: v for k, v in under.items() if k not in ("steps", "epochs")}
+    return resolve_suite({**(under or {}), **file_values}, flags), file_values

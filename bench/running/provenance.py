@@ -73,10 +73,16 @@ def _version(dist: str) -> str | None:
 
 @functools.cache
 def library_versions() -> dict:
-    """Versions of the installed numeric libraries, of dmlbench and of Python."""
-    out = {name: _version(name) for name in NUMERIC_LIBS}
-    out = {k: v for k, v in out.items() if v is not None}
+    """Versions of the installed numeric libraries, of dmlbench and of Python. torch's is
+    ``torch.__version__``, with its build tag (``2.14.1+cu130``, ``2.13.0+cpu``: the package
+    metadata may drop it), and the CUDA and cuDNN versions the build carries, where it has them."""
+    import torch  # a run has imported it already; its version string is the build's own
 
+    out = {name: _version(name) for name in NUMERIC_LIBS}
+    out["torch"] = torch.__version__
+    out["torch_cuda"] = torch.version.cuda  # None for a CPU build
+    out["cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    out = {k: v for k, v in out.items() if v is not None}
     out["dmlbench"] = VERSION
     out["python"] = platform.python_version()
     return out

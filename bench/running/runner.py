@@ -8,7 +8,8 @@ train the same run at once. A complete run is skipped, unless it was made by oth
 another kind of device or other numeric libraries (:mod:`dmlbench.running.provenance`): then it is
 archived under ``.stale/`` and re-run, saying why (``reuse_stale=True`` keeps it). An unfinished
 run resumes from its checkpoint. Every failure, in training, evaluation or writing the artefacts,
-is recorded in ``failed.json`` and the suite goes on.
+is recorded in ``failed.json`` (as one line) and the suite goes on; a full disk also sets the
+result's ``full_disk``, on which the suite stops (:mod:`.execute`): every later run would fail alike.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.errors import DiskFullError, DMLBenchError, is_disk_full
 from dmlbench.core.io import CorruptFileError, read_json, write_json, write_npz, write_text
 from dmlbench.core.locks import Lock
 from dmlbench.core.runtime import resolve_device, seed_everything, set_determinism
@@ -32,6 +32,7 @@ from dmlbench.running import layout
 from dmlbench.running.config import RunConfig, untrained
 from dmlbench.running.provenance import differences, provenance
 from dmlbench.running.rundata import input_shape, load_data, test_triplets
+from dmlbench.tracking import Loggers, logger_names
 
 log = logging.getLogger("dmlbench")
 
@@ -45,6 +46,7 @@ class RunResult:
     status: str  # done | skipped (already complete) | failed
     metrics: dict = field(default_factory=dict)
     reason: str = ""
+    full_disk: DiskFullError | None = None  # set where the run failed for want of disk space
 
 
 @dataclass
@@ -63,6 +65,7 @@ class RunJob:
     suite_dir: Path
     variant: str = ""
     reuse_stale: bool = False
+    tracking: dict = field(default_factory=dict)  # what the suite's loggers share (an MLflow parent run)
 
     @property
     def label(self) -> str:
@@ -72,7 +75,7 @@ class RunJob:
 
 def run_job(job: RunJob) -> RunResult:
     """An executor's entry point for ``bench run``: :func:`run_one` of the job."""
-    return run_one(job.config, job.suite_dir, variant=job.variant, reuse_stale=job.reuse_stale)
+    return run_one(job.config, job.suite_dir, variant=job.variant, reuse_stale=job.reuse_stale, tracking=job.tracking)
 
 
 def build_method(cfg: RunConfig, data):
@@ -155,7 +158,7 @@ def _lock(run: Path) -> Lock:
 
 
 def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool = False, data=None,
-            callbacks: tuple = (), metrics: list[str] | None = None) -> RunResult:
+            callbacks: tuple = (), metrics: list[str] | None = None, tracking: dict | None = None) -> RunResult:
     """Train and evaluate one config into its run folder; never raises for a failed run.
 
     ``data``: the loaded Data (else loaded from the config, once per process); ``callbacks``: the
@@ -166,8 +169,13 @@ def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool
         resolve_device(cfg.device)
     except DMLBenchError as e:
         return RunResult(cfg, run, "failed", reason=str(e))
-    run.mkdir(parents=True, exist_ok=True)
-    lock = _lock(run)
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        lock = _lock(run)
+    except (OSError, DiskFullError) as e:
+        if not (isinstance(e, DiskFullError) or is_disk_full(e)):
+            raise
+        return _failed(cfg, run, e, record=False)
     try:
         import torch
 
@@ -175,10 +183,7 @@ def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool
             data = data if data is not None else load_data(cfg)
             triplets = test_triplets(data, cfg, run.parent.parent)
         except Exception as e:  # noqa: BLE001 - reported as this run's failure, like a crash in training
-            reason = str(e) if isinstance(e, DMLBenchError) else f"{type(e).__name__}: {e}"
-            if not layout.is_complete(run):
-                write_json(run / layout.FAILED, {"reason": reason, "type": type(e).__name__})
-            return RunResult(cfg, run, "failed", reason=reason)
+            return _failed(cfg, run, e, record=not layout.is_complete(run), crash_log=False)
         prov = {**provenance(cfg.device, torch.get_num_threads()), "data": data.fingerprint,
                 "test_triplets": hashlib.sha256(np.ascontiguousarray(triplets).tobytes()).hexdigest()[:16]}
         if layout.is_complete(run):
@@ -196,28 +201,41 @@ def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool
             _archive(run, why)
             run.mkdir(parents=True, exist_ok=True)
             lock = _lock(run)
-        (run / layout.FAILED).unlink(missing_ok=True)
-        # Written first, so that a run that fails before its data is loaded is still listed.
-        write_json(run / layout.CONFIG, {**cfg.to_dict(), "run_id": cfg.run_id(), "group_id": cfg.group_id(),
-                                         "variant": variant, "provenance": prov})
         try:
-            return _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metrics)
+            (run / layout.FAILED).unlink(missing_ok=True)
+            # Written first, so that a run that fails before its data is loaded is still listed.
+            write_json(run / layout.CONFIG, {**cfg.to_dict(), "run_id": cfg.run_id(), "group_id": cfg.group_id(),
+                                             "variant": variant, "provenance": prov})
+            return _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metrics, tracking or {})
         except Exception as e:  # noqa: BLE001 - one broken run must not take the suite down with it
-            reason = str(e) if isinstance(e, DMLBenchError) else f"{type(e).__name__}: {e}"
-            if not isinstance(e, DMLBenchError):
-                log.exception("run %s seed %d crashed", cfg.method, cfg.seed)
-            write_json(run / layout.FAILED, {"reason": reason, "type": type(e).__name__})
-            return RunResult(cfg, run, "failed", reason=reason)
+            return _failed(cfg, run, e)
     finally:
         lock.release()
 
 
-def _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metrics) -> RunResult:
-    # The torch side of a run: imported here, so that a pool's driver (which imports this module
-    # to hand out runs) never imports torch.
-    from dmlbench.evaluation.evaluate import evaluate
-    from dmlbench.training.trainer import Trainer
+def _failed(cfg: RunConfig, run: Path, e: Exception, record: bool = True, crash_log: bool = True) -> RunResult:
+    """The result of a run that raised ``e``: its one-line reason, recorded in failed.json where
+    ``record`` and the disk allow. A crash (not a DMLBenchError) logs its traceback if
+    ``crash_log``; a full disk is one line, its traceback logged only under ``bench -v``."""
+    full = e if isinstance(e, DiskFullError) else None
+    if full is None and is_disk_full(e):  # a writer that does not name its file itself
+        full = DiskFullError.of(e, e.filename or run)
+    if full is not None:
+        log.info("%s seed %d stopped: %s", cfg.method, cfg.seed, full, exc_info=e)
+        reason = str(full)
+    else:
+        reason = str(e) if isinstance(e, DMLBenchError) else f"{type(e).__name__}: {e}"
+        if crash_log and not isinstance(e, DMLBenchError):
+            log.exception("run %s seed %d crashed", cfg.method, cfg.seed)
+    if record:
+        try:
+            write_json(run / layout.FAILED, {"reason": reason, "type": type(full or e).__name__})
+        except DiskFullError as again:  # the disk that failed the run may not take its failed.json either
+            log.info("%s", again)
+    return RunResult(cfg, run, "failed", reason=reason, full_disk=full)
 
+
+def _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metrics, tracking) -> RunResult:
     device = resolve_device(cfg.device)
     set_determinism(cfg.deterministic, device)
     method = build_method(cfg, data)
@@ -225,10 +243,26 @@ def _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metr
                                      "variant": variant, "data": data.info(), "provenance": prov,
                                      "weights_info": getattr(method.encoder, "weights_info", None)})
 
+    loggers = Loggers(logger_names(cfg.log), run, cfg.to_dict(), tracking)
+    try:
+        return _fit_and_evaluate(cfg, run, method, data, triplets, callbacks, metrics, device, loggers)
+    finally:
+        loggers.close()
+
+
+def _fit_and_evaluate(cfg, run, method, data, triplets, callbacks, metrics, device, loggers) -> RunResult:
+    # The torch side of a run: imported here, so that a pool's driver (which imports this module
+    # to hand out runs) never imports torch.
+    from dmlbench.evaluation.evaluate import evaluate
+    from dmlbench.training.trainer import Trainer
+
     def save_history(trainer, row) -> None:
+        import pandas as pd  # here, not at the top: the CLI's commands that train nothing import this module
+
         write_text(run / layout.HISTORY, pd.DataFrame(trainer.history).to_csv(index=False))
 
-    trainer = Trainer(method, data, cfg.train_config(), device=device, run_dir=run, callbacks=(save_history, *callbacks))
+    trainer = Trainer(method, data, cfg.train_config(), device=device, run_dir=run,
+                      callbacks=(save_history, *callbacks), step_hooks=(loggers.step_hook,) if loggers.names else ())
     history = trainer.fit()
     if not history:
         write_text(run / layout.HISTORY, "")
@@ -244,12 +278,21 @@ def _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metr
     if ctx.per_query:
         write_npz(run / layout.PER_QUERY, **{k: np.asarray(v) for k, v in ctx.per_query.items()})
     if ctx.extras.get("confusion") is not None:
+        import pandas as pd
+
         write_text(run / layout.CONFUSION, pd.DataFrame(ctx.extras["confusion"]).to_csv(index=False))
     if isinstance(method, GenerativeMethod):
         write_npz(run / layout.RECONSTRUCTIONS, **reconstructions(method, data, ctx.pipeline, device))
     metrics["svm_lambda"] = ctx.extras.get("svm_lambda")
+    if ctx.extras.get("svm_lambda_edge") is not None:  # 1: the probe's lambda stayed on its widened grid's edge
+        metrics["svm_lambda_edge"] = int(ctx.extras["svm_lambda_edge"])
     metrics = {k: v for k, v in metrics.items() if v is not None}
+    if loggers.names:
+        loggers.start(trainer.steps_done)
+        loggers.log_metrics(trainer.steps_done, {k: v for k, v in ctx.results.items() if v is not None})
+        loggers.log_embeddings(ctx.test_emb(), data.test.y, data.test.images)
     write_json(run / layout.METRICS, metrics)  # last: marks the run complete
+    loggers.log_files([run / layout.METRICS, run / layout.CONFIG, run / layout.HISTORY])
     return RunResult(cfg, run, "done", metrics)
 
 

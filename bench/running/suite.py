@@ -16,6 +16,7 @@ from pathlib import Path
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.params import apply_overrides, parse_set
 from dmlbench.core.runtime import default_threads
+from dmlbench.evaluation.metrics import METRICS
 from dmlbench.executors import EXECUTORS, executor_options, get_executor, option_keys
 from dmlbench.methods import BUILTIN, get_method
 from dmlbench.running import layout
@@ -24,7 +25,8 @@ from dmlbench.running.runner import Planned, with_method
 
 log = logging.getLogger("dmlbench")
 
-SUITE_KEYS = {"methods", "seeds", "out", "set", "suite", "workers", "executor", "reuse_stale", "devices"}
+SUITE_KEYS = {"methods", "seeds", "out", "set", "suite", "workers", "executor", "reuse_stale", "devices",
+              "table_metrics"}
 # The RunConfig fields a suite file or flag may set (the method, seed and options come otherwise).
 CONFIG_KEYS = {f.name for f in dataclasses.fields(RunConfig)} - {"method", "seed", "method_params", "data_options",
                                                                   "tuned"}
@@ -53,11 +55,13 @@ class Suite:
     executor_options: dict = field(default_factory=dict)  # the executor's own options, by suite key
     run_sets: dict[str, dict] = field(default_factory=dict)  # tuned run keys per method
     tuned: dict[str, dict] = field(default_factory=dict)  # per method: where its tuned settings came from
+    directory: Path | None = None  # the suite's folder where not <out>/<dataset>[/<suite>] (a tune's own)
+    table_metrics: list[str] = field(default_factory=list)  # the table's columns (empty: the default metrics)
 
     @property
     def dir(self) -> Path:
-        """Where the suite's runs and tables live: ``<out>/<dataset>[/<suite>]``."""
-        return layout.suite_dir(self.out, self.base.dataset, self.name)
+        """Where the suite's runs and tables live: ``<out>/<dataset>[/<suite>]``, or ``directory``."""
+        return Path(self.directory) if self.directory else layout.suite_dir(self.out, self.base.dataset, self.name)
 
     def make_executor(self):
         """The suite's executor, with its share of the thread budget and its own options."""
@@ -142,9 +146,14 @@ def resolve_suite(file_values: dict, flags: dict) -> Suite:
     given_exec = {k: values[k] for k, (owner, f) in exec_keys.items()
                   if values.get(k) is not None and (owner == executor or values[k] != f.default)}
     executor_options(executor, given_exec)  # type-checked and validated here, before anything runs
+    table_metrics = _as_list(values.get("table_metrics", []), "table_metrics")
+    unknown_metrics = [m for m in table_metrics if m not in METRICS]
+    if unknown_metrics:
+        raise DMLBenchError(f"table_metrics: unknown metric(s) {', '.join(unknown_metrics)}; known: "
+                            f"{', '.join(METRICS.names())}")
     return Suite(base, methods, seeds, by_owner, Path(values.get("out", layout.DEFAULT_OUT)),
                  str(values.get("suite", "")), workers, executor, bool(values.get("reuse_stale", False)),
-                 devices, given_exec)
+                 devices, given_exec, table_metrics=table_metrics)
 
 
 GPU_RUNS_PER_DEVICE = 4  # measured on an H100: 4 MNIST runs at once finish 3.2x sooner than in a row

@@ -79,15 +79,18 @@ class Trainer:
     """Trains ``method`` on ``data.train`` for ``cfg.steps`` steps; checkpoints into ``run_dir``.
 
     ``callbacks``: functions ``f(trainer, row)`` called after every epoch with that epoch's history
-    row (the runner saves ``history.csv`` there; a tuner reports and prunes there).
+    row (the runner saves ``history.csv`` there; a tuner reports and prunes there). ``step_hooks``:
+    functions ``f(trainer, first_step, names, values, lrs)`` called after every epoch with each of its
+    steps' loss terms and total (``values``, steps x (terms + 1)) and learning rates (the loggers).
     """
 
     def __init__(self, method: Method, data: Data, cfg: TrainConfig, *, device: torch.device | str = "cpu",
-                 run_dir: Path | None = None, callbacks: tuple = ()):
+                 run_dir: Path | None = None, callbacks: tuple = (), step_hooks: tuple = ()):
         self.method, self.data, self.cfg = method, data, cfg
         self.device = torch.device(device)
         self.run_dir = Path(run_dir) if run_dir else None
         self.callbacks = list(callbacks)
+        self.step_hooks = list(step_hooks)
         self.history: list[dict] = []
         self.steps_done = 0
 
@@ -185,6 +188,8 @@ class Trainer:
                 aug_gen = epoch_generator(cfg.seed, epoch, 1)
                 sums = None
                 lrs = [g["lr"] for g in opt.param_groups]
+                per_step, step_lrs = [], []  # kept for the step hooks: handed over once an epoch, no sync a step
+                first_step = self.steps_done
                 t0 = time.perf_counter()
                 for step in range(steps):
                     idx = idx_all[step]
@@ -204,6 +209,9 @@ class Trainer:
                     total = sum(method.weights[k] * v for k, v in terms.items())
                     vals = torch.stack([v.detach() for v in terms.values()] + [total.detach()])
                     sums = vals if sums is None else sums + vals
+                    if self.step_hooks:
+                        per_step.append(vals)
+                        step_lrs.append(opt.param_groups[0]["lr"])
                     if (step + 1) % check_every == 0 or step + 1 == steps:
                         self._check_finite(sums, names, epoch, step)
                     opt.zero_grad(set_to_none=True)
@@ -222,6 +230,12 @@ class Trainer:
                        "lr": lrs[0], "seconds": seconds, "images_per_s": steps * layout.per_step / seconds}
                 self.history.append(row)
                 data.train.release()
+                # Steps are handed to the hooks before the checkpoint, so a crash between the two never
+                # loses them; a resumed epoch hands them again, and the loggers skip what they have.
+                if self.step_hooks:
+                    matrix = torch.stack(per_step).cpu().numpy()
+                    for hook in self.step_hooks:
+                        hook(self, first_step, names, matrix, step_lrs)
                 self._save(epoch + 1, opt, sched)
                 bar.set_postfix(loss=f"{row['loss']:.4g}", ips=f"{row['images_per_s']:.0f}")
                 log.info("%s s%d epoch %d/%d  %s  (%.1fs, %.0f img/s)", method.name, cfg.seed, epoch + 1, len(plan),

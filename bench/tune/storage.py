@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
-from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.errors import DiskFullError, DMLBenchError, is_disk_full
+from dmlbench.core.locks import Lock
 from dmlbench.running import layout
 from dmlbench.tune.options import GRACE_ENV, HEARTBEAT_ENV, MAX_RETRY, N_STARTUP
 
@@ -170,45 +173,158 @@ def redact(url: str) -> str:
         return url.split("://")[0] + "://***"
 
 
+def storage_file(url: str) -> Path | None:
+    """The file a file-based storage keeps its study in (SQLite, ``journal:PATH``); None for a
+    database server or an in-memory SQLite."""
+    if url.startswith("journal:"):
+        return Path(url[len("journal:"):]).expanduser()
+    if url.startswith("sqlite:///") and len(url) > len("sqlite:///"):
+        return Path(url[len("sqlite:///"):].split("?")[0])
+    return None
+
+
+def creation_lock(url: str) -> Lock | None:
+    """The lock under which a file-based study is created (None for a server: a server
+    serialises its own writes, and a lost schema race is retried, see :func:`open_storage`).
+    Its file is not the journal's ``PATH.lock``, which Optuna's journal backend takes for every
+    write."""
+    f = storage_file(url)
+    return None if f is None else Lock(f.with_name(f".{f.name}.dmlbench-lock"))
+
+
+CREATION_LOCK_TIMEOUT_S = 300  # creating a study takes a second; a holder this slow is stuck
+SQLITE_TIMEOUT_S = 60  # how long a SQLite write waits for another process's before "database is locked"
+SCHEMA_TRIES = 5
+TUNE_FIX = "free space there and re-run the same command: finished trials are kept"
+_DB_MODULES = ("sqlalchemy", "sqlite3", "psycopg", "psycopg2", "alembic")
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    """``e`` and the exceptions it was raised from or during, outermost first."""
+    out: list[BaseException] = []
+    while e is not None and e not in out:
+        out.append(e)
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    return out
+
+
+def _is_storage_exception(x: BaseException, journal: Path | None) -> bool:
+    if type(x).__module__.split(".")[0] in _DB_MODULES:
+        return True
+    if type(x).__name__ == "StorageInternalError":  # optuna's wrapper of a failed commit
+        return True
+    # A journal is a plain file: its failures are OSErrors naming it (or its lock), and a damaged
+    # one fails to decode.
+    if journal is None:
+        return False
+    return type(x).__name__ == "JSONDecodeError" or (
+        isinstance(x, OSError) and bool(x.filename) and str(x.filename).startswith(str(journal)))
+
+
+def storage_problem(e: BaseException, url: str, opening: bool = False) -> DMLBenchError | None:
+    """The one-line error for an exception a study storage raised, naming its real cause (a full
+    disk, a lock held too long, a read-only file or folder, a damaged file, an unreachable server);
+    None if ``e`` is no storage error. ``opening``: raised while opening it (any error then is the
+    storage's)."""
+    chain = _chain(e)
+    file = storage_file(url)
+    where = str(file) if file is not None else redact(url)
+    for x in chain:
+        if is_disk_full(x):
+            return DiskFullError.of(x, x.filename or where, TUNE_FIX)
+    journal = file if url.startswith("journal:") else None
+    if not opening and not any(_is_storage_exception(x, journal) for x in chain):
+        return None
+    db = [x for x in chain if type(x).__module__.split(".")[0] in _DB_MODULES]
+    root = db[-1] if db else chain[-1]
+    first = (str(root).strip().splitlines() or [type(root).__name__])[0][:200]
+    said = f"{type(root).__name__}: {first}"
+    text = " ".join(str(x) for x in chain).lower()
+    head = "cannot open the study storage" if opening else "study storage"
+    if "database or disk is full" in text:
+        return DiskFullError(where, fix=TUNE_FIX)
+    if "database is locked" in text or "database table is locked" in text:
+        return DMLBenchError(f"study storage {where}: another process kept it locked for over {SQLITE_TIMEOUT_S} s "
+                             "(database is locked); fewer processes writing one SQLite file at once (--workers), or "
+                             "a PostgreSQL --storage for many, avoid it: re-run the same command, finished trials "
+                             "are kept")
+    readonly = "readonly database" in text or any(
+        isinstance(x, OSError) and x.errno in (errno.EROFS, errno.EACCES, errno.EPERM) for x in chain)
+    if readonly:
+        return DMLBenchError(f"study storage {where} cannot be written ({said}): make the file and its folder "
+                             "writable by this user or give another --out/--storage; if another process moved or "
+                             "deleted the file while this one had it open, re-run the same command")
+    if "unable to open database file" in text:
+        return DMLBenchError(f"cannot open the study storage {where} ({said}): its folder must exist and be "
+                             "writable; give another --out or --storage")
+    if file is not None and ("not a database" in text or "malformed" in text
+                             or any(type(x).__name__ == "JSONDecodeError" for x in chain)):
+        return DMLBenchError(f"study storage {where} is damaged ({said}); move it aside and re-run: trials whose "
+                             "runs are complete under trials/ are not trained again")
+    if "disk i/o error" in text:
+        return DMLBenchError(f"study storage {where}: {said}; check the disk, and on a network file system use "
+                             "--storage journal:PATH or a PostgreSQL server (SQLite needs working file locks)")
+    if file is None:
+        return DMLBenchError(f"{head} {where}: {said}; check the URL, the driver (pip install "
+                             "'dmlbench[tune-postgres]' for PostgreSQL) and the server")
+    return DMLBenchError(f"{head} {where}: {said}; re-run the same command (finished trials are kept)")
+
+
+@contextmanager
+def storage_errors(url: str, opening: bool = False):
+    """Run the block; an exception a study storage raised in it (SQLAlchemy, sqlite3, Optuna's
+    StorageInternalError, a journal's OSError) becomes the one-line error of
+    :func:`storage_problem`, chained to it (``bench -v`` logs the traceback). Anything else passes."""
+    try:
+        yield
+    except DMLBenchError:
+        raise
+    except Exception as e:  # noqa: BLE001 - storage_problem tells a storage's error from any other
+        problem = storage_problem(e, url, opening)
+        if problem is None:
+            raise
+        raise problem from e
+
+
+def _lost_schema_race(e: BaseException) -> bool:
+    """Processes that open a new database at once all create Optuna's tables and version rows;
+    the losers see a duplicate key, a table that already exists, or (between another's two
+    writes) no version row yet. Opening again then finds the schema made."""
+    for x in _chain(e):
+        text = str(x).lower()
+        if (type(x).__name__ in ("IntegrityError", "UniqueViolation", "DuplicateTable", "AssertionError")
+                or "duplicate" in text or "already exists" in text or "unique constraint" in text):
+            return True
+    return False
+
+
 def open_storage(url: str):
-    """An Optuna storage: RDB (heartbeat + retry of stale trials) or ``journal:PATH``."""
+    """An Optuna storage: RDB (heartbeat + retry of stale trials) or ``journal:PATH``. A new
+    file-based study is created under :func:`creation_lock` by the tune (:mod:`.study`); a lost
+    race to create a server's schema is retried here."""
     optuna = import_optuna()
     heartbeat, grace = heartbeat_settings()
-    try:
+    with storage_errors(url, opening=True):
         if url.startswith("journal:"):
             from optuna.storages import JournalStorage
 
-            path = Path(url[len("journal:"):]).expanduser()
+            path = storage_file(url)
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 from optuna.storages.journal import JournalFileBackend
             except ImportError:  # optuna < 4
                 from optuna.storages import JournalFileStorage as JournalFileBackend
             return JournalStorage(JournalFileBackend(str(path)))
-        kw = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite") else {}
-        if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        kw = {"engine_kwargs": {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}} if url.startswith("sqlite") else {}
+        if storage_file(url) is not None:
+            storage_file(url).parent.mkdir(parents=True, exist_ok=True)
         for attempt in range(SCHEMA_TRIES):
             try:
                 return _rdb_storage(optuna, url, heartbeat, grace, kw)
             except Exception as e:  # noqa: BLE001 - only a lost schema race is retried
-                # Workers that open a new database at once all create Optuna's tables; the losers
-                # see "duplicate key" or "already exists", and the tables are there when they retry.
-                text = str(e).lower()
-                if attempt + 1 == SCHEMA_TRIES or not ("duplicate" in text or "already exists" in text):
+                if attempt + 1 == SCHEMA_TRIES or not _lost_schema_race(e):
                     raise
                 time.sleep(0.2 + 0.3 * attempt)
-    except DMLBenchError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a bad URL, a missing driver, an unreachable server
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        fix = ("if the file is damaged, move it aside and re-run: trials whose runs are complete under trials/ "
-               "are not trained again" if url.startswith("sqlite") or url.startswith("journal:")
-               else "check the URL, the driver (pip install 'dmlbench[tune-postgres]' for PostgreSQL) and the server")
-        raise DMLBenchError(f"cannot open the study storage {redact(url)}: {type(e).__name__}: {first}; {fix}") from None
-
-
-SCHEMA_TRIES = 5
 
 
 def _rdb_storage(optuna, url: str, heartbeat: int, grace: int, kw: dict):

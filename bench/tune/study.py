@@ -7,6 +7,7 @@ import json
 import logging
 import time
 import uuid
+from pathlib import Path
 
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.io import undo_if_refused, write_json
@@ -18,7 +19,7 @@ from dmlbench.data.splits import fold_assignment, n_partitions
 from dmlbench.evaluation.metrics import METRICS
 from dmlbench.methods import GenerativeMethod, get_method
 from dmlbench.running import layout
-from dmlbench.running.checks import check_before_data, check_data
+from dmlbench.running.checks import check_before_data, check_data, warn_degenerate
 from dmlbench.running.config import NOT_IN_ID
 from dmlbench.running.suite import Suite
 from dmlbench.tune.folds import check_fold_sizes, check_folds, choose_validation, fold_data, load_training_data
@@ -35,7 +36,9 @@ from dmlbench.tune.options import (
 )
 from dmlbench.tune.spaces import method_plan, read_space_file
 from dmlbench.tune.storage import (
+    CREATION_LOCK_TIMEOUT_S,
     RUN_TAG,
+    creation_lock,
     default_storage,
     heartbeat_settings,
     import_optuna,
@@ -43,8 +46,9 @@ from dmlbench.tune.storage import (
     redact,
     requeue_interrupted,
     requeue_orphans,
+    storage_errors,
 )
-from dmlbench.tune.summary import budget_warnings, failed_methods, other_methods, summarize
+from dmlbench.tune.summary import budget_warnings, edge_warnings, failed_methods, other_methods, summarize
 from dmlbench.tune.trial import PRUNE_STARTUP, trial_config, work
 
 log = logging.getLogger("dmlbench")
@@ -154,6 +158,22 @@ def create_studies(job: Job) -> None:
                                 f"but {job.opts.objective} needs {direction}")
 
 
+def open_studies(job: Job) -> None:
+    """Make the suite folder, folds.json and each method's study, or check those there (see
+    :func:`create_studies`). Tunes started at once on a new suite take turns here, under the lock
+    of a file storage (a server is retried instead, :func:`~dmlbench.tune.storage.open_storage`):
+    the first makes the schema, folds.json and the studies, the others find them.
+
+    A storage that refuses the study leaves no folder, folds.json or study file, and one refused
+    never removes those another tune made (an interrupt or a crash leaves them)."""
+    base = job.suite.base.resolved()
+    with undo_if_refused(job.suite_dir, (FOLDS_FILE, layout.STUDY), on=DMLBenchError,
+                         lock=creation_lock(job.storage_url), lock_timeout=CREATION_LOCK_TIMEOUT_S):
+        Path(job.suite_dir).mkdir(parents=True, exist_ok=True)
+        check_folds(job.suite_dir, job.kind, job.opts.folds, job.opts.tune_seed, job.assignment, base.dataset)
+        create_studies(job)
+
+
 def tune(suite: Suite, opts: TuneOptions, echo=echo_line) -> dict:
     """Tune every trained method of the suite with an equal budget; write and return tuned.json."""
     t_start = time.perf_counter()
@@ -167,20 +187,22 @@ def tune(suite: Suite, opts: TuneOptions, echo=echo_line) -> dict:
     executor = suite.make_executor()
     try:
         executor.start()  # an unreachable cluster, too
-        return _tune(suite, opts, plans, skipped, executor, echo, t_start)
+        suite_dir = suite.dir.resolve() if executor.remote else suite.dir  # remote workers need absolute paths
+        storage_url = opts.storage or default_storage(suite_dir)
+        with storage_errors(storage_url):  # a storage's failure, wherever met, is one line naming its cause
+            return _tune(suite, opts, plans, skipped, executor, echo, t_start, suite_dir, storage_url)
     finally:
         executor.shutdown()
 
 
 def _tune(suite: Suite, opts: TuneOptions, plans: list[MethodPlan], skipped: list[str], executor, echo,
-          t_start: float) -> dict:
+          t_start: float, suite_dir, storage_url: str) -> dict:
     base = suite.base.resolved()
-    suite_dir = suite.dir.resolve() if executor.remote else suite.dir  # remote workers need absolute paths
-    storage_url = opts.storage or default_storage(suite_dir)
     data = load_training_data(base)
     tuned_suite = dataclasses.replace(suite, methods=[p.name for p in plans])
     check_data(tuned_suite, data, (standardized(data) if base.normalize == "standard" else data).value_range(),
                {p.name: apply_overrides(get_method(p.name).Params(), p.fixed, p.name) for p in plans})
+    warn_degenerate(tuned_suite, data)
     kind, why = choose_validation(data, opts.folds, opts.validation)
     assignment = fold_assignment(data, kind, opts.folds, opts.tune_seed)
     check_fold_sizes(data, kind, assignment, list(range(opts.folds)), opts.folds)
@@ -190,12 +212,7 @@ def _tune(suite: Suite, opts: TuneOptions, plans: list[MethodPlan], skipped: lis
     deadline = time.time() + opts.timeout if opts.timeout else None
     job = Job(suite, plans, opts, kind, assignment, storage_url, suite_dir, metrics, list(range(opts.folds)),
               deadline, uuid.uuid4().hex)
-    # A storage that refuses the study leaves no folder, folds.json or study file (an interrupt or
-    # a crash, which might be another tune's race on the same folder, leaves them).
-    with undo_if_refused(suite_dir, (FOLDS_FILE, layout.STUDY), on=DMLBenchError):
-        suite_dir.mkdir(parents=True, exist_ok=True)
-        check_folds(suite_dir, kind, opts.folds, opts.tune_seed, assignment, base.dataset)
-        create_studies(job)
+    open_studies(job)
     _requeue_orphans_of_dead_tunes(job)
 
     example = fold_data(data, kind, assignment, 0, "unit")
@@ -227,10 +244,19 @@ def _tune(suite: Suite, opts: TuneOptions, plans: list[MethodPlan], skipped: lis
         with interrupts_ignored(e):
             _requeue_own(job)
         raise
+    except DMLBenchError:
+        # A worker stopped on a full disk or a failing storage: its trial is re-queued now if the
+        # storage still takes it, else by the next tune once its heartbeat lapses. The error the
+        # user must see is the worker's, not whatever this attempt runs into.
+        try:
+            _requeue_own(job)
+        except Exception as e:  # noqa: BLE001 - best effort, see above
+            log.debug("could not re-queue this tune's trials: %s", e)
+        raise
     doc = summarize(job, time.perf_counter() - t_start, executor.workers)
     doc["methods"] = {**other_methods(suite_dir / TUNED_FILE, doc), **doc["methods"]}
     write_json(suite_dir / TUNED_FILE, doc)
-    for line in budget_warnings(doc, opts.trials):
+    for line in budget_warnings(doc, opts.trials) + edge_warnings(doc):
         echo(f"warning: {line}")
     if failed_methods(doc):
         return doc  # the CLI reports the methods that have no setting to test

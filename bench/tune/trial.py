@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import logging
 import math
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmlbench.core.errors import DMLBenchError
+from dmlbench.core.errors import DiskFullError, DMLBenchError
 from dmlbench.core.locks import Lock
 from dmlbench.core.params import apply_overrides
 from dmlbench.core.runtime import echo_line
@@ -33,6 +35,8 @@ from dmlbench.tune.storage import (
     make_sampler,
     open_storage,
     requeue_interrupted,
+    storage_errors,
+    storage_problem,
 )
 
 log = logging.getLogger("dmlbench")
@@ -117,6 +121,8 @@ def run_trial(trial, job: Job, plan: MethodPlan, folds: dict) -> float:
         trial.set_user_attr(f"run_dir_fold{f}", str(r.run_dir))
         if state.get("pruned"):
             raise optuna.TrialPruned(r.reason)
+        if r.full_disk is not None:  # not the method's failure: the trial is re-queued (_one_trial)
+            raise copy.copy(r.full_disk)  # a copy: the run logged its traceback (under -v) already
         if r.status == "failed":
             raise TrialFailed(r.reason or "the run failed")
         value = r.metrics.get(job.opts.objective)
@@ -145,7 +151,16 @@ def _one_trial(study, job: Job, plan: MethodPlan, folds: dict, trial) -> None:
             # Not the method's failure: failed and re-queued (no retry used up), so a resume runs it.
             requeue_interrupted(study, trial._trial_id)
             raise
+        except DiskFullError:
+            # Not the method's failure either, and every later trial would fail alike: the trial is
+            # re-queued where the storage still takes it (else a resume re-queues it once its
+            # heartbeat lapses) and the tune stops with the one line.
+            with contextlib.suppress(Exception):
+                requeue_interrupted(study, trial._trial_id)
+            raise
         except Exception as e:  # noqa: BLE001 - a failed trial is recorded as FAIL and the study goes on
+            if storage_problem(e, job.storage_url) is not None:
+                raise  # the storage's failure, not the trial's: work() reports it as one line
             reason = str(e) if isinstance(e, DMLBenchError) else f"{type(e).__name__}: {e}"
             if not isinstance(e, DMLBenchError):
                 log.exception("%s crashed", name)
@@ -163,6 +178,11 @@ def work(job: Job) -> int:
     always of the method with the fewest trials started (so a tune cut short by --timeout or a kill
     leaves the methods within one trial per worker of each other). Several workers (processes, Ray
     tasks, machines) may run this on one storage at once. Returns the number of trials it ran."""
+    with storage_errors(job.storage_url):  # converted here: a pool hands the driver only the message
+        return _work(job)
+
+
+def _work(job: Job) -> int:
     optuna = import_optuna()
     base = job.suite.base.resolved()
     data = load_training_data(base)

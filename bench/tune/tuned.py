@@ -12,9 +12,9 @@ from dmlbench.core.params import apply_overrides
 from dmlbench.core.space import RUN_KEYS
 from dmlbench.data import DatasetRef
 from dmlbench.methods import get_method
-from dmlbench.running.suite import Suite
+from dmlbench.running.suite import CONFIG_KEYS, Suite
 from dmlbench.tune.options import DEFAULT_TEST_SEEDS, TUNED_FILE
-from dmlbench.tune.summary import budget_warnings
+from dmlbench.tune.summary import budget_warnings, edge_warnings
 
 log = logging.getLogger("dmlbench")
 
@@ -45,24 +45,54 @@ def read_tuned(tuned_dir: Path) -> tuple[Path, dict]:
     return path, doc
 
 
-def apply_tuned(suite: Suite, tuned_dir: Path, *, seeds_given: bool | None = None,
-                run_flags: dict | None = None) -> Suite:
+# A tune's settings that become a --tuned run's defaults (the test runs train as the trials did);
+# where it runs (device, threads, data folder) stays this machine's.
+NOT_CARRIED = ("device", "threads", "data_dir", "method", "seed", "method_params", "data_options", "tuned")
+
+
+def tuned_defaults(tuned_dir: Path) -> dict:
+    """The settings a tune ran with, as suite keys: the defaults of ``bench run --tuned`` (a preset,
+    a file and flags still override them)."""
+    _, doc = read_tuned(tuned_dir)
+    cfg = doc.get("config") or {}
+    out = {k: v for k, v in cfg.items() if k in CONFIG_KEYS and k not in NOT_CARRIED and v is not None}
+    return {**out, "dataset": doc["dataset"]}
+
+
+def apply_tuned(suite: Suite, tuned_dir: Path, *, seeds_given: bool | None = None, methods_given: bool = True,
+                place_given: bool = True, run_flags: dict | None = None) -> Suite:
     """The suite with each tuned method at its best validation settings (``bench run --tuned``).
 
-    Methods of the suite that were not tuned are left out (with a warning), except untrained ones
-    (the raw floor). The tuned values apply over the suite's --set. Seeds: 0-4 unless given
-    (``seeds_given=None``: the suite's seeds count as not given when they are the default [0]).
+    Methods: with ``methods_given``, the suite's, and those not tuned are left out (with a
+    warning), except untrained ones (the raw floor); else every tuned method (plugin and ``pml:``
+    ones too). A tuned method that cannot run here (a plugin not given with --plugin) is left out
+    and named, with the reason. The tuned values apply over the suite's --set. Seeds: 0-4 unless
+    given (``seeds_given=None``: the suite's seeds count as not given when they are the default
+    [0]). Where: without ``place_given`` (--out or --suite), the test runs go into the tune's own
+    folder, beside its trials.
     """
     path, doc = read_tuned(tuned_dir)
     if DatasetRef.parse(doc["dataset"]).slug() != DatasetRef.parse(suite.base.dataset).slug():
         raise DMLBenchError(f"{path} was tuned on {doc['dataset']}, but this suite runs {suite.base.dataset}; "
                             f"give --dataset {doc['dataset']}")
     tuned_methods = doc["methods"]
-    keep = [m for m in suite.methods if m in tuned_methods or not get_method(m).trainable]
-    dropped = [m for m in suite.methods if m not in keep]
+    wanted = suite.methods if methods_given else [*tuned_methods, *[m for m in suite.methods if m == "raw"]]
+    keep, unusable = [], {}
+    for m in wanted:
+        try:
+            trainable = get_method(m).trainable
+        except DMLBenchError as e:  # a plugin method whose module was not given here
+            unusable[m] = f"{e}; give --plugin with the file that registers it"
+            continue
+        if m in tuned_methods or not trainable:
+            keep.append(m)
+    for m, why in unusable.items():
+        log.warning("--tuned %s: %s left out: %s", path, m, why)
+    dropped = [m for m in wanted if m not in keep and m not in unusable]
     if not any(m in tuned_methods for m in keep):
-        raise DMLBenchError(f"none of {', '.join(suite.methods)} was tuned in {path} (tuned: "
-                            f"{', '.join(tuned_methods)}); give --methods")
+        raise DMLBenchError(f"none of {', '.join(wanted)} can run with the settings tuned in {path} (tuned: "
+                            f"{', '.join(tuned_methods)})" + ("; give --methods" if not unusable
+                                                                 else "; give --plugin for the methods named above"))
     if dropped:
         log.warning("--tuned %s: %s not tuned there, left out", path, ", ".join(dropped))
     method_sets, run_sets, tuned = dict(suite.method_sets), {}, {}
@@ -105,10 +135,11 @@ def apply_tuned(suite: Suite, tuned_dir: Path, *, seeds_given: bool | None = Non
                     ", ".join(f"{k} {cfg[k]} -> {getattr(here, k)}" for k in differ))
 
     kept = {**doc, "methods": {n: m for n, m in tuned_methods.items() if n in keep}}
-    for line in budget_warnings(kept):
+    for line in budget_warnings(kept) + edge_warnings(kept):
         log.warning("--tuned %s: %s", path, line)
     if seeds_given is None:
         seeds_given = suite.seeds != [0]
     seeds = list(suite.seeds) if seeds_given else list(DEFAULT_TEST_SEEDS)
+    here_dir = {} if place_given else {"directory": path.parent}
     return dataclasses.replace(suite, methods=keep, method_sets=method_sets, seeds=seeds, run_sets=run_sets,
-                               tuned=tuned)
+                               tuned=tuned, **here_dir)

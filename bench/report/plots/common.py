@@ -9,20 +9,42 @@ from __future__ import annotations
 
 import io
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.io import atomic_write_bytes
 from dmlbench.evaluation.metrics import METRICS, default_metrics
 from dmlbench.report.results import load_runs
+from dmlbench.report.stats import t_interval
 from dmlbench.running.layout import slug
 
 # A run's saved arrays are its own: a damaged one is made again by re-running that run.
 RERUN = "re-run the bench run command that made it (it re-makes a run whose files cannot be read; if it skips the run, delete the run's metrics.json first)"
 
-NOT_LOSS_COLUMNS = {"epoch", "lr", "seconds", "images_per_s"}
+# history.csv's bookkeeping columns: never drawn as a loss.
+NOT_LOSS_COLUMNS = {"epoch", "step", "lr", "seconds", "images_per_s"}
+FORMATS = ("png", "pdf", "svg")
+# The file format and resolution every figure is saved with (figure_format sets them for a block).
+_FORMAT: ContextVar[tuple[str, int]] = ContextVar("figure_format", default=("png", 150))
+
+
+@contextmanager
+def figure_format(fmt: str = "png", dpi: int = 150):
+    """Save the figures drawn in this block as ``fmt`` (png, pdf or svg) at ``dpi``."""
+    if fmt not in FORMATS:
+        raise DMLBenchError(f"--format {fmt!r} is not one of: {', '.join(FORMATS)}")
+    if not 30 <= dpi <= 1200:
+        raise DMLBenchError(f"--dpi {dpi} must be between 30 and 1200 (150 for the screen, 300 for print)")
+    token = _FORMAT.set((fmt, dpi))
+    try:
+        yield
+    finally:
+        _FORMAT.reset(token)
 
 
 def figure(width: float, height: float):
@@ -30,15 +52,18 @@ def figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=_FORMAT.get()[1], layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
 def save(fig, path: Path) -> Path:
-    """Write the figure as a PNG, atomically; returns the path."""
+    """Write the figure atomically, in the block's format (:func:`figure_format`; the path's suffix
+    follows it) and resolution; returns the path written."""
+    fmt, dpi = _FORMAT.get()
+    path = Path(path).with_suffix(f".{fmt}")
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format=fmt, dpi=dpi, metadata={"Software": None} if fmt == "png" else None)
     atomic_write_bytes(path, buf.getvalue())
     return path
 
@@ -62,8 +87,27 @@ def palette(n: int):
 
 
 def bar_metrics() -> list[str]:
-    """The registry's default metrics that are fractions in [0, 1] (bars share one axis)."""
-    return [m for m in default_metrics() if METRICS.get(m).higher_is_better and METRICS.get(m).kind != "info"]
+    """The registry's default metrics that are fractions in [0, 1] (bars share one axis) and can be
+    ranked (a metric that depends on the embedding's scale is no bar beside the others)."""
+    return [m for m in default_metrics() if METRICS.get(m).higher_is_better and METRICS.get(m).kind != "info"
+            and METRICS.get(m).comparable]
+
+
+def t_errorbar(values) -> tuple[float, float]:
+    """The 95% Student-t interval of the values (seaborn's ``errorbar`` callable): the interval
+    the tables print, not seaborn's bootstrap, which two or three seeds make meaningless."""
+    v = np.asarray(values, float)
+    mean, _, half = t_interval(v[~np.isnan(v)]) if np.isfinite(v).sum() >= 2 else (float(np.nanmean(v)), 0.0, 0.0)
+    half = 0.0 if np.isnan(half) else half
+    return mean - half, mean + half
+
+
+def seeds_note(runs: pd.DataFrame):
+    """(seaborn errorbar, its words): the 95% t-interval over seeds where some method has 2 seeds
+    or more, else none (one seed has no spread to show)."""
+    if len(runs) and runs.groupby("label")["seed"].nunique().max() >= 2:
+        return t_errorbar, "95% t-interval"
+    return None, "one seed: no error bars"
 
 
 def grid(n: int, max_cols: int = 4) -> tuple[int, int]:
@@ -80,6 +124,19 @@ def runs_of(results_dir: Path) -> pd.DataFrame:
 def method_labels(runs: pd.DataFrame) -> list[str]:
     """The method configurations' labels, in the table's order."""
     return list(dict.fromkeys(runs["label"]))
+
+
+def short_labels(runs: pd.DataFrame) -> dict[str, str]:
+    """Labels for axes: a method's name where it has one configuration here (``tvae (tuned)`` for a
+    tuned one), else the table's full label, which tells its configurations apart."""
+    out = {}
+    per_method = runs.groupby("method")["label"].nunique()
+    for label, method in dict(zip(runs["label"], runs["method"])).items():
+        if per_method[method] == 1:
+            out[label] = method + (" (tuned)" if "[tuned" in label else "")
+        else:
+            out[label] = label
+    return out
 
 
 def first_seed(runs: pd.DataFrame) -> pd.DataFrame:

@@ -31,6 +31,7 @@ from dmlbench.report.plots.common import (
     bar_metrics,
     class_names,
     figure,
+    figure_format,
     file_slug,
     first_seed,
     grid,
@@ -38,7 +39,10 @@ from dmlbench.report.plots.common import (
     palette,
     runs_of,
     save,
+    seeds_note,
+    short_labels,
     style,
+    t_errorbar,
 )
 from dmlbench.report.plots.tvae import plot_reconstructions, plot_tradeoff
 
@@ -112,6 +116,7 @@ def plot_confusions(runs: pd.DataFrame, folder: Path) -> list[Path]:
     import seaborn as sns
 
     out = []
+    short = short_labels(runs)
     for label in method_labels(runs):
         mine = runs[runs["label"] == label]
         mats, ids = [], None
@@ -146,7 +151,7 @@ def plot_confusions(runs: pd.DataFrame, folder: Path) -> list[Path]:
         acc = np.trace(total) / max(total.sum(), 1)
         ax.set_title(f"{label}: linear SVM on the embeddings\n(row-normalised, {len(mats)} seed(s) pooled, "
                      f"accuracy {acc:.3f})", fontsize=10)
-        out.append(save(fig, folder / f"confusion_{file_slug(label)}.png"))
+        out.append(save(fig, folder / f"confusion_{file_slug(short[label])}.png"))
     return out
 
 
@@ -192,56 +197,68 @@ def plot_loss_curves(runs: pd.DataFrame, path: Path) -> Path | None:
             colours["loss"] = (0.15, 0.15, 0.15)
             n_seeds = df["seed"].nunique()
             sns.lineplot(data=df, x="epoch", y="value", hue="term", style="term", ax=ax, palette=colours,
-                         dashes={t: ((4, 2) if t == "loss" else "") for t in terms}, errorbar="sd",
+                         dashes={t: ((4, 2) if t == "loss" else "") for t in terms},
+                         errorbar=t_errorbar if n_seeds >= 2 else None,
                          markers=len(df["epoch"].unique()) <= 12, markersize=4)
             v = df["value"]
             if (v > 0).all() and v.max() / v.min() > 30:  # terms on different scales
                 ax.set_yscale("log")
             ax.set_title(f"{label} ({n_seeds} seed{'s' if n_seeds > 1 else ''})", fontsize=10)
-            ax.set_ylabel("loss (mean ± sd over seeds)" if ax in axes[::cols] else "")
+            ylabel = "loss (mean, 95% t-interval band)" if n_seeds >= 2 else "loss"
+            ax.set_ylabel(ylabel if ax in axes[::cols] else "")
             ax.xaxis.get_major_locator().set_params(integer=True)
             ax.legend(fontsize=8, title=None, loc="best", framealpha=0.8)
         for ax in axes[len(panels):]:
             ax.set_visible(False)
-    fig.suptitle("Training loss terms per epoch ('loss' is the weighted total)")
+    fig.suptitle("Training loss terms and their weighted total ('loss', dashed), mean per epoch")
     return save(fig, path)
 
 
 def plot_metrics(runs: pd.DataFrame, path: Path, metrics: list[str] | None = None) -> Path | None:
-    """Bars of each method's test metrics (default: :func:`bar_metrics`), mean ± sd over seeds; None if no metric
-    has a value."""
+    """Bars of each method's test metrics (default: :func:`bar_metrics`, the rankable ones), the
+    mean over seeds with its 95% CI where there are 2 seeds or more; None if no metric has a value."""
     import seaborn as sns
 
     metrics = [m for m in (metrics or bar_metrics()) if m in runs.columns and runs[m].notna().any()]
     if not metrics:
         return None
+    short = short_labels(runs)
     long = runs.melt(id_vars=["label", "seed"], value_vars=metrics, var_name="metric", value_name="value").dropna()
-    labels = method_labels(runs)
+    long["label"] = long["label"].map(short)
+    labels = [short[lab] for lab in method_labels(runs)]
     fig = figure(max(7.0, 1.25 * len(labels) * max(len(metrics), 3) / 3 + 2.5), 4.6)
     with style():
         ax = fig.subplots()
+        errorbar, words = seeds_note(runs)
         sns.barplot(data=long, x="label", y="value", hue="metric", order=labels, hue_order=metrics,
-                    errorbar="sd", capsize=0.08, err_kws={"linewidth": 1}, ax=ax, palette=palette(len(metrics)))
+                    errorbar=errorbar, capsize=0.08, err_kws={"linewidth": 1}, ax=ax, palette=palette(len(metrics)))
         ax.set_ylim(0, 1.0)
         ax.set_xlabel("")
-        ax.set_ylabel("mean ± sd over seeds")
+        ax.set_ylabel("mean over seeds" if errorbar else "value (one seed)")
         if max(map(len, labels)) * len(labels) > 60:
             ax.tick_params(axis="x", labelrotation=20)
             for t in ax.get_xticklabels():
                 t.set_horizontalalignment("right")
         ax.legend(title=None, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     n = runs.groupby("label")["seed"].nunique()
-    fig.suptitle(f"Test metrics ({int(n.min())}–{int(n.max())} seeds per method)" if n.min() != n.max()
-                 else f"Test metrics ({int(n.min())} seed{'s' if n.min() > 1 else ''} per method)")
+    seeds = (f"{int(n.min())}–{int(n.max())} seeds per method" if n.min() != n.max()
+             else f"{int(n.min())} seed{'s' if n.min() > 1 else ''} per method")
+    fig.suptitle(f"Test metrics ({seeds}" + (f"; error bars: the {words})" if errorbar else ")"))
     return save(fig, path)
 
 
-def plot_results(results_dir: Path, out: Path | None = None, projection: str = "tsne") -> list[Path]:
-    """Draw every figure for each dataset under results_dir; returns the written PNG paths.
+def plot_results(results_dir: Path, out: Path | None = None, projection: str = "tsne", fmt: str = "png",
+                 dpi: int = 150) -> list[Path]:
+    """Draw every figure for each dataset under results_dir; returns the written files.
 
-    PNGs go to ``<dataset folder>/plots/``; with ``out``, to ``out`` (one dataset) or
-    ``out/<dataset folder name>/`` (several datasets).
+    Figures go to ``<dataset folder>/plots/``; with ``out``, to ``out`` (one dataset) or
+    ``out/<dataset folder name>/`` (several datasets); as ``fmt`` (png, pdf, svg) at ``dpi``.
     """
+    with figure_format(fmt, dpi):
+        return _plot_results(results_dir, out, projection)
+
+
+def _plot_results(results_dir: Path, out: Path | None, projection: str) -> list[Path]:
     if projection not in PROJECTIONS:
         raise DMLBenchError(f"unknown projection {projection!r}; use one of: {', '.join(PROJECTIONS)}")
     runs = runs_of(Path(results_dir))

@@ -10,6 +10,7 @@ import pandas as pd
 
 from dmlbench.core.io import read_npz
 from dmlbench.report.plots.common import RERUN, class_names, figure, first_seed, save, style
+from dmlbench.report.stats import t_interval
 
 
 def _as_image(a: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, dict]:
@@ -58,6 +59,12 @@ def plot_reconstructions(runs: pd.DataFrame, path: Path, max_cols: int = 12) -> 
     return save(fig, path)
 
 
+def _ci(values: pd.Series) -> float:
+    """The half-width of the 95% t-interval of the values (NaN with fewer than 2: no error bar)."""
+    v = values.dropna().to_numpy(float)
+    return t_interval(v)[2] if len(v) >= 2 else float("nan")
+
+
 def _triplet_weight(cfg: dict) -> float | None:
     w = (cfg.get("method_params") or {}).get("weights") or {}
     return float(w["triplet"]) if "triplet" in w else None
@@ -76,10 +83,12 @@ def plot_tradeoff(runs: pd.DataFrame, path: Path) -> Path | None:
     cols = ys + ["recon_error"]
     tvg = tv.groupby("label", sort=False).agg(w=("w", "first"), n=("seed", "nunique"),
                                              **{f"{c}_mean": (c, "mean") for c in cols},
-                                             **{f"{c}_std": (c, "std") for c in cols})
-    tvg = tvg.fillna(0.0).sort_values("w", kind="stable")
+                                             **{f"{c}_std": (c, _ci) for c in cols})
+    tvg = tvg.sort_values("w", kind="stable")
     vae = runs[runs["method"] == "vae"]
-    vaeg = vae.groupby("label", sort=False)[cols].agg(["mean", "std"]).fillna(0.0) if len(vae) else None
+    vaeg = vae.groupby("label", sort=False)[cols].agg(["mean", _ci]) if len(vae) else None
+    if vaeg is not None:
+        vaeg.columns = [(c, "mean" if k == "mean" else "std") for c, k in vaeg.columns]
     ambiguous = tvg["w"].duplicated(keep=False)
     fig = figure(5.2 * len(ys) + 0.4, 4.8)
     with style():
@@ -105,6 +114,7 @@ def plot_tradeoff(runs: pd.DataFrame, path: Path) -> Path | None:
         fig.legend(handles, names, loc="outside lower center", ncols=len(names), frameon=False)
     lo, hi = int(tvg["n"].min()), int(tvg["n"].max())
     seeds = f"{hi} seed{'s' if hi > 1 else ''}" if lo == hi else f"{lo}–{hi} seeds per point"
+    bars = "error bars: 95% CI" if hi >= 2 else "no error bars"
     fig.suptitle(f"TVAE: triplet accuracy against test reconstruction error for each triplet weight w "
-                 f"(mean ± sd over {seeds})", fontsize=10)
+                 f"(mean over {seeds}; {bars})", fontsize=10)
     return save(fig, path)
