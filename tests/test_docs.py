@@ -31,24 +31,27 @@ def commands(page: str) -> list[list[str]]:
 @pytest.fixture
 def registries():
     """Leave the registries as they were: a doc example registers a method, dataset or metric."""
+    from dmlbench.blocks.encoders import ENCODERS
     from dmlbench.data.base import DATASETS
     from dmlbench.evaluation.metrics import METRICS
     from dmlbench.executors import EXECUTORS
     from dmlbench.methods.base import METHODS
 
-    before = {r: set(r.names()) for r in (DATASETS, METHODS, METRICS, EXECUTORS)}
+    before = {r: set(r.names()) for r in (DATASETS, METHODS, METRICS, EXECUTORS, ENCODERS)}
     yield
     for r, names in before.items():
         for n in set(r.names()) - names:
             r.remove(n)
 
 
-LISTED = {"plugins.md": ("center-contrast", "margin ~ log-uniform[0.1, 4]"), "add-executor.md": ("fresh",
-                                                                                                  "One fresh process")}
+LISTED = {"plugins.md": ("center-contrast", "margin ~ log-uniform[0.1, 4]"),
+          "add-executor.md": ("fresh", "One fresh process"),
+          "add-encoder.md": ("mynet", "global average pool, linear to the embedding")}
 
 
 @pytest.mark.parametrize("page, filename", [("plugins.md", "center_contrast.py"), ("add-dataset.md", "rings.py"),
-                                            ("add-metric.md", "alignment.py"), ("add-executor.md", "fresh.py")])
+                                            ("add-metric.md", "alignment.py"), ("add-executor.md", "fresh.py"),
+                                            ("add-encoder.md", "my_trunk.py")])
 def test_doc_example_runs_as_written(page, filename, tmp_path, monkeypatch, registries):
     (code,) = blocks(page, "python")
     (tmp_path / filename).write_text(code)

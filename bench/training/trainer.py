@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from dmlbench.blocks.sampling import ClassIndex
 from dmlbench.core import runtime
-from dmlbench.core.errors import DMLBenchError, NonFiniteLossError
+from dmlbench.core.errors import DMLBenchError, NonFiniteLossError, exception_line
 from dmlbench.core.io import CorruptFileError, torch_load, torch_save
 from dmlbench.core.runtime import epoch_generator
 from dmlbench.data.base import Data
@@ -142,6 +142,15 @@ class Trainer:
             f"{self.method.name} seed {self.cfg.seed}: loss term(s) {', '.join(bad)} became non-finite at "
             f"epoch {epoch + 1} step {step + 1}; lower lr or that term's weight")
 
+    def _first_batch_error(self, batch, e: Exception) -> DMLBenchError:
+        """What a failure of the very first training batch says: a network that passed its example
+        batch (:func:`~dmlbench.blocks.encoders.check_built`) but fails at this batch size or device."""
+        choice = getattr(self.method, "encoder_choice", None)
+        encoder = f" with encoder {choice.name!r}" if choice is not None else ""
+        return DMLBenchError(f"{self.method.name}{encoder} fails on its first training batch, {tuple(batch.x.shape)} on "
+                             f"{self.device} ({exception_line(e)}); fix the encoder's forward (or the loss) for this "
+                             "batch size and device")
+
     # ------------------------------------------------------------------ training
 
     def fit(self) -> list[dict]:
@@ -186,7 +195,14 @@ class Trainer:
                     idx = idx_all[step]
                     x = pipeline.train(images.take(idx), aug_gen)
                     batch = kind.batch(x, images.y[idx.to(images.y.device)], layout)
-                    terms = method.loss_terms(batch)
+                    try:
+                        terms = method.loss_terms(batch)
+                    except DMLBenchError:
+                        raise
+                    except Exception as e:
+                        if self.steps_done > sum(plan[:start]):
+                            raise  # a later step: the method's own failure, with its traceback
+                        raise self._first_batch_error(batch, e) from e
                     if list(terms) != names:
                         raise DMLBenchError(f"method {method.name} returned loss terms {list(terms)}, "
                                             f"but declares terms = {tuple(names)}")
