@@ -37,7 +37,9 @@ from dmlbench.core.errors import NonFiniteEmbeddingError
 from dmlbench.evaluation import rounding, ties64
 
 # Bytes of search results (float32 distance + int64 id per neighbour) one block may hold.
-RESULT_BUDGET = 256 * 2**20
+RESULT_BUDGET = 128 * 2**20
+# Bytes of working arrays one refine may hold (see _rows_refined): it sets the evaluation's peak memory.
+REFINE_BUDGET = 128 * 2**20
 # Float32 entries of one block of the query x reference distance matrix on a GPU.
 _GPU_DIST_BUDGET = 2**28
 # Queries from which a faiss exact search uses its BLAS kernel (see _faiss_search).
@@ -248,9 +250,10 @@ def _refine(path, q: np.ndarray, ref: np.ndarray, ids: np.ndarray, kk: int):
 
 
 def _rows_refined(kb: int) -> int:
-    """Rows refined at once with ``kb`` candidates each: candidate ids, their distances, the order and
-    the sorted copies take about 40 bytes a candidate."""
-    return max(1, RESULT_BUDGET // (40 * max(kb, 1)))
+    """Rows refined at once with ``kb`` candidates each: the candidates' ids and distances, their order,
+    sorted copies, the near-tie masks and (where most candidates are near-ties, as in k = R lists)
+    the float64 ordering's per-pair arrays take up to about 160 bytes a candidate."""
+    return max(1, REFINE_BUDGET // (160 * max(kb, 1)))
 
 
 def _search_block(path, q: np.ndarray, qc: np.ndarray, ref: np.ndarray, kk: int):
