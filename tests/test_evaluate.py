@@ -375,3 +375,14 @@ def test_knn_k_larger_than_train_set():
     train = np.array([[0.0], [1.0], [10.0]], dtype=np.float32)
     acc, correct = knn_classify(train, np.array([0, 0, 1]), np.array([[0.5]], dtype=np.float32), np.array([0]), k=50)
     assert acc == 1.0 and correct.tolist() == [True]
+
+
+def test_embedding_passes_take_fewer_images_as_they_grow():
+    # A convolution's activations grow with the pixels: photos at 64 x 64 go 98 to a pass where
+    # 28 x 28 digits go 512, so evaluating a photo suite holds no more activations than MNIST.
+    from dmlbench.evaluation.evaluate import embed_block
+
+    assert embed_block("cpu", (1, 28, 28)) == embed_block("cpu") == 512
+    assert embed_block("cpu", (1, 8, 8)) == 512
+    assert embed_block("cpu", (3, 64, 64)) == 512 * 784 // 4096 == 98
+    assert embed_block("cpu", (3, 224, 224)) == 16

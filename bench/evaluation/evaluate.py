@@ -29,14 +29,21 @@ from dmlbench.training.inputs import DeviceImages, InputPipeline
 
 log = logging.getLogger("dmlbench")
 
-# Images per embedding pass. On the CPU a block of 512 keeps the layers' activations in cache: the
-# MNIST convnet embeds 20% faster than with 1,024 (benchmarks/speed.py), with the same bits.
+# Images of 28 x 28 per embedding pass. On the CPU a block of 512 keeps the layers' activations in
+# cache: the MNIST convnet embeds 20% faster than with 1,024 (benchmarks/speed.py), with the same bits.
 EMBED_BLOCK = {"cpu": 512, "cuda": 1024}
+_BLOCK_PIXELS = 28 * 28
 
 
-def embed_block(device) -> int:
-    """Images per embedding pass on ``device``'s type (:data:`EMBED_BLOCK`; a GPU's size for other types)."""
-    return EMBED_BLOCK.get(torch.device(device).type, EMBED_BLOCK["cuda"])
+def embed_block(device, image_shape: tuple[int, ...] | None = None) -> int:
+    """Images per embedding pass on ``device``'s type (:data:`EMBED_BLOCK`; a GPU's size for other
+    types), fewer for images larger than 28 x 28: a convolution's activations grow with the pixels, and
+    512 photos at 64 x 64 held 1.3 GB of them (the whole run's peak), where 98 hold what 512 digits do."""
+    block = EMBED_BLOCK.get(torch.device(device).type, EMBED_BLOCK["cuda"])
+    if image_shape is not None and len(image_shape) >= 2:
+        pixels = int(image_shape[-1]) * int(image_shape[-2])
+        block = max(16, block * _BLOCK_PIXELS // max(pixels, _BLOCK_PIXELS))
+    return block
 
 
 @torch.inference_mode()
@@ -44,7 +51,7 @@ def embed_part(method: Method, part: Part, pipeline: InputPipeline, device, bloc
     """Embeddings (N, D) float32 of every image of ``part``, in order (``block`` images at a time;
     default :func:`embed_block`)."""
     method.eval()
-    block = block or embed_block(device)
+    block = block or embed_block(device, method.input_shape)
     images = DeviceImages(part, device)
     out = []
     for _, xb in images.blocks(block):
@@ -165,7 +172,7 @@ def generative_metrics(method: GenerativeMethod, part: Part, pipeline: InputPipe
                        block: int | None = None) -> dict[str, float]:
     """The mean over ``part`` of each of ``method``'s per-image generative metrics, ``block`` images at a time."""
     method.eval()
-    block = block or embed_block(device)
+    block = block or embed_block(device, method.input_shape)
     sums: dict[str, float] = {}
     for _, xb in DeviceImages(part, device).blocks(block):
         for k, v in method.generative_metrics(pipeline.eval(xb)).items():
