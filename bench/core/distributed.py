@@ -35,8 +35,8 @@ TIMEOUT_ENV = "DMLBENCH_DIST_TIMEOUT_S"
 BACKEND_ENV = "DMLBENCH_DIST_BACKEND"  # gloo or nccl: overrides the choice below (e.g. gloo on one GPU)
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 # What torch's collectives say when a peer is gone or silent (gloo, NCCL, the TCP store).
-LOST_MARKERS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "timed out", "Timed out",
-                "NCCL communicator was aborted", "ProcessGroupGloo", "gloo/transport", "DistNetworkError")
+LOST_MARKERS = ("Connection closed by peer", "Connection reset by peer", "gloo/transport", "ProcessGroupGloo",
+                "ProcessGroupNCCL", "NCCL communicator was aborted", "DistNetworkError")
 
 
 class RankLostError(DMLBenchError):

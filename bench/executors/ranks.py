@@ -31,6 +31,7 @@ from dmlbench.executors.base import WorkerSetup
 
 POLL_S = 0.05  # how often the launcher looks at its ranks
 REPORT_GRACE_S = 2.0  # after a rank fails: what the others get to report their own errors before they are stopped
+STOPPED = "the run's other processes were stopped: re-run to resume it from its last checkpoint"
 EXIT_GRACE_S = 10.0  # what idle ranks get to leave their world when the launcher closes them
 
 
@@ -117,7 +118,7 @@ def failure_reason(size: int, codes: list[int | None], errors: dict, results: di
     else:
         bad = [r for r, c in enumerate(codes) if c not in (None, 0)]
         cause = f"rank {bad[0]} of {size} {_how(codes[bad[0]])}" if bad else f"rank 0 of {size} returned no result"
-    return f"{cause}; the run's other processes were stopped: re-run to resume it from its last checkpoint"
+    return f"{cause}; {STOPPED}"
 
 
 class RankPool:

@@ -34,7 +34,7 @@ from dmlbench.core import distributed
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.runtime import default_threads, interrupts_ignored
 from dmlbench.executors.base import WorkerSetup, executor_option, register_executor
-from dmlbench.executors.ranks import failure_reason, job_ranks
+from dmlbench.executors.ranks import REPORT_GRACE_S, STOPPED, failure_reason, job_ranks
 
 log = logging.getLogger("dmlbench")
 
@@ -116,15 +116,25 @@ def _rank(fn: Callable[[Any], Any], job: Any, setup: WorkerSetup, rank: int, siz
         distributed.leave()
 
 
-def _failure(e: BaseException) -> tuple[str, bool, bool]:
-    """(one line, whether it only says a peer was lost, whether the rank's process died) of a rank's Ray error."""
-    cause = getattr(e, "cause", None) or e
-    died = type(e).__name__ in ("WorkerCrashedError", "NodeDiedError", "ActorDiedError", "TaskCancelledError")
-    if died:
-        return "its process died (killed, out of memory, or its node lost)", False, True
-    text = str(cause).strip().splitlines()
-    line = str(cause) if isinstance(cause, DMLBenchError) else f"{type(cause).__name__}: {text[0] if text else ''}"
-    return line, isinstance(cause, distributed.RankLostError), False
+def _collect(done: list, refs: list, results: dict, errors: dict, died: list) -> bool:
+    """File the finished rank tasks ``done`` under their ranks: results, errors (one line, and whether it
+    only says a peer was lost), ranks whose process died. Whether all of them succeeded."""
+    import ray
+
+    ok = True
+    for ref in done:
+        r = refs.index(ref)
+        try:
+            results[r] = ray.get(ref)
+        except Exception as e:  # noqa: BLE001 - a rank's failure, whatever Ray wraps it in
+            ok = False
+            cause = getattr(e, "cause", None) or e
+            if type(e).__name__ in ("WorkerCrashedError", "NodeDiedError", "ActorDiedError"):
+                died.append(r)
+            text = str(cause).strip().splitlines()
+            line = str(cause) if isinstance(cause, DMLBenchError) else f"{type(cause).__name__}: {text[0] if text else ''}"
+            errors[r] = (line, isinstance(cause, distributed.RankLostError))
+    return ok
 
 
 def _group(fn: Callable[[Any], Any], job: Any, setup: WorkerSetup, size: int, cpus: int, gpus: float) -> Any:
@@ -144,36 +154,27 @@ def _group(fn: Callable[[Any], Any], job: Any, setup: WorkerSetup, size: int, cp
             return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=i)
 
         address, port = ray.get(ray.remote(_address).options(num_cpus=0, scheduling_strategy=on(0)).remote())
-        rank_task = ray.remote(_rank).options(num_cpus=cpus, num_gpus=gpus, max_retries=0, retry_exceptions=False)
+        rank_task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0, retry_exceptions=False)(_rank)
         refs = [rank_task.options(scheduling_strategy=on(r)).remote(fn, job, setup, r, size, address, port, gpus < 1)
                 for r in range(size)]
-        results, errors, codes = {}, {}, [None] * size
+        results: dict = {}
+        errors: dict = {}
+        died: list = []
         pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            r = refs.index(done[0])
-            try:
-                results[r] = ray.get(done[0])
-                codes[r] = 0
-            except Exception as e:  # noqa: BLE001 - a rank's failure, whatever Ray wraps it in
-                line, lost, died = _failure(e)
-                errors[r], codes[r] = (f"its process died ({line})" if died else line, lost), -9 if died else 1
-                # The others' own errors say more than "lost contact": a moment for them, then stop them.
-                late, pending = ray.wait(pending, num_returns=len(pending), timeout=2.0)
-                for ref in pending:
-                    ray.cancel(ref, force=True)
-                for ref in late:
-                    try:
-                        results[refs.index(ref)] = ray.get(ref)
-                    except Exception as again:  # noqa: BLE001
-                        line, lost, _ = _failure(again)
-                        errors[refs.index(ref)] = (line, lost)
-                died_ranks = [k for k, c in enumerate(codes) if c == -9]
-                reason = failure_reason(size, [None] * size, errors, results)
-                if died_ranks:
-                    reason = (f"rank {died_ranks[0]} of {size}: {errors[died_ranks[0]][0]}; the run's other processes "
-                              "were stopped: re-run to resume it from its last checkpoint")
-                return job.lost(reason) if hasattr(job, "lost") else _raise(reason)
+            if _collect(done, refs, results, errors, died):
+                continue
+            # The others' own errors say more than "lost contact": a moment for them, then stop them.
+            late, pending = ray.wait(pending, num_returns=len(pending), timeout=REPORT_GRACE_S)
+            _collect(late, refs, results, errors, died)
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            reason = (f"rank {died[0]} of {size}: its process died (killed, out of memory, or its node lost); {STOPPED}"
+                      if died else failure_reason(size, [None] * size, errors, results))
+            if not hasattr(job, "lost"):
+                raise DMLBenchError(reason)
+            return job.lost(reason)
         return results[0]
     except BaseException:
         for ref in refs:
@@ -181,10 +182,6 @@ def _group(fn: Callable[[Any], Any], job: Any, setup: WorkerSetup, size: int, cp
         raise
     finally:
         remove_placement_group(pg)
-
-
-def _raise(reason: str):
-    raise DMLBenchError(reason)
 
 
 @register_executor("ray")

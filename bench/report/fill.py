@@ -23,7 +23,7 @@ from pathlib import Path
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.io import write_text
 from dmlbench.report.results import collect
-from dmlbench.report.table import aggregate, budget_note, format_table
+from dmlbench.report.table import aggregate, format_table, notes
 
 BLOCK = re.compile(r"(<!-- dmlbench:(table|value) ([^>]*?) -->)(.*?)(<!-- /dmlbench:\2 -->)", re.S)
 
@@ -37,7 +37,7 @@ def _table(root: Path, args: list[str]) -> str:
         raise DMLBenchError(f"{folder} holds no runs for the table asked of it")
     agg = aggregate(runs, metrics)
     text = format_table(agg, "markdown", metrics, spread=opts.get("spread", "ci")).rstrip()
-    note = budget_note(agg)
+    note = "\n".join(notes(agg))
     return "\n" + text + ("\n\n" + note if note else "") + "\n"
 
 

@@ -43,7 +43,8 @@ def aggregate(runs: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFr
     rows = []
     for (ds, label, method), g in done.groupby(["dataset", "label", "method"], sort=False):
         row = {"dataset": ds, "label": label, "method": method, "n": len(g),
-               "seeds": ",".join(str(s) for s in sorted(g["seed"])), "steps": int(g["steps"].max())}
+               "seeds": ",".join(str(s) for s in sorted(g["seed"])), "steps": int(g["steps"].max()),
+               "world_sizes": tuple(sorted({int(w) for w in g["world_size"]})) if "world_size" in g else (1,)}
         for m in metrics:
             vals = g[m].dropna().to_numpy(float)
             if len(vals):
@@ -100,6 +101,24 @@ def budget_note(agg: pd.DataFrame) -> str:
         return ""
     return ("Budgets differ (" + "; ".join(f"{ds}: {', '.join(f'{s:,}' for s in b)} steps" for ds, b in mixed.items())
             + "): bold compares rows of the same budget only; compare across budgets with care.")
+
+
+def world_note(agg: pd.DataFrame) -> str:
+    """One line where the table's runs were made by different numbers of processes (``--nproc-per-run``), else ''."""
+    if "world_sizes" not in agg:
+        return ""
+    sizes = {ds: sorted({w for ws in g["world_sizes"] for w in ws}) for ds, g in agg.groupby("dataset")}
+    sizes = {ds: s for ds, s in sizes.items() if len(s) > 1}
+    if not sizes:
+        return ""
+    return ("Runs were made by different numbers of processes (" + "; ".join(
+        f"{ds}: {', '.join(map(str, s))}" for ds, s in sizes.items()) + " per run): a run of several processes "
+            "trains as one process does, equal up to float rounding (docs/distributed.md), not bit for bit.")
+
+
+def notes(agg: pd.DataFrame) -> list[str]:
+    """The table's note lines: budgets that differ, numbers of processes that differ."""
+    return [line for line in (budget_note(agg), world_note(agg)) if line]
 
 
 def _cell(v: float, sd: float, half: float, spread: str) -> str:
@@ -203,13 +222,11 @@ def failures(runs: pd.DataFrame) -> list[str]:
 
 
 def markdown_report(runs: pd.DataFrame, metrics: list[str] | None = None, spread: str = "ci") -> str:
-    """The markdown table of ``runs`` with its legend, a note where budgets differ, what made the
+    """The markdown table of ``runs`` with its legend, notes where budgets or process counts differ, what made the
     results, and the runs left out (failed or unreadable)."""
     agg = aggregate(runs, metrics)
     md = format_table(agg, "markdown", metrics, spread=spread) + "\n" + legend(spread) + "\n"
-    note = budget_note(agg)
-    if note:
-        md += note + "\n"
+    md += "".join(line + "\n" for line in notes(agg))
     prov = provenance_lines(runs)
     if prov:
         md += "Made by " + "; ".join(prov) + "\n"
@@ -262,7 +279,7 @@ def table_text(results_dir: Path, fmt: str = "markdown", metrics: str | None = N
     if fmt == "markdown":
         return markdown_report(runs, names, spread) + (f"\n{mixes}\n" if mixes else "")
     agg = aggregate(runs, names)
-    for line in (mixes, budget_note(agg)):
+    for line in [mixes, *notes(agg)]:
         if line:
             log.warning("%s", line)
     fails = failures(runs)

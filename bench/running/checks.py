@@ -49,11 +49,11 @@ def check_before_data(suite: Suite) -> None:
     for name in suite.methods:
         check_runnable(name)
         apply_overrides(get_method(name).Params(), suite.method_sets.get(name, {}), name)
+    check_processes(suite, [m for m in suite.methods if get_method(m).trainable])
     for device in dict.fromkeys([base.device, *suite.devices]):
         if str(device).startswith("cuda"):  # before any run folder is touched (torch only for CUDA)
             resolve_device(str(device))
     trained = [m for m in suite.methods if get_method(m).trainable]
-    check_processes(suite, trained)
     shape = planned_shape(base.dataset, base.data_dir or None, base.data_options)
     if shape is not None and trained:
         check_input(base.encoder, input_shape(base, shape))

@@ -220,8 +220,8 @@ class Trainer:
         check_every = 1 if self.device.type == "cpu" else 25
         names = list(method.terms)
         bar = tqdm(total=cfg.steps, initial=self.steps_done, disable=None if self.main else True, file=sys.stderr,
-                   leave=False,
-                   desc=f"{method.name} s{cfg.seed}", unit="step", dynamic_ncols=True, position=runtime.BAR_POSITION)
+                   leave=False, desc=f"{method.name} s{cfg.seed}", unit="step", dynamic_ncols=True,
+                   position=runtime.BAR_POSITION)
         try:
             for epoch in range(start, len(plan)):
                 steps = plan[epoch]
