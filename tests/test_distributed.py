@@ -438,6 +438,27 @@ def test_the_reason_of_a_failed_world_names_the_rank_that_caused_it():
     assert failure_reason(2, [1, 0], {0: lost}, {}).startswith("rank 0 of 2 failed: rank 0 of 2 lost contact")
 
 
+def _silent_peer(world):
+    """Rank 1 stays silent past the collectives' timeout; rank 0's all-reduce must fail, not wait."""
+    if world.rank == 1:
+        time.sleep(8)
+    t0 = time.monotonic()
+    try:
+        distributed.average_([torch.zeros(3)], world)
+    except Exception as e:  # noqa: BLE001 - what the test looks at
+        return time.monotonic() - t0, str(distributed.lost_error(e))
+    return time.monotonic() - t0, None
+
+
+def test_a_rank_that_hangs_alive_fails_the_others_after_the_timeout_in_one_line(monkeypatch):
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "2")
+    waited, message = in_world(_silent_peer)
+    assert 1.5 < waited < 7
+    assert message == ("rank 0 of 2 lost contact with another rank of this run (Timed out waiting 2000ms for recv "
+                       "operation to complete); a killed or crashed rank ends the run: re-run the same command to "
+                       "resume from its last checkpoint")
+
+
 def test_a_lost_peer_is_recognised_and_other_errors_are_not():
     assert distributed.lost_error(RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer "
                                                "[127.0.0.1]:3997")) is not None

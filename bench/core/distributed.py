@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime
 import functools
 import os
+import re
 import socket
 from dataclasses import dataclass
 
@@ -191,8 +192,10 @@ def leave() -> None:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]
+    """The first sentence of ``e``'s message, without the C++ source location torch's backends put first."""
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    text = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", text)
+    return text.split(". ")[0][:300]
 
 
 def lost_error(e: BaseException) -> RankLostError | None:

@@ -113,7 +113,8 @@ def world_note(agg: pd.DataFrame) -> str:
         return ""
     return ("Runs were made by different numbers of processes (" + "; ".join(
         f"{ds}: {', '.join(map(str, s))}" for ds, s in sizes.items()) + " per run): a run of several processes "
-            "trains as one process does, equal up to float rounding (docs/distributed.md), not bit for bit.")
+            "trains as one process does, but not bit for bit: float rounding that training can amplify "
+            "(docs/distributed.md).")
 
 
 def notes(agg: pd.DataFrame) -> list[str]:

@@ -24,8 +24,9 @@ from dmlbench.training.config import TrainConfig
 # resumed with another data folder or thread count. The device is not one of them: it is checked
 # through the run's provenance (dmlbench.running.provenance), which also covers the code version.
 # nproc_per_run is: N processes train as one does (the same batches, noise and gradients; only the
-# order of float sums differs, measured in docs/distributed.md), as other thread counts do, so a
-# run made with 1 process is complete for 2, and a run killed under 2 may resume under 1.
+# order of float sums differs, which Adam can amplify, measured in docs/distributed.md), as other
+# thread counts do, so a run made with 1 process is complete for 2, and one killed under 2 may
+# resume under 1; config.json records the world, and a table mixing world sizes says so.
 NOT_IN_ID = ("device", "data_dir", "threads", "tuned", "log", "nproc_per_run")
 MAX_NPROC = 1024
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch takes more, but every seed must reach both
