@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from dmlbench.blocks.encoders import ENCODERS
+from dmlbench.blocks.encoders import ENCODERS, TIMM_DESCRIPTION
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.registry import load_plugin
 from dmlbench.core.space import LR, describe
@@ -55,7 +55,9 @@ def metrics() -> list[str]:
 
 def encoders() -> list[str]:
     """Each encoder (built-in, plugin, and the timm: family)."""
-    return ["Encoders:"] + [f"  {name:10s} {ENCODERS.get(name).description}" for name in ENCODERS.names()]
+    lines = ["Encoders (--encoder NAME; your own: @register_encoder, docs/add-encoder.md):"]
+    lines += [f"  {name:10s} {ENCODERS.get(name).description}" for name in ENCODERS.names()]
+    return lines + [f"  {TIMM_DESCRIPTION}"]
 
 
 def executors() -> list[str]:

@@ -12,18 +12,14 @@ from typing import Annotated
 
 import typer
 
-from dmlbench import __version__, api
+from dmlbench import __version__
 from dmlbench import cli_options as opt
-from dmlbench.catalog import catalog
 from dmlbench.cli_options import run_parameters, tune_parameters
 from dmlbench.core.errors import DMLBenchError, user_error
 from dmlbench.core.runtime import default_threads, limit_threads, log_to_stderr
-from dmlbench.data import idx, resolve_data_dir
-from dmlbench.report.build import build_report
-from dmlbench.report.compare import compare_report
-from dmlbench.report.plots.figures import plot_results
-from dmlbench.report.table import table_text
-from dmlbench.tune import failed_methods, summary_table
+
+# Each command imports its library function when it runs: `bench table` answers without loading
+# torch, Optuna, matplotlib or the runner.
 
 app = typer.Typer(help="dmlbench: compare deep metric-learning methods with one trainer and one evaluation suite.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -91,6 +87,8 @@ def run(**kw):
     bench run --dataset folder:~/photos --encoder timm:resnet50 --pretrained
     ```
     """
+    from dmlbench import api
+
     try:
         df = api.run(**_suite_kwargs(kw), echo=err)
     except KeyboardInterrupt:
@@ -116,6 +114,9 @@ def tune_(**kw):
     bench run --tuned results/mnist/tune
     ```
     """
+    from dmlbench import api
+    from dmlbench.tune.summary import failed_methods, summary_table
+
     try:
         doc = api.tune(**_suite_kwargs(kw), echo=err)
     except KeyboardInterrupt:
@@ -151,21 +152,25 @@ def table(results_dir: opt.ResultsDir = Path("results"), format: opt.TableFormat
     bench table results --format latex --metrics triplet_acc,recall@1,map@r
     ```
     """
+    from dmlbench.report.table import table_text
+
     typer.echo(table_text(results_dir, format, metrics, spread))
 
 
 @app.command(short_help="Which differences between methods are significant (paired tests, Holm).")
 @user_errors
-def compare(results_dir: opt.ResultsDir = Path("results"), metric: opt.Metric = "map@r", alpha: opt.Alpha = 0.05,
-            cd_plot: opt.CdPlot = None):
+def compare(results_dir: opt.ResultsDirs = [Path("results")], metric: opt.Metric = "map@r",  # noqa: B006
+            alpha: opt.Alpha = 0.05, cd_plot: opt.CdPlot = None):
     """Rank the methods and say, for each pair, whether the difference is significant, and what
     difference its seeds could detect.
 
     ```
     bench compare results/mnist/mnist-tuned --metric map@r
-    bench compare results --cd-plot cd.png          # several datasets: Friedman + Nemenyi
+    bench compare results/digits/digits-all results/mnist/mnist-all --cd-plot cd.png   # Friedman + Nemenyi
     ```
     """
+    from dmlbench.report.compare import compare_report
+
     typer.echo(compare_report(results_dir, metric, alpha, cd_plot))
     if cd_plot is not None:
         err(f"written {cd_plot}")
@@ -182,6 +187,8 @@ def plot(results_dir: opt.ResultsDir = Path("results"), out: opt.PlotsOut = None
     bench plot results/mnist/tvae-paper --format pdf --dpi 300
     ```
     """
+    from dmlbench.report.plots.figures import plot_results
+
     limit_threads(threads or default_threads())
     for path in plot_results(results_dir, out, projection, fmt=format, dpi=dpi):
         typer.echo(str(path))
@@ -199,6 +206,8 @@ def report(results_dir: opt.ResultsDir, suite: opt.SuiteName = None, metric: opt
     bench report results/digits
     ```
     """
+    from dmlbench.report.build import build_report
+
     for path in build_report(results_dir, suite, fmt=format, dpi=dpi, metric=metric):
         typer.echo(str(path))
 
@@ -212,6 +221,8 @@ def export(run_dir: opt.RunDir, format: opt.ExportFormat = "safetensors", out: o
     bench export results/digits/siamese/s0-1a2b3c4d5e --format onnx --out siamese.onnx
     ```
     """
+    from dmlbench import api
+
     typer.echo(str(api.export(run_dir, format, out)))
 
 
@@ -226,6 +237,8 @@ def list_(what: opt.ListWhat = "all", plugin: opt.Plugins = None):
     bench list methods --plugin my_loss.py
     ```
     """
+    from dmlbench.catalog import catalog
+
     typer.echo(catalog(what, plugin or []))
 
 
@@ -238,6 +251,8 @@ def download(name: opt.DownloadName, data_dir: opt.DataDir = None):
     bench download mnist --data-dir ~/data
     ```
     """
+    from dmlbench.data import idx, resolve_data_dir
+
     typer.echo(f"downloaded {name} into {idx.download(name, resolve_data_dir(data_dir))}")
 
 

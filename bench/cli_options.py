@@ -129,6 +129,8 @@ Metrics = Annotated[Optional[str], _opt("Comma-separated metric names, or 'all'.
                                         "metrics]", "NAMES")]
 Spread = Annotated[str, _opt("What follows each mean: ci (± half-width of the 95% t-interval), std (± standard "
                              "deviation), interval ([low, high] of the 95% t-interval) or none.", "SPREAD")]
+ResultsDirs = Annotated[list[Path], typer.Argument(help="One results folder or several (e.g. a suite per dataset): "
+                                                 "their runs are compared together.", metavar="RESULTS_DIR...")]
 Metric = Annotated[str, _opt("The metric to compare on.", "NAME")]
 Alpha = Annotated[float, _opt("Significance level, after Holm's correction.", "FLOAT")]
 CdPlot = Annotated[Optional[Path], _opt("Write the critical-difference diagram (several datasets) to this PNG.",

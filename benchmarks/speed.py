@@ -30,11 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def train_part(data_dir: str, device: str, steps: int, methods: list[str]) -> list[dict]:
     import torch
 
-    from dmlbench.running.config import RunConfig
-    from dmlbench.data import load_dataset
-    from dmlbench.running.runner import build_method
     from dmlbench.blocks.sampling import ClassIndex
     from dmlbench.core.runtime import epoch_generator
+    from dmlbench.data import load_dataset
+    from dmlbench.running.config import RunConfig
+    from dmlbench.running.runner import build_method
     from dmlbench.training.trainer import Trainer, make_optimizer
 
     data = load_dataset("mnist", data_dir=data_dir)
@@ -77,15 +77,14 @@ def train_part(data_dir: str, device: str, steps: int, methods: list[str]) -> li
 
 
 def eval_part(data_dir: str, device: str, reps: int = 3) -> list[dict]:
-    import numpy as np
-
-    from dmlbench.running.config import RunConfig
-    from dmlbench.data import load_dataset
-    from dmlbench.evaluation.evaluate import evaluate
-    from dmlbench.running.runner import build_method
-    from dmlbench.blocks.sampling import random_triplets
 
     import torch
+
+    from dmlbench.blocks.sampling import random_triplets
+    from dmlbench.data import load_dataset
+    from dmlbench.evaluation.evaluate import evaluate
+    from dmlbench.running.config import RunConfig
+    from dmlbench.running.runner import build_method
 
     data = load_dataset("mnist", data_dir=data_dir)
     triplets = random_triplets(torch.from_numpy(data.test.y), 10_000, torch.Generator().manual_seed(0)).numpy()

@@ -27,12 +27,12 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from dmlbench.training.augment import train_transform
-    from dmlbench.running.config import RunConfig
-    from dmlbench.data import Data, Part
-    from dmlbench.running.runner import build_method
-    from dmlbench.core.runtime import epoch_generator, set_threads
     from dmlbench.blocks.sampling import ClassIndex
+    from dmlbench.core.runtime import epoch_generator, set_threads
+    from dmlbench.data import Data, Part
+    from dmlbench.running.config import RunConfig
+    from dmlbench.running.runner import build_method
+    from dmlbench.training.augment import train_transform
     from dmlbench.training.trainer import Trainer, make_optimizer
 
     set_threads(args.threads)

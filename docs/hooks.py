@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MIRROR = ROOT / "build" / "docs-src"
 
 
-def on_config(config, **kwargs):
+def make_mirror() -> None:
     pkg = MIRROR / "dmlbench"
     shutil.rmtree(MIRROR, ignore_errors=True)
     pkg.mkdir(parents=True)
@@ -23,4 +23,14 @@ def on_config(config, **kwargs):
             os.symlink(item, pkg / item.name)
     os.symlink(ROOT / "methods", pkg / "methods")
     os.symlink(ROOT / "datasets", pkg / "data")
+
+
+# Made when MkDocs loads this hook, while it reads mkdocs.yml: mkdocstrings drops a search path
+# that does not exist yet when its own on_config runs, which is before any hook's, so a first
+# build from a fresh clone would not find the package.
+make_mirror()
+
+
+def on_config(config, **kwargs):
+    make_mirror()  # again, for `mkdocs serve` rebuilds after a module was added
     return config

@@ -1,10 +1,14 @@
 """``pml:<LossName>``: any label-based pytorch-metric-learning loss as a method.
 
 ``--methods pml:MultiSimilarityLoss`` or ``pml:ArcFaceLoss`` trains the shared encoder with that
-loss on class-balanced batches (``m_per_class`` images per class), optionally with a PML miner
-(``miner=MultiSimilarityMiner``). The loss's own constructor arguments are options:
-``--set pml:ArcFaceLoss.margin=28.6``. Losses with their own weights (ArcFace, ProxyAnchor, ...)
-get ``num_classes`` and ``embedding_size`` filled in, and their weights train with the encoder.
+loss on class-balanced batches (``m_per_class`` images per class; ``batches=plain``: random
+batches, every image once per pass, as a shuffled DataLoader gives them), optionally with a PML
+miner (``miner=MultiSimilarityMiner``, or with its arguments,
+``miner=TripletMarginMiner(margin=0.2, type_of_triplets=semihard)``) and a PML distance given to the
+loss and the miner alike (``distance=CosineSimilarity``). The loss's own constructor arguments are
+options: ``--set pml:ArcFaceLoss.margin=28.6``. Losses with their own weights (ArcFace,
+ProxyAnchor, ...) get ``num_classes`` and ``embedding_size`` filled in, and their weights train with
+the encoder.
 
 The names and each loss's main parameters (its search space) are listed here without importing
 PML, for ``bench list``; a test keeps the list equal to what the installed PML offers.
@@ -12,20 +16,21 @@ PML, for ``bench list``; a test keeps the list equal to what the installed PML o
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import inspect
 import typing
 from dataclasses import field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from dmlbench.blocks.batches import Balanced
-from dmlbench.core.errors import DMLBenchError
+from dmlbench.blocks.batches import PLAIN, Balanced
+from dmlbench.core.errors import DMLBenchError, exception_line
 from dmlbench.core.space import LR, Float, Int
 from dmlbench.methods.base import Method, Params
 
 PREFIX = "pml:"
 _FILLED = {"num_classes", "embedding_size"}
-_HARNESS = {"m_per_class", "miner", "weights"}  # the harness's own options, never a loss's
+_HARNESS = {"m_per_class", "miner", "distance", "batches", "weights"}  # the harness's own options, never a loss's
 # Wrappers, abstract bases, and losses for other settings (VICReg is self-supervised: no labels).
 _NOT_METHODS = {"BaseMetricLossFunction", "CrossBatchMemory", "MultipleLosses", "SelfSupervisedLoss",
                 "BaseLossWrapper", "GenericPairLoss", "VICRegLoss"}
@@ -142,15 +147,41 @@ def _loss_options(loss_cls) -> list[tuple[str, type, object]]:
     return out
 
 
+def parse_call(text: str, option: str) -> tuple[str, dict]:
+    """``Name`` or ``Name(key=value, ...)``, as PML's classes are written in Python, -> (Name, {key: value}).
+    Values are Python literals (numbers, True, None, quoted strings); a bare word is a string, so
+    ``type_of_triplets=semihard`` needs no quotes on a command line. No torch, no PML."""
+    def value(node):
+        if isinstance(node, ast.Name):
+            return node.id
+        return ast.literal_eval(node)
+
+    try:
+        node = ast.parse(text.strip(), mode="eval").body
+        if isinstance(node, ast.Name):
+            return node.id, {}
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.args \
+                and all(k.arg for k in node.keywords):
+            return node.func.id, {k.arg: value(k.value) for k in node.keywords}
+    except (SyntaxError, ValueError, TypeError):
+        pass
+    raise DMLBenchError(f"{option}={text!r} must be a PML class name, with or without keyword arguments, e.g. "
+                        f"{option}=TripletMarginMiner or {option}=TripletMarginMiner(margin=0.2, type_of_triplets=semihard)")
+
+
 class PMLParamsBase(Params):
     """Base of the options of a ``pml:`` method, whose fields (the loss's arguments, ``m_per_class``,
-    ``miner``) are made per loss by :func:`pml_method`."""
+    ``miner``, ``distance``, ``batches``) are made per loss by :func:`pml_method`."""
 
     def validate(self) -> None:
-        """The base checks, and ``m_per_class`` at least 2 (a positive pair per class)."""
+        """The base checks, ``m_per_class`` at least 2 (a positive pair per class), and ``miner`` and
+        ``distance`` written as PML classes (whether PML has them is checked when the method is built)."""
         super().validate()
         if self.m_per_class < 2:
             raise DMLBenchError(f"m_per_class={self.m_per_class} must be at least 2 (a positive pair per class)")
+        for option in ("miner", "distance"):
+            if getattr(self, option):
+                parse_call(getattr(self, option), option)
 
 
 class PMLMethod(Method):
@@ -162,11 +193,13 @@ class PMLMethod(Method):
 
     @property
     def batch_kind(self):
-        """Class-balanced batches of ``m_per_class`` images per class."""
-        return Balanced(m=self.params.m_per_class)
+        """Class-balanced batches of ``m_per_class`` images per class, or plain random ones (``batches=plain``)."""
+        return PLAIN if self.params.batches == "plain" else Balanced(m=self.params.m_per_class)
 
     def build(self) -> None:
-        """Build the PML loss from the options (``num_classes`` and ``embedding_size`` filled in), and the miner."""
+        """Build the PML loss from the options (``num_classes`` and ``embedding_size`` filled in), the
+        distance (one object, given to the loss and the miner, as PML's examples do) and the miner."""
+        from pytorch_metric_learning import distances as pml_distances
         from pytorch_metric_learning import losses as pml_losses
         from pytorch_metric_learning import miners as pml_miners
 
@@ -177,16 +210,30 @@ class PMLMethod(Method):
             kwargs["num_classes"] = self.num_classes
         if "embedding_size" in sig:
             kwargs["embedding_size"] = self.embedding_dim
+        shared = {}
+        if self.params.distance:
+            shared["distance"] = self._make(pml_distances, "distance", self.params.distance, pml_distances.BaseDistance)
         try:
-            self.loss_fn = loss_cls(**kwargs)
+            self.loss_fn = loss_cls(**kwargs, **shared)
         except Exception as e:  # noqa: BLE001 - PML validates its own arguments with asserts and ValueErrors
             raise DMLBenchError(f"{self.name}: cannot build the loss with {kwargs} ({e}); check its options") from None
         self.miner = None
         if self.params.miner:
-            if not hasattr(pml_miners, self.params.miner):
-                known = ", ".join(n for n in dir(pml_miners) if n.endswith("Miner") and not n.startswith("Base"))
-                raise DMLBenchError(f"{self.name}: unknown PML miner {self.params.miner!r}; known: {known}")
-            self.miner = getattr(pml_miners, self.params.miner)()
+            self.miner = self._make(pml_miners, "miner", self.params.miner, pml_miners.BaseMiner, **shared)
+
+    def _make(self, module, option: str, spec: str, base: type, **defaults):
+        """The PML object ``spec`` names (``Name`` or ``Name(key=value, ...)``), a ``base`` of ``module``;
+        ``defaults`` are given where the spec does not set them."""
+        name, kwargs = parse_call(spec, option)
+        known = sorted(n for n, obj in vars(module).items()
+                       if inspect.isclass(obj) and issubclass(obj, base) and not n.startswith("Base"))
+        if name not in known:
+            raise DMLBenchError(f"{self.name}: unknown PML {option} {name!r}; known: {', '.join(known)}")
+        try:
+            return getattr(module, name)(**{**defaults, **kwargs})
+        except Exception as e:  # noqa: BLE001 - PML checks its arguments with asserts, TypeErrors and ValueErrors
+            raise DMLBenchError(f"{self.name}: cannot build {option} {spec!r} ({exception_line(e)}); check its "
+                                "arguments") from None
 
     def loss_terms(self, batch):
         """``loss``: the PML loss of the batch's embeddings and labels, on the miner's tuples if there is a miner
@@ -216,6 +263,8 @@ def pml_method(name: str) -> type[Method]:
         raise DMLBenchError(f"pml:{loss_name} is not available in the installed pytorch-metric-learning")
     fields = [(n, t, field(default=d)) for n, t, d in _loss_options(loss_cls)]
     fields += [("m_per_class", int, field(default=4)), ("miner", str, field(default="")),
+               ("distance", str, field(default="")),
+               ("batches", Literal["balanced", "plain"], field(default="balanced")),
                ("weights", dict[str, float], field(default_factory=lambda: {"loss": 1.0}))]
     params_cls = dataclasses.make_dataclass(f"{loss_name}Params", fields, bases=(PMLParamsBase,))
     params_cls.space = {**LR, **MAIN_PARAMS[loss_name]}

@@ -51,7 +51,8 @@ def md_rows(text: str) -> tuple[list[str], dict[str, list[str]]]:
     lines = [ln for ln in text.splitlines() if ln.startswith("|")]
     split = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
     header, body = split[0], [r for r in split[1:] if not set("".join(r)) <= set("-: ")]
-    return header, {r[header.index("method")]: r for r in body}
+    # " *" marks rows made from uncommitted code: every row of a test run in a working tree with changes
+    return header, {r[header.index("method")].removesuffix(" *"): r for r in body}
 
 
 def cell_numbers(cell: str) -> tuple[float, float]:
@@ -625,7 +626,7 @@ def test_table_counts_a_config_once_across_suites_and_bolds_per_dataset(tmp_path
     other = runs.assign(dataset="other", **{"recall@1": np.where(runs["method"] == "raw", 0.6, 0.3)})
     both = format_table(aggregate(pd.concat([runs, other], ignore_index=True), ["recall@1"]), "markdown", ["recall@1"])
     bold = [line for line in both.splitlines() if "**" in line]
-    assert {(line.split("|")[1].strip(), line.split("|")[2].strip()) for line in bold} == \
+    assert {(line.split("|")[1].strip(), line.split("|")[2].strip().removesuffix(" *")) for line in bold} == \
         {("digits", "triplet-hinge"), ("other", "raw")}
 
 
@@ -737,7 +738,8 @@ def test_run_prints_its_own_runs_and_tables_show_budgets_and_the_suites_they_mix
     assert t.exit_code == 0, t.stderr
     assert "Budgets differ (digits: 4, 8 steps): bold compares rows of the same budget only" in t.stdout
     assert "This table mixes 2 suite folders" in one_line(t.stdout)
-    rows = {line.split("|")[2].strip(): line for line in t.stdout.splitlines() if line.startswith("| digits")}
+    rows = {line.split("|")[2].strip().removesuffix(" *"): line for line in t.stdout.splitlines()
+            if line.startswith("| digits")}
     assert rows["siamese [steps=8]"].split("|")[4].strip() == "8"  # the steps column
     # Each budget has its own best: the 4-step siamese is compared with the 4-step MultiSimilarity row only.
     agg_bold_4 = [lab for lab, line in rows.items() if "**" in line.split("|")[7] and "raw" not in lab]

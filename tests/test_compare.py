@@ -153,3 +153,66 @@ def test_no_shared_seed_shows_no_difference_and_a_cd_plot_folder_is_refused(tmp_
     assert "x vs y (d) | — | 0 | — |" in res.stdout
     res = CliRunner().invoke(app, ["compare", str(tmp_path), "--cd-plot", str(tmp_path)])
     assert res.exit_code == 2 and res.stdout == "" and "(that is a folder)" in res.stderr
+
+
+def test_the_table_marks_a_probe_lambda_on_its_edge_and_rows_from_uncommitted_code(tmp_path):
+    from dmlbench.report.table import table_text
+
+    for s in range(2):
+        _run(tmp_path, "d", "a", s, 0.8 + s / 100)
+        _run(tmp_path, "d", "b", s, 0.7 + s / 100)
+    for d in (tmp_path / "d").glob("*/*"):
+        edge = d.parent.name == "a" and d.name.startswith("s1")
+        (d / "metrics.json").write_text(json.dumps({"map@r": 0.8, "svm_acc": 0.9, "svm_lambda": 1e-8,
+                                                    "svm_lambda_edge": int(edge)}))
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["provenance"] = {"git_commit": "abc123", "git_dirty": d.parent.name == "b", "code_hash": "h"}
+        (d / "config.json").write_text(json.dumps(cfg))
+    text = table_text(tmp_path / "d", metrics="map@r,svm_acc")
+    rows = {line.split("|")[2].strip(): line for line in text.splitlines() if line.startswith("| d ")}
+    assert set(rows) == {"a", "b *"}
+    assert "0.9000 ± 0.0000** †" in rows["a"] and "†" not in rows["b *"]
+    assert "† svm_acc: the probe's regularisation λ stayed on the edge of its grid" in text
+    assert "Rows marked * were made from a tree with uncommitted changes" in text
+    assert "†" not in table_text(tmp_path / "d", metrics="map@r")          # no svm_acc column: no mark, no note
+
+
+def test_compare_takes_several_folders_and_a_class_disjoint_split_is_its_own_dataset(tmp_path):
+    # Three suite folders, one per task: MNIST, unseen MNIST digits (split classes) and digits.
+    vals = {"a": [0.9, 0.91, 0.92], "b": [0.8, 0.82, 0.81], "c": [0.5, 0.52, 0.49]}
+    for folder, ds, split in (("one", "mnist", "standard"), ("two", "mnist", "classes"), ("three", "digits", "standard")):
+        for m, v in vals.items():
+            for s, x in enumerate(v):
+                _run(tmp_path / folder, ds, m, s, x)
+        for cfg_path in (tmp_path / folder).glob("*/*/*/config.json"):
+            cfg = json.loads(cfg_path.read_text())
+            cfg_path.write_text(json.dumps({**cfg, "split": split}))
+    folders = [str(tmp_path / f) for f in ("one", "two", "three")]
+    r = compare(folders, "map@r")
+    assert sorted(r["ranking"]["dataset"].unique()) == ["digits", "mnist", "mnist[classes]"]
+    assert r["friedman"]["n_blocks"] == 3 and r["friedman"]["methods"][0] == "a"
+    res = CliRunner().invoke(app, ["compare", *folders, "--cd-plot", str(tmp_path / "cd.png")])
+    assert res.exit_code == 0, res.stderr
+    assert "Friedman over 3 datasets" in res.stdout and (tmp_path / "cd.png").stat().st_size > 0
+    bad = CliRunner().invoke(app, ["compare", folders[0], str(tmp_path / "missing")])
+    assert bad.exit_code != 0 and "missing does not exist" in bad.stderr
+
+
+def test_a_page_ranks_block_is_filled_from_the_runs_as_bench_compare_ranks_them(tmp_path):
+    from dmlbench.report.fill import fill_text
+
+    vals = {"a": [0.9, 0.91, 0.92], "b": [0.8, 0.82, 0.81], "c": [0.5, 0.52, 0.49]}
+    for ds in ("d1", "d2", "d3"):
+        for m, v in vals.items():
+            for s, x in enumerate(v):
+                _run(tmp_path / "res", ds, m, s, x if (ds, m) != ("d3", "c") else 0.95)   # c wins on d3
+    for s in range(3):
+        _run(tmp_path / "res", "d1", "z", s, 0.99)   # best on d1, but on no other dataset: not in the test
+    page = "x\n<!-- dmlbench:ranks res/d1 res/d2 res/d3 metric=map@r -->stale<!-- /dmlbench:ranks -->\ny\n"
+    text = fill_text(page, tmp_path)
+    r = compare([tmp_path / "res" / d for d in ("d1", "d2", "d3")], "map@r")
+    fr = r["friedman"]
+    assert "| a | 1 | 1 | 2 | 1.33 |" in text and "| c | 3 | 3 | 1 | 2.33 |" in text
+    assert f"p = {fr['p_value']:.3g}" in text and f"{fr['cd']:.2f}." in text and "stale" not in text
+    assert "| z |" not in text and "Left out (not run on every dataset): z." in text
+    assert fill_text(text, tmp_path) == text                                    # filled: nothing left to change

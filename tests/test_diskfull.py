@@ -21,8 +21,8 @@ import pytest
 from typer.testing import CliRunner
 
 from dmlbench.cli import app
-from dmlbench.data.cache import cache_dir
 from dmlbench.core.errors import DiskFullError
+from dmlbench.data.cache import cache_dir
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds a written file by /proc/self/fd")
 

@@ -324,6 +324,40 @@ def test_pml_miner_and_bad_options():
     assert "\n" not in str(e.value)
 
 
+def test_pml_miner_with_arguments_a_shared_distance_and_plain_batches_compute_pmls_own_loss():
+    """PML's TripletMarginLoss MNIST example, as options: the semi-hard miner with its margin, one
+    CosineSimilarity for the loss and the miner, random batches. The loss is PML's, computed by hand."""
+    from pytorch_metric_learning import distances, losses, miners
+
+    from dmlbench.blocks.batches import PLAIN
+
+    cls = get_method("pml:TripletMarginLoss")
+    params = apply_overrides(cls.Params(), {"margin": "0.2", "distance": "CosineSimilarity", "batches": "plain",
+                                            "miner": "TripletMarginMiner(margin=0.2, type_of_triplets=semihard)"},
+                             cls.name)
+    torch.manual_seed(0)
+    m = cls(params, input_shape=(1, 8, 8), embedding_dim=8, encoder="mlp", num_classes=10)
+    assert m.batch_kind == PLAIN and m.miner.type_of_triplets == "semihard" and m.miner.margin == 0.2
+    assert m.miner.distance is m.loss_fn.distance and type(m.loss_fn.distance).__name__ == "CosineSimilarity"
+    x = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(64) % 10
+    got = m.loss_terms(Batch(x, y))["loss"]
+    distance = distances.CosineSimilarity()
+    emb = m.encoder(x)
+    mined = miners.TripletMarginMiner(margin=0.2, distance=distance, type_of_triplets="semihard")(emb, y)
+    assert len(mined[0]) > 0
+    want = losses.TripletMarginLoss(margin=0.2, distance=distance)(emb, y, mined)
+    assert torch.equal(got, want)
+    with pytest.raises(DMLBenchError, match=r"miner='TripletMarginMiner\(0.2\)' must be a PML class name"):
+        apply_overrides(cls.Params(), {"miner": "TripletMarginMiner(0.2)"}, cls.name)
+    with pytest.raises(DMLBenchError, match="unknown PML distance 'Cosine'; known: CosineSimilarity"):
+        cls(apply_overrides(cls.Params(), {"distance": "Cosine"}, cls.name), input_shape=(1, 8, 8), embedding_dim=8,
+            encoder="mlp", num_classes=10)
+    with pytest.raises(DMLBenchError, match=r"cannot build miner 'TripletMarginMiner\(type=1\)' \(TypeError"):
+        cls(apply_overrides(cls.Params(), {"miner": "TripletMarginMiner(type=1)"}, cls.name), input_shape=(1, 8, 8),
+            embedding_dim=8, encoder="mlp", num_classes=10)
+
+
 def test_pml_loss_weights_train_and_checkpoint():
     # ArcFace's class weights are a module of the method: trained with the encoder, saved with it.
     cls = get_method("pml:ArcFaceLoss")

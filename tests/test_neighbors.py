@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dmlbench.core.errors import NonFiniteEmbeddingError
-from dmlbench.evaluation import exact_search, neighbors
+from dmlbench.evaluation import exact_search, neighbors, rounding
 from dmlbench.evaluation.neighbors import knn_classify, retrieval_metrics, search
 
 
@@ -69,7 +69,7 @@ def test_search_matches_brute_force(block):
     q, ref = x[:50], x[50:]
     d, i = search(q, ref, 10, block=block)
     bd, bi = brute(q, ref)
-    assert d.dtype == np.float32 and i.dtype == np.int64 and d.shape == i.shape == (50, 10)
+    assert d.dtype == np.float64 and i.dtype == np.int64 and d.shape == i.shape == (50, 10)
     np.testing.assert_array_equal(i, bi[:, :10])
     np.testing.assert_allclose(d, bd[:, :10], rtol=1e-4, atol=1e-4)
     assert np.all(np.diff(d, axis=1) >= 0)
@@ -159,42 +159,53 @@ def _offset_clusters(n=1500, d=20, seed=3):
     return x.astype(np.float32), y
 
 
+def torch_search(q, ref, k, exclude_self=False, block=4096):
+    """The GPU path (torch's matrix product and gathered refine) run on the CPU."""
+    pytest.importorskip("torch")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(exact_search, "_make_path", lambda r, r_c, device: exact_search._TorchPath(r, r_c, "cpu"))
+        return search(q, ref, k, exclude_self=exclude_self, block=block)
+
+
 def _both_paths(q, ref, k, exclude_self, block):
     out = {"faiss": search(q, ref, k, exclude_self=exclude_self, block=block)}
     if pytest.importorskip("torch"):
-        blocks = list(exact_search._blocks_torch(q, ref, k, exclude_self, block, "cpu"))
-        out["torch"] = (np.concatenate([b[1] for b in blocks]), np.concatenate([b[2] for b in blocks]))
+        out["torch"] = torch_search(q, ref, k, exclude_self, block)
     return out
 
 
 @pytest.mark.parametrize("block", [37, 4096])
 def test_search_is_exact_for_embeddings_far_from_the_origin(block):
-    # Centring on the references' mean and, where the rounding bound still cannot certify a row, the
-    # full pair-by-pair scan: the lists are brute force's, whatever the block, on both paths.
+    # Centring on the references' mean and, where the rounding bound still cannot certify a row, more
+    # candidates: the lists are brute force's, whatever the block, on both paths.
     x, y = _offset_clusters()
     _, bi = brute(x, x, exclude_self=True)
     for name, (d, i) in _both_paths(x, x, 5, True, block).items():
-        assert (i == bi[:, :5]).mean() > 0.99, name     # pair-by-pair float32 rounding may swap a near-tie
+        np.testing.assert_array_equal(i, bi[:, :5], err_msg=name)
     assert retrieval_metrics(x, y)[0]["map@r"] == pytest.approx(brute_metrics(x, y)["map@r"], abs=1e-3)
 
 
 @pytest.mark.parametrize("exclude_self", [False, True])
-def test_uncertified_rows_are_scanned_pair_by_pair(monkeypatch, exclude_self):
-    # Every row sent to the full scan (what an uncertifiable cut does) gives the lists of the
-    # certified candidates, bit for bit (the same pair-by-pair distances), copies and ties by id
-    # included, on both paths; and brute force's up to float32 near-ties.
+def test_uncertified_rows_grow_their_candidates_to_every_reference(monkeypatch, exclude_self):
+    # A certificate that never closes (what ties at the cut do) grows the candidates until every
+    # reference is one: the lists are unchanged, copies and ties by id included, on both paths.
     x, _ = clusters(n=200, d=12)
     x = np.concatenate([x, x[:30], x[:30]])
     certified = _both_paths(x, x, 7, exclude_self, 64)
-    monkeypatch.setattr(exact_search, "_uncertain", lambda approx_last, *a, **k: np.ones(len(approx_last), bool))
+    widths = []
+    real = exact_search._refine
+    monkeypatch.setattr(exact_search, "_refine", lambda p, q, r, ids, kk: widths.append(ids.shape[1]) or real(p, q, r, ids, kk))
+    monkeypatch.setattr(exact_search.rounding, "reach", lambda kept_max, *a: np.full(len(kept_max), np.inf))
     _, bi = brute(x, x, exclude_self=exclude_self)
     for name, (d, i) in _both_paths(x, x, 7, exclude_self, 64).items():
         np.testing.assert_array_equal(i, certified[name][1], err_msg=name)
         np.testing.assert_array_equal(d, certified[name][0], err_msg=name)
-        assert (i == bi[:, :7]).mean() > 0.99, name
+        np.testing.assert_array_equal(i, bi[:, :7], err_msg=name)
         copies = np.arange(200, 230)
         want = [copies - 200, copies + 30] if exclude_self else [copies - 200, copies, copies + 30]
         np.testing.assert_array_equal(i[copies, :len(want)], np.stack(want, 1), err_msg=name)
+    kk = 7 + exclude_self
+    assert sorted(set(widths)) == [kk + 16, 4 * (kk + 16), len(x)]      # 23, 92, then all 260
 
 
 @pytest.mark.parametrize("block", [20, 50])
@@ -218,10 +229,20 @@ def test_non_finite_embeddings_are_refused_in_one_line(bad):
             call()
 
 
-def test_embeddings_whose_squares_overflow_float32_are_refused():
+def test_embeddings_whose_squares_would_overflow_float32_are_searched_exactly():
+    # Rescaled by a power of two (exact) before the search: |x|^2 = 1e39 would overflow float32.
+    x, _ = clusters(n=300)
+    x = (x.astype(np.float64) * 1e19).astype(np.float32)
+    d, i = search(x, x, 5, exclude_self=True)
+    bd, bi = brute(x, x, exclude_self=True)
+    np.testing.assert_array_equal(i, bi[:, :5])
+    np.testing.assert_allclose(d, bd[:, :5], rtol=1e-5)
+
+
+def test_values_no_float32_scale_holds_exactly_are_refused_in_one_line():
     x, _ = clusters(n=30)
-    x[7] = 1.5e19                                      # finite, but |x|^2 overflows the matrix product's float32
-    with pytest.raises(NonFiniteEmbeddingError, match=r"row 7 has norm .*: squared distances overflow float32"):
+    x[7, 0], x[3, 1] = 3e38, 1e-30    # scaling 3e38 into range turns 1e-30 subnormal: it would round
+    with pytest.raises(NonFiniteEmbeddingError, match=r"^ref holds values from 1e-30 to 3e\+38: no float32 scale"):
         search(x, x, 3)
 
 
@@ -238,32 +259,32 @@ def test_copies_tie_at_subnormal_scales(scale):
 
 def test_one_far_reference_does_not_send_every_query_to_the_full_scan(monkeypatch):
     # The certificate bounds the estimate's error by the query's norm and the distance itself, not by
-    # the largest reference norm: one outlier costs nothing.
-    seen = []
-    real = exact_search._uncertain
-    monkeypatch.setattr(exact_search, "_uncertain", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    # the largest reference norm: one outlier costs nothing, every row is certified at the first try.
+    widths = []
+    real = exact_search._FaissPath.propose
+    monkeypatch.setattr(exact_search._FaissPath, "propose", lambda self, qc, kb: widths.append(kb) or real(self, qc, kb))
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3000, 32)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     x[-1] *= 1000
     d, i = search(x[:300], x, 10)
-    assert sum(int(u.sum()) for u in seen) == 0
+    assert widths == [10 + exact_search._REFINE_EXTRA]
     np.testing.assert_array_equal(i, brute(x[:300], x)[1][:, :10])
 
 
 def test_matmul_unit_follows_torch_precision(monkeypatch):
     torch = pytest.importorskip("torch")
     monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
-    assert exact_search._matmul_unit(torch) == (exact_search._F32_UNIT if torch.get_float32_matmul_precision() == "highest"
-                                             else exact_search._TF32_UNIT)
+    assert exact_search._matmul_unit(torch) == (rounding.F32_UNIT if torch.get_float32_matmul_precision() == "highest"
+                                                else rounding.TF32_UNIT)
 
     def per_backend():
         raise RuntimeError("PyTorch is checking the matmul precision without a specific backend name")
 
     monkeypatch.setattr(torch, "get_float32_matmul_precision", per_backend)
-    assert exact_search._matmul_unit(torch) == exact_search._BF16_UNIT        # the least precise, to stay sound
+    assert exact_search._matmul_unit(torch) == rounding.BF16_UNIT        # the least precise, to stay sound
     monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "1")
-    assert exact_search._matmul_unit(torch) == exact_search._TF32_UNIT
+    assert exact_search._matmul_unit(torch) == rounding.TF32_UNIT
 
 
 def test_concurrent_searches_leave_faiss_setting_alone():
@@ -300,9 +321,7 @@ def test_torch_path_agrees_with_faiss(exclude_self, dim):
     ref = x
     k = 7
     fd, fi = search(x, ref, k, exclude_self=exclude_self)
-    blocks = list(exact_search._blocks_torch(x, ref, k, exclude_self, 16, "cpu"))
-    td = np.concatenate([b[1] for b in blocks])
-    ti = np.concatenate([b[2] for b in blocks])
+    td, ti = torch_search(x, ref, k, exclude_self, 16)
     np.testing.assert_array_equal(ti, fi)
     np.testing.assert_allclose(td, fd, rtol=1e-4, atol=1e-4)
 
@@ -321,7 +340,7 @@ def test_memory_is_bounded_by_blocks(monkeypatch):
     monkeypatch.setattr(exact_search, "RESULT_BUDGET", 12 * (11 + exact_search._REFINE_EXTRA) * 25)
     x, _ = clusters(n=100)
     d, i = search(x, x, 11)
-    assert max(seen) == 25 and sum(seen) == 100
+    assert max(seen) <= 25 and sum(seen) == 100        # every row refined once: certified at the first try
     np.testing.assert_array_equal(i, brute(x, x)[1][:, :11])
 
 
@@ -467,7 +486,7 @@ def test_gpu_search_matches_faiss_where_cuda_exists():
     d_cpu, i_cpu = search(emb, emb, 10, exclude_self=True)
     d_gpu, i_gpu = search(emb, emb, 10, exclude_self=True, device="cuda")
     np.testing.assert_allclose(d_gpu, d_cpu, rtol=1e-4, atol=1e-4)
-    assert (i_gpu == i_cpu).mean() > 0.999  # the same neighbours up to exact distance ties
+    np.testing.assert_array_equal(i_gpu, i_cpu)     # both exact: float64 orders what float32 cannot
     m_cpu, _ = retrieval_metrics(emb, y)
     m_gpu, _ = retrieval_metrics(emb, y, device="cuda")
     for k in m_cpu:

@@ -25,7 +25,7 @@ def preset(name: str) -> dict:
 
 def test_presets_are_listed_and_state_their_protocols():
     listed = bench("list", "presets").stdout
-    for name in ("tvae-paper", "mnist-all", "hoffer-cifar10", "mnist-disjoint", "mlrc-cub", "zappos50k"):
+    for name in ("tvae-paper", "mnist-all", "hoffer-cifar10", "mnist-disjoint", "digits-all", "mlrc-cub", "zappos50k"):
         assert name in listed
 
     c = preset("mlrc-cub")
@@ -35,6 +35,12 @@ def test_presets_are_listed_and_state_their_protocols():
     assert "triplet-hinge.m=4" in c["set"] and c["dataset"] == "cub200"
     d = preset("mnist-disjoint")
     assert d["split"] == "classes" and "raw" in d["methods"] and len(d["seeds"]) == 3
+    # The cross-dataset comparison: the same methods, seeds and budget on digits, MNIST, unseen digits.
+    a, g = preset("mnist-all"), preset("digits-all")
+    assert a["methods"] == d["methods"] == g["methods"] and a["seeds"] == d["seeds"] == g["seeds"]
+    assert d["steps"] == g["steps"] == a["epochs"] * (60_000 // a["batch_size"]) == 1872
+    keys = ("encoder", "embedding_dim", "lr", "lr_schedule", "batch_size")
+    assert [a[k] for k in keys] == [d[k] for k in keys] == [g[k] for k in keys]
 
     h = preset("hoffer-cifar10")
     # 640k triplets per epoch = 1,920,000 images; 128 triplets a step = 384 images.

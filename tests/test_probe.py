@@ -228,3 +228,37 @@ def test_small_lbfgs_cv_fits_run_together_and_change_nothing(digits_split, monke
     assert pools == [2]
     assert one.cv_accuracy == two.cv_accuracy and one.lam == two.lam
     np.testing.assert_array_equal(one.correct, two.correct)
+
+
+def test_the_grid_widens_towards_an_edge_that_wins():
+    calls = []
+
+    def make(peak):
+        def score(lams):                              # accuracy falls off a decade at a time from ``peak``
+            calls.append(list(lams))
+            return {lam: 0.9 - 0.01 * abs(np.log10(lam) - np.log10(peak)) for lam in lams}
+        return score
+
+    for peak, want, edge in ((1e-7, 1e-7, False), (1e-12, 1e-8, True), (3.0, 1.0, False), (1e3, 10.0, True),
+                             (1e-3, 1e-3, False)):
+        calls.clear()
+        score = make(peak)
+        cv = score(LAMBDAS)
+        lam, on_edge = probe.widen(cv, score)
+        assert lam == pytest.approx(want) and on_edge == edge, peak
+        assert lam == choose_lambda(cv)
+        assert len(calls) - 1 <= probe.MAX_WIDEN           # at most three decades on that side
+    # A plateau that reaches the edge is no edge: its interior lambdas do as well.
+    flat = {lam: 1.0 for lam in LAMBDAS}
+    assert probe.widen(dict(flat), lambda lams: pytest.fail("widened a plateau")) == (max(LAMBDAS), False)
+
+
+def test_a_probe_whose_best_lambda_lies_beyond_the_grid_widens_it_and_says_where_it_stops():
+    # Many noisy features, few rows: more regularisation than the grid's largest wins on this data,
+    # so the grid grows past 1e-2 until the choice is interior (or three decades on, flagged).
+    x, y = clusters(900, 200, 3, spread=0.25, seed=4)
+    r = linear_probe(x[:600], y[:600], x[600:], y[600:])
+    assert set(r.cv_accuracy) > set(LAMBDAS)
+    assert r.lam > max(LAMBDAS) and r.lam == choose_lambda(r.cv_accuracy)
+    assert r.lam_edge == (probe.edge_side(r.cv_accuracy, r.lam) != 0)
+    assert not r.lam_edge and max(r.cv_accuracy) > r.lam                 # interior: a larger lambda did worse

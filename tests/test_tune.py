@@ -385,6 +385,65 @@ def test_tune_never_reads_the_test_set(data_dir, tmp_path):
     assert doc["methods"]["siamese"]["states"]["COMPLETE"] == 1
 
 
+def test_class_disjoint_tune_never_shows_a_trial_a_test_class_image(data_dir, tmp_path, monkeypatch):
+    """--split classes pools both files and keeps the first half of the classes: every image a trial
+    trains or validates on is one of those classes' (from either file), and no image of a test class
+    (from either file) ever reaches a trial, whatever its label says."""
+    import traceback
+
+    from dmlbench.data import Part
+    from dmlbench.data.idx import read_idx
+
+    folder = tmp_path / "data" / "mnist"
+    folder.mkdir(parents=True)
+    src = data_dir / "mnist"
+    files = {}
+    for part, n in (("train", 1500), ("t10k", 500)):
+        files[part] = (read_idx(next(src.glob(f"{part}-images-idx3-ubyte*")))[:n],
+                       read_idx(next(src.glob(f"{part}-labels-idx1-ubyte*")))[:n])
+        _write_idx(folder / f"{part}-images-idx3-ubyte.gz", files[part][0])
+        _write_idx(folder / f"{part}-labels-idx1-ubyte.gz", files[part][1])
+    # Images by content: those of the test classes (5-9) and those of the training classes (0-4).
+    test_class, train_class = set(), {}
+    for part, (x, y) in files.items():
+        for img, label in zip(x.reshape(len(x), -1), y):
+            (test_class.add(img.tobytes()) if label >= 5 else train_class.setdefault(img.tobytes(), part))
+    seen, read = [], []
+    real_run, real_images = runner.run_one, Part.images
+
+    def spy_run(cfg, run_dir, *args, data=None, **kw):
+        seen.append(data)
+        return real_run(cfg, run_dir, *args, data=data, **kw)
+
+    def spy_images(self, idx=None):
+        out = real_images(self, idx)
+        if any(f.f_code is real_run.__code__ for f, _ in traceback.walk_stack(None)):
+            read.append(out)                                 # read by a trial: batches, embeddings, triplets
+        return out
+
+    monkeypatch.setattr(runner, "run_one", spy_run)
+    monkeypatch.setattr(Part, "images", spy_images)
+    ok(bench("tune", "--dataset", "mnist", "--data-dir", tmp_path / "data", "--set", "data.verify=false",
+             "--split", "classes", "--methods", "siamese", "--trials", 2, "--folds", 2, "--steps", 2,
+             "--encoder", "mlp", "--batch-size", 32, "--test-triplets", 100, "--threads", 1, "--out", tmp_path / "out"))
+
+    def contents(x):
+        return {img.tobytes() for img in np.asarray(x).reshape(len(x), -1)}
+
+    assert len(seen) == 4                                    # 2 trials x 2 folds
+    # The loader reads both files to pool them; inside a trial, not one image of a test class is read.
+    assert read and all(not (contents(x) & test_class) for x in read), "a trial read an image of a test class"
+    shown = set()
+    for fold in seen:
+        for part in (fold.train, fold.test):                 # a fold's test part is its validation part
+            images = contents(real_images(part))
+            assert not images & test_class and images <= train_class.keys()
+            shown |= images
+    # Pooled: the trials train and validate on every image of the training classes, from both files.
+    assert {train_class[img] for img in shown} == {"train", "t10k"}
+    assert shown == train_class.keys()
+
+
 @pytest.mark.slow
 @pytest.mark.mnist
 def test_tune_on_full_mnist_without_test_files(data_dir, tmp_path):
@@ -1040,3 +1099,22 @@ def test_a_storage_failing_in_a_worker_is_one_line_and_the_trial_is_not_failed(t
     monkeypatch.undo()
     trials = studies(tmp_path / "digits" / "tune")["siamese"].get_trials()
     assert not [t for t in trials if t.state.name == "FAIL" and t.user_attrs.get("fail_reason") != "interrupted"]
+
+
+def test_best_settings_at_the_edge_of_their_range_are_named(tiny):
+    from dmlbench.core.space import Float, Int
+    from dmlbench.tune.summary import edge_warnings
+
+    lr = Float(1e-4, 1e-2, log=True)
+    assert lr.at_edge(1.2e-4) and lr.at_edge(9e-3) and not lr.at_edge(1e-3)
+    assert Int(1, 21).at_edge(1) and not Int(1, 21).at_edge(11)
+    suite_dir, _ = tiny
+    doc = json.loads((suite_dir / "tuned.json").read_text())
+    for name, m in doc["methods"].items():               # the real tune recorded them, by the same rule
+        space = T.spaces.method_plan(name, None, {}).space
+        assert m["at_edge"] == sorted(k for k, d in space.items() if hasattr(d, "at_edge") and d.at_edge(m["params"][k]))
+    doc["methods"]["siamese"].update(at_edge=["lr"], params={**doc["methods"]["siamese"]["params"], "lr": 0.0099},
+                                     space={**doc["methods"]["siamese"]["space"], "lr": str(lr)})
+    lines = edge_warnings(doc)
+    assert lines == ["siamese's best lr=0.0099 in log-uniform[0.0001, 0.01] lies at the edge of its search range: "
+                     "the best setting may lie beyond it; widen the range (--space FILE.toml) and tune again"]

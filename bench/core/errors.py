@@ -83,3 +83,12 @@ def user_error(e: BaseException) -> DMLBenchError | None:
     if isinstance(e, OSError) or e.__cause__ is not None:
         logging.getLogger("dmlbench").info("the error below came from:", exc_info=e)
     return DiskFullError.of(e) if isinstance(e, OSError) else e
+
+
+def exception_line(e: BaseException, limit: int = 160) -> str:
+    """``Type: first line of the message``, cut at a word to about ``limit`` characters: what a one-line
+    error quotes of an exception raised by a user's code."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    if len(first) > limit:
+        first = first[:limit].rsplit(" ", 1)[0] + " ..."
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__

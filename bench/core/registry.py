@@ -30,9 +30,13 @@ LOADED_PLUGINS: list[str] = []
 class Registry(Generic[T]):
     """Names to objects of one kind (methods, datasets, metrics, encoders, executors)."""
 
-    def __init__(self, kind: str, entry_point_group: str | None = None):
+    def __init__(self, kind: str, entry_point_group: str | None = None,
+                 adapt: Callable[[str, object], T] | None = None):
         self.kind = kind
         self.entry_point_group = entry_point_group
+        # How an entry point that names an object rather than a module becomes an entry (an
+        # encoder's builder function becomes its EncoderSpec); default: the object itself.
+        self.adapt = adapt or (lambda name, obj: obj)
         self._items: dict[str, T] = {}
         self._plugins_loaded = entry_point_group is None
 
@@ -65,7 +69,7 @@ class Registry(Generic[T]):
             # names a class directly is registered under the entry point's name.
             obj = ep.load()
             if ep.name not in self._items and not isinstance(obj, types.ModuleType):
-                self.add(ep.name, obj)
+                self.add(ep.name, self.adapt(ep.name, obj))
 
     def names(self) -> list[str]:
         """Every registered name, built-ins first, in registration order."""

@@ -38,6 +38,14 @@ class Range:
     def __str__(self) -> str:
         return f"{'log-' if self.log else ''}{self.kind}[{self.show(self.low)}, {self.show(self.high)}]"
 
+    def at_edge(self, value, margin: float = 0.05) -> bool:
+        """Whether ``value`` lies in the outer ``margin`` of the range at either end (on the log scale
+        for a log range): a search whose best lands there may have its optimum beyond the range."""
+        lo, hi, v = ((math.log(self.low), math.log(self.high), math.log(value)) if self.log
+                     else (float(self.low), float(self.high), float(value)))
+        pos = (v - lo) / (hi - lo)
+        return pos <= margin or pos >= 1 - margin
+
 
 @dataclass(frozen=True)
 class Float(Range):

@@ -168,7 +168,7 @@ class EvalContext:
         r = linear_probe(self.train_emb(), self.data.train.y, self.test_emb(), self.data.test.y,
                          seed=self.cfg.seed, threads=torch.get_num_threads(), device=str(self.device))
         self.per_query["svm_correct"] = r.correct
-        self.extras.update(confusion=r.confusion, svm_lambda=r.lam)
+        self.extras.update(confusion=r.confusion, svm_lambda=r.lam, svm_lambda_edge=r.lam_edge)
         return r.accuracy
 
     @_once

@@ -1,19 +1,28 @@
 """Exact nearest neighbours: the search the retrieval and k-NN metrics (:mod:`dmlbench.evaluation.neighbors`)
-are built on.
+are built on. Exact means: the lists of float64 brute force on the float32 embeddings, with ties by id.
 
-Distances are squared Euclidean, computed on the embeddings centred on the references' mean. On
-the CPU, faiss's ``IndexFlatL2`` matrix-product (BLAS) kernel proposes ``_REFINE_EXTRA`` candidates
-beyond k; on a GPU (``device="cuda"`` or ``"cuda:N"``) a blocked matrix product and ``topk`` in torch
-do, and torch is imported only there, so importing this module never imports torch. Either way the
-candidates' distances are recomputed pair by pair (a sum of squared differences), and a query whose
-cut a rounding bound cannot certify (:func:`_uncertain`) is compared with every reference pair by
-pair: the lists are those of the pair-by-pair distances.
+1. **Scale.** Embeddings whose largest coordinate lies outside [1, 2^40] are multiplied by a power of
+   two (:func:`dmlbench.evaluation.rounding.scale_exponent`): exact in binary floating point, and it
+   keeps every distance's order, but squared differences no longer underflow to float32's
+   subnormals (from about 1e-19) or overflow its range (from about 1e18). What no power of two can
+   hold exactly is refused in one line.
+2. **Propose.** On the embeddings centred on the references' mean (fewer digits lost to cancellation
+   far from the origin), a matrix product proposes ``_REFINE_EXTRA`` candidates beyond k: faiss's
+   ``IndexFlatL2`` (BLAS) kernel on the CPU; a blocked ``addmm`` and ``topk`` in torch on a GPU
+   (``device="cuda"`` or ``"cuda:N"``; torch is imported only there).
+3. **Refine.** The candidates' distances are recomputed pair by pair (a sum of squared differences of
+   the uncentred embeddings) in float32; neighbours whose float32 distances are too close for their
+   rounding to order (:func:`~dmlbench.evaluation.rounding.near_ties`, exact ties included) are
+   ordered by float64 distances, then by id: few of them pair by pair; many (wide lists in many
+   dimensions, such as the raw-pixel floor's k = R retrieval) through float64 matrix products, with
+   only what those cannot separate within their bound summed pair by pair.
+4. **Certify.** A row is final when the matrix product's rounding bound
+   (:func:`~dmlbench.evaluation.rounding.reach`) proves that no reference left out could be as near as
+   its k-th neighbour. Rows it cannot certify (ties at the cut, more copies than the margin) are
+   proposed again with four times the candidates, until certified or compared with every reference.
+
 Queries are searched in blocks, so memory is bounded by ``block x k`` (plus ``block x n_ref``
-distances on a GPU), never by ``n_query x n_ref``.
-
-Ties: every list is ordered by (distance, reference id), and among references at the same distance
-at the cut-off the lower ids are kept, so results are deterministic and copies tie exactly.
-Embeddings with NaN or inf values, or norms whose squares overflow float32, are refused.
+distances on a GPU), never by ``n_query x n_ref``. Embeddings with NaN or inf values are refused.
 """
 
 from __future__ import annotations
@@ -25,41 +34,33 @@ from typing import Iterator
 import numpy as np
 
 from dmlbench.core.errors import NonFiniteEmbeddingError
+from dmlbench.evaluation import rounding, ties64
 
 # Bytes of search results (float32 distance + int64 id per neighbour) one block may hold.
-RESULT_BUDGET = 256 * 2**20
+RESULT_BUDGET = 128 * 2**20
+# Bytes of working arrays one refine may hold (see _rows_refined): it sets the evaluation's peak memory.
+REFINE_BUDGET = 128 * 2**20
 # Float32 entries of one block of the query x reference distance matrix on a GPU.
 _GPU_DIST_BUDGET = 2**28
 # Queries from which a faiss exact search uses its BLAS kernel (see _faiss_search).
 _FAISS_BLAS_MIN_QUERIES = 20
 _FAISS_LOCK = threading.Lock()
-# Candidates beyond k whose distances are recomputed pair by pair (see _blocks_faiss).
+# Candidates beyond k whose distances are recomputed pair by pair, and the factor by which they grow
+# for a row the certificate cannot close.
 _REFINE_EXTRA = 16
-# Unit roundoff of float32, of TF32 and of bfloat16 (matrix products below "highest" precision), and
-# the absolute error of a float32 operation among subnormals.
-_F32_UNIT = 2.0**-24
-_TF32_UNIT = 2.0**-11
-_BF16_UNIT = 2.0**-8
-_F32_TINY = 2.0**-149
-# Squared norms past this may overflow float32 in |q|^2 + |r|^2 - 2 q.r (float32's largest is 3.4e38).
-_MAX_SQ_NORM = 1e37
+_GROWTH = 4
 
 
 def as_f32(x: np.ndarray, name: str) -> np.ndarray:
-    """``x`` as a contiguous 2-D float32 array; non-finite rows, or norms whose squares overflow, are refused."""
+    """``x`` as a contiguous 2-D float32 array; rows with NaN or infinite values are refused."""
     x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
     if x.ndim != 2:
         raise ValueError(f"{name} must be 2-D (rows x features), got shape {x.shape}")
-    sq = _sq_norms(x)
-    bad = ~np.isfinite(sq)   # NaN ranks arbitrarily against every distance (a query could come first in its own list)
-    if bad.any():
+    bad = ~np.isfinite(x).all(1) if x.size else np.zeros(len(x), bool)
+    if bad.any():   # NaN ranks arbitrarily against every distance (a query could come first in its own list)
         raise NonFiniteEmbeddingError(
             f"{name} has {int(bad.sum())} row(s) with NaN or infinite values (the first is row "
             f"{int(np.argmax(bad))}): the model's embeddings diverged; lower the learning rate")
-    if len(sq) and sq.max() > _MAX_SQ_NORM:
-        raise NonFiniteEmbeddingError(
-            f"{name} row {int(np.argmax(sq))} has norm {np.sqrt(sq.max()):.3g}: squared distances overflow float32 "
-            f"past norms of about {np.sqrt(_MAX_SQ_NORM):.0e}; scale the embeddings down")
     return x
 
 
@@ -107,35 +108,6 @@ def _drop_self(d: np.ndarray, i: np.ndarray, start: int, k: int) -> tuple[np.nda
     return d[keep].reshape(len(d), k), i[keep].reshape(len(i), k)
 
 
-def _gamma(n: int, unit: float = _F32_UNIT) -> float:
-    """Higham's gamma_n = n u / (1 - n u): the relative error bound of an n-term float sum or dot product."""
-    return n * unit / (1 - n * unit)
-
-
-def _uncertain(approx_last, exact_kth, q_sq, dim: int, unit: float = _F32_UNIT) -> np.ndarray:
-    """Rows whose candidates may miss one of the k nearest, so they are compared with every reference.
-
-    Every reference outside a row's candidates has a matrix-product estimate at least the last
-    candidate's, ``A`` (``approx_last``). The estimate |q|^2 + |r|^2 - 2 q.r of a true distance D is
-    within ``gamma_(d+2) (|q| + |r|)^2 <= gamma_(d+2) (2|q| + sqrt(D))^2`` of it, whatever the
-    summation order (|r| <= |q| + sqrt(D)), plus a few subnormal units. So an outside reference has
-    ``D + gamma (2|q| + sqrt(D))^2 >= A``, and the left side grows with D: the row is certain when
-    the bound at ``T``, the largest true distance whose pair-by-pair rounding could reach the k-th
-    refined distance (``exact_kth``), stays below A. Strictly, so a tie at the cut is never decided
-    outside. The bound needs only the query's norm: embeddings far from the origin relative to
-    their spread widen it and come here, since the matrix product cancels most of their digits.
-    """
-    g_pair = _gamma(dim + 2, _F32_UNIT)
-    tiny = 4 * (dim + 2) * _F32_TINY
-    t = (exact_kth.astype(np.float64) + tiny) / (1 - g_pair)
-    reach = t + _gamma(dim + 2, unit) * (2 * np.sqrt(q_sq) + np.sqrt(t)) ** 2 + tiny
-    return ~(reach < approx_last)
-
-
-def _sq_norms(x: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,ij->i", x, x, dtype=np.float64)
-
-
 def _faiss_search(index, x: np.ndarray, k: int):
     """``index.search`` through faiss's matrix-product (BLAS) kernel from 20 queries on.
 
@@ -156,147 +128,188 @@ def _faiss_search(index, x: np.ndarray, k: int):
             faiss.cvar.distance_compute_blas_threshold = before
 
 
-def _pairwise(q: np.ndarray, ref: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Squared distances from each row of ``q`` to ``ref[ids[row]]``, pair by pair (faiss's
-    ``fvec_L2sqr_by_idx``: a sum of squared differences, so copies tie exactly)."""
-    import faiss
+class _FaissPath:
+    """The CPU search: faiss proposes, faiss's pair-by-pair kernel (``fvec_L2sqr_by_idx``) refines."""
 
-    ids = np.ascontiguousarray(ids, dtype=np.int64)
-    out = np.empty(ids.shape, np.float32)
-    faiss.fvec_L2sqr_by_idx(faiss.swig_ptr(out), faiss.swig_ptr(q), faiss.swig_ptr(ref), faiss.swig_ptr(ids),
-                            q.shape[1], len(q), ids.shape[1])
-    return out
+    unit = rounding.F32_UNIT
 
+    def __init__(self, ref: np.ndarray, ref_c: np.ndarray):
+        import faiss
 
-def _nearest_by_pairs(q: np.ndarray, ref: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k of each row's ``ids`` nearest by pair-by-pair distance, ordered by (distance, id)."""
-    exact = _pairwise(q, ref, ids)
-    # Candidates come nearly in order (by their estimates), all references in id order: either way
-    # a stable sort is quick, and _canonical settles the ties by id.
-    order = np.argsort(exact, axis=1, kind="stable")
-    d, i = _canonical(np.take_along_axis(exact, order, 1), np.take_along_axis(ids, order, 1))
-    return d[:, :k], i[:, :k]
+        self.ref = ref
+        self.index = faiss.IndexFlatL2(ref.shape[1])
+        self.index.add(ref_c)
 
+    def propose(self, qc: np.ndarray, kb: int) -> tuple[np.ndarray, np.ndarray]:
+        approx, ids = _faiss_search(self.index, qc, kb)
+        return approx.astype(np.float64), ids
 
-def _blocks_faiss(query, ref, k, exclude_self, block) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """faiss's BLAS kernel proposes ``_REFINE_EXTRA`` more candidates than asked; their distances are
-    recomputed pair by pair and the k nearest kept by (distance, id). Rows the rounding bound of
-    :func:`_uncertain` cannot certify are compared with every reference pair by pair. Why: the BLAS
-    kernel's distances carry rounding that differs from pair to pair (copies no longer tie;
-    near-ties at the cut swap) and lose the digits of embeddings far from the origin to
-    cancellation; the lists here are those of the pair-by-pair distances."""
-    import faiss
+    def pairwise(self, q: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Float32 squared distances from each row of ``q`` to ``ref[ids[row]]``, pair by pair (a sum of
+        squared differences, so copies tie exactly)."""
+        import faiss
 
-    index = faiss.IndexFlatL2(ref.shape[1])
-    index.add(ref)
-    kk = k + int(exclude_self)
-    k_base = min(kk + _REFINE_EXTRA, len(ref))
-    step = _rows_per_block(block, k_base)
-    # Rows compared with every reference at once: ids, distances, their order and the sorted copies
-    # take about 40 bytes a (row, reference).
-    every = max(1, min(step, RESULT_BUDGET // (40 * len(ref))))
-    for s in range(0, len(query), step):
-        qb = query[s:s + step]
-        approx, ids = _faiss_search(index, qb, k_base)
-        d, i = _nearest_by_pairs(qb, ref, ids, kk)
-        if k_base < len(ref):
-            redo = np.flatnonzero(_uncertain(approx[:, -1].astype(np.float64), d[:, -1], _sq_norms(qb), qb.shape[1]))
-            if len(redo):
-                d, i = np.array(d), np.array(i)
-                for c in range(0, len(redo), every):
-                    rows = redo[c:c + every]
-                    all_ids = np.broadcast_to(np.arange(len(ref), dtype=np.int64), (len(rows), len(ref)))
-                    d[rows], i[rows] = _nearest_by_pairs(qb[rows], ref, all_ids, kk)
-        if exclude_self:
-            d, i = _drop_self(d, i, s, k)
-        yield s, d, i
-
-
-def _exact_rows_torch(torch, q, r, ids, self_ids=None):
-    """Distances pair by pair (sum of squared differences) from each row of ``q`` to ``r[ids]`` (one id
-    row per query), or to all of ``r`` when ``ids`` is None; each query's own reference
-    (``self_ids``, one per row, with ``ids`` None) is set to infinity."""
-    width = r.shape[0] if ids is None else ids.shape[1]
-    chunk = max(1, _GPU_DIST_BUDGET // 16 // max(width * r.shape[1], 1))   # 64 MiB a temporary
-    out = []
-    for c in range(0, len(q), chunk):
-        other = r[None, :, :] if ids is None else r[ids[c:c + chunk]]
-        out.append(((q[c:c + chunk, None, :] - other) ** 2).sum(-1))
-    exact = torch.cat(out)
-    if self_ids is not None:
-        exact[torch.arange(len(q), device=q.device), self_ids] = float("inf")
-    return exact
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        q = np.ascontiguousarray(q)
+        out = np.empty(ids.shape, np.float32)
+        faiss.fvec_L2sqr_by_idx(faiss.swig_ptr(out), faiss.swig_ptr(q), faiss.swig_ptr(self.ref),
+                                faiss.swig_ptr(ids), q.shape[1], len(q), ids.shape[1])
+        return out
 
 
 def _matmul_unit(torch) -> float:
     """Unit roundoff of torch's float32 matrix products under the current precision setting."""
     if os.environ.get("NVIDIA_TF32_OVERRIDE") == "1":     # cuBLAS uses TF32 whatever torch reports
-        return _TF32_UNIT
+        return rounding.TF32_UNIT
     try:
         precision = torch.get_float32_matmul_precision()
     except RuntimeError:   # set per backend (torch.backends.*.fp32_precision): assume the least precise
         precision = "medium"
-    return {"highest": _F32_UNIT, "high": _TF32_UNIT}.get(precision, _BF16_UNIT)
+    return {"highest": rounding.F32_UNIT, "high": rounding.TF32_UNIT}.get(precision, rounding.BF16_UNIT)
 
 
-def _blocks_torch(query, ref, k, exclude_self, block, device) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """A blocked matrix product proposes ``_REFINE_EXTRA`` more candidates than asked, whose distances
-    are recomputed pair by pair, with rows the bound cannot certify computed pair by pair in full:
-    as :func:`_blocks_faiss`, for the same reasons."""
-    import torch
+class _TorchPath:
+    """The GPU search: a blocked ``addmm`` and ``topk`` propose, a gathered sum of squared differences
+    refines, both on the device; results come back to the CPU per block."""
 
-    dev = torch.device(device)
-    r = torch.from_numpy(ref).to(dev)
-    r_sq = (r * r).sum(1)
-    unit = _matmul_unit(torch)
-    n_ref = len(ref)
-    kb = min(k + _REFINE_EXTRA, n_ref - int(exclude_self))
-    step = max(1, min(_rows_per_block(block, kb), _GPU_DIST_BUDGET // max(n_ref, 1)))
-    with torch.inference_mode():
-        for s in range(0, len(query), step):
-            qb = query[s:s + step]
-            q = torch.from_numpy(qb).to(dev)
-            dist = torch.addmm(r_sq[None, :], q, r.T, beta=1.0, alpha=-2.0)
-            dist.add_((q * q).sum(1, keepdim=True)).clamp_(min=0)
-            rows = torch.arange(len(q), device=dev)
-            if exclude_self:
-                dist[rows, rows + s] = float("inf")
-            approx, ids = torch.topk(dist, kb, dim=1, largest=False, sorted=True)
-            del dist
-            ids, _ = torch.sort(ids, dim=1)          # by id, so the stable sort below breaks ties by id
-            exact = _exact_rows_torch(torch, q, r, ids)
-            vals, order = torch.sort(exact, dim=1, stable=True)
-            vals, ids = vals[:, :k], torch.gather(ids, 1, order[:, :k])
-            if kb < n_ref - int(exclude_self):
-                redo = np.flatnonzero(_uncertain(approx[:, -1].double().cpu().numpy(), vals[:, -1].cpu().numpy(),
-                                                 _sq_norms(qb), qb.shape[1], unit))
-                for c in range(0, len(redo), 256):
-                    rs = torch.from_numpy(redo[c:c + 256]).to(dev)
-                    full = _exact_rows_torch(torch, q[rs], r, None, (rs + s) if exclude_self else None)
-                    v2, i2 = torch.sort(full, dim=1, stable=True)
-                    vals[rs], ids[rs] = v2[:, :k], i2[:, :k]
-            d, i = _canonical(vals.cpu().numpy(), ids.cpu().numpy().astype(np.int64, copy=False))
-            yield s, d, i
+    def __init__(self, ref: np.ndarray, ref_c: np.ndarray, device: str):
+        import torch
+
+        self.torch = torch
+        self.dev = torch.device(device)
+        self.r = torch.from_numpy(ref).to(self.dev)
+        self.r_c = torch.from_numpy(ref_c).to(self.dev)
+        self.r_sq = (self.r_c * self.r_c).sum(1)
+        self.unit = _matmul_unit(torch)
+
+    def propose(self, qc: np.ndarray, kb: int) -> tuple[np.ndarray, np.ndarray]:
+        torch = self.torch
+        step = max(1, _GPU_DIST_BUDGET // max(len(self.r_c), 1))
+        approx, ids = [], []
+        with torch.inference_mode():
+            for s in range(0, len(qc), step):
+                q = torch.from_numpy(qc[s:s + step]).to(self.dev)
+                dist = torch.addmm(self.r_sq[None, :], q, self.r_c.T, beta=1.0, alpha=-2.0)
+                dist.add_((q * q).sum(1, keepdim=True)).clamp_(min=0)
+                a, i = torch.topk(dist, kb, dim=1, largest=False, sorted=True)
+                approx.append(a.double().cpu().numpy())
+                ids.append(i.cpu().numpy().astype(np.int64, copy=False))
+        return np.concatenate(approx), np.concatenate(ids)
+
+    def pairwise(self, q: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        width, dim = ids.shape[1], self.r.shape[1]
+        chunk = max(1, _GPU_DIST_BUDGET // 16 // max(width * dim, 1))   # 64 MiB a temporary
+        out = []
+        with torch.inference_mode():
+            qt = torch.from_numpy(np.ascontiguousarray(q)).to(self.dev)
+            full = ids.strides[0] == 0        # every reference (broadcast ids): no gather
+            it = None if full else torch.from_numpy(np.ascontiguousarray(ids)).to(self.dev)
+            for c in range(0, len(q), chunk):
+                other = self.r[None, :, :] if full else self.r[it[c:c + chunk]]
+                out.append(((qt[c:c + chunk, None, :] - other) ** 2).sum(-1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(ids.shape, np.float32)
+
+
+def _make_path(ref: np.ndarray, ref_c: np.ndarray, device: str):
+    """faiss on the CPU, torch anywhere else."""
+    return _FaissPath(ref, ref_c) if device == "cpu" else _TorchPath(ref, ref_c, device)
+
+
+def _refine(path, q: np.ndarray, ref: np.ndarray, ids: np.ndarray, kk: int):
+    """The ``kk`` nearest of each row's candidates ``ids``: float64 distances, ids, and the largest
+    float32 distance kept (for the certificate). Sorted by float32 distance then id; runs of near
+    ties (:func:`rounding.near_ties`) reaching into the list are ordered by float64 distance then id."""
+    d32 = path.pairwise(q, ids)
+    # Candidates come nearly in order (by their estimates), all references in id order: either way
+    # a stable sort is quick, and _canonical settles the ties by id.
+    order = np.argsort(d32, axis=1, kind="stable")
+    d32, ids = _canonical(np.take_along_axis(d32, order, 1), np.take_along_axis(ids, order, 1))
+    if d32.shape[1] < 2 or kk == 0:
+        return d32[:, :kk].astype(np.float64), ids[:, :kk], d32[:, :kk].max(1, initial=0)
+    near = rounding.near_ties(d32, q.shape[1])
+    group = np.zeros(d32.shape, np.int32)
+    np.cumsum(~near, axis=1, out=group[:, 1:])
+    run = np.zeros(d32.shape, bool)
+    run[:, 1:] = near
+    run[:, :-1] |= near
+    need = run & (group <= group[:, kk - 1:kk])        # runs that reach into the first kk
+    dist = d32[:, :kk].astype(np.float64)
+    r_i, c_i = np.nonzero(need)
+    if len(r_i):
+        ids, d32 = ids.copy(), d32.copy()
+        ref_ids = ids[r_i, c_i]
+        # Positions of a run are contiguous in a row: sorting the run's members by (row, run, float64
+        # distance, id) and writing them back in place orders every run and moves nothing else.
+        d64, perm = ties64.order(q, ref, getattr(path, "shift", None), r_i, ref_ids, group[r_i, c_i])
+        ids[r_i, c_i] = ref_ids[perm]
+        d32[r_i, c_i] = d32[r_i, c_i][perm]
+        inside = c_i < kk
+        dist[r_i[inside], c_i[inside]] = d64[perm][inside]
+    return dist, ids[:, :kk], d32[:, :kk].max(1)
+
+
+def _rows_refined(kb: int) -> int:
+    """Rows refined at once with ``kb`` candidates each: the candidates' ids and distances, their order,
+    sorted copies, the near-tie masks and (where most candidates are near-ties, as in k = R lists)
+    the float64 ordering's per-pair arrays take up to about 160 bytes a candidate."""
+    return max(1, REFINE_BUDGET // (160 * max(kb, 1)))
+
+
+def _search_block(path, q: np.ndarray, qc: np.ndarray, ref: np.ndarray, kk: int):
+    """The ``kk`` nearest references of every row of ``q`` (``qc``: centred), certified."""
+    n_ref, dim = len(ref), q.shape[1]
+    dist = np.empty((len(q), kk), np.float64)
+    ids = np.empty((len(q), kk), np.int64)
+    q_norm = np.sqrt(ties64.sq_norms(qc))
+    todo = np.arange(len(q))
+    kb = min(kk + _REFINE_EXTRA, n_ref)
+    while len(todo):
+        retry = []
+        every = _rows_refined(kb)
+        for c in range(0, len(todo), every):
+            rows = todo[c:c + every]
+            if kb >= n_ref:               # every reference is a candidate: nothing to certify
+                all_ids = np.broadcast_to(np.arange(n_ref, dtype=np.int64), (len(rows), n_ref))
+                dist[rows], ids[rows], _ = _refine(path, q[rows], ref, all_ids, kk)
+                continue
+            approx, cand = path.propose(qc[rows], kb)
+            d, i, kept_max = _refine(path, q[rows], ref, cand, kk)
+            ok = rounding.reach(kept_max, q_norm[rows], dim, path.unit) < approx[:, -1]
+            dist[rows[ok]], ids[rows[ok]] = d[ok], i[ok]
+            retry.append(rows[~ok])
+        todo = np.concatenate(retry) if retry else todo[:0]
+        kb = min(n_ref, kb * _GROWTH)
+    return dist, ids
 
 
 def search_blocks(query, ref, k, exclude_self, device, block) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Yield ``(start_row, distances, ids)`` for consecutive query blocks (k already clamped)."""
+    """Yield ``(start_row, distances, ids)`` for consecutive query blocks (k already clamped); distances
+    are float64 squared distances in the embeddings' own units."""
     if len(query) == 0 or k == 0:
         for s in range(0, len(query), max(1, block)):
             e = min(len(query), s + max(1, block))
-            yield s, np.zeros((e - s, 0), np.float32), np.zeros((e - s, 0), np.int64)
+            yield s, np.zeros((e - s, 0), np.float64), np.zeros((e - s, 0), np.int64)
         return
+    e = rounding.scale_exponent(query, ref)
+    same = query is ref
+    ref = rounding.rescale(ref, e, "ref")
+    query = ref if same else rounding.rescale(query, e, "query")
     # Distances do not change under a shift, but the matrix product's rounding does: centred on the
     # references' mean, |q|^2 + |r|^2 - 2 q.r cancels far fewer digits for embeddings far from the
-    # origin, and more queries pass the certificate without the full pair-by-pair scan.
+    # origin, and more rows pass the certificate at the first try.
     shift = ref.mean(axis=0, dtype=np.float64).astype(np.float32)
     ref_c = ref - shift
-    query = ref_c if query is ref else query - shift
-    ref = ref_c
-    if str(device) == "cpu":
-        yield from _blocks_faiss(query, ref, k, exclude_self, block)
-    else:
-        yield from _blocks_torch(query, ref, k, exclude_self, block, device)
+    kk = k + int(exclude_self)
+    path = _make_path(ref, ref_c, str(device))
+    path.shift = shift.astype(np.float64)
+    step = _rows_per_block(block, min(kk + _REFINE_EXTRA, len(ref)))
+    for s in range(0, len(query), step):
+        qb = query[s:s + step]
+        d, i = _search_block(path, qb, qb - shift, ref, kk)
+        if exclude_self:
+            d, i = _drop_self(d, i, s, k)
+        yield s, np.ldexp(d, -2 * e) if e else d, i
 
 
 def check_inputs(query, ref, exclude_self):
@@ -312,16 +325,18 @@ def check_inputs(query, ref, exclude_self):
 
 def search(query: np.ndarray, ref: np.ndarray, k: int, *, exclude_self: bool = False, device: str = "cpu",
            block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """The k nearest rows of ``ref`` for every row of ``query``: squared-L2 distances (float32) and
-    int64 ids, both (n_query, k), nearest first, ties ordered by id.
+    """The k nearest rows of ``ref`` for every row of ``query``: squared-L2 distances (float64) and
+    int64 ids, both (n_query, k), nearest first, ties ordered by id: the lists of float64 brute force.
 
     ``exclude_self=True``: query and ref are the same set in the same order, and each query's own row
     is left out of its list. ``k`` is clamped to the neighbours available. ``device`` ``"cpu"`` uses
     faiss; anything else (``"cuda"``, ``"cuda:1"``) a blocked torch search on that device.
+    Distances are float32 pair-by-pair sums, or float64 ones where float32 could not order two
+    neighbours.
     """
     query, ref = check_inputs(query, ref, exclude_self)
     k = clamp_k(k, len(ref), exclude_self)
-    dist = np.empty((len(query), k), np.float32)
+    dist = np.empty((len(query), k), np.float64)
     ids = np.empty((len(query), k), np.int64)
     for s, d, i in search_blocks(query, ref, k, exclude_self, device, block):
         dist[s:s + len(d)], ids[s:s + len(i)] = d, i

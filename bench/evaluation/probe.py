@@ -10,8 +10,11 @@ the class with the largest score. This is one-vs-rest squared hinge, not the mul
 theirs. Features are centred with the training mean and divided by one global scale, the RMS norm of
 the centred training rows (not per-feature standardisation, which makes raw pixels ill-conditioned).
 The regularisation is a per-sample lambda with ``C = 1 / (lambda * n)``, chosen by 3-fold stratified
-cross-validation on at most ``cv_rows`` training rows (a seeded stratified subsample) from a small
-grid, ties going to the larger lambda; the test set is never used for the choice. For at most 256
+cross-validation on at most ``cv_rows`` training rows (a seeded stratified subsample) from a grid of
+powers of ten, ties going to the larger lambda; the test set is never used for the choice. Where the
+best lambda is the grid's smallest or largest and beats its neighbour, the grid widens by a decade
+on that side (:func:`widen`, at most ``MAX_WIDEN`` times a side), so the choice is interior; one
+still on the edge is reported (``ProbeResult.lam_edge``), and the results table flags it. For at most 256
 features scikit-learn's ``LinearSVC(dual=False)`` (liblinear) solves it; above that, the same
 objective is minimised with L-BFGS in torch (imported only then), which is far faster on raw pixels.
 """
@@ -30,6 +33,8 @@ import numpy as np
 log = logging.getLogger("dmlbench")
 
 LAMBDAS = (1e-5, 1e-4, 1e-3, 1e-2)
+# Decades the grid may grow on each side when the best lambda lies on its edge: 1e-8 to 10.
+MAX_WIDEN = 3
 LIBLINEAR_MAX_DIM = 256
 # Below this many values (rows x features) liblinear is fast whatever the width; L-BFGS would pay a
 # (d+1)^2 preconditioner for a few rows of wide features (150 CIFAR images of 3,072 pixels).
@@ -51,6 +56,7 @@ class ProbeResult:
     cv_accuracy: dict[float, float]
     solver: str
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0))   # order of the confusion axes
+    lam_edge: bool = False          # the chosen lambda is still the best on the widened grid's edge
 
 
 @dataclass
@@ -334,6 +340,34 @@ def choose_lambda(cv_accuracy: dict[float, float]) -> float:
     return float(best)
 
 
+def edge_side(cv_accuracy: dict[float, float], lam: float) -> int:
+    """-1 or +1 where ``lam`` is the grid's smallest or largest lambda and does strictly better than
+    its neighbour (the accuracy still rises towards the edge), else 0. A plateau that reaches the
+    edge is no edge: its interior lambdas do as well."""
+    grid = sorted(cv_accuracy)
+    if len(grid) < 2 or lam not in (grid[0], grid[-1]):
+        return 0
+    inner = grid[1] if lam == grid[0] else grid[-2]
+    better = not np.isnan(cv_accuracy[lam]) and (np.isnan(cv_accuracy[inner]) or cv_accuracy[lam] > cv_accuracy[inner])
+    return (-1 if lam == grid[0] else 1) if better else 0
+
+
+def widen(cv_accuracy: dict[float, float], score, max_widen: int = MAX_WIDEN) -> tuple[float, bool]:
+    """The chosen lambda after widening the grid a decade at a time towards an edge that wins
+    (``score(lams) -> {lam: accuracy}`` cross-validates new ones into ``cv_accuracy``), and whether it
+    is still on the edge after ``max_widen`` decades on that side."""
+    grown = {-1: 0, 1: 0}
+    while True:
+        lam = choose_lambda(cv_accuracy)
+        side = edge_side(cv_accuracy, lam)
+        if side == 0:
+            return lam, False
+        if grown[side] >= max_widen:
+            return lam, True
+        grown[side] += 1
+        cv_accuracy.update(score([float(f"{lam * 10.0 ** side:.0e}")]))
+
+
 @contextmanager
 def _threads(n: int | None, torch_too: bool):
     if not n:
@@ -356,7 +390,7 @@ def _threads(n: int | None, torch_too: bool):
 
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *, seed: int = 0,
                  threads: int | None = None, lambdas: Sequence[float] = LAMBDAS, cv_rows: int = 5000,
-                 solver: str = "auto", device: str = "cpu") -> ProbeResult:
+                 solver: str = "auto", device: str = "cpu", max_widen: int = MAX_WIDEN) -> ProbeResult:
     """Train the probe on (train_x, train_y), choosing lambda by CV on training rows only, and test it.
 
     ``threads`` limits BLAS (and torch, for L-BFGS) threads while it runs, and is how many of
@@ -379,10 +413,14 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
     used = _solver(solver, train_x.shape[1], len(train_x))
     jobs = threads or 1
     with _threads(threads, used == "lbfgs"), _quiet():
+        edge = False
         if len(lambdas) > 1:
-            cv = cross_validate(train_x, train_y, lambdas, solver=used, seed=seed, cv_rows=cv_rows, device=device,
-                                jobs=jobs)
-            lam = choose_lambda(cv)
+            def score(lams):
+                return cross_validate(train_x, train_y, lams, solver=used, seed=seed, cv_rows=cv_rows, device=device,
+                                      jobs=jobs)
+
+            cv = score(lambdas)
+            lam, edge = widen(cv, score, max_widen)
         else:
             cv, lam = {}, float(lambdas[0])
         scaler, model = _fit_scaled(train_x, train_y, lam, used, seed, device, jobs)
@@ -393,4 +431,4 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
     labels = np.unique(np.concatenate([train_y, test_y]))
     return ProbeResult(accuracy=float(correct.mean()) if len(correct) else float("nan"), correct=correct,
                        confusion=confusion_matrix(test_y, pred, labels=labels), lam=lam, cv_accuracy=cv,
-                       solver=used, labels=labels)
+                       solver=used, labels=labels, lam_edge=edge)

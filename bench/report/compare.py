@@ -60,11 +60,11 @@ def _per_query(run_dir: str, metric: str) -> np.ndarray | None:
 DELTA = 0.005  # the difference "seeds needed" is stated for: half a point of a metric in [0, 1]
 
 
-def compare(results_dir: Path, metric: str = "map@r", alpha: float = 0.05, n_boot: int = 10_000,
+def compare(results_dir: Path | list[Path], metric: str = "map@r", alpha: float = 0.05, n_boot: int = 10_000,
             delta: float = DELTA) -> dict:
     """Ranks, pairwise tests, each pair's power (the smallest difference its seeds could detect at
     80% power, and the seeds needed to detect ``delta``) and, over several datasets, the
-    Friedman/Nemenyi result."""
+    Friedman/Nemenyi result. ``n_boot`` resamples for each pair's query bootstrap (0: none)."""
     if metric not in METRICS.names():
         raise DMLBenchError(f"unknown metric {metric!r}; known: {', '.join(METRICS.names())}")
     if not 0 < alpha < 1:
@@ -72,12 +72,15 @@ def compare(results_dir: Path, metric: str = "map@r", alpha: float = 0.05, n_boo
     if not METRICS.get(metric).comparable:
         raise DMLBenchError(f"{metric} depends on a setting (not on the method alone) and is never ranked; "
                             "compare on another metric, e.g. --metric map@r")
-    if Path(results_dir).is_file():
-        raise DMLBenchError(f"{results_dir} is a file, not a results folder; give the folder bench run wrote "
-                            "(e.g. results/digits)")
-    if not Path(results_dir).is_dir():
-        raise DMLBenchError(f"results folder {results_dir} does not exist; run `bench run` first or give its path")
-    all_runs = collect(results_dir)
+    folders = [Path(p) for p in ([results_dir] if isinstance(results_dir, (str, Path)) else results_dir)]
+    for folder in folders:
+        if folder.is_file():
+            raise DMLBenchError(f"{folder} is a file, not a results folder; give the folder bench run wrote "
+                                "(e.g. results/digits)")
+        if not folder.is_dir():
+            raise DMLBenchError(f"results folder {folder} does not exist; run `bench run` first or give its path")
+    all_runs = pd.concat([collect(f) for f in folders], ignore_index=True)
+    results_dir = ", ".join(map(str, folders))
     done = label_runs(all_runs)
     if metric not in done.columns:
         raise DMLBenchError(f"no run under {results_dir} has {metric}")
@@ -100,7 +103,7 @@ def compare(results_dir: Path, metric: str = "map@r", alpha: float = 0.05, n_boo
                    "p_seeds": paired_t(by_label.loc[a, shared], by_label.loc[b, shared]) if len(shared) else np.nan,
                    "p_queries": np.nan, "query_ci": "", "query_seed": None, "query_diff": np.nan,
                    "detectable": detectable_difference(diffs, alpha), "seeds_needed": seeds_needed(diffs, delta, alpha)}
-            if len(shared):
+            if len(shared) and n_boot:          # n_boot=0: the seeds' tests only, no query bootstrap
                 s = min(shared)
                 qa, qb = _per_query(dirs[(a, s)], metric), _per_query(dirs[(b, s)], metric)
                 if qa is not None and qb is not None and qa.shape == qb.shape:
@@ -210,7 +213,7 @@ def format_compare(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compare_report(results_dir: Path, metric: str = "map@r", alpha: float = 0.05, cd_plot: Path | None = None) -> str:
+def compare_report(results_dir: Path | list[Path], metric: str = "map@r", alpha: float = 0.05, cd_plot: Path | None = None) -> str:
     """``bench compare``: the comparison as text, and the critical-difference diagram written to
     ``cd_plot`` where asked (several datasets); every refusal comes before anything is computed."""
     if cd_plot is not None and (Path(cd_plot).is_dir() or not Path(cd_plot).parent.is_dir()):

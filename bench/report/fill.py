@@ -7,7 +7,10 @@ A page marks what is generated with HTML comments (invisible in rendered Markdow
   results table of the suite folder FOLDER (relative to the repository), as ``bench table`` prints it
   for that folder's own runs;
 - ``<!-- dmlbench:value FILE KEY[.KEY...] [FORMAT] -->`` 12.3 ``<!-- /dmlbench:value -->``: one
-  value of a JSON file, formatted with a Python format spec (default ``g``).
+  value of a JSON file, formatted with a Python format spec (default ``g``);
+- ``<!-- dmlbench:ranks FOLDER [FOLDER...] [metric=map@r] -->`` ... ``<!-- /dmlbench:ranks -->``: the
+  methods' ranks on each dataset of the folders' runs, their average ranks, the Friedman test and
+  the Nemenyi critical difference, as ``bench compare`` computes them.
 
 ``python -m dmlbench.report.fill README.md docs/*.md`` rewrites them; ``--check`` only reports
 what differs (the tests run it: a typed-over number fails them).
@@ -22,10 +25,11 @@ from pathlib import Path
 
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.io import write_text
+from dmlbench.report.compare import compare
 from dmlbench.report.results import collect
-from dmlbench.report.table import aggregate, format_table, notes
+from dmlbench.report.table import aggregate, format_table, table_notes
 
-BLOCK = re.compile(r"(<!-- dmlbench:(table|value) ([^>]*?) -->)(.*?)(<!-- /dmlbench:\2 -->)", re.S)
+BLOCK = re.compile(r"(<!-- dmlbench:(table|value|ranks) ([^>]*?) -->)(.*?)(<!-- /dmlbench:\2 -->)", re.S)
 
 
 def _table(root: Path, args: list[str]) -> str:
@@ -37,8 +41,8 @@ def _table(root: Path, args: list[str]) -> str:
         raise DMLBenchError(f"{folder} holds no runs for the table asked of it")
     agg = aggregate(runs, metrics)
     text = format_table(agg, "markdown", metrics, spread=opts.get("spread", "ci")).rstrip()
-    note = "\n".join(notes(agg))
-    return "\n" + text + ("\n\n" + note if note else "") + "\n"
+    notes = table_notes(agg, metrics)
+    return "\n" + text + "".join("\n\n" + n for n in notes) + "\n"
 
 
 def _value(root: Path, args: list[str]) -> str:
@@ -53,11 +57,36 @@ def _value(root: Path, args: list[str]) -> str:
     return format(value, fmt) if isinstance(value, (int, float)) else str(value)
 
 
+def _ranks(root: Path, args: list[str]) -> str:
+    folders = [root / a for a in args if "=" not in a]
+    opts = dict(a.split("=", 1) for a in args if "=" in a)
+    metric = opts.get("metric", "map@r")
+    result = compare(folders, metric, n_boot=0)
+    fr = result["friedman"]
+    if fr is None:
+        raise DMLBenchError(f"{', '.join(args)}: the Friedman test needs 2 datasets and 3 methods every dataset has")
+    # The ranks the test uses: among the methods every dataset has (ties share their average rank).
+    table = fr["ranks"].T.loc[fr["methods"]]
+    table = table[sorted(table.columns)]
+    table.insert(len(table.columns), "average rank", [fr["avg_ranks"][m] for m in fr["methods"]])
+    lines = [f"| method | {' | '.join(f'{c} rank' if c != 'average rank' else c for c in table.columns)} |",
+             "| --- |" + " --- |" * len(table.columns)]
+    for method, row in table.iterrows():
+        cells = [f"{v:g}" if c != "average rank" else f"{v:.2f}" for c, v in row.items()]
+        lines.append(f"| {method} | {' | '.join(cells)} |")
+    left_out = sorted(set(result["ranking"]["method"]) - set(fr["methods"]))
+    lines += ["", f"Ranks by {metric} among the methods every dataset has (1 best). Friedman over {fr['n_blocks']} "
+                  f"datasets: χ² = {fr['statistic']:.2f}, p = {fr['p_value']:.3g}; Nemenyi critical difference at "
+                  f"α = {fr['alpha']}: {fr['cd']:.2f}."
+              + (f" Left out (not run on every dataset): {', '.join(left_out)}." if left_out else "")]
+    return "\n" + "\n".join(lines) + "\n"
+
+
 def fill_text(text: str, root: Path) -> str:
     """The page with every generated block filled from the files under ``root``."""
     def repl(m: re.Match) -> str:
         args = m.group(3).split()
-        body = _table(root, args) if m.group(2) == "table" else _value(root, args)
+        body = {"table": _table, "value": _value, "ranks": _ranks}[m.group(2)](root, args)
         return m.group(1) + body + m.group(5)
 
     return BLOCK.sub(repl, text)

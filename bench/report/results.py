@@ -39,7 +39,9 @@ def collect(results_dir: Path, recursive: bool = True) -> pd.DataFrame:
             continue  # some other tool's config.json, not a dmlbench run
         label = cfg["method"] + (f"[{cfg['variant']}]" if cfg.get("variant") else "")
         prov = cfg.get("provenance") or {}
-        row = {"dataset": cfg["dataset"], "method": cfg["method"], "label": label, "group_id": cfg["group_id"],
+        # A class-disjoint split is another task on the same files: its own dataset in tables and ranks.
+        dataset = cfg["dataset"] + ("[classes]" if cfg.get("split") == "classes" else "")
+        row = {"dataset": dataset, "method": cfg["method"], "label": label, "group_id": cfg["group_id"],
                "options": {k: v for k, v in cfg.items() if k not in NOT_OPTIONS},
                "seed": cfg["seed"], "run_dir": str(run), "code": prov.get("code_hash"),
                "commit": (prov.get("git_commit") or "")[:10] + ("+dirty" if prov.get("git_dirty") else ""),

@@ -44,7 +44,11 @@ def aggregate(runs: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFr
     for (ds, label, method), g in done.groupby(["dataset", "label", "method"], sort=False):
         row = {"dataset": ds, "label": label, "method": method, "n": len(g),
                "seeds": ",".join(str(s) for s in sorted(g["seed"])), "steps": int(g["steps"].max()),
-               "world_sizes": tuple(sorted({int(w) for w in g["world_size"]})) if "world_size" in g else (1,)}
+               "world_sizes": tuple(sorted({int(w) for w in g["world_size"]})) if "world_size" in g else (1,),
+               # made from a tree with uncommitted changes: marked in every table that shows it
+               "dirty": bool("commit" in g and g["commit"].astype(str).str.endswith("+dirty").any())}
+        for m, flag in EDGE_FLAGS.items():
+            row[m + "_edge"] = bool(flag in g and (g[flag].fillna(0) != 0).any())
         for m in metrics:
             vals = g[m].dropna().to_numpy(float)
             if len(vals):
@@ -87,6 +91,11 @@ def aggregate(runs: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFr
     return out.sort_values(["dataset", "_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
 
 
+# A metric whose searched setting may lie on its grid's edge, and the run column that says so.
+EDGE_FLAGS = {"svm_acc": "svm_lambda_edge"}
+EDGE_MARK, DIRTY_MARK = "†", "*"
+
+
 def budget(options) -> int:
     """A run's training budget in optimiser steps (0: it trains nothing, as the raw floor)."""
     steps = (options or {}).get("steps") if isinstance(options, dict) else None
@@ -117,9 +126,18 @@ def world_note(agg: pd.DataFrame) -> str:
             "(docs/distributed.md).")
 
 
-def notes(agg: pd.DataFrame) -> list[str]:
-    """The table's note lines: budgets that differ, numbers of processes that differ."""
-    return [line for line in (budget_note(agg), world_note(agg)) if line]
+def table_notes(agg: pd.DataFrame, metrics: list[str] | None = None) -> list[str]:
+    """The lines under a table that explain its marks: mixed budgets, a metric whose searched
+    setting stayed on its grid's edge, rows made from uncommitted code, numbers of processes that differ."""
+    notes = [budget_note(agg), world_note(agg)]
+    shown = [m for m in (metrics or default_metrics()) if m in agg.columns]
+    for m in EDGE_FLAGS:
+        if m in shown and (m + "_edge") in agg and agg[m + "_edge"].any():
+            notes.append(f"{EDGE_MARK} {m}: the probe's regularisation λ stayed on the edge of its grid, widened to "
+                         "1e-8..10, for some seed: the accuracy may be understated.")
+    if "dirty" in agg and agg["dirty"].any():
+        notes.append(f"Rows marked {DIRTY_MARK} were made from a tree with uncommitted changes: no commit reproduces them.")
+    return [n for n in notes if n]
 
 
 def _cell(v: float, sd: float, half: float, spread: str) -> str:
@@ -147,18 +165,21 @@ def format_table(agg: pd.DataFrame, fmt: str = "markdown", metrics: list[str] | 
         cols = ["dataset", "label", "n", "seeds", "steps"] + [c for m in metrics
                                                              for c in (m, m + "_std", m + "_ci", m + "_best")]
         return agg[cols].rename(columns={"label": "method"}).to_csv(index=False)
-    cells = pd.DataFrame({"dataset": agg["dataset"], "method": agg["label"], "seeds": agg["n"],
+    dirty = agg["dirty"] if "dirty" in agg else pd.Series(False, index=agg.index)
+    labels = [f"{lab} {DIRTY_MARK}" if d else lab for lab, d in zip(agg["label"], dirty)]
+    cells = pd.DataFrame({"dataset": agg["dataset"], "method": labels, "seeds": agg["n"],
                           "steps": [f"{s:,}" if s else "—" for s in agg["steps"]]})
     for m in metrics:
         text = []
-        for v, sd, half, best in zip(agg[m], agg[m + "_std"], agg[m + "_ci"], agg[m + "_best"]):
+        edges = agg[m + "_edge"] if m + "_edge" in agg else [False] * len(agg)
+        for v, sd, half, best, edge in zip(agg[m], agg[m + "_std"], agg[m + "_ci"], agg[m + "_best"], edges):
             if pd.isna(v):
                 text.append("—")
                 continue
             t = _cell(v, sd, half, spread)
             if best:
                 t = f"**{t}**" if fmt == "markdown" else rf"\textbf{{{t}}}"
-            text.append(t)
+            text.append(t + (f" {EDGE_MARK}" if edge else ""))
         cells[m] = text
     if fmt == "latex":
         special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -227,7 +248,8 @@ def markdown_report(runs: pd.DataFrame, metrics: list[str] | None = None, spread
     results, and the runs left out (failed or unreadable)."""
     agg = aggregate(runs, metrics)
     md = format_table(agg, "markdown", metrics, spread=spread) + "\n" + legend(spread) + "\n"
-    md += "".join(line + "\n" for line in notes(agg))
+    for note in table_notes(agg, metrics):
+        md += note + "\n"
     prov = provenance_lines(runs)
     if prov:
         md += "Made by " + "; ".join(prov) + "\n"
@@ -273,6 +295,8 @@ def table_text(results_dir: Path, fmt: str = "markdown", metrics: str | None = N
             raise DMLBenchError(f"unknown metric(s) {', '.join(bad)}; known: {', '.join(known)}")
     if spread not in SPREADS:
         raise DMLBenchError(f"--spread {spread!r} is not one of: {', '.join(SPREADS)}")
+    if fmt not in FORMATS:
+        raise DMLBenchError(f"unknown table format {fmt!r}; use one of: {', '.join(FORMATS)}")
     runs = collect(results_dir)
     suites = suites_of(runs[runs["status"] == "done"]) if len(runs) else []
     mixes = (f"This table mixes {len(suites)} suite folders: {', '.join(suites)} (bench table on one of them "
@@ -280,7 +304,7 @@ def table_text(results_dir: Path, fmt: str = "markdown", metrics: str | None = N
     if fmt == "markdown":
         return markdown_report(runs, names, spread) + (f"\n{mixes}\n" if mixes else "")
     agg = aggregate(runs, names)
-    for line in [mixes, *notes(agg)]:
+    for line in (mixes, *table_notes(agg, names)):
         if line:
             log.warning("%s", line)
     fails = failures(runs)

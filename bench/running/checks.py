@@ -5,8 +5,9 @@ where no data is needed, before any image is decoded.
 - :func:`check_before_data`: names, options, values, seeds, devices, the encoder against a known
   image size;
 - :func:`check_out`: the results folder can be made and written;
-- :func:`check_data`: against the loaded training data: the encoder's input, every method's batch
-  size (and its sharing between a run's processes), generative methods against the value range;
+- :func:`check_data`: against the loaded training data: the encoder's input (a plugin encoder is
+  built and tried on an example batch, once, in this process), every method's batch size (and its
+  sharing between a run's processes), generative methods against the value range;
 - :func:`warn_degenerate`: what runs but measures little (a tiny test set, a batch larger than
   the training set, less than one epoch of steps), said in one line each.
 """
@@ -19,7 +20,7 @@ import os
 from pathlib import Path
 
 from dmlbench.blocks.batches import check_batch_size, check_shards
-from dmlbench.blocks.encoders import check_input
+from dmlbench.blocks.encoders import build_registered, check_decoder, check_input, is_builtin
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.io import clean_temp_files
 from dmlbench.core.params import apply_overrides
@@ -54,6 +55,8 @@ def check_before_data(suite: Suite) -> None:
         if str(device).startswith("cuda"):  # before any run folder is touched (torch only for CUDA)
             resolve_device(str(device))
     trained = [m for m in suite.methods if get_method(m).trainable]
+    if any(issubclass(get_method(m), GenerativeMethod) for m in trained):
+        check_decoder(base.encoder)
     shape = planned_shape(base.dataset, base.data_dir or None, base.data_options)
     if shape is not None and trained:
         check_input(base.encoder, input_shape(base, shape))
@@ -76,6 +79,16 @@ def check_processes(suite: Suite, trained: list[str]) -> None:
     if len(suite.devices) > 1:
         raise DMLBenchError(f"--nproc-per-run {n} with --devices {','.join(suite.devices)}: each run's processes "
                             "take the GPUs themselves (rank r: cuda:r); give --device cuda instead")
+
+
+def try_encoder(name: str, shape: tuple[int, int, int], out_dim: int) -> None:
+    """Build a plugin encoder once and try it on an example batch, so that a broken one stops the
+    command before any run or trial (each would fail alike). This imports torch, which a plugin
+    that builds networks has imported already; the global random state is left as it was."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        build_registered(name, shape, out_dim)
 
 
 def check_out(folder: Path) -> None:
@@ -115,6 +128,8 @@ def check_data(suite: Suite, data, value_range: tuple[float, float], params: dic
     base = suite.base.resolved()
     if any(get_method(m).trainable for m in suite.methods):
         check_input(base.encoder, input_shape(base, data.input_shape))
+        if not is_builtin(base.encoder):
+            try_encoder(base.encoder, input_shape(base, data.input_shape), base.embedding_dim)
     check_batch_sizes(suite, base.batch_size, data.train.y, params, base.nproc_per_run)
     generative = [m for m in suite.methods if issubclass(get_method(m), GenerativeMethod)]
     lo, hi = value_range

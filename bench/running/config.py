@@ -59,7 +59,7 @@ class RunConfig:
     momentum: float = opt(0.9, "Momentum of sgd and rmsprop.")
     weight_decay: float = opt(0.0, "Weight decay.")
     lr_schedule: Literal["constant", "cosine"] = opt("constant", "constant, or cosine (annealed to 0 over the steps, per step).")
-    encoder: str | None = opt(None, "mlp, convnet, cifar, or timm:NAME (bench list encoders). [default: per dataset]")
+    encoder: str | None = opt(None, "mlp, convnet, cifar, timm:NAME, or a registered one (bench list encoders). [default: per dataset]")
     embedder: Literal["linear", "mlp"] = opt("linear", "Head from a timm trunk's pooled features to the embedding: linear or mlp.")
     embedding_dim: int | None = opt(None, "Embedding (latent) size. [default: per dataset]")
     pretrained: bool = opt(False, "Load the timm trunk's ImageNet weights (Hugging Face cache, or --weights).")

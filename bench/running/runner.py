@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from dmlbench.core import distributed
 from dmlbench.core.errors import DiskFullError, DMLBenchError, is_disk_full
@@ -333,6 +332,8 @@ def _fit_and_evaluate(cfg, run, method, data, triplets, callbacks, metrics, devi
     from dmlbench.training.trainer import Trainer
 
     def save_history(trainer, row) -> None:
+        import pandas as pd  # here, not at the top: the CLI's commands that train nothing import this module
+
         write_text(run / layout.HISTORY, pd.DataFrame(trainer.history).to_csv(index=False))
 
     main = world is None or world.main
@@ -356,10 +357,14 @@ def _fit_and_evaluate(cfg, run, method, data, triplets, callbacks, metrics, devi
     if ctx.per_query:
         write_npz(run / layout.PER_QUERY, **{k: np.asarray(v) for k, v in ctx.per_query.items()})
     if ctx.extras.get("confusion") is not None:
+        import pandas as pd
+
         write_text(run / layout.CONFUSION, pd.DataFrame(ctx.extras["confusion"]).to_csv(index=False))
     if isinstance(method, GenerativeMethod):
         write_npz(run / layout.RECONSTRUCTIONS, **reconstructions(method, data, ctx.pipeline, device))
     metrics["svm_lambda"] = ctx.extras.get("svm_lambda")
+    if ctx.extras.get("svm_lambda_edge") is not None:  # 1: the probe's lambda stayed on its widened grid's edge
+        metrics["svm_lambda_edge"] = int(ctx.extras["svm_lambda_edge"])
     metrics = {k: v for k, v in metrics.items() if v is not None}
     if loggers.names:
         loggers.start(trainer.steps_done)

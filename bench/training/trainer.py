@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from dmlbench.blocks.sampling import ClassIndex
 from dmlbench.core import distributed, runtime
-from dmlbench.core.errors import DMLBenchError, NonFiniteLossError
+from dmlbench.core.errors import DMLBenchError, NonFiniteLossError, exception_line
 from dmlbench.core.io import CorruptFileError, torch_load, torch_save
 from dmlbench.core.runtime import epoch_generator
 from dmlbench.data.base import Data
@@ -189,6 +189,15 @@ class Trainer:
                                 f"--nproc-per-run 1")
         return distributed.RowShard(kind.shard_rows(layout, self.world.size), self.world)
 
+    def _first_batch_error(self, batch, e: Exception) -> DMLBenchError:
+        """What a failure of the very first training batch says: a network that passed its example
+        batch (:func:`~dmlbench.blocks.encoders.check_built`) but fails at this batch size or device."""
+        choice = getattr(self.method, "encoder_choice", None)
+        encoder = f" with encoder {choice.name!r}" if choice is not None else ""
+        return DMLBenchError(f"{self.method.name}{encoder} fails on its first training batch, {tuple(batch.x.shape)} on "
+                             f"{self.device} ({exception_line(e)}); fix the encoder's forward (or the loss) for this "
+                             "batch size and device")
+
     # ------------------------------------------------------------------ training
 
     def fit(self) -> list[dict]:
@@ -242,7 +251,16 @@ class Trainer:
                         x = pipeline.train(images.take(idx[shard.rows]), aug_gen, shard.rows, len(idx))
                     batch = kind.batch(x, images.y[idx.to(images.y.device)], layout)
                     batch.shard = shard
-                    terms = method.loss_terms(batch)
+                    try:
+                        terms = method.loss_terms(batch)
+                    except DMLBenchError:
+                        raise
+                    except Exception as e:
+                        if self.steps_done > sum(plan[:start]):
+                            raise  # a later step: the method's own failure, with its traceback
+                        if self.world is not None and distributed.lost_error(e) is not None:
+                            raise  # another rank gone while gathering: the run's failure, not the encoder's
+                        raise self._first_batch_error(batch, e) from e
                     if list(terms) != names:
                         raise DMLBenchError(f"method {method.name} returned loss terms {list(terms)}, "
                                             f"but declares terms = {tuple(names)}")

@@ -68,10 +68,20 @@ The package, by step:
 
 from __future__ import annotations
 
-from dmlbench.tune.options import TuneOptions
-from dmlbench.tune.study import plan_tune, tune
-from dmlbench.tune.summary import budget_warnings, failed_methods, summary_table
-from dmlbench.tune.tuned import apply_tuned, read_tuned
+import importlib
 
-__all__ = ["TuneOptions", "apply_tuned", "budget_warnings", "failed_methods", "plan_tune", "read_tuned",
-           "summary_table", "tune"]
+# Loaded on first use: ``bench table`` and the other commands that tune nothing import the CLI's
+# options (dmlbench.tune.options) without the study machinery (Optuna, the runner).
+_WHERE = {"TuneOptions": "options", "plan_tune": "study", "tune": "study", "budget_warnings": "summary",
+          "failed_methods": "summary", "summary_table": "summary", "apply_tuned": "tuned", "read_tuned": "tuned"}
+
+_SUBMODULES = ("folds", "options", "spaces", "storage", "study", "summary", "trial", "tuned")
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"dmlbench.tune.{_WHERE[name]}"), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"dmlbench.tune.{name}")
+    raise AttributeError(f"module 'dmlbench.tune' has no attribute {name!r}")

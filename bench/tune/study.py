@@ -49,7 +49,7 @@ from dmlbench.tune.storage import (
     requeue_orphans,
     storage_errors,
 )
-from dmlbench.tune.summary import budget_warnings, failed_methods, other_methods, summarize
+from dmlbench.tune.summary import budget_warnings, edge_warnings, failed_methods, other_methods, summarize
 from dmlbench.tune.trial import PRUNE_STARTUP, trial_config, work
 
 log = logging.getLogger("dmlbench")
@@ -260,7 +260,7 @@ def _tune(suite: Suite, opts: TuneOptions, plans: list[MethodPlan], skipped: lis
     doc = summarize(job, time.perf_counter() - t_start, executor.workers)
     doc["methods"] = {**other_methods(suite_dir / TUNED_FILE, doc), **doc["methods"]}
     write_json(suite_dir / TUNED_FILE, doc)
-    for line in budget_warnings(doc, opts.trials):
+    for line in budget_warnings(doc, opts.trials) + edge_warnings(doc):
         echo(f"warning: {line}")
     if failed_methods(doc):
         return doc  # the CLI reports the methods that have no setting to test

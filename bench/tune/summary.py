@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from dmlbench.core.io import CorruptFileError, read_json
+from dmlbench.core.space import Range
 from dmlbench.running.provenance import device_kind
 from dmlbench.tune.options import TRIALS_DIR, Job, fmt_params, objective_direction
 from dmlbench.tune.spaces import split_params
@@ -42,7 +43,9 @@ def summarize(job: Job, wall_seconds: float, workers: int) -> dict:
             method_keys, run_keys = split_params(best.params, plan.name)
             entry.update(best_trial=best.number, best_value=best.value, params=dict(best.params),
                          method_params={**plan.fixed, **method_keys}, run_params={**plan.fixed_run, **run_keys},
-                         fold_values={k: v for k, v in best.user_attrs.items() if k.startswith("fold")})
+                         fold_values={k: v for k, v in best.user_attrs.items() if k.startswith("fold")},
+                         at_edge=sorted(k for k, d in plan.space.items()
+                                        if isinstance(d, Range) and k in best.params and d.at_edge(best.params[k])))
         reasons = [t.user_attrs.get("fail_reason") for t in finished if t.state == TrialState.FAIL]
         entry["fail_reasons"] = list(dict.fromkeys(r for r in reasons if r))[:3]  # the distinct first few
         entry["trial_seconds"] = round(sum((t.datetime_complete - t.datetime_start).total_seconds()
@@ -172,3 +175,16 @@ def budget_warnings(doc: dict, asked: int | None = None) -> list[str]:
         return [f"the methods had unequal tuning budgets ({each} trials), so their comparison is not equal-budget; "
                 f"give --trials {hi} with --methods naming all of them to even them (the studies resume)"]
     return []
+
+
+def edge_warnings(doc: dict) -> list[str]:
+    """Lines naming each method's best settings that lie at the edge of their search range (the
+    outer 5%, log-scaled for a log range): the optimum may lie beyond, so the range should widen."""
+    out = []
+    for name, m in doc["methods"].items():
+        keys = m.get("at_edge") or []
+        if keys:
+            where = ", ".join(f"{k}={m['params'][k]:.4g} in {m['space'].get(k, '?')}" for k in keys)
+            out.append(f"{name}'s best {where} lies at the edge of its search range: the best setting may lie "
+                       "beyond it; widen the range (--space FILE.toml) and tune again")
+    return out

@@ -14,7 +14,7 @@ from dmlbench.data import DatasetRef
 from dmlbench.methods import get_method
 from dmlbench.running.suite import CONFIG_KEYS, Suite
 from dmlbench.tune.options import DEFAULT_TEST_SEEDS, TUNED_FILE
-from dmlbench.tune.summary import budget_warnings
+from dmlbench.tune.summary import budget_warnings, edge_warnings
 
 log = logging.getLogger("dmlbench")
 
@@ -135,7 +135,7 @@ def apply_tuned(suite: Suite, tuned_dir: Path, *, seeds_given: bool | None = Non
                     ", ".join(f"{k} {cfg[k]} -> {getattr(here, k)}" for k in differ))
 
     kept = {**doc, "methods": {n: m for n, m in tuned_methods.items() if n in keep}}
-    for line in budget_warnings(kept):
+    for line in budget_warnings(kept) + edge_warnings(kept):
         log.warning("--tuned %s: %s", path, line)
     if seeds_given is None:
         seeds_given = suite.seeds != [0]

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from dmlbench.core.errors import DMLBenchError
-from dmlbench.core.io import atomic_write_bytes
+from dmlbench.core.io import atomic_write_bytes, read_npz
 from dmlbench.evaluation.metrics import METRICS, default_metrics
 from dmlbench.report.results import load_runs
 from dmlbench.report.stats import t_interval
@@ -143,6 +143,18 @@ def first_seed(runs: pd.DataFrame) -> pd.DataFrame:
     """One run per method configuration: seed 0, or the lowest seed."""
     return runs.sort_values("seed", kind="stable").groupby("label", sort=False).head(1) \
         .set_index("label").loc[method_labels(runs)].reset_index()
+
+
+def test_embeddings(first: pd.DataFrame) -> list[tuple]:
+    """``(label, seed, test embeddings, test labels)`` of each run of ``first`` that kept its
+    embeddings.npz (a run made elsewhere may not have)."""
+    out = []
+    for r in first.itertuples():
+        f = Path(r.run_dir) / "embeddings.npz"
+        if f.exists():
+            z = read_npz(f, RERUN, require=("test_emb", "test_y"))
+            out.append((r.label, r.seed, z["test_emb"], z["test_y"]))
+    return out
 
 
 def class_names(runs: pd.DataFrame, ids: np.ndarray) -> list[str]:

@@ -43,6 +43,7 @@ from dmlbench.report.plots.common import (
     short_labels,
     style,
     t_errorbar,
+    test_embeddings,
 )
 from dmlbench.report.plots.tvae import plot_reconstructions, plot_tradeoff
 
@@ -71,12 +72,7 @@ def plot_embeddings(runs: pd.DataFrame, path: Path, projection: str = "tsne",
     """A seeded subsample of at most ``max_points`` (default TSNE_MAX_POINTS) test points, the same for every panel."""
     max_points = max_points or TSNE_MAX_POINTS
     first = first_seed(runs)
-    panels = []
-    for r in first.itertuples():
-        f = Path(r.run_dir) / "embeddings.npz"
-        if f.exists():
-            z = read_npz(f, RERUN, require=("test_emb", "test_y"))
-            panels.append((r.label, r.seed, z["test_emb"], z["test_y"]))
+    panels = test_embeddings(first)
     if not panels:
         return None
     n = len(panels[0][3])

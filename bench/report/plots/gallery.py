@@ -17,9 +17,8 @@ import numpy as np
 import pandas as pd
 
 from dmlbench.core.errors import DMLBenchError
-from dmlbench.core.io import read_npz
 from dmlbench.data import load_dataset
-from dmlbench.report.plots.common import RERUN, class_names, figure, first_seed, save
+from dmlbench.report.plots.common import class_names, figure, first_seed, save, test_embeddings
 
 log = logging.getLogger("dmlbench")
 RIGHT, WRONG = "#1a9850", "#d73027"
@@ -81,12 +80,7 @@ def plot_gallery(runs: pd.DataFrame, path: Path, n_queries: int = 4, k: int = 5,
     """The gallery figure of the runs' methods (first seed each); None where no run kept its test
     embeddings or the images are not on this machine."""
     first = first_seed(runs)
-    panels = []
-    for r in first.itertuples():
-        f = Path(r.run_dir) / "embeddings.npz"
-        if f.exists():
-            z = read_npz(f, RERUN, require=("test_emb", "test_y"))
-            panels.append((r.label, z["test_emb"], z["test_y"]))
+    panels = [(label, emb, y) for label, _, emb, y in test_embeddings(first)]
     if not panels:
         return None
     part = test_images(first["config"].iloc[0])
