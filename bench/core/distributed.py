@@ -223,11 +223,11 @@ def _comm_device(world: World):
 
 def broadcast(obj, world: World | None = None):
     """Rank 0's ``obj`` on every rank (picklable objects); ``obj`` itself without a world."""
-    import torch.distributed as dist
-
     world = world or current()
     if world is None or world.size == 1:
         return obj
+    import torch.distributed as dist  # (here: a command without a world imports no torch)
+
     box = [obj]
     dist.broadcast_object_list(box, src=0, device=_comm_device(world))
     return box[0]
@@ -235,10 +235,10 @@ def broadcast(obj, world: World | None = None):
 
 def barrier(world: World | None = None) -> None:
     """Wait until every rank gets here."""
-    import torch.distributed as dist
-
     world = world or current()
     if world is not None and world.size > 1:
+        import torch.distributed as dist  # (here: a command without a world imports no torch)
+
         dist.barrier()
 
 

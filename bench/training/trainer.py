@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dmlbench.blocks.encoders import is_timm
 from dmlbench.blocks.sampling import ClassIndex
 from dmlbench.core import distributed, runtime
 from dmlbench.core.errors import DMLBenchError, NonFiniteLossError, exception_line
@@ -184,9 +185,12 @@ class Trainer:
         norms = [name for name, m in method.named_modules()
                  if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
         if norms:
+            # --freeze-bn holds a timm trunk's BatchNorm; a plugin encoder's own layers are its author's to change
+            choice = getattr(method, "encoder_choice", None)
+            fix = ("give --freeze-bn" if choice is not None and is_timm(choice.name) else
+                   "use an encoder whose normalisation does not depend on the batch (GroupNorm, LayerNorm)")
             raise DMLBenchError(f"{method.name}: BatchNorm layers ({norms[0]}, ...) would normalise each process's "
-                                f"share of the batch apart, unlike one process; give --freeze-bn, or "
-                                f"--nproc-per-run 1")
+                                f"share of the batch apart, unlike one process; {fix}, or --nproc-per-run 1")
         return distributed.RowShard(kind.shard_rows(layout, self.world.size), self.world)
 
     def _first_batch_error(self, batch, e: Exception) -> DMLBenchError:
