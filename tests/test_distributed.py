@@ -472,3 +472,32 @@ def test_a_lost_peer_is_recognised_and_other_errors_are_not():
     assert distributed.lost_error(RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer "
                                                "[127.0.0.1]:3997")) is not None
     assert distributed.lost_error(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+
+
+def _first_batch_failure(world, message):
+    """What rank 0's training raises where the first batch's loss raises ``message`` on every rank."""
+    from dmlbench.data import load_dataset
+    from dmlbench.training.config import TrainConfig
+    from dmlbench.training.trainer import Trainer
+
+    cls = get_method("siamese")
+
+    def broken(self, batch):
+        raise RuntimeError(message)
+
+    failing = type("Failing", (cls,), {"loss_terms": broken})
+    method = failing(cls.Params(), input_shape=(1, 8, 8), embedding_dim=8, encoder="mlp", num_classes=10)
+    try:
+        Trainer(method, load_dataset("digits"), TrainConfig(steps=2), world=world).fit()
+    except Exception as e:  # noqa: BLE001 - what the test looks at
+        return type(e).__name__, str(e), distributed.lost_error(e) is not None
+    return None
+
+
+def test_a_peer_lost_in_the_first_batch_is_the_runs_failure_and_the_encoders_own_failure_is_named():
+    # gloo's words for a closed peer: the run's failure (recorded and resumable), not a broken encoder
+    lost = in_world(_first_batch_failure, "[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:1")
+    assert lost == ("RuntimeError", "[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:1", True)
+    kind, message, is_lost = in_world(_first_batch_failure, "mat1 and mat2 shapes cannot be multiplied")
+    assert kind == "DMLBenchError" and not is_lost
+    assert message.startswith("siamese with encoder 'mlp' fails on its first training batch") and "mat1 and mat2 shapes" in message
