@@ -10,10 +10,14 @@ folders as the CLI::
 Options are the CLI's, with ``_`` for ``-``: any run setting (``lr``, ``epochs``, ``encoder``,
 ...), the suite's (``out``, ``suite``, ``workers``, ``executor``, ``devices``, ``reuse_stale``) and an
 executor's own (``ray_address``, ``gpus_per_run``); ``sets`` are ``--set`` items.
+
+Under ``torchrun`` (or ``srun torchrun``), :func:`run` joins the world torchrun started, and its
+processes make each run of the suite together, one run at a time (docs/distributed.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -21,8 +25,9 @@ from typing import Any
 
 import pandas as pd
 
+from dmlbench.core import distributed
 from dmlbench.core.errors import DMLBenchError
-from dmlbench.core.runtime import echo_line, limit_threads
+from dmlbench.core.runtime import default_threads, echo_line, limit_threads
 from dmlbench.report.compare import compare as compare_results
 from dmlbench.report.results import collect
 from dmlbench.report.table import write_tables
@@ -66,9 +71,12 @@ def run(methods: Iterable[str] | str | None = None, dataset: str | None = None,
         suite = apply_tuned(suite, Path(tuned), seeds_given="seeds" in given, methods_given="methods" in given,
                             place_given=bool({"out", "suite"} & set(given)), run_flags=given_run_flags(flags))
     suite.base.resolved().check()  # bad values fail here, before any thread pool or data is touched
+    suite = _join_torchrun(suite)
     # The driver imports no torch: the executor sets each run's threads where it runs.
     limit_threads(suite.base.threads)
-    say = echo or (lambda line: None)
+    world = distributed.current()
+    main = world is None or world.main
+    say = (echo if main else None) or (lambda line: None)
     done: list = []
     total = [0]
 
@@ -94,8 +102,12 @@ def run(methods: Iterable[str] | str | None = None, dataset: str | None = None,
     except KeyboardInterrupt:
         say(f"interrupted after {len(done)} run(s); finished runs are saved: re-run the same command to resume")
         raise
-    table = write_tables(suite.dir, suite.table_metrics or None, only={str(r.run_dir) for r in results})
-    others = _other_runs(suite.dir, results)
+    finally:
+        if world is not None:
+            distributed.leave()
+    # Under torchrun, rank 0 writes the table (its runs' results); the other ranks return their own.
+    table = write_tables(suite.dir, suite.table_metrics or None, only={str(r.run_dir) for r in results}) if main else ""
+    others = _other_runs(suite.dir, results) if main else ""
     if others:
         say(f"{suite.dir} also holds {others} from other commands: its table.md lists every run there "
             f"(bench table {suite.dir}); above, this command's runs")
@@ -104,6 +116,28 @@ def run(methods: Iterable[str] | str | None = None, dataset: str | None = None,
     df = pd.DataFrame(rows)
     df.attrs.update(suite_dir=str(suite.dir), table=table)
     return df
+
+
+def _join_torchrun(suite):
+    """The suite as one process of the world ``torchrun`` started it in (RANK, WORLD_SIZE and
+    LOCAL_RANK set): the world joined, each run made by all of them (``nproc_per_run`` = WORLD_SIZE),
+    one run at a time, each process with its share of this machine's threads. The suite itself
+    outside torchrun (or in a world of one)."""
+    env = distributed.torchrun_env()
+    if env is None or env["WORLD_SIZE"] == 1 or distributed.current() is not None:
+        return suite
+    n, base = env["WORLD_SIZE"], suite.base
+    if base.nproc_per_run not in (1, n):
+        raise DMLBenchError(f"--nproc-per-run {base.nproc_per_run} under torchrun's {n} processes: leave it out "
+                            "(torchrun's --nnodes and --nproc-per-node set the processes)")
+    if suite.executor != "local" or suite.workers != 1:
+        raise DMLBenchError("under torchrun, its processes make each run together, one run at a time: leave out "
+                            "--executor and --workers")
+    threads = max(1, (base.threads or default_threads()) // env["LOCAL_WORLD_SIZE"])
+    if env["RANK"]:  # what the suite has to say, rank 0 says once
+        logging.getLogger("dmlbench").setLevel(max(logging.ERROR, logging.getLogger("dmlbench").level))
+    distributed.join_torchrun(base.device)
+    return dataclasses.replace(suite, base=dataclasses.replace(base, nproc_per_run=n, threads=threads))
 
 
 def tune(methods: Iterable[str] | str | None = None, dataset: str | None = None, *, trials: int = 30,

@@ -93,10 +93,10 @@ def run(**kw):
         df = api.run(**_suite_kwargs(kw), echo=err)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
-    typer.echo(df.attrs["table"])
-    err(f"table written to {Path(df.attrs['suite_dir']) / 'table.md'} and table.csv")
-    bad = int((df["status"] == "failed").sum())
-    if bad:
+    if df.attrs["table"]:  # (under torchrun, rank 0 writes and prints the table, and says what failed)
+        typer.echo(df.attrs["table"])
+        err(f"table written to {Path(df.attrs['suite_dir']) / 'table.md'} and table.csv")
+    if df.attrs["table"] and (bad := int((df["status"] == "failed").sum())):
         err(f"error: {bad} of {len(df)} runs failed (see failed.json in their folders); fix the cause and re-run: "
             "complete runs are skipped")
         raise typer.Exit(1)

@@ -54,7 +54,7 @@ PANELS = {
     "Model": ("encoder", "embedder", "embedding_dim", "pretrained", "weights", "freeze_bn"),
     "Training": (),
     "Evaluation": ("test_triplets", "triplet_seed", "eval_margin", "knn_k"),
-    "Where it runs": ("device", "threads", "deterministic", "workers", "devices", "executor"),
+    "Where it runs": ("device", "threads", "deterministic", "workers", "devices", "executor", "nproc_per_run"),
 }
 PANEL = {name: panel for panel, names in PANELS.items() for name in names}
 METAVAR = {int: "INT", float: "FLOAT", str: "TEXT", Path: "PATH"}

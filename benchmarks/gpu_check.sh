@@ -8,7 +8,7 @@
 # results.tar.gz, the results folders without checkpoints and embeddings; bundle them into one
 # archive if your machine limits the files that come back). Phases run in order,
 # each under its own time limit, so a short budget still returns the first ones.
-# PHASES picks them (default: all): det speed npair gputest mnist_all tune test. RESUME=results.tar.gz
+# PHASES picks them (default: all): det speed npair gputest ddp mnist_all tune test. RESUME=results.tar.gz
 # continues from an earlier pass (a cut-short tune resumes from its study.db).
 # DEV=cpu QUICK=1 runs the same commands on a CPU with tiny budgets (a check of this script).
 set -u
@@ -20,7 +20,7 @@ QUICK=${QUICK:-0}
 TRIALS=${TRIALS:-30}
 TUNE_WORKERS=${TUNE_WORKERS:-12}
 mkdir -p "$OUT"
-PHASES=" ${PHASES:-det speed npair gputest mnist_all tune test} "
+PHASES=" ${PHASES:-det speed npair gputest ddp mnist_all tune test} "
 # The results folders, tarred into OUT at the end; a fixed path, so a resumed tune's study
 # (which records its suite folder) finds the same conditions.
 W=${WORK:-/tmp/dmlbench-gpu-check}
@@ -96,6 +96,44 @@ want speed && phase speed 150 "$PY" benchmarks/speed.py --data-dir "$DATA" --dev
 want npair && phase npair_loss 60 "$PY" benchmarks/npair_loss.py --device "$DEV"
 want gputest && phase gputest 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_neighbors.py tests/test_probe.py \
   tests/test_trainer.py -k "cuda or gpu"
+
+# 2b. A run as several processes (issue #29): every method on the bundled digits, 20 steps of one
+#     step an epoch (history.csv holds each step), as 1 process and as 2 ranks sharing one GPU (gloo);
+#     with 2 GPUs or more also NCCL (rank r on cuda:r). ddp.json: per method, the largest difference
+#     of a step's loss terms (the CPU tests hold 1e-5) and of a metric (1e-4), and the world.
+if want ddp; then
+  DDP=(run --methods siamese,triplet-softmax,triplet-hinge,npair,vae,tvae --seeds 0 --threads 4 --steps 20
+       --epoch-size 128 --test-triplets 300)
+  phase ddp_one 120 "$BENCH" "${DDP[@]}" --device "${DEV/cuda/cuda:0}" --out "$W/ddp_one"
+  phase ddp_gloo 150 "$BENCH" "${DDP[@]}" --device "${DEV/cuda/cuda:0}" --nproc-per-run 2 --out "$W/ddp_gloo"
+  NGPU=$("$PY" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
+  if [ "$DEV" = cuda ] && [ "$NGPU" -ge 2 ]; then
+    phase ddp_nccl 150 "$BENCH" "${DDP[@]}" --device cuda --nproc-per-run 2 --out "$W/ddp_nccl"
+  fi
+  "$PY" - "$W" >"$OUT/ddp.json" <<'EOF'
+import glob, json, sys
+import numpy as np, pandas as pd
+w = sys.argv[1]
+def runs(name):
+    out = {}
+    for f in glob.glob(f"{w}/{name}/**/metrics.json", recursive=True):
+        cfg = json.load(open(f.replace("metrics.json", "config.json")))
+        h = pd.read_csv(f.replace("metrics.json", "history.csv")) if cfg["steps"] else None
+        terms = None if h is None else h.drop(columns=["epoch", "step", "lr", "seconds", "images_per_s"]).to_numpy()
+        out[cfg["method"]] = (json.load(open(f)), terms, cfg.get("distributed"))
+    return out
+one = runs("ddp_one")
+res = {}
+for name in ("ddp_gloo", "ddp_nccl"):
+    got = runs(name)
+    res[name] = {m: {"max_metric_difference": max(abs(v - one[m][0][k]) for k, v in got[m][0].items()
+                                                  if isinstance(v, float) and not k.endswith("_seconds") and k in one[m][0]),
+                     "max_step_loss_difference": None if got[m][1] is None else float(np.abs(got[m][1] - one[m][1]).max()),
+                     "world": got[m][2]} for m in got if m in one}
+print(json.dumps(res, indent=1))
+EOF
+  cat "$OUT/ddp.json"
+fi
 
 # 3. The mnist-all grid: 7 methods x 3 seeds, --workers auto (4 runs on the GPU at once).
 want mnist_all && phase mnist_all 240 "$BENCH" run --preset mnist-all --seeds "$SEEDS" --device "$DEV" --workers auto \

@@ -66,6 +66,11 @@ class Method:
     Subclasses set ``paper``, ``formula``, ``Params``, ``terms`` (the names of the loss terms
     :meth:`loss_terms` returns, each with a weight in ``Params.weights``) and ``batch_kind``, and
     implement :meth:`loss_terms`. :meth:`build` adds losses or heads after the encoder exists.
+
+    ``data_parallel = True`` declares that the method trains as several processes
+    (``--nproc-per-run``): its :meth:`loss_terms` computes each term either from the whole batch's
+    embeddings (``batch.gather(self.encoder(batch.x))``, the same on every process) or as a mean
+    over this process's images alone, and draws any noise for the whole batch (``batch.local``).
     """
 
     name: ClassVar[str] = ""
@@ -74,6 +79,7 @@ class Method:
     Params: ClassVar[type[Params]] = Params
     terms: ClassVar[tuple[str, ...]] = ()
     trainable: ClassVar[bool] = True
+    data_parallel: ClassVar[bool] = False  # trains as several processes (see the class docstring)
 
     def __init__(self, params: Params, *, input_shape: tuple[int, int, int], embedding_dim: int,
                  encoder: EncoderChoice | str, num_classes: int):

@@ -42,6 +42,7 @@ class NPair(Method):
     formula = "1/N Σᵢ log(1 + Σ_{j≠i} exp(fᵢ·fⱼ⁺ − fᵢ·fᵢ⁺)) + λ/(2N) Σᵢ(‖fᵢ‖² + ‖fᵢ⁺‖²)"
     Params = NPairParams
     terms = ("npair", "l2")
+    data_parallel = True
 
     @property
     def batch_kind(self):
@@ -57,7 +58,7 @@ class NPair(Method):
     def loss_terms(self, batch):
         """``npair``: the N-pair loss averaged over the batch's groups (:func:`npair_groups`); ``l2``: the mean
         squared norm of the embeddings."""
-        emb = self.encoder(batch.x)
+        emb = batch.gather(self.encoder(batch.x))  # the whole batch's, in any number of processes
         return {"npair": npair_groups(emb[batch.groups], batch.y[batch.groups]), "l2": self.l2(emb)}
 
 

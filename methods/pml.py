@@ -189,6 +189,7 @@ class PMLMethod(Method):
 
     loss_name: ClassVar[str] = ""
     terms = ("loss",)
+    data_parallel = True
 
     @property
     def batch_kind(self):
@@ -237,7 +238,10 @@ class PMLMethod(Method):
     def loss_terms(self, batch):
         """``loss``: the PML loss of the batch's embeddings and labels, on the miner's tuples if there is a miner
         (else every tuple the loss forms)."""
-        emb = self.encoder(batch.x)
+        # The whole batch's embeddings on every process: the loss and the miner see what they see in one
+        # process, in the same order (PML's DistributedLossWrapper puts each process's own rows first, and
+        # scales by the world size, which DDP's averaging turns into N times a loss's own parameters' gradient).
+        emb = batch.gather(self.encoder(batch.x))
         indices = self.miner(emb, batch.y) if self.miner is not None else None
         return {"loss": self.loss_fn(emb, batch.y, indices_tuple=indices)}
 

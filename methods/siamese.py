@@ -47,6 +47,7 @@ class Siamese(Method):
     formula = "(1-S)·½d² + S·½max(0, m−d)², d = ‖f(x1)−f(x2)‖₂"
     Params = SiameseParams
     terms = ("contrastive",)
+    data_parallel = True
 
     @property
     def batch_kind(self):
@@ -68,7 +69,7 @@ class Siamese(Method):
     def loss_terms(self, batch):
         """``contrastive``: the mean loss over the batch's same-class pairs plus the mean over its other-class
         pairs (sameness from the labels)."""
-        emb = self.encoder(batch.x)
+        emb = batch.gather(self.encoder(batch.x))  # the whole batch's, in any number of processes
         i, j = batch.pairs
         same = batch.y[i] == batch.y[j]
         # PML's indices_tuple for pairs: (anchor, positive, anchor, negative).

@@ -60,6 +60,7 @@ class TripletHinge(Method):
     formula = "max(0, D(a,p) − D(a,n) + m), D = ‖f(·)−f(·)‖₂"
     Params = TripletHingeParams
     terms = ("triplet",)
+    data_parallel = True
 
     @property
     def batch_kind(self):
@@ -80,6 +81,6 @@ class TripletHinge(Method):
 
     def loss_terms(self, batch):
         """``triplet``: mean of max(0, D(a,p) - D(a,n) + m) over the batch's triplets, or the miner's."""
-        emb = self.encoder(batch.x)
+        emb = batch.gather(self.encoder(batch.x))  # the whole batch's, in any number of processes
         triplets = batch.triplets if self.miner is None else self.miner(emb, batch.y)
         return {"triplet": self.loss_fn(emb, batch.y, indices_tuple=triplets)}

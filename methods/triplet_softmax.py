@@ -37,6 +37,7 @@ class TripletSoftmax(Method):
     formula = "‖softmax(d+, d−) − (0, 1)‖² (MSE, = s+²); or −log s− with form=nll"
     Params = TripletSoftmaxParams
     terms = ("ratio",)
+    data_parallel = True
 
     @property
     def batch_kind(self):
@@ -46,6 +47,6 @@ class TripletSoftmax(Method):
     def loss_terms(self, batch):
         """``ratio``: the softmax-ratio loss of the unsquared distances d+ = D(a,p), d- = D(a,n) over the
         batch's triplets."""
-        emb = self.encoder(batch.x)
+        emb = batch.gather(self.encoder(batch.x))  # the whole batch's, in any number of processes
         a, p, n = (emb[i] for i in batch.triplets)
         return {"ratio": softmax_ratio_loss(l2_distance(a, p), l2_distance(a, n), self.params.form)}

@@ -61,6 +61,6 @@ class TVAE(VAE):
     def loss_terms(self, batch):
         """``recon`` and ``kl``: the VAE's terms on every image of the batch; ``triplet``: the mean hinge triplet
         loss on the posterior means μ of the batch's triplets."""
-        terms, mu = self.elbo_terms(batch.x)
-        terms["triplet"] = self.triplet_fn(mu, batch.y, indices_tuple=batch.triplets)
+        terms, mu = self.elbo_terms(batch.x, batch)
+        terms["triplet"] = self.triplet_fn(batch.gather(mu), batch.y, indices_tuple=batch.triplets)
         return terms

@@ -44,6 +44,7 @@ class VAE(GenerativeMethod):
     formula = "L_rec(x, x̂) + KL(q(z|x) ‖ N(0, I)); embedding = μ"
     Params = VAEParams
     terms = ("recon", "kl")
+    data_parallel = True  # both terms are means over this process's images; the noise is drawn for the batch
 
     def build(self) -> None:
         """Add the decoder mirroring the encoder, from the latent size to the input shape."""
@@ -63,13 +64,17 @@ class VAE(GenerativeMethod):
         """The posterior mean μ."""
         return self.encode(x)[0]
 
-    def elbo_terms(self, x):
+    def elbo_terms(self, x, batch=None):
         """The batch means of the reconstruction loss of one sampled z and of the KL term (per pixel with
-        ``reduction=mean``), and μ."""
+        ``reduction=mean``), and μ. With ``batch`` (whose images ``x`` are), the noise is drawn for the
+        whole batch and this process's rows of it taken, so that any number of processes draws the
+        noise one process draws."""
         import torch
 
         mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        rows = batch.size if batch is not None else len(mu)
+        noise = torch.randn((rows, mu.shape[1]), dtype=mu.dtype, device=mu.device)
+        z = mu + (batch.local(noise) if batch is not None else noise) * (0.5 * logvar).exp()
         x_hat = self.decoder(z)
         scale = 1.0 / self.n_pixels if self.params.reduction == "mean" else 1.0
         terms = {"recon": reconstruction(x, x_hat, self.params.recon).mean() * scale,
@@ -78,7 +83,7 @@ class VAE(GenerativeMethod):
 
     def loss_terms(self, batch):
         """``recon`` and ``kl``: the two terms of the negative ELBO (:meth:`elbo_terms`) of the batch's images."""
-        return self.elbo_terms(batch.x)[0]
+        return self.elbo_terms(batch.x, batch)[0]
 
     def generative_metrics(self, x):
         """Per-image sums: squared L2 reconstruction error from z = μ, and a 1-sample ELBO (nats)."""

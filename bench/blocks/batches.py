@@ -10,6 +10,12 @@ A kind (:class:`Plain`, :class:`Pairs`, :class:`Triplets`, :class:`Balanced`) kn
 A method declares its kind and reads ``batch.pairs``, ``batch.triplets`` or ``batch.groups``; it
 never slices the batch by position. The trainer and the perf benchmark both go through here.
 
+A run of several processes (``--nproc-per-run``) draws every step's whole batch on each of them,
+as one process does, and each takes a shard of whole tuples (:meth:`BatchKind.shard_rows`): its
+images in ``batch.x``, while ``batch.y`` and the tuples stay the whole batch's. A method embeds its
+images and calls ``batch.gather`` on the result to get the whole batch's embeddings (in one
+process, the same tensor); :func:`check_shards` refuses a batch the processes cannot share.
+
 This module imports no torch (the draws live in :mod:`dmlbench.blocks.sampling` and are imported when a
 run draws), so a driver that starts no training checks every method's batch size against its
 kind before any run or trial starts (:func:`check_batch_size`).
@@ -18,7 +24,7 @@ kind before any run or trial starts (:func:`check_batch_size`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from dmlbench.core.errors import DMLBenchError
 
@@ -37,6 +43,9 @@ class Batch:
     - ``triplets``: (anchor, positive, negative) row indices, for :class:`Triplets`.
     - ``groups``: (n_groups, group_size) row indices of independent class-balanced groups, for
       :class:`Balanced`.
+    - ``shard``: in a run of several processes, this process's rows of the batch (a
+      :class:`dmlbench.core.distributed.RowShard`): ``x`` holds only them, while ``y`` and the
+      tuples index the whole batch. None in one process.
     """
 
     x: torch.Tensor
@@ -44,6 +53,22 @@ class Batch:
     pairs: tuple[torch.Tensor, torch.Tensor] | None = None
     triplets: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     groups: torch.Tensor | None = None
+    shard: Any = None
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """The whole batch's rows of ``t`` (computed from ``x``: this process's rows), in the batch's order,
+        with gradients: what a loss over the batch's tuples takes. ``t`` itself in one process."""
+        return t if self.shard is None else self.shard.gather(t)
+
+    def local(self, t: torch.Tensor) -> torch.Tensor:
+        """This process's rows of ``t``, a tensor of the whole batch (noise drawn for all of it, so that
+        every process draws what one process would). ``t`` itself in one process."""
+        return t if self.shard is None else self.shard.local(t)
+
+    @property
+    def size(self) -> int:
+        """Images in the whole batch (``len(x)`` in one process)."""
+        return len(self.y)
 
 
 @dataclass(frozen=True)
@@ -60,6 +85,7 @@ class BatchKind:
     name: ClassVar[str] = ""
     parts: ClassVar[tuple[str, ...]] = ("image",)  # the per-sample items a DataLoader would yield, in layout order
     needs_index: ClassVar[bool] = True
+    unit: ClassVar[str] = "image"  # what a process of a data-parallel run takes whole (a tuple)
 
     def layout(self, batch_size: int, n_classes: int) -> Layout:
         """The layout of a step for ``batch_size`` and ``n_classes`` usable classes (per_step 0: no full step)."""
@@ -77,6 +103,35 @@ class BatchKind:
     def describe(self) -> str:
         """The kind's name as messages show it."""
         return self.name
+
+    def tuples(self, layout: Layout) -> int:
+        """Whole tuples (:attr:`unit`) in a step; here its images."""
+        return layout.per_step
+
+    def tuple_rows(self, layout: Layout) -> torch.Tensor:
+        """(tuples, images per tuple): each tuple's rows in a step; here one image each."""
+        import torch
+
+        return torch.arange(layout.per_step).view(-1, 1)
+
+    def shard_problem(self, layout: Layout, size: int) -> str | None:
+        """Why ``size`` processes cannot share a step's tuples equally, each taking whole ones; None if they can."""
+        n = self.tuples(layout)
+        if size <= 1 or (n and n % size == 0):
+            return None
+        what = f"{n} {self.unit}{'' if n == 1 else 's'}"
+        if n < size:
+            return f"a step holds {what}, fewer than the {size} processes (each takes whole {self.unit}s)"
+        return f"a step holds {what}, which {size} processes cannot share equally (each takes whole {self.unit}s)"
+
+    def shard_rows(self, layout: Layout, size: int) -> torch.Tensor:
+        """(size, rows per process): the rows of a step each of ``size`` processes takes, whole tuples each
+        (process r the r-th equal run of tuples), in ascending order."""
+        why = self.shard_problem(layout, size)
+        if why:
+            raise DMLBenchError(f"{self.describe()} batches: {why}")
+        rows = self.tuple_rows(layout)
+        return rows.reshape(size, -1).sort(dim=1).values
 
 
 @dataclass(frozen=True)
@@ -104,6 +159,7 @@ class Pairs(BatchKind):
 
     name: ClassVar[str] = "pairs"
     parts: ClassVar[tuple[str, ...]] = ("first", "second")
+    unit: ClassVar[str] = "pair"
 
     def layout(self, batch_size: int, n_classes: int) -> Layout:
         """The batch size rounded down to an even number."""
@@ -124,8 +180,19 @@ class Pairs(BatchKind):
         """The batch with ``pairs``: row i of the first half with row i of the second."""
         from dmlbench.blocks.sampling import cached_arange
 
-        i = cached_arange(len(x) // 2, x.device)
+        i = cached_arange(len(y) // 2, y.device)
         return Batch(x, y, pairs=(i, i + len(i)))
+
+    def tuples(self, layout):
+        """The step's pairs."""
+        return layout.per_step // 2
+
+    def tuple_rows(self, layout):
+        """Pair i: rows i and i + pairs."""
+        import torch
+
+        p = layout.per_step // 2
+        return torch.stack([torch.arange(p), torch.arange(p) + p], dim=1)
 
 
 @dataclass(frozen=True)
@@ -134,6 +201,7 @@ class Triplets(BatchKind):
 
     name: ClassVar[str] = "triplets"
     parts: ClassVar[tuple[str, ...]] = ("anchor", "positive", "negative")
+    unit: ClassVar[str] = "triplet"
 
     def layout(self, batch_size: int, n_classes: int) -> Layout:
         """The batch size rounded down to a multiple of 3."""
@@ -151,8 +219,19 @@ class Triplets(BatchKind):
         """The batch with ``triplets``: row i of each third of it."""
         from dmlbench.blocks.sampling import cached_arange
 
-        i = cached_arange(len(x) // 3, x.device)
+        i = cached_arange(len(y) // 3, y.device)
         return Batch(x, y, triplets=(i, i + len(i), i + 2 * len(i)))
+
+    def tuples(self, layout):
+        """The step's triplets."""
+        return layout.per_step // 3
+
+    def tuple_rows(self, layout):
+        """Triplet i: rows i, i + t and i + 2t of the step's t triplets."""
+        import torch
+
+        t = torch.arange(layout.per_step // 3)
+        return torch.stack([t, t + len(t), t + 2 * len(t)], dim=1)
 
 
 @dataclass(frozen=True)
@@ -162,6 +241,7 @@ class Balanced(BatchKind):
     every training class in each group (N-pair tuples)."""
 
     name: ClassVar[str] = "balanced"
+    unit: ClassVar[str] = "class-balanced group"
     m: int = 2
     classes_per_group: int = 0
 
@@ -194,7 +274,17 @@ class Balanced(BatchKind):
         """The batch with ``groups``: consecutive rows, ``layout.group`` to a group."""
         from dmlbench.blocks.sampling import cached_arange
 
-        return Batch(x, y, groups=cached_arange(len(x), x.device).view(-1, layout.group))
+        return Batch(x, y, groups=cached_arange(len(y), y.device).view(-1, layout.group))
+
+    def tuples(self, layout):
+        """The step's independent groups."""
+        return layout.per_step // layout.group if layout.group else 0
+
+    def tuple_rows(self, layout):
+        """Group i: its ``layout.group`` consecutive rows."""
+        import torch
+
+        return torch.arange(layout.per_step).view(-1, layout.group)
 
 
 PLAIN, PAIRS, TRIPLETS = Plain(), Pairs(), Triplets()
@@ -222,15 +312,49 @@ def method_batch_kind(cls, params) -> BatchKind | None:
     return kind if isinstance(kind, BatchKind) else None
 
 
+MAX_SUGGESTED = 1 << 16  # the largest batch size check_shards searches for a fix
+
+
+def usable_classes(train_labels) -> int:
+    """Training classes with two images or more (the ones that can give a positive)."""
+    import numpy as np
+
+    return int((np.bincount(np.asarray(train_labels)) >= 2).sum())
+
+
+def check_shards(name: str, cls, params, batch_size: int, train_labels, size: int) -> None:
+    """Refuse, before any run starts, a batch that ``size`` processes cannot share in whole tuples
+    (``--nproc-per-run``), naming batch sizes that they can."""
+    kind = method_batch_kind(cls, params)
+    if kind is None or size <= 1:
+        return
+    usable = usable_classes(train_labels)
+
+    def problem(b: int) -> str | None:
+        try:
+            layout = kind.layout(b, usable)
+        except DMLBenchError as e:
+            return str(e)
+        return "no full step" if layout.per_step <= 0 else kind.shard_problem(layout, size)
+
+    why = problem(batch_size)
+    if why is None:
+        return
+    below = next((b for b in range(batch_size - 1, 0, -1) if problem(b) is None), None)
+    above = next((b for b in range(batch_size + 1, min(MAX_SUGGESTED, batch_size * size * 4) + 1)
+                  if problem(b) is None), None)
+    fixes = " or ".join(str(b) for b in (below, above) if b)
+    raise DMLBenchError(f"{name}: --nproc-per-run {size} with batch_size={batch_size}: {why}; use "
+                        + (f"--batch-size {fixes}, or " if fixes else "") + "fewer processes")
+
+
 def check_batch_size(name: str, cls, params, batch_size: int, train_labels) -> None:
     """Refuse a batch size that gives method ``name`` no full step on this training set, before
     any run or trial starts (each would fail alike)."""
-    import numpy as np
-
     kind = method_batch_kind(cls, params)
     if kind is None:
         return
-    usable = int((np.bincount(np.asarray(train_labels)) >= 2).sum())  # classes that can give a positive
+    usable = usable_classes(train_labels)  # classes that can give a positive
     try:
         why = too_small(kind, batch_size, usable)
     except DMLBenchError as e:

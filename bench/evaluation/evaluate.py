@@ -4,6 +4,11 @@ It only calls ``method.embed`` (and, for a :class:`~dmlbench.methods.GenerativeM
 reconstruction metrics). Embedding passes run blockwise on the run's device from the uint8 images;
 neighbour search is exact L2 (:mod:`dmlbench.evaluation.exact_search`: faiss on the CPU, blocked torch on a GPU);
 the SVM is :mod:`dmlbench.evaluation.probe`. Work shared by several metrics is done once per evaluation.
+
+In a run of several processes (:mod:`dmlbench.core.distributed`), each embeds an equal run of the
+embedding blocks of the test part (and of the training part, where a classification metric will
+need it), and rank 0 gathers them and computes every metric: the blocks are the ones a single
+process embeds, so the embeddings, neighbour lists and metrics are the one-process ones.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dmlbench.core import runtime
+from dmlbench.core import distributed, runtime
 from dmlbench.data import Data, Part
 from dmlbench.evaluation.config import EvalConfig
 from dmlbench.evaluation.metrics import METRICS, RECALL_KS
@@ -47,17 +52,31 @@ def embed_block(device, image_shape: tuple[int, ...] | None = None) -> int:
 
 
 @torch.inference_mode()
-def embed_part(method: Method, part: Part, pipeline: InputPipeline, device, block: int | None = None) -> np.ndarray:
+def embed_part(method: Method, part: Part, pipeline: InputPipeline, device, block: int | None = None,
+               world: distributed.World | None = None) -> np.ndarray | None:
     """Embeddings (N, D) float32 of every image of ``part``, in order (``block`` images at a time;
-    default :func:`embed_block`)."""
+    default :func:`embed_block`). With a ``world`` of several processes, each embeds an equal run of
+    the blocks and rank 0 gets every embedding (the others None)."""
     method.eval()
     block = block or embed_block(device, method.input_shape)
     images = DeviceImages(part, device)
+    starts = list(range(0, len(part), block))
+    counts = None
+    if world is not None and world.size > 1:
+        spans = np.array_split(np.arange(len(starts)), world.size)
+        counts = [sum(min(block, len(part) - starts[i]) for i in span) for span in spans]
+        starts = [starts[i] for i in spans[world.rank]]
     out = []
-    for _, xb in images.blocks(block):
+    for s in starts:
+        xb = images.take(torch.arange(s, min(s + block, len(part))))
         out.append(method.embed(pipeline.eval(xb)).float().cpu())
         part.release()  # a mapped cache is streamed: its pages go back to the page cache
-    return torch.cat(out).numpy() if out else np.zeros((0, method.embedding_dim), np.float32)
+    emb = torch.cat(out) if out else torch.zeros((0, method.embedding_dim))
+    if counts is not None:
+        emb = distributed.gather_rows(emb, counts, world)
+        if emb is None:
+            return None
+    return emb.numpy() if len(emb) else np.zeros((0, method.embedding_dim), np.float32)
 
 
 def triplet_accuracy(emb: np.ndarray, triplets: np.ndarray, margin: float) -> tuple[dict[str, float], np.ndarray]:
@@ -180,31 +199,55 @@ def generative_metrics(method: GenerativeMethod, part: Part, pipeline: InputPipe
     return {k: v / len(part) for k, v in sums.items()}
 
 
+def share_embeddings(ctx: EvalContext, names: list[str], world: distributed.World) -> bool:
+    """Embed the test part, and the training part where a classification metric among ``names`` will
+    need it, in shards over the processes; rank 0 keeps them in ``ctx``. Returns whether this is rank 0."""
+    needs_train = ctx.classifies and any(METRICS.get(n).kind == "classification" for n in names)
+    cache = ctx.__dict__.setdefault("_cache", {})  # what EvalContext's _once methods return from then on
+    for key, part in [("test_emb", ctx.data.test)] + ([("train_emb", ctx.data.train)] if needs_train else []):
+        emb = embed_part(ctx.method, part, ctx.pipeline, ctx.device, world=world)
+        if world.main:
+            cache[key] = emb
+    return world.main
+
+
 def evaluate(method: Method, data: Data, cfg: EvalConfig, triplets: np.ndarray, device="cpu",
-             metrics: list[str] | None = None) -> EvalContext:
+             metrics: list[str] | None = None, world: distributed.World | None = None) -> EvalContext | None:
     """Every registered metric (or ``metrics``) of ``method`` on ``data.test``; returns the context,
-    whose ``results`` hold the values and ``per_query`` the per-item arrays."""
+    whose ``results`` hold the values and ``per_query`` the per-item arrays. With a ``world`` of
+    several processes, every process embeds its shards and rank 0 alone computes the metrics (the
+    others get None)."""
     device = torch.device(device)
     pipeline = InputPipeline(data, cfg.augment or "none", method.input_shape[1:])
     ctx = EvalContext(method, data, cfg, triplets, device, pipeline)
     results: dict[str, float] = {}
     timings: dict[str, float] = {}
     names = metrics or METRICS.names()
-    # On a terminal, a bar through the metrics (the first pays for the embedding passes).
-    bar = tqdm(names, desc=f"eval {method.name}", unit="metric", disable=None, file=sys.stderr, leave=False,
-               dynamic_ncols=True, position=runtime.BAR_POSITION)
-    for name in bar:
-        bar.set_postfix_str(name)
-        t0 = time.perf_counter()
-        value = METRICS.get(name).fn(ctx)
-        timings[name] = time.perf_counter() - t0
-        if value is None:
-            continue
-        if isinstance(value, tuple):
-            value, per = value
-            ctx.per_query[name] = per
-        results[name] = float(value)
-    bar.close()
+    shared = world is not None and world.size > 1
+    if shared and not share_embeddings(ctx, names, world):
+        return None
+    threads = torch.get_num_threads()
+    if shared:  # the other ranks on this machine are done with their share: rank 0 takes their threads
+        runtime.set_threads(threads * world.local_size)
+    try:
+        # On a terminal, a bar through the metrics (the first pays for the embedding passes).
+        bar = tqdm(names, desc=f"eval {method.name}", unit="metric", disable=None, file=sys.stderr, leave=False,
+                   dynamic_ncols=True, position=runtime.BAR_POSITION)
+        for name in bar:
+            bar.set_postfix_str(name)
+            t0 = time.perf_counter()
+            value = METRICS.get(name).fn(ctx)
+            timings[name] = time.perf_counter() - t0
+            if value is None:
+                continue
+            if isinstance(value, tuple):
+                value, per = value
+                ctx.per_query[name] = per
+            results[name] = float(value)
+        bar.close()
+    finally:
+        if shared:
+            runtime.set_threads(threads)
     ctx.extras["timings"] = timings
     ctx.results = results
     return ctx

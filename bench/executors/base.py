@@ -24,6 +24,11 @@ class satisfies :class:`Executor`:
   re-queues its trial), and unfinished runs resume from their checkpoints next time;
 - ``remote`` is True where jobs may run on other machines: the caller then gives them absolute
   paths (on a file system every node sees);
+- ``ranks`` is True where the executor runs a job whose ``nproc`` is above 1 (``--nproc-per-run``)
+  as that many processes of one torch.distributed world, each joined with
+  :func:`dmlbench.core.distributed.join` before ``fn(job)`` runs in it: rank 0's result is the
+  job's, and where a rank dies the others are stopped and ``job.lost(reason)`` is the result (the
+  local executor spawns them, :mod:`dmlbench.executors.ranks`; the Ray executor places them);
 - :meth:`~Executor.shutdown` releases what :meth:`~Executor.start` took; it is called once, also
   after an interrupt.
 
@@ -87,6 +92,7 @@ class Executor(Protocol):
     name: ClassVar[str]
     Options: ClassVar[type]
     remote: ClassVar[bool]  # jobs may run on other machines: the caller gives them absolute paths
+    ranks: ClassVar[bool]  # runs a job of several processes (its nproc) as one world
     workers: int
 
     def __init__(self, workers: int = 1, threads: int | None = None, options: Any = None) -> None: ...
@@ -114,6 +120,8 @@ def register_executor(name: str):
             cls.Options = NoOptions
         if not hasattr(cls, "remote"):
             cls.remote = False
+        if not hasattr(cls, "ranks"):
+            cls.ranks = False
         EXECUTORS.add(name, cls)
         return cls
 

@@ -7,10 +7,15 @@ Ctrl-C (to the whole terminal group or to the driver alone) stops the pool withi
 driver passes the interrupt on to its workers and ends any that do not stop. Every finished run
 is on disk, checkpoints and locks survive a killed worker, and a re-run resumes the rest. A
 worker whose driver dies (SIGKILL) exits too, instead of running on as an orphan.
+
+A job of several processes (``--nproc-per-run``) is launched by the process that would run it
+(this one, or its worker), which spawns and watches its ranks (:mod:`dmlbench.executors.ranks`);
+they share that worker's threads.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing as mp
 import os
@@ -27,6 +32,7 @@ from tqdm import tqdm
 from dmlbench.core import runtime
 from dmlbench.core.runtime import default_threads, echo_line, interrupts_ignored, set_threads
 from dmlbench.executors.base import WorkerSetup, register_executor
+from dmlbench.executors.ranks import close_ranks, exit_with_parent, launches, run_ranks
 
 log = logging.getLogger("dmlbench")
 
@@ -44,13 +50,6 @@ def _on_interrupt(signum, frame):
     os._exit(130)    # idle between tasks: nothing to save, and no traceback from the pool's loop
 
 
-def _watch_parent(ppid: int) -> None:
-    while True:
-        time.sleep(1.0)
-        if os.getppid() != ppid:   # the driver died (a SIGKILL runs no cleanup): do not run on orphaned
-            os._exit(1)
-
-
 def init_worker_process(setup: WorkerSetup, slots=None, workers: int = 1) -> None:
     """A pool worker's start: its share of the threads, logging and the driver's plugins
     (``setup``), quiet interrupts, exit with its driver, and (with ``slots``, a shared counter) its
@@ -65,7 +64,8 @@ def init_worker_process(setup: WorkerSetup, slots=None, workers: int = 1) -> Non
             runtime.BAR_POSITION = 1 + slots.value % max(1, workers)
             slots.value += 1
     signal.signal(signal.SIGINT, _on_interrupt)
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    atexit.register(close_ranks)  # the ranks of its runs of several processes leave with the worker
+    threading.Thread(target=exit_with_parent, args=(os.getppid(),), daemon=True).start()
 
 
 @contextmanager
@@ -105,16 +105,17 @@ def stop_pool(pool: ProcessPoolExecutor) -> None:
         manager.join(5.0)
 
 
-def _call(fn: Callable[[Any], Any], job: Any) -> Any:
+def _call(fn: Callable[[Any], Any], job: Any, threads: int = 1) -> Any:
     """A job in a pool worker: announced by its label (a worker takes a job only when it is free),
     run as ``busy`` so an interrupt raises inside it (a tune re-queues its trial; a run leaves its
-    checkpoint), after which the worker exits: the driver is stopping the pool."""
+    checkpoint), after which the worker exits: the driver is stopping the pool. A job of several
+    processes is launched from here, sharing the worker's ``threads``."""
     label = getattr(job, "label", "")
     if label:
         echo_line(f"  started {label} (worker {os.getpid()})")
     try:
         with busy():
-            return fn(job)
+            return run_ranks(fn, job, threads) if launches(job) else fn(job)
     except KeyboardInterrupt:
         os._exit(130)
 
@@ -124,7 +125,10 @@ class LocalExecutor:
     """This machine: jobs in this process with one worker, else in a pool of worker processes that
     share the thread budget (--workers N, --devices).
 
-    Workers are spawned, never forked, and each gets ``threads // workers`` threads."""
+    Workers are spawned, never forked, and each gets ``threads // workers`` threads; a job of
+    several processes splits its worker's threads between its ranks."""
+
+    ranks = True
 
     def __init__(self, workers: int = 1, threads: int | None = None, options: Any = None):
         self.workers = max(1, workers)
@@ -153,10 +157,13 @@ class LocalExecutor:
         if self.workers == 1:
             set_threads(self.threads)
             results = []
-            for job in jobs:
-                results.append(fn(job))
-                if on_result:
-                    on_result(results[-1])
+            try:
+                for job in jobs:
+                    results.append(run_ranks(fn, job, self.threads) if launches(job) else fn(job))
+                    if on_result:
+                        on_result(results[-1])
+            finally:
+                close_ranks()
             return results
         # spawn: a fresh interpreter per worker, never a fork of a process holding torch's threads.
         ctx = mp.get_context("spawn")
@@ -171,7 +178,7 @@ class LocalExecutor:
 
         def hand_out() -> None:
             for i, job in queue:
-                running[pool.submit(_call, fn, job)] = i
+                running[pool.submit(_call, fn, job, self.threads)] = i
                 return
 
         try:

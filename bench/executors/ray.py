@@ -10,6 +10,13 @@ its own run folder there, under that folder's lock. A task lost with its node is
 a local instance. ``gpus_per_run``: a GPU fraction per task, e.g. 0.25 packs four runs on a GPU.
 The workers write their run folders themselves rather than sending results to the driver: a run's
 checkpoints must survive the loss of the worker's node, and the driver then only reads the table.
+
+A run of several processes (``--nproc-per-run N``) is a placement group of N bundles (the task's
+CPUs split between them, ``gpus_per_run`` GPUs each), packed on as few nodes as hold it: rank 0's
+node gives the address and port, and each rank is a task on its bundle that joins the world
+(:func:`dmlbench.core.distributed.join`). A coordinating task (no CPU of its own) watches them: a
+rank that fails or dies ends the others, and the run is failed with one line (not retried: a
+re-run resumes it from its checkpoint). Tested with CPU ranks and gloo on one machine only.
 """
 
 from __future__ import annotations
@@ -23,9 +30,11 @@ from typing import Any
 
 from tqdm import tqdm
 
+from dmlbench.core import distributed
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.runtime import default_threads, interrupts_ignored
 from dmlbench.executors.base import WorkerSetup, executor_option, register_executor
+from dmlbench.executors.ranks import REPORT_GRACE_S, STOPPED, failure_reason, job_ranks
 
 log = logging.getLogger("dmlbench")
 
@@ -89,6 +98,92 @@ def _task(fn: Callable[[Any], Any], job: Any, setup: WorkerSetup) -> Any:
     return fn(job)
 
 
+def _address() -> tuple[str, int]:
+    """Rank 0's node address and a port free there (run on rank 0's bundle)."""
+    return distributed.node_address(), distributed.free_port()
+
+
+def _rank(fn: Callable[[Any], Any], job: Any, setup: WorkerSetup, rank: int, size: int, address: str, port: int,
+          shared_gpu: bool) -> Any:
+    """One rank of a job, in a Ray task on its bundle: join the world, run the job, leave."""
+    setup.apply()
+    # local_rank 0: Ray shows each task its own GPUs only, from cuda:0; local_size 1: a rank keeps to its bundle.
+    distributed.join(rank, size, address=address, port=port, device=getattr(job, "device", "cpu"), local_rank=0,
+                     local_size=1, launcher="ray", shared_gpu=shared_gpu)
+    try:
+        return fn(job)
+    finally:
+        distributed.leave()
+
+
+def _collect(done: list, refs: list, results: dict, errors: dict, died: list) -> bool:
+    """File the finished rank tasks ``done`` under their ranks: results, errors (one line, and whether it
+    only says a peer was lost), ranks whose process died. Whether all of them succeeded."""
+    import ray
+
+    ok = True
+    for ref in done:
+        r = refs.index(ref)
+        try:
+            results[r] = ray.get(ref)
+        except Exception as e:  # noqa: BLE001 - a rank's failure, whatever Ray wraps it in
+            ok = False
+            cause = getattr(e, "cause", None) or e
+            if type(e).__name__ in ("WorkerCrashedError", "NodeDiedError", "ActorDiedError"):
+                died.append(r)
+            text = str(cause).strip().splitlines()
+            line = str(cause) if isinstance(cause, DMLBenchError) else f"{type(cause).__name__}: {text[0] if text else ''}"
+            errors[r] = (line, isinstance(cause, distributed.RankLostError))
+    return ok
+
+
+def _group(fn: Callable[[Any], Any], job: Any, setup: WorkerSetup, size: int, cpus: int, gpus: float) -> Any:
+    """A job of ``size`` ranks on the cluster (a coordinating task): its placement group, rank 0's
+    address, the rank tasks; rank 0's result, or ``job.lost(reason)`` where a rank failed."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+    pg = placement_group([bundle] * size, strategy="PACK")
+    refs: list = []
+    try:
+        ray.get(pg.ready())
+
+        def on(i: int):
+            return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=i)
+
+        address, port = ray.get(ray.remote(_address).options(num_cpus=0, scheduling_strategy=on(0)).remote())
+        rank_task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0, retry_exceptions=False)(_rank)
+        refs = [rank_task.options(scheduling_strategy=on(r)).remote(fn, job, setup, r, size, address, port, gpus < 1)
+                for r in range(size)]
+        results: dict = {}
+        errors: dict = {}
+        died: list = []
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            if _collect(done, refs, results, errors, died):
+                continue
+            # The others' own errors say more than "lost contact": a moment for them, then stop them.
+            late, pending = ray.wait(pending, num_returns=len(pending), timeout=REPORT_GRACE_S)
+            _collect(late, refs, results, errors, died)
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            reason = (f"rank {died[0]} of {size}: its process died (killed, out of memory, or its node lost); {STOPPED}"
+                      if died else failure_reason(size, [None] * size, errors, results))
+            if not hasattr(job, "lost"):
+                raise DMLBenchError(reason)
+            return job.lost(reason)
+        return results[0]
+    except BaseException:
+        for ref in refs:
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        remove_placement_group(pg)
+
+
 @register_executor("ray")
 class RayExecutor:
     """A Ray cluster: one task per job, retried on a lost node (--ray-address, --gpus-per-run;
@@ -98,6 +193,7 @@ class RayExecutor:
     ``address`` (or ``$RAY_ADDRESS``), else on a local Ray instance."""
 
     remote = True
+    ranks = True
 
     @dataclass
     class Options:
@@ -145,8 +241,18 @@ class RayExecutor:
         self.start()
         remote = ray.remote(num_cpus=self.threads, num_gpus=self.gpus_per_run, max_retries=MAX_RETRIES,
                             retry_exceptions=False)(_task)
+        # A job of several processes: a coordinating task that holds no CPU, its ranks a placement group.
+        group = ray.remote(num_cpus=0, max_retries=0)(_group)
         setup = WorkerSetup.here(self.threads)
-        refs = {remote.remote(fn, job, setup): i for i, job in enumerate(jobs)}
+
+        def submit(job):
+            n = job_ranks(job)
+            if n == 1:
+                return remote.remote(fn, job, setup)
+            per = max(1, self.threads // n)
+            return group.remote(fn, job, WorkerSetup.here(per), n, per, self.gpus_per_run)
+
+        refs = {submit(job): i for i, job in enumerate(jobs)}
         results: dict[int, Any] = {}
         pending = list(refs)
         # On a terminal: one overall bar, the jobs done and the time left (the tasks draw none here).

@@ -46,7 +46,7 @@ def collect(results_dir: Path, recursive: bool = True) -> pd.DataFrame:
                "seed": cfg["seed"], "run_dir": str(run), "code": prov.get("code_hash"),
                "commit": (prov.get("git_commit") or "")[:10] + ("+dirty" if prov.get("git_dirty") else ""),
                "device": (prov.get("device") or {}).get("gpu") or (prov.get("device") or {}).get("device"),
-               "torch": (prov.get("versions") or {}).get("torch")}
+               "torch": (prov.get("versions") or {}).get("torch"), "world_size": world_size(cfg)}
         try:
             if layout.is_complete(run):
                 row.update(status="done", **layout.check_outputs(run))
@@ -61,10 +61,15 @@ def collect(results_dir: Path, recursive: bool = True) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def world_size(cfg: dict) -> int:
+    """How many processes made a run (config.json's ``distributed``; 1 for runs made before it existed)."""
+    return int((cfg.get("distributed") or {}).get("world_size") or 1)
+
+
 # What a run's config holds besides the options that make its group: ids, provenance, and the
 # settings that never change a result (NOT_IN_ID in dmlbench.running.config).
 NOT_OPTIONS = ("provenance", "run_id", "group_id", "seed", "variant", "weights_info", "device", "data_dir",
-               "threads", "tuned", "method", "log")
+               "threads", "tuned", "method", "log", "nproc_per_run", "distributed")
 
 
 def _fmt(v) -> str:

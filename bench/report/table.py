@@ -44,6 +44,7 @@ def aggregate(runs: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFr
     for (ds, label, method), g in done.groupby(["dataset", "label", "method"], sort=False):
         row = {"dataset": ds, "label": label, "method": method, "n": len(g),
                "seeds": ",".join(str(s) for s in sorted(g["seed"])), "steps": int(g["steps"].max()),
+               "world_sizes": tuple(sorted({int(w) for w in g["world_size"]})) if "world_size" in g else (1,),
                # made from a tree with uncommitted changes: marked in every table that shows it
                "dirty": bool("commit" in g and g["commit"].astype(str).str.endswith("+dirty").any())}
         for m, flag in EDGE_FLAGS.items():
@@ -111,10 +112,24 @@ def budget_note(agg: pd.DataFrame) -> str:
             + "): bold compares rows of the same budget only; compare across budgets with care.")
 
 
+def world_note(agg: pd.DataFrame) -> str:
+    """One line where the table's runs were made by different numbers of processes (``--nproc-per-run``), else ''."""
+    if "world_sizes" not in agg:
+        return ""
+    sizes = {ds: sorted({w for ws in g["world_sizes"] for w in ws}) for ds, g in agg.groupby("dataset")}
+    sizes = {ds: s for ds, s in sizes.items() if len(s) > 1}
+    if not sizes:
+        return ""
+    return ("Runs were made by different numbers of processes (" + "; ".join(
+        f"{ds}: {', '.join(map(str, s))}" for ds, s in sizes.items()) + " per run): a run of several processes "
+            "trains as one process does, but not bit for bit: float rounding that training can amplify "
+            "(docs/distributed.md).")
+
+
 def table_notes(agg: pd.DataFrame, metrics: list[str] | None = None) -> list[str]:
     """The lines under a table that explain its marks: mixed budgets, a metric whose searched
-    setting stayed on its grid's edge, rows made from uncommitted code."""
-    notes = [budget_note(agg)]
+    setting stayed on its grid's edge, rows made from uncommitted code, numbers of processes that differ."""
+    notes = [budget_note(agg), world_note(agg)]
     shown = [m for m in (metrics or default_metrics()) if m in agg.columns]
     for m in EDGE_FLAGS:
         if m in shown and (m + "_edge") in agg and agg[m + "_edge"].any():
@@ -229,7 +244,7 @@ def failures(runs: pd.DataFrame) -> list[str]:
 
 
 def markdown_report(runs: pd.DataFrame, metrics: list[str] | None = None, spread: str = "ci") -> str:
-    """The markdown table of ``runs`` with its legend, a note where budgets differ, what made the
+    """The markdown table of ``runs`` with its legend, notes where budgets or process counts differ, what made the
     results, and the runs left out (failed or unreadable)."""
     agg = aggregate(runs, metrics)
     md = format_table(agg, "markdown", metrics, spread=spread) + "\n" + legend(spread) + "\n"

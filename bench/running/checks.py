@@ -6,8 +6,8 @@ where no data is needed, before any image is decoded.
   image size;
 - :func:`check_out`: the results folder can be made and written;
 - :func:`check_data`: against the loaded training data: the encoder's input (a plugin encoder is
-  built and tried on an example batch, once, in this process), every method's batch size,
-  generative methods against the value range;
+  built and tried on an example batch, once, in this process), every method's batch size (and its
+  sharing between a run's processes), generative methods against the value range;
 - :func:`warn_degenerate`: what runs but measures little (a tiny test set, a batch larger than
   the training set, less than one epoch of steps), said in one line each.
 """
@@ -19,13 +19,14 @@ import logging
 import os
 from pathlib import Path
 
-from dmlbench.blocks.batches import check_batch_size
+from dmlbench.blocks.batches import check_batch_size, check_shards
 from dmlbench.blocks.encoders import build_registered, check_decoder, check_input, is_builtin
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.io import clean_temp_files
 from dmlbench.core.params import apply_overrides
 from dmlbench.core.runtime import resolve_device
 from dmlbench.data.load import planned_shape
+from dmlbench.executors import EXECUTORS
 from dmlbench.methods import GenerativeMethod, get_method
 from dmlbench.methods.pml import check_runnable
 from dmlbench.running.rundata import input_shape
@@ -49,6 +50,7 @@ def check_before_data(suite: Suite) -> None:
     for name in suite.methods:
         check_runnable(name)
         apply_overrides(get_method(name).Params(), suite.method_sets.get(name, {}), name)
+    check_processes(suite, [m for m in suite.methods if get_method(m).trainable])
     for device in dict.fromkeys([base.device, *suite.devices]):
         if str(device).startswith("cuda"):  # before any run folder is touched (torch only for CUDA)
             resolve_device(str(device))
@@ -58,6 +60,25 @@ def check_before_data(suite: Suite) -> None:
     shape = planned_shape(base.dataset, base.data_dir or None, base.data_options)
     if shape is not None and trained:
         check_input(base.encoder, input_shape(base, shape))
+
+
+def check_processes(suite: Suite, trained: list[str]) -> None:
+    """``--nproc-per-run N`` (N > 1) where it can apply: methods that train as several processes, an
+    executor that starts them, runs not spread over ``--devices`` (rank r takes cuda:r itself)."""
+    n = suite.base.nproc_per_run
+    if n <= 1:
+        return
+    serial = [m for m in trained if not get_method(m).data_parallel]
+    if serial:
+        raise DMLBenchError(f"--nproc-per-run {n}: {', '.join(serial)} cannot train as several processes (its "
+                            "loss_terms does not gather the batch; see docs/distributed.md); run it with "
+                            "--nproc-per-run 1")
+    if not getattr(EXECUTORS.get(suite.executor), "ranks", False):
+        raise DMLBenchError(f"--nproc-per-run {n}: executor {suite.executor} runs each run as one process; use "
+                            "--executor local or ray")
+    if len(suite.devices) > 1:
+        raise DMLBenchError(f"--nproc-per-run {n} with --devices {','.join(suite.devices)}: each run's processes "
+                            "take the GPUs themselves (rank r: cuda:r); give --device cuda instead")
 
 
 def try_encoder(name: str, shape: tuple[int, int, int], out_dim: int) -> None:
@@ -85,16 +106,18 @@ def check_out(folder: Path) -> None:
     clean_temp_files(folder, older_than_s=600)  # older: no live writer is about to rename it
 
 
-def check_batch_sizes(suite: Suite, batch_size: int, train_labels, params: dict | None = None) -> None:
-    """Every trained method's batch kind gets a full step from ``batch_size`` (torch-free, once,
-    before any run: else every run of the method would fail alike). ``params``: per method, its
-    options (default: the suite's --set over the method's defaults)."""
+def check_batch_sizes(suite: Suite, batch_size: int, train_labels, params: dict | None = None, nproc: int = 1) -> None:
+    """Every trained method's batch kind gets a full step from ``batch_size``, which ``nproc``
+    processes per run can share in whole tuples (torch-free, once, before any run: else every run
+    of the method would fail alike). ``params``: per method, its options (default: the suite's
+    --set over the method's defaults)."""
     for name in suite.methods:
         cls = get_method(name)
         if not cls.trainable:
             continue
         p = (params or {}).get(name) or apply_overrides(cls.Params(), suite.method_sets.get(name, {}), name)
         check_batch_size(name, cls, p, batch_size, train_labels)
+        check_shards(name, cls, p, batch_size, train_labels, nproc)
 
 
 def check_data(suite: Suite, data, value_range: tuple[float, float], params: dict | None = None) -> None:
@@ -107,7 +130,7 @@ def check_data(suite: Suite, data, value_range: tuple[float, float], params: dic
         check_input(base.encoder, input_shape(base, data.input_shape))
         if not is_builtin(base.encoder):
             try_encoder(base.encoder, input_shape(base, data.input_shape), base.embedding_dim)
-    check_batch_sizes(suite, base.batch_size, data.train.y, params)
+    check_batch_sizes(suite, base.batch_size, data.train.y, params, base.nproc_per_run)
     generative = [m for m in suite.methods if issubclass(get_method(m), GenerativeMethod)]
     lo, hi = value_range
     if generative and (lo < 0 or hi > 1):

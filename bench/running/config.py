@@ -23,7 +23,12 @@ from dmlbench.training.config import TrainConfig
 # Fields that do not change the numbers a run produces: left out of the run id, so a run can be
 # resumed with another data folder or thread count. The device is not one of them: it is checked
 # through the run's provenance (dmlbench.running.provenance), which also covers the code version.
-NOT_IN_ID = ("device", "data_dir", "threads", "tuned", "log")
+# nproc_per_run is: N processes train as one does (the same batches, noise and gradients; only the
+# order of float sums differs, which Adam can amplify, measured in docs/distributed.md), as other
+# thread counts do, so a run made with 1 process is complete for 2, and one killed under 2 may
+# resume under 1; config.json records the world, and a table mixing world sizes says so.
+NOT_IN_ID = ("device", "data_dir", "threads", "tuned", "log", "nproc_per_run")
+MAX_NPROC = 1024
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch takes more, but every seed must reach both
 MAX_EMBEDDING_DIM = 65_536
 MAX_BATCH = 1 << 20
@@ -73,6 +78,9 @@ class RunConfig:
     knn_k: int = opt(5, "k of the k-NN classification probe.")
     deterministic: bool = opt(True, "Deterministic CUDA kernels (cuDNN, cuBLAS); --no-deterministic trades that for speed.")
     device: str = opt("cpu", "cpu, cuda or cuda:N.")
+    nproc_per_run: int = opt(1, "Processes per run, one torch.distributed world (gloo on CPU, NCCL with a GPU each; "
+                                "with --device cuda, rank r takes cuda:r): data-parallel training of the same global "
+                                "batch, and evaluation in shards (docs/distributed.md).")
     data_dir: str = opt("", "Folder with the dataset files. [default: $DMLBENCH_DATA_DIR, else ~/.cache/dmlbench]")
     threads: int | None = opt(None, "Threads for torch, faiss and BLAS (split between workers). [default: all cores, at most 8]")
     log: str = opt("", "Log curves, metrics and embeddings besides history.csv: tensorboard, mlflow, or both "
@@ -145,6 +153,9 @@ class RunConfig:
                 bad(name, f"must be between 0 and {MAX_SEED} (2^32 - 1)")
         if self.threads is not None and not 1 <= self.threads <= 1024:
             bad("threads", "must be between 1 and 1024")
+        if isinstance(self.nproc_per_run, bool) or not isinstance(self.nproc_per_run, int) or \
+                not 1 <= self.nproc_per_run <= MAX_NPROC:
+            bad("nproc_per_run", f"must be a whole number of processes per run, 1 (one process) to {MAX_NPROC}")
         if not (self.device == "cpu" or self.device == "cuda" or
                 (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             bad("device", "is not supported; use cpu, cuda or cuda:N")
@@ -193,5 +204,7 @@ def untrained(cfg: RunConfig) -> RunConfig:
     """The config of a method that trains nothing: training settings held at their defaults."""
     defaults = RunConfig()
     held = {f: getattr(defaults, f) for f in TRAINING_FIELDS}
-    held.update(steps=0, epochs=None, encoder="none", embedding_dim=None, augment="none", epoch_size=None)
+    # One process: there is nothing to train, and a world's start would cost more than its evaluation.
+    held.update(steps=0, epochs=None, encoder="none", embedding_dim=None, augment="none", epoch_size=None,
+                nproc_per_run=1)
     return dataclasses.replace(cfg, **held)

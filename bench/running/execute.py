@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import logging
 
+from dmlbench.core import distributed
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.io import undo_if_refused
 from dmlbench.running.checks import check_before_data, check_data, check_out, warn_degenerate
@@ -30,8 +31,10 @@ def prepare(suite: Suite):
 
 
 def _prepare(suite: Suite):
-    if suite.tuned:  # bench run --tuned: earlier best settings' runs leave the table
+    world = distributed.current()
+    if suite.tuned and (world is None or world.main):  # bench run --tuned: earlier best settings' runs leave the table
         archive_superseded(suite.dir, suite.tuned)
+    distributed.barrier()  # (under torchrun: the other processes see the folder as rank 0 left it)
     base = suite.base.resolved()
     data = load_data(base)
     check_data(suite, data, data.value_range())

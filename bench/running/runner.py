@@ -10,6 +10,9 @@ archived under ``.stale/`` and re-run, saying why (``reuse_stale=True`` keeps it
 run resumes from its checkpoint. Every failure, in training, evaluation or writing the artefacts,
 is recorded in ``failed.json`` (as one line) and the suite goes on; a full disk also sets the
 result's ``full_disk``, on which the suite stops (:mod:`.execute`): every later run would fail alike.
+
+A run of several processes (``--nproc-per-run``) calls :func:`run_one` in each of its ranks: rank
+0 does all of the above, the others train and embed their shares (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dmlbench.core import distributed
 from dmlbench.core.errors import DiskFullError, DMLBenchError, is_disk_full
 from dmlbench.core.io import CorruptFileError, read_json, write_json, write_npz, write_text
 from dmlbench.core.locks import Lock
@@ -70,7 +74,24 @@ class RunJob:
     @property
     def label(self) -> str:
         """How a worker announces the job as it starts."""
-        return f"{self.config.method} seed {self.config.seed} on {self.config.device}"
+        procs = f" ({self.nproc} processes)" if self.nproc > 1 else ""
+        return f"{self.config.method} seed {self.config.seed} on {self.config.device}{procs}"
+
+    @property
+    def nproc(self) -> int:
+        """The processes the run is made by (``--nproc-per-run``): an executor starts that many ranks."""
+        return self.config.nproc_per_run
+
+    @property
+    def device(self) -> str:
+        """The run's device, from which each rank takes its own (and its world's backend)."""
+        return self.config.device
+
+    def lost(self, reason: str) -> RunResult:
+        """The job's result where one of its processes died or failed alone (the executor stopped the
+        others): the run failed, ``reason`` recorded in its failed.json."""
+        cfg = self.config
+        return _failed(cfg, layout.run_dir(self.suite_dir, cfg.method, cfg.seed, cfg.run_id()), DMLBenchError(reason))
 
 
 def run_job(job: RunJob) -> RunResult:
@@ -163,54 +184,105 @@ def run_one(cfg: RunConfig, suite: Path, *, variant: str = "", reuse_stale: bool
 
     ``data``: the loaded Data (else loaded from the config, once per process); ``callbacks``: the
     trainer's per-epoch callbacks; ``metrics``: evaluate only these (default: every registered one).
+
+    In a process of a run's world (``--nproc-per-run``, :mod:`dmlbench.core.distributed`), rank 0
+    alone holds the folder's lock, decides (skip, archive, train) and writes; the others follow its
+    verdict, train and embed their shares, and return. A rank lost mid-run raises
+    :class:`~dmlbench.core.distributed.RankLostError` (after rank 0 records it): the world is broken.
     """
     run = layout.run_dir(suite, cfg.method, cfg.seed, cfg.run_id())
+    world = distributed.current()
+    world = world if world is not None and world.size > 1 else None
+    if world is not None and cfg.nproc_per_run == 1:  # (a run that trains nothing, under torchrun): rank 0's alone
+        if not world.main:
+            return RunResult(cfg, run, "skipped", reason="made by rank 0 alone")
+        world = None
+    if (world.size if world else 1) != cfg.nproc_per_run:
+        return RunResult(cfg, run, "failed", reason=(
+            f"nproc_per_run={cfg.nproc_per_run}, but this process is one of {world.size if world else 1}; a run of "
+            "several processes is started by an executor (bench run, dmlbench.run) or torchrun"))
+    main = world is None or world.main
     try:  # a device this process cannot use fails the run before its folder (or an old result) is touched
-        resolve_device(cfg.device)
+        device = resolve_device(distributed.rank_device(cfg.device, world))
     except DMLBenchError as e:
         return RunResult(cfg, run, "failed", reason=str(e))
+    lock, claim = _claim(cfg, run, reuse_stale, data) if main else (None, None)
+    try:
+        if world is not None:
+            if not main:  # loaded while rank 0 decides
+                data = data if data is not None else load_data(cfg)
+            try:  # rank 0's verdict: a result (skipped, failed), or go with its test triplets and provenance
+                verdict = distributed.broadcast(claim if isinstance(claim, RunResult) or claim is None else claim[1:])
+            except Exception as e:  # noqa: BLE001 - a peer lost before training
+                _stop_if_lost(e, cfg, run, world)
+                raise
+            claim = claim if main else verdict if isinstance(verdict, RunResult) else (data, *verdict)
+        if isinstance(claim, RunResult):
+            return claim
+        data, triplets, prov = claim
+        try:
+            if main:
+                (run / layout.FAILED).unlink(missing_ok=True)
+                # Written first, so that a run that fails before its data is loaded is still listed.
+                write_json(run / layout.CONFIG, {**cfg.to_dict(), "run_id": cfg.run_id(), "group_id": cfg.group_id(),
+                                                 "variant": variant, "provenance": prov})
+            return _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metrics, tracking or {},
+                                       device, world)
+        except Exception as e:  # noqa: BLE001 - one broken run must not take the suite down with it
+            _stop_if_lost(e, cfg, run, world)
+            return _failed(cfg, run, e, record=main)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _claim(cfg: RunConfig, run: Path, reuse_stale: bool, data) -> tuple[Lock | None, RunResult | tuple]:
+    """What rank 0 (or the one process) does before training: take the run folder's lock, load the
+    data and the fixed test triplets, and skip a complete run or archive a stale one. Returns the
+    lock held (or None), and a RunResult where nothing is to train, else (data, triplets, provenance)."""
     try:
         run.mkdir(parents=True, exist_ok=True)
         lock = _lock(run)
     except (OSError, DiskFullError) as e:
         if not (isinstance(e, DiskFullError) or is_disk_full(e)):
             raise
-        return _failed(cfg, run, e, record=False)
-    try:
-        import torch
+        return None, _failed(cfg, run, e, record=False)
+    import torch
 
-        try:  # the data and the fixed test triplets are part of what a stored result must match
-            data = data if data is not None else load_data(cfg)
-            triplets = test_triplets(data, cfg, run.parent.parent)
-        except Exception as e:  # noqa: BLE001 - reported as this run's failure, like a crash in training
-            return _failed(cfg, run, e, record=not layout.is_complete(run), crash_log=False)
-        prov = {**provenance(cfg.device, torch.get_num_threads()), "data": data.fingerprint,
-                "test_triplets": hashlib.sha256(np.ascontiguousarray(triplets).tobytes()).hexdigest()[:16]}
-        if layout.is_complete(run):
-            why = _stale(run, prov)
-            try:
-                stored = layout.check_outputs(run)
-            except CorruptFileError as e:  # a corrupt result is no result: the run is made again
-                log.warning("%s; re-running this run", e)
-                why, stored = [str(e)], None
-            if stored is not None and (not why or reuse_stale):
-                if why:
-                    log.warning("%s: reusing a result made by other code (%s) because reuse_stale is set", run, "; ".join(why))
-                return RunResult(cfg, run, "skipped", stored)
-            lock.release()
-            _archive(run, why)
-            run.mkdir(parents=True, exist_ok=True)
-            lock = _lock(run)
+    try:  # the data and the fixed test triplets are part of what a stored result must match
+        data = data if data is not None else load_data(cfg)
+        triplets = test_triplets(data, cfg, run.parent.parent)
+    except Exception as e:  # noqa: BLE001 - reported as this run's failure, like a crash in training
+        return lock, _failed(cfg, run, e, record=not layout.is_complete(run), crash_log=False)
+    prov = {**provenance(cfg.device, torch.get_num_threads()), "data": data.fingerprint,
+            "test_triplets": hashlib.sha256(np.ascontiguousarray(triplets).tobytes()).hexdigest()[:16]}
+    if layout.is_complete(run):
+        why = _stale(run, prov)
         try:
-            (run / layout.FAILED).unlink(missing_ok=True)
-            # Written first, so that a run that fails before its data is loaded is still listed.
-            write_json(run / layout.CONFIG, {**cfg.to_dict(), "run_id": cfg.run_id(), "group_id": cfg.group_id(),
-                                             "variant": variant, "provenance": prov})
-            return _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metrics, tracking or {})
-        except Exception as e:  # noqa: BLE001 - one broken run must not take the suite down with it
-            return _failed(cfg, run, e)
-    finally:
+            stored = layout.check_outputs(run)
+        except CorruptFileError as e:  # a corrupt result is no result: the run is made again
+            log.warning("%s; re-running this run", e)
+            why, stored = [str(e)], None
+        if stored is not None and (not why or reuse_stale):
+            if why:
+                log.warning("%s: reusing a result made by other code (%s) because reuse_stale is set", run, "; ".join(why))
+            return lock, RunResult(cfg, run, "skipped", stored)
         lock.release()
+        _archive(run, why)
+        run.mkdir(parents=True, exist_ok=True)
+        lock = _lock(run)
+    return lock, (data, triplets, prov)
+
+
+def _stop_if_lost(e: BaseException, cfg: RunConfig, run: Path, world) -> None:
+    """Where ``e`` says another rank is gone, rank 0 records it and every rank raises it (the world is
+    broken: nothing more can run in it); otherwise return."""
+    lost = distributed.lost_error(e) if world is not None else None
+    if lost is None:
+        return
+    if world.main:
+        _failed(cfg, run, lost)
+    raise lost from None
 
 
 def _failed(cfg: RunConfig, run: Path, e: Exception, record: bool = True, crash_log: bool = True) -> RunResult:
@@ -235,22 +307,25 @@ def _failed(cfg: RunConfig, run: Path, e: Exception, record: bool = True, crash_
     return RunResult(cfg, run, "failed", reason=reason, full_disk=full)
 
 
-def _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metrics, tracking) -> RunResult:
-    device = resolve_device(cfg.device)
+def _train_and_evaluate(cfg, run, variant, prov, data, triplets, callbacks, metrics, tracking, device,
+                        world) -> RunResult:
     set_determinism(cfg.deterministic, device)
     method = build_method(cfg, data)
-    write_json(run / layout.CONFIG, {**cfg.to_dict(), "run_id": cfg.run_id(), "group_id": cfg.group_id(),
-                                     "variant": variant, "data": data.info(), "provenance": prov,
-                                     "weights_info": getattr(method.encoder, "weights_info", None)})
-
-    loggers = Loggers(logger_names(cfg.log), run, cfg.to_dict(), tracking)
+    main = world is None or world.main
+    if main:
+        write_json(run / layout.CONFIG, {**cfg.to_dict(), "run_id": cfg.run_id(), "group_id": cfg.group_id(),
+                                         "variant": variant, "data": data.info(), "provenance": prov,
+                                         "weights_info": getattr(method.encoder, "weights_info", None),
+                                         "distributed": world.info() if world else {"world_size": 1, "backend": None}})
+    loggers = Loggers(logger_names(cfg.log) if main else [], run, cfg.to_dict(), tracking)
     try:
-        return _fit_and_evaluate(cfg, run, method, data, triplets, callbacks, metrics, device, loggers)
+        return _fit_and_evaluate(cfg, run, method, data, triplets, callbacks if main else (), metrics, device, loggers,
+                                 world)
     finally:
         loggers.close()
 
 
-def _fit_and_evaluate(cfg, run, method, data, triplets, callbacks, metrics, device, loggers) -> RunResult:
+def _fit_and_evaluate(cfg, run, method, data, triplets, callbacks, metrics, device, loggers, world) -> RunResult:
     # The torch side of a run: imported here, so that a pool's driver (which imports this module
     # to hand out runs) never imports torch.
     from dmlbench.evaluation.evaluate import evaluate
@@ -261,13 +336,17 @@ def _fit_and_evaluate(cfg, run, method, data, triplets, callbacks, metrics, devi
 
         write_text(run / layout.HISTORY, pd.DataFrame(trainer.history).to_csv(index=False))
 
+    main = world is None or world.main
     trainer = Trainer(method, data, cfg.train_config(), device=device, run_dir=run,
-                      callbacks=(save_history, *callbacks), step_hooks=(loggers.step_hook,) if loggers.names else ())
+                      callbacks=(save_history, *callbacks) if main else (),
+                      step_hooks=(loggers.step_hook,) if loggers.names else (), world=world)
     history = trainer.fit()
-    if not history:
+    if main and not history:
         write_text(run / layout.HISTORY, "")
     t0 = time.perf_counter()
-    ctx = evaluate(method, data, cfg.eval_config(), triplets, device, metrics)
+    ctx = evaluate(method, data, cfg.eval_config(), triplets, device, metrics, world)
+    if ctx is None:  # a rank other than 0: its share of the embeddings went to rank 0, which writes the results
+        return RunResult(cfg, run, "done")
     metrics = dict(ctx.results)
     metrics["train_seconds"] = round(sum(r["seconds"] for r in history), 3)  # resumed runs count every epoch
     metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)

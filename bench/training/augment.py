@@ -92,15 +92,23 @@ def center_crop(x: torch.Tensor, out_hw: tuple[int, int], resize_ratio: float = 
     return x[..., top:top + oh, left:left + ow]
 
 
-def train_transform(x: torch.Tensor, kind: str, out_hw: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
-    """A training batch augmented by ``kind`` at size ``out_hw``, its crops and flips drawn from ``gen``."""
+def train_transform(x: torch.Tensor, kind: str, out_hw: tuple[int, int], gen: torch.Generator,
+                    rows: torch.Tensor | None = None, total: int | None = None) -> torch.Tensor:
+    """A training batch augmented by ``kind`` at size ``out_hw``, its crops and flips drawn from ``gen``.
+    ``x`` may be the ``rows`` of a batch of ``total`` images (one process's share of it): the draws are
+    then made for the whole batch, as one process makes them, and the rows' taken."""
     n, _, h, w = x.shape
+    n_all = n if rows is None else int(total)
+
+    def mine(t: torch.Tensor) -> torch.Tensor:
+        return t if rows is None else t[rows]
+
     if kind == "mlrc":
-        boxes = crop_boxes(n, h, w, gen)
-        flip = torch.rand(n, generator=gen) < 0.5
+        boxes = mine(crop_boxes(n_all, h, w, gen))
+        flip = mine(torch.rand(n_all, generator=gen) < 0.5)
         return crop_resize(x, boxes, out_hw, flip)
     if kind == "flip":
-        flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+        flip = mine(torch.rand(n_all, generator=gen) < 0.5).to(x.device)
         x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
     return eval_transform(x, kind, out_hw)
 

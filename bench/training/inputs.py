@@ -75,11 +75,13 @@ class InputPipeline:
             x = (x - mean) / std
         return x
 
-    def train(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """A training batch as float: scaled, augmented (or resized) with draws from ``gen``, normalised."""
+    def train(self, x: torch.Tensor, gen: torch.Generator, rows: torch.Tensor | None = None,
+              total: int | None = None) -> torch.Tensor:
+        """A training batch as float: scaled, augmented (or resized) with draws from ``gen``, normalised.
+        ``rows``: ``x`` is these rows of a batch of ``total`` (the draws are the whole batch's)."""
         x = self._float(x)
         if self.augment != "none" or tuple(x.shape[-2:]) != self.out_hw:
-            x = train_transform(x, self.augment, self.out_hw, gen)
+            x = train_transform(x, self.augment, self.out_hw, gen, rows, total)
         return self._normalise(x)
 
     def eval(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,14 @@ into epochs of ``epoch_size // batch_size`` steps; after each one the trainer lo
 writes a checkpoint (weights-only loadable), and calls its callbacks. A run whose checkpoint is
 unreadable or belongs to another config starts afresh, saying why. A NaN or inf loss stops the
 run with a one-line error naming the term.
+
+A run of several processes (``--nproc-per-run``, :mod:`dmlbench.core.distributed`) trains as one
+process does: every process draws the whole step's batch from the same generator and takes its
+shard of whole tuples (:meth:`~dmlbench.blocks.batches.BatchKind.shard_rows`); the method's terms
+see the whole batch's embeddings (``batch.gather``), and the gradients and loss terms are averaged
+over the processes in one all-reduce before the optimiser steps, the same on each. Rank 0 alone
+writes the checkpoints; on resume it decides whether the checkpoint is good, and the others then
+read it too.
 """
 
 from __future__ import annotations
@@ -26,8 +34,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dmlbench.blocks.encoders import is_timm
 from dmlbench.blocks.sampling import ClassIndex
-from dmlbench.core import runtime
+from dmlbench.core import distributed, runtime
 from dmlbench.core.errors import DMLBenchError, NonFiniteLossError, exception_line
 from dmlbench.core.io import CorruptFileError, torch_load, torch_save
 from dmlbench.core.runtime import epoch_generator
@@ -82,17 +91,25 @@ class Trainer:
     row (the runner saves ``history.csv`` there; a tuner reports and prunes there). ``step_hooks``:
     functions ``f(trainer, first_step, names, values, lrs)`` called after every epoch with each of its
     steps' loss terms and total (``values``, steps x (terms + 1)) and learning rates (the loggers).
+    ``world``: this process's place in a run of several (None: one process).
     """
 
     def __init__(self, method: Method, data: Data, cfg: TrainConfig, *, device: torch.device | str = "cpu",
-                 run_dir: Path | None = None, callbacks: tuple = (), step_hooks: tuple = ()):
+                 run_dir: Path | None = None, callbacks: tuple = (), step_hooks: tuple = (),
+                 world: distributed.World | None = None):
         self.method, self.data, self.cfg = method, data, cfg
         self.device = torch.device(device)
         self.run_dir = Path(run_dir) if run_dir else None
         self.callbacks = list(callbacks)
         self.step_hooks = list(step_hooks)
+        self.world = world if world is not None and world.size > 1 else None
         self.history: list[dict] = []
         self.steps_done = 0
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes the run's checkpoints (one process, or rank 0 of several)."""
+        return self.world is None or self.world.main
 
     @property
     def checkpoint_path(self) -> Path | None:
@@ -101,18 +118,30 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _resume(self, opt, sched) -> int:
+    def _checkpoint(self) -> dict | None:
+        """The run folder's checkpoint where it is readable and of this config, else None (saying why)."""
         path = self.checkpoint_path
         if path is None or not path.exists():
-            return 0
+            return None
         try:
             ckpt = torch_load(path, map_location=self.device)
         except CorruptFileError as e:
             log.warning("%s; starting this run afresh", e)
             path.replace(path.with_suffix(".corrupt"))
-            return 0
+            return None
         if ckpt.get("run_id") != self.cfg.identity:
             log.warning("%s belongs to another configuration; starting this run afresh", path)
+            return None
+        return ckpt
+
+    def _resume(self, opt, sched) -> int:
+        ckpt = self._checkpoint() if self.main else None
+        if self.world is not None:
+            # Rank 0 judges the checkpoint; the others follow its verdict and read the file it accepted.
+            epoch = distributed.broadcast(int(ckpt["epoch"]) if ckpt else 0, self.world)
+            if epoch and not self.main:
+                ckpt = torch_load(self.checkpoint_path, map_location=self.device)
+        if ckpt is None:
             return 0
         self.method.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -121,11 +150,12 @@ class Trainer:
         if self.device.type == "cuda" and ckpt.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(ckpt["cuda_rng"].cpu(), self.device)
         self.history = list(ckpt["history"])
-        log.info("resuming %s at epoch %d (step %d)", self.run_dir, ckpt["epoch"], ckpt["step"])
+        if self.main:
+            log.info("resuming %s at epoch %d (step %d)", self.run_dir, ckpt["epoch"], ckpt["step"])
         return int(ckpt["epoch"])
 
     def _save(self, epoch: int, opt, sched) -> None:
-        if self.checkpoint_path is None:
+        if self.checkpoint_path is None or not self.main:
             return
         torch_save(self.checkpoint_path, {
             "epoch": epoch, "step": self.steps_done, "run_id": self.cfg.identity,
@@ -141,6 +171,27 @@ class Trainer:
         raise NonFiniteLossError(
             f"{self.method.name} seed {self.cfg.seed}: loss term(s) {', '.join(bad)} became non-finite at "
             f"epoch {epoch + 1} step {step + 1}; lower lr or that term's weight")
+
+    def _shard(self, kind, layout) -> distributed.RowShard | None:
+        """This process's rows of every step (None in one process); a method or encoder that cannot
+        train as several processes is refused in one line."""
+        if self.world is None:
+            return None
+        method = self.method
+        if not method.data_parallel:
+            raise DMLBenchError(f"method {method.name} does not declare data_parallel = True (its loss would see only "
+                                f"this process's images); run it with --nproc-per-run 1")
+        method.train()
+        norms = [name for name, m in method.named_modules()
+                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
+        if norms:
+            # --freeze-bn holds a timm trunk's BatchNorm; a plugin encoder's own layers are its author's to change
+            choice = getattr(method, "encoder_choice", None)
+            fix = ("give --freeze-bn" if choice is not None and is_timm(choice.name) else
+                   "use an encoder whose normalisation does not depend on the batch (GroupNorm, LayerNorm)")
+            raise DMLBenchError(f"{method.name}: BatchNorm layers ({norms[0]}, ...) would normalise each process's "
+                                f"share of the batch apart, unlike one process; {fix}, or --nproc-per-run 1")
+        return distributed.RowShard(kind.shard_rows(layout, self.world.size), self.world)
 
     def _first_batch_error(self, batch, e: Exception) -> DMLBenchError:
         """What a failure of the very first training batch says: a network that passed its example
@@ -171,14 +222,19 @@ class Trainer:
         plan = epoch_plan(cfg.steps, cfg.steps_per_epoch())
         opt = make_optimizer(method, cfg)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg.lr_schedule, cfg.steps))
+        shard = self._shard(kind, layout)
         start = self._resume(opt, sched)
+        if self.world is not None:
+            distributed.broadcast_tensors(method.state_dict().values(), self.world)
+        params = [p for p in method.parameters() if p.requires_grad]
         self.steps_done = sum(plan[:start])
         # A NaN check is a host sync: every step on CPU (free), every few steps on a GPU. The running
         # sums carry a NaN forward, so none is missed, and no NaN epoch is checkpointed.
         check_every = 1 if self.device.type == "cpu" else 25
         names = list(method.terms)
-        bar = tqdm(total=cfg.steps, initial=self.steps_done, disable=None, file=sys.stderr, leave=False,
-                   desc=f"{method.name} s{cfg.seed}", unit="step", dynamic_ncols=True, position=runtime.BAR_POSITION)
+        bar = tqdm(total=cfg.steps, initial=self.steps_done, disable=None if self.main else True, file=sys.stderr,
+                   leave=False, desc=f"{method.name} s{cfg.seed}", unit="step", dynamic_ncols=True,
+                   position=runtime.BAR_POSITION)
         try:
             for epoch in range(start, len(plan)):
                 steps = plan[epoch]
@@ -192,9 +248,13 @@ class Trainer:
                 first_step = self.steps_done
                 t0 = time.perf_counter()
                 for step in range(steps):
-                    idx = idx_all[step]
-                    x = pipeline.train(images.take(idx), aug_gen)
+                    idx = idx_all[step]  # the whole step's images, drawn alike in every process
+                    if shard is None:
+                        x = pipeline.train(images.take(idx), aug_gen)
+                    else:
+                        x = pipeline.train(images.take(idx[shard.rows]), aug_gen, shard.rows, len(idx))
                     batch = kind.batch(x, images.y[idx.to(images.y.device)], layout)
+                    batch.shard = shard
                     try:
                         terms = method.loss_terms(batch)
                     except DMLBenchError:
@@ -202,20 +262,24 @@ class Trainer:
                     except Exception as e:
                         if self.steps_done > sum(plan[:start]):
                             raise  # a later step: the method's own failure, with its traceback
+                        if self.world is not None and distributed.lost_error(e) is not None:
+                            raise  # another rank gone while gathering: the run's failure, not the encoder's
                         raise self._first_batch_error(batch, e) from e
                     if list(terms) != names:
                         raise DMLBenchError(f"method {method.name} returned loss terms {list(terms)}, "
                                             f"but declares terms = {tuple(names)}")
                     total = sum(method.weights[k] * v for k, v in terms.items())
                     vals = torch.stack([v.detach() for v in terms.values()] + [total.detach()])
+                    opt.zero_grad(set_to_none=True)
+                    total.backward()
+                    if shard is not None:  # the one-process gradient and terms (see RowShard), in one all-reduce
+                        distributed.average_([p.grad for p in params if p.grad is not None] + [vals], self.world)
                     sums = vals if sums is None else sums + vals
                     if self.step_hooks:
                         per_step.append(vals)
                         step_lrs.append(opt.param_groups[0]["lr"])
                     if (step + 1) % check_every == 0 or step + 1 == steps:
                         self._check_finite(sums, names, epoch, step)
-                    opt.zero_grad(set_to_none=True)
-                    total.backward()
                     opt.step()
                     sched.step()
                     self.steps_done += 1
@@ -238,8 +302,10 @@ class Trainer:
                         hook(self, first_step, names, matrix, step_lrs)
                 self._save(epoch + 1, opt, sched)
                 bar.set_postfix(loss=f"{row['loss']:.4g}", ips=f"{row['images_per_s']:.0f}")
-                log.info("%s s%d epoch %d/%d  %s  (%.1fs, %.0f img/s)", method.name, cfg.seed, epoch + 1, len(plan),
-                         "  ".join(f"{k}={row[k]:.4g}" for k in names + ["loss"]), seconds, row["images_per_s"])
+                if self.main:
+                        log.info("%s s%d epoch %d/%d  %s  (%.1fs, %.0f img/s)", method.name, cfg.seed, epoch + 1,
+                             len(plan), "  ".join(f"{k}={row[k]:.4g}" for k in names + ["loss"]), seconds,
+                             row["images_per_s"])
                 for cb in self.callbacks:
                     cb(self, row)
         finally:

@@ -9,6 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
+from dmlbench.core import distributed
 from dmlbench.core.errors import DMLBenchError
 from dmlbench.core.io import undo_if_refused, write_json
 from dmlbench.core.params import apply_overrides
@@ -179,6 +180,9 @@ def tune(suite: Suite, opts: TuneOptions, echo=echo_line) -> dict:
     t_start = time.perf_counter()
     if not suite.name:
         suite = dataclasses.replace(suite, name=DEFAULT_SUITE)
+    if suite.base.nproc_per_run > 1 or (distributed.torchrun_env() or {}).get("WORLD_SIZE", 1) > 1:
+        raise DMLBenchError("bench tune makes each trial as one process; --nproc-per-run and torchrun apply to "
+                            "bench run (tune with more --workers instead)")
     plans, skipped = plan_tune(suite, opts)
     check_before_data(suite)
     base = suite.base.resolved()
