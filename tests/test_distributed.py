@@ -284,6 +284,7 @@ Siamese.loss_terms = loss_terms
 '''
 
 
+@pytest.mark.slow  # processes killed, timeouts or a Ray cluster: CI runs it with -m slow
 def test_a_rank_killed_mid_epoch_fails_its_run_in_one_line_and_the_rerun_resumes_to_the_same_bits(tmp_path):
     from dmlbench.methods.siamese import Siamese
 
@@ -333,6 +334,7 @@ def test_torchrun_processes_join_one_world_and_train_as_one_process_does(one_and
     assert np.array_equal(losses(got), losses(want))
 
 
+@pytest.mark.slow  # processes killed, timeouts or a Ray cluster: CI runs it with -m slow
 def test_ray_places_a_runs_ranks_and_they_train_as_one_process_does(one_and_two, tmp_path):
     pytest.importorskip("ray", reason="the ray extra is not installed")
     import ray
@@ -459,6 +461,7 @@ def _silent_peer(world):
     return time.monotonic() - t0, None
 
 
+@pytest.mark.slow  # processes killed, timeouts or a Ray cluster: CI runs it with -m slow
 def test_a_rank_that_hangs_alive_fails_the_others_after_the_timeout_in_one_line(monkeypatch):
     monkeypatch.setenv(distributed.TIMEOUT_ENV, "2")
     waited, message = in_world(_silent_peer)
@@ -494,6 +497,7 @@ def _first_batch_failure(world, message):
     return None
 
 
+@pytest.mark.slow  # processes killed, timeouts or a Ray cluster: CI runs it with -m slow
 def test_a_peer_lost_in_the_first_batch_is_the_runs_failure_and_the_encoders_own_failure_is_named():
     # gloo's words for a closed peer: the run's failure (recorded and resumable), not a broken encoder
     lost = in_world(_first_batch_failure, "[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:1")

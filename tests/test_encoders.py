@@ -140,7 +140,7 @@ def test_the_check_changes_neither_the_weights_nor_the_random_state():
     assert int(checked[1].num_batches_tracked) == 0
 
 
-@pytest.mark.parametrize("executor", ["local", "ray"])
+@pytest.mark.parametrize("executor", ["local", pytest.param("ray", marks=pytest.mark.slow)])
 def test_a_plugin_encoder_runs_in_every_worker_with_the_sequential_metrics(tmp_path, executor):
     if executor == "ray":
         pytest.importorskip("ray", reason="the ray extra is not installed")

@@ -49,6 +49,7 @@ def test_a_worker_pool_gives_the_sequential_metrics_and_its_driver_imports_no_to
     assert len(list((tmp_path / "digits").glob("test_triplets-*.npy"))) == 1   # drawn by a worker, once
 
 
+@pytest.mark.slow  # processes killed, timeouts or a Ray cluster: CI runs it with -m slow
 def test_ray_gives_the_sequential_metrics(sequential, tmp_path):
     pytest.importorskip("ray", reason="the ray extra is not installed")
     import ray
@@ -113,6 +114,7 @@ def _wait_for(pattern: str, root: Path, proc: subprocess.Popen, seconds: float =
     return None
 
 
+@pytest.mark.slow  # processes killed, timeouts or a Ray cluster: CI runs it with -m slow
 def test_a_killed_ray_worker_is_retried_and_resumes_to_bitwise_equal_metrics(tmp_path):
     pytest.importorskip("ray", reason="the ray extra is not installed")
     # 240 steps, a checkpoint every 8: long enough to kill the worker after its first checkpoint.
@@ -337,7 +339,7 @@ class HingeCopy(TripletHinge):
 '''
 
 
-@pytest.mark.parametrize("executor", ["local", "ray"])
+@pytest.mark.parametrize("executor", ["local", pytest.param("ray", marks=pytest.mark.slow)])
 def test_a_plugins_methods_run_in_every_worker(tmp_path, executor):
     """--plugin is imported in each worker process (pool or Ray task), not only in the driver,
     and a pool's runs of the plugin method equal the sequential ones."""

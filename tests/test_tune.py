@@ -696,6 +696,7 @@ def test_a_storage_that_refuses_the_study_leaves_no_folder_or_folds(tmp_path):
     assert not (tmp_path / "digits").exists()
 
 
+@pytest.mark.slow  # processes killed, timeouts or a Ray cluster: CI runs it with -m slow
 def test_two_tunes_share_one_postgresql_study_and_its_budget(tmp_path):
     """Two `bench tune` processes (two machines, here one) on one PostgreSQL study: each method gets
     exactly --trials trials, numbered once, and both processes ran trials."""
@@ -863,6 +864,7 @@ def test_a_hand_edited_tuned_json_cannot_change_the_steps_or_seed(tiny, tmp_path
         T.apply_tuned(resolve_suite({}, {"methods": "siamese", "dataset": "digits"}), suite_dir)
 
 
+@pytest.mark.slow  # processes killed, timeouts or a Ray cluster: CI runs it with -m slow
 def test_ctrl_c_at_the_terminal_requeues_every_running_trial_of_a_worker_pool(tmp_path):
     """A terminal's Ctrl-C reaches the driver and every worker (a process group), and the driver
     passes it on again: every running trial must still be re-queued at once, none left RUNNING."""
